@@ -1,0 +1,238 @@
+"""Cameras: OpenGL camera-to-world matrices in a Y-up world measured in metres (glTF's convention).
+
+Conventions (shared/docs/conventions.md §3.3):
+- World: +Y up, right-handed, metres; the object's front faces +Z.
+- Camera: OpenGL axes (+X right, +Y up, looking down -Z); ``c2w`` maps camera to world.
+- Orbit angles: azimuth in degrees measured from +Z towards +X (azimuth 0 looks at the front), elevation in
+  degrees above the XZ plane, distance in metres from the look-at point (the origin).
+- Converters to other conventions (OpenCV world-to-camera for gsplat) live here and are called only at library
+  boundaries.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Cameras:
+    """A batch of C pinhole cameras sharing one image size.
+
+    Attributes:
+        c2w: [C,4,4] OpenGL camera-to-world.
+        fovy: [C] vertical field of view in radians.
+        width, height: image size in pixels.
+        azimuth, elevation, distance: [C] orbit parameters (degrees, degrees, metres) the cameras were made from.
+    """
+
+    c2w: Tensor
+    fovy: Tensor
+    width: int
+    height: int
+    azimuth: Tensor
+    elevation: Tensor
+    distance: Tensor
+
+    def __post_init__(self) -> None:
+        if self.c2w.ndim != 3 or self.c2w.shape[1:] != (4, 4):
+            raise ValueError(f"c2w must be [C,4,4], got {tuple(self.c2w.shape)}")
+        n = self.c2w.shape[0]
+        for name in ("fovy", "azimuth", "elevation", "distance"):
+            if getattr(self, name).shape != (n,):
+                raise ValueError(f"{name} must be [{n}], got {tuple(getattr(self, name).shape)}")
+
+    def __len__(self) -> int:
+        return self.c2w.shape[0]
+
+    def __getitem__(self, idx) -> "Cameras":
+        if isinstance(idx, int):
+            idx = slice(idx, idx + 1)
+        return Cameras(self.c2w[idx], self.fovy[idx], self.width, self.height,
+                       self.azimuth[idx], self.elevation[idx], self.distance[idx])
+
+    def to(self, device) -> "Cameras":
+        return Cameras(self.c2w.to(device), self.fovy.to(device), self.width, self.height,
+                       self.azimuth.to(device), self.elevation.to(device), self.distance.to(device))
+
+    @property
+    def device(self) -> torch.device:
+        return self.c2w.device
+
+    @property
+    def position(self) -> Tensor:
+        """[C,3] camera centres in world space."""
+        return self.c2w[:, :3, 3]
+
+    @property
+    def focal(self) -> Tensor:
+        """[C] focal length in pixels (square pixels)."""
+        return 0.5 * self.height / torch.tan(0.5 * self.fovy)
+
+    def intrinsics(self) -> Tensor:
+        """[C,3,3] pixel intrinsics K in the OpenCV sense (x right, y down, principal point at the image centre)."""
+        f = self.focal
+        K = torch.zeros(len(self), 3, 3, dtype=self.c2w.dtype, device=self.device)
+        K[:, 0, 0] = f
+        K[:, 1, 1] = f
+        K[:, 0, 2] = self.width / 2
+        K[:, 1, 2] = self.height / 2
+        K[:, 2, 2] = 1
+        return K
+
+    def viewmat_opencv(self) -> Tensor:
+        """[C,4,4] world-to-camera in OpenCV axes (+X right, +Y down, +Z forward), as gsplat expects."""
+        flip = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=self.c2w.dtype, device=self.device))
+        return torch.linalg.inv(self.c2w @ flip)
+
+    def rays(self) -> tuple[Tensor, Tensor]:
+        """World-space rays through pixel centres.
+
+        Returns:
+            origins [C,H,W,3] and unit directions [C,H,W,3]; row 0 is the top of the image.
+        """
+        H, W = self.height, self.width
+        dev, dt = self.device, self.c2w.dtype
+        j, i = torch.meshgrid(torch.arange(H, device=dev, dtype=dt), torch.arange(W, device=dev, dtype=dt),
+                              indexing="ij")
+        f = self.focal[:, None, None]
+        x = (i[None] + 0.5 - W / 2) / f
+        y = -(j[None] + 0.5 - H / 2) / f
+        d_cam = torch.stack([x, y, -torch.ones_like(x)], dim=-1)  # OpenGL: looking down -Z
+        d = torch.einsum("cij,chwj->chwi", self.c2w[:, :3, :3], d_cam)
+        d = d / d.norm(dim=-1, keepdim=True)
+        o = self.position[:, None, None, :].expand_as(d)
+        return o, d
+
+
+def look_at(eye: Tensor, target: Tensor | None = None, up: Tensor | None = None) -> Tensor:
+    """[C,4,4] OpenGL camera-to-world matrices for cameras at ``eye`` [C,3] looking at ``target`` (Y up)."""
+    target = torch.zeros_like(eye) if target is None else target
+    up = torch.tensor([0.0, 1.0, 0.0], dtype=eye.dtype, device=eye.device).expand_as(eye) if up is None else up
+    back = eye - target
+    back = back / back.norm(dim=-1, keepdim=True)
+    right = torch.linalg.cross(up, back, dim=-1)
+    # At the poles (looking straight down) up is parallel to back: pick +Z as the reference instead.
+    degenerate = right.norm(dim=-1, keepdim=True) < 1e-6
+    alt = torch.linalg.cross(torch.tensor([0.0, 0.0, -1.0], dtype=eye.dtype, device=eye.device).expand_as(eye),
+                             back, dim=-1)
+    right = torch.where(degenerate, alt, right)
+    right = right / right.norm(dim=-1, keepdim=True)
+    true_up = torch.linalg.cross(back, right, dim=-1)
+    c2w = torch.eye(4, dtype=eye.dtype, device=eye.device).repeat(eye.shape[0], 1, 1)
+    c2w[:, :3, 0] = right
+    c2w[:, :3, 1] = true_up
+    c2w[:, :3, 2] = back
+    c2w[:, :3, 3] = eye
+    return c2w
+
+
+def orbit_position(azimuth_deg: Tensor, elevation_deg: Tensor, distance: Tensor) -> Tensor:
+    """[C,3] positions on an orbit: azimuth from +Z towards +X, elevation above the XZ plane."""
+    az, el = torch.deg2rad(azimuth_deg), torch.deg2rad(elevation_deg)
+    return torch.stack([distance * torch.cos(el) * torch.sin(az),
+                        distance * torch.sin(el),
+                        distance * torch.cos(el) * torch.cos(az)], dim=-1)
+
+
+def orbit_cameras(azimuth_deg, elevation_deg, distance, fovy_deg, width: int, height: int | None = None) -> Cameras:
+    """Cameras on an orbit around the origin, looking at it. Scalars broadcast to the batch."""
+    az = torch.as_tensor(azimuth_deg, dtype=torch.float32).reshape(-1)
+    n = az.shape[0]
+    el = torch.as_tensor(elevation_deg, dtype=torch.float32).reshape(-1).expand(n).clone()
+    dist = torch.as_tensor(distance, dtype=torch.float32).reshape(-1).expand(n).clone()
+    fov = torch.as_tensor(fovy_deg, dtype=torch.float32).reshape(-1).expand(n).clone()
+    c2w = look_at(orbit_position(az, el, dist))
+    return Cameras(c2w, torch.deg2rad(fov), width, height or width, az.clone(), el, dist)
+
+
+@dataclass
+class CameraConfig:
+    """Random orbit cameras for training and the fixed paths for evaluation."""
+
+    azimuth: tuple[float, float] = (-180.0, 180.0)
+    """Azimuth range in degrees (from +Z towards +X)."""
+    elevation: tuple[float, float] = (0.0, 40.0)
+    """Elevation range in degrees above the horizon."""
+    distance: tuple[float, float] = (2.5, 2.5)
+    """Distance range in metres from the origin."""
+    fovy: tuple[float, float] = (40.0, 40.0)
+    """Vertical field-of-view range in degrees."""
+    batch_size: int = 1
+    """Cameras per training step."""
+    eval_elevation: float = 15.0
+    """Elevation of the turntable and held-out evaluation views."""
+
+    def __post_init__(self) -> None:
+        for name in ("azimuth", "elevation", "distance", "fovy"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"cameras.{name} range is empty: ({lo}, {hi})")
+        if self.batch_size < 1:
+            raise ValueError(f"cameras.batch_size must be >= 1, got {self.batch_size}")
+
+
+def _uniform(lo: float, hi: float, n: int, gen: torch.Generator) -> Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=gen)
+
+
+def sample_cameras(cfg: CameraConfig, resolution: int, gen: torch.Generator, n: int | None = None) -> Cameras:
+    """Random orbit cameras; ``gen`` (a CPU generator) is the run's single source of randomness for cameras.
+
+    Elevation is drawn uniformly in angle, as threestudio does.
+    """
+    n = cfg.batch_size if n is None else n
+    az = _uniform(*cfg.azimuth, n, gen)
+    el = _uniform(*cfg.elevation, n, gen)
+    dist = _uniform(*cfg.distance, n, gen)
+    fov = _uniform(*cfg.fovy, n, gen)
+    return orbit_cameras(az, el, dist, fov, resolution)
+
+
+def turntable(n: int, cfg: CameraConfig, resolution: int, azimuth_offset: float = 0.0) -> Cameras:
+    """``n`` evenly spaced cameras around the object at the evaluation elevation, mean distance and fov."""
+    az = azimuth_offset + torch.arange(n, dtype=torch.float32) * (360.0 / n)
+    az = (az + 180.0) % 360.0 - 180.0
+    return orbit_cameras(az, cfg.eval_elevation, sum(cfg.distance) / 2, sum(cfg.fovy) / 2, resolution)
+
+
+@dataclass(frozen=True)
+class ViewThresholds:
+    """Direction-label thresholds in degrees (guidance-spec §1.6; threestudio defaults 45/45/60)."""
+
+    front: float = 45.0
+    back: float = 45.0
+    overhead: float = 60.0
+
+
+VIEW_LABELS = ("front", "side", "back", "overhead")
+
+
+def view_labels(azimuth_deg: Tensor, elevation_deg: Tensor, th: ViewThresholds = ViewThresholds()) -> list[str]:
+    """Direction label per camera: front / side / back / overhead.
+
+    The azimuth is wrapped into [-180, 180). Checks run in the order side (default), front, back, overhead, a
+    later match overriding an earlier one (threestudio's rule, guidance-spec §1.6).
+    """
+    az = (azimuth_deg + 180.0) % 360.0 - 180.0
+    out = []
+    for a, e in zip(az.tolist(), elevation_deg.tolist()):
+        label = "side"
+        if abs(a) < th.front:
+            label = "front"
+        if abs(a) > 180.0 - th.back:
+            label = "back"
+        if e > th.overhead:
+            label = "overhead"
+        out.append(label)
+    return out
+
+
+def angular_distance_deg(a: Tensor, b: Tensor) -> Tensor:
+    """Angle in degrees between direction vectors a [...,3] and b [...,3]."""
+    cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
+    return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0)))
+
+
+__all__ = ["Cameras", "CameraConfig", "ViewThresholds", "VIEW_LABELS", "look_at", "orbit_position", "orbit_cameras",
+           "sample_cameras", "turntable", "view_labels", "angular_distance_deg"]

@@ -1,0 +1,60 @@
+"""2D priors behind the Prior protocol, chosen by one name: "shapes", an exemplar folder, a hub id or a model folder.
+
+- "shapes": the built-in exemplar prior over renders of coloured primitives (engine/shapes.py).
+- a folder holding ``exemplars.safetensors``: a user's exemplar prior (guidance/priors/exemplar.py).
+- anything else: a diffusers model, by hub id or local folder (guidance/priors/stable_diffusion.py); the pipeline
+  class is read from the folder's model_index.json.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from guidance.priors.base import Cond, Prior, PriorError
+
+
+@dataclass
+class PriorConfig:
+    """Which 2D prior guides the run, and how it is loaded."""
+
+    name: str = "shapes"
+    """"shapes", a folder with exemplars.safetensors, a diffusers hub id, or a local diffusers folder."""
+    kappa: float = 150.0
+    """Exemplar priors: camera-kernel sharpness, log k = kappa * cos(angle between view directions)."""
+    resolution: int = 0
+    """Side of the image the prior sees; 0 means the prior's native size (64 for shapes, the UNet's for diffusers)."""
+    dtype: str = "auto"
+    """"auto" (fp16 on CUDA, fp32 on CPU), "float16", "bfloat16" or "float32"."""
+    vae_sample: bool = True
+    """Latent priors: encode with a posterior sample (threestudio) rather than the posterior mean."""
+    cache_dir: str = ""
+    """Where priors cache renders and text embeddings; "" means $DISTILLERY_CACHE or ~/.cache/distillery."""
+    ip_adapter: str = ""
+    """Optional IP-Adapter (hub id or folder) for visual prompts."""
+    ip_adapter_scale: float = 1.0
+    """IP-Adapter attention scale."""
+
+
+def cache_dir(cfg: PriorConfig) -> str:
+    """The cache folder in force for ``cfg``."""
+    return cfg.cache_dir or os.environ.get("DISTILLERY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                                               "distillery")
+
+
+def build_prior(cfg: PriorConfig, device: torch.device | str = "cpu") -> Prior:
+    """Build the prior named by ``cfg.name``; raises PriorError with a user-facing message when it cannot."""
+    name = cfg.name.strip()
+    if not name:
+        raise PriorError("no prior given; use --prior shapes, a diffusers hub id or a model folder")
+    if name == "shapes":
+        from guidance.priors.shapes import ShapesPrior
+        return ShapesPrior(cfg, device)
+    if os.path.isfile(os.path.join(name, "exemplars.safetensors")):
+        from guidance.priors.exemplar import ExemplarPrior
+        return ExemplarPrior.from_folder(name, cfg, device)
+    from guidance.priors.stable_diffusion import load_diffusers_prior
+    return load_diffusers_prior(name, cfg, device)
+
+
+__all__ = ["Cond", "Prior", "PriorConfig", "PriorError", "build_prior", "cache_dir"]

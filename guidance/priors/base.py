@@ -1,0 +1,109 @@
+"""The Prior protocol: one pretrained (or closed-form) 2D diffusion model, knowing nothing of score distillation.
+
+A prior works in its own sample space ``x`` [B,c,h,w]: VAE latents for latent diffusion, pixels in [-1,1] for
+pixel-space models (DeepFloyd IF, the exemplar priors). ``encode`` maps renders [B,H,W,3] in [0,1] into that space
+with gradient, ``decode`` maps back. Text conditions are opaque ``Cond`` batches made by ``embed``; a guidance
+objective selects, concatenates and blends them but never looks inside.
+"""
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from engine.cameras import Cameras
+
+
+@dataclass
+class Cond:
+    """A batch of N conditions: named tensors that all share the leading dimension N."""
+
+    tensors: dict[str, Tensor]
+
+    def __post_init__(self) -> None:
+        sizes = {k: v.shape[0] for k, v in self.tensors.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"Cond tensors disagree on the batch size: {sizes}")
+
+    def __len__(self) -> int:
+        return next(iter(self.tensors.values())).shape[0]
+
+    def __getitem__(self, idx) -> "Cond":
+        if isinstance(idx, int):
+            idx = slice(idx, idx + 1)
+        return Cond({k: v[idx] for k, v in self.tensors.items()})
+
+    def expand(self, n: int) -> "Cond":
+        """Repeat a single condition n times (N must be 1) or return self when N == n."""
+        if len(self) == n:
+            return self
+        if len(self) != 1:
+            raise ValueError(f"cannot expand a Cond of {len(self)} rows to {n}")
+        return Cond({k: v.expand(n, *v.shape[1:]) for k, v in self.tensors.items()})
+
+    @staticmethod
+    def cat(conds: Sequence["Cond"]) -> "Cond":
+        keys = conds[0].tensors.keys()
+        for c in conds[1:]:
+            if c.tensors.keys() != keys:
+                raise ValueError(f"cannot concatenate Conds with keys {sorted(keys)} and {sorted(c.tensors.keys())}")
+        return Cond({k: torch.cat([c.tensors[k] for c in conds]) for k in keys})
+
+    def lerp(self, other: "Cond", weight: Tensor) -> "Cond":
+        """Row-wise (1 - weight) * self + weight * other, weight [N] (embedding interpolation, guidance-spec §1.6)."""
+        out = {}
+        for k, a in self.tensors.items():
+            w = weight.to(a.dtype).view(-1, *([1] * (a.ndim - 1)))
+            out[k] = a + w * (other.tensors[k] - a)
+        return Cond(out)
+
+    def to(self, device) -> "Cond":
+        return Cond({k: v.to(device) for k, v in self.tensors.items()})
+
+
+@runtime_checkable
+class Prior(Protocol):
+    """A 2D diffusion model over images, with an epsilon-prediction interface.
+
+    Attributes:
+        alphas_cumprod: [T] abar_t for t = 0..T-1 (float32, on the prior's device).
+        steps_offset: the scheduler's offset between a DDIM index and a model timestep (1 for SD-2.1, SDXL).
+        latent: True when ``x`` is a VAE latent (so the render passes through an encoder).
+        device: where the model runs; guidance moves inputs there.
+    """
+
+    alphas_cumprod: Tensor
+    steps_offset: int
+    latent: bool
+    device: torch.device
+
+    def encode(self, rgb: Tensor) -> Tensor:
+        """Renders [B,H,W,3] in [0,1] -> samples x [B,c,h,w], differentiable."""
+        ...
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Samples x [B,c,h,w] -> images [B,H,W,3] in [0,1] (no gradient needed)."""
+        ...
+
+    def embed(self, prompts: Sequence[str]) -> Cond:
+        """Text conditions for the prompts ("" is the null condition), cached per prompt."""
+        ...
+
+    def predict_eps(self, x_t: Tensor, t: Tensor, cond: Cond, cams: Cameras | None = None) -> Tensor:
+        """Noise prediction eps(x_t, t, cond) [B,c,h,w] for int timesteps t [B]; cond has B rows.
+
+        Always epsilon, whatever the model predicts natively (v-prediction is converted inside). Never carries a
+        gradient to the model's weights; callers wrap it in no_grad where they need no graph at all.
+        """
+        ...
+
+
+class PriorError(ValueError):
+    """A prior cannot be built or cannot serve a prompt; the message is meant for the user as is."""
+
+
+def scaled_linear_alphas_cumprod(T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> Tensor:
+    """abar_t of Stable Diffusion's "scaled_linear" schedule (guidance-spec §1.1), float64 -> float32."""
+    betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, T, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0).float()
