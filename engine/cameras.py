@@ -51,6 +51,15 @@ class Cameras:
         return Cameras(self.c2w[idx], self.fovy[idx], self.width, self.height,
                        self.azimuth[idx], self.elevation[idx], self.distance[idx])
 
+    @staticmethod
+    def cat(cams: "list[Cameras]") -> "Cameras":
+        """Concatenate camera batches of the same image size."""
+        if len({(c.width, c.height) for c in cams}) != 1:
+            raise ValueError("cannot concatenate cameras of different image sizes")
+        return Cameras(torch.cat([c.c2w for c in cams]), torch.cat([c.fovy for c in cams]), cams[0].width,
+                       cams[0].height, torch.cat([c.azimuth for c in cams]), torch.cat([c.elevation for c in cams]),
+                       torch.cat([c.distance for c in cams]))
+
     def to(self, device) -> "Cameras":
         return Cameras(self.c2w.to(device), self.fovy.to(device), self.width, self.height,
                        self.azimuth.to(device), self.elevation.to(device), self.distance.to(device))

@@ -125,7 +125,7 @@ class TimestepConfig:
     - "uniform": t ~ UniformInt[min, max] (inclusive), independently per sample.
     - "annealed": min and max move linearly to (min_end, max_end) between steps ``start`` and ``end``.
     - "two-stage": ProlificDreamer's schedule, (min, max) before step ``start`` and (min_end, max_end) from it on.
-    - "sqrt": HiFA's deterministic t = max - (max - min) sqrt(step / end) ... as p(i) = min + (max-min)(1-sqrt(i/N)).
+    - "sqrt": HiFA's deterministic schedule, t = min + (max - min)(1 - sqrt(step / end)) (a fraction of T).
     """
 
     schedule: str = "uniform"

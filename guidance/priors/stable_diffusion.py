@@ -1,0 +1,367 @@
+"""Diffusers priors behind the Prior protocol: loading by hub id or folder, and Stable Diffusion 1.x / 2.x.
+
+``load_diffusers_prior`` reads the pipeline class from the model's own ``model_index.json`` (never from its name) and
+builds the matching prior: ``StableDiffusionPrior`` here, ``StableDiffusionXLPrior`` (guidance/priors/sdxl.py) and
+``DeepFloydIFPrior`` (guidance/priors/deepfloyd.py). Components are loaded one by one with ``from_pretrained`` (no
+safety checker, no pipeline object). A model that is not on disk and cannot be fetched raises ``PriorError`` at once
+(no 20 s of hub retries when the network is down).
+
+Notation (guidance-spec §1.1): abar_t = alphas_cumprod[t], alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t).
+Every UNet output is returned as epsilon: v-prediction becomes eps = sigma_t x_t + alpha_t v, and an x0 ("sample")
+prediction becomes eps = (x_t - alpha_t x0) / sigma_t.
+"""
+
+import importlib
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+from urllib.parse import urlparse
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from engine.cameras import Cameras
+from guidance.priors import PriorConfig
+from guidance.priors.base import Cond, PriorError
+
+SUPPORTED: dict[str, tuple[str, str]] = {
+    "StableDiffusionPipeline": ("guidance.priors.stable_diffusion", "StableDiffusionPrior"),
+    "StableDiffusionXLPipeline": ("guidance.priors.sdxl", "StableDiffusionXLPrior"),
+    "IFPipeline": ("guidance.priors.deepfloyd", "DeepFloydIFPrior"),
+}
+"""model_index.json ``_class_name`` -> (module, prior class)."""
+
+_TRUE = ("1", "on", "yes", "true")
+
+
+def hub_offline() -> bool:
+    """True when HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set (read now, not at import like huggingface_hub does)."""
+    return any(os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub endpoint answers a TCP connect; behind a proxy we cannot tell, so assume yes."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    from huggingface_hub import constants
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _missing_message(name: str, reason: str, gated: bool = False) -> str:
+    msg = (f"cannot load the diffusers model {name!r}: {reason}. "
+           f"Download it on a machine with network (`huggingface-cli download {name}`, then copy the Hugging Face "
+           f"cache, ~/.cache/huggingface), or pass a local folder written by save_pretrained as the prior name.")
+    if gated or "deepfloyd" in name.lower():
+        msg += (" DeepFloyd IF is a gated model: accept its licence on its Hugging Face page and log in "
+                "(`huggingface-cli login`) before downloading.")
+    return msg
+
+
+@dataclass
+class ModelSource:
+    """Where a diffusers model comes from: a local folder or a hub id, plus its model_index.json."""
+
+    name: str
+    index: dict[str, Any]
+    local_files_only: bool = True
+    revision: str | None = None
+    loaded: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pipeline_class(self) -> str:
+        return str(self.index.get("_class_name", ""))
+
+    @staticmethod
+    def resolve(name: str) -> "ModelSource":
+        """Find the model's model_index.json without waiting on a dead network; PriorError when it is unreachable."""
+        if os.path.isdir(name):
+            path = os.path.join(name, "model_index.json")
+            if not os.path.isfile(path):
+                raise PriorError(f"{name!r} is a folder but holds no model_index.json; a diffusers prior folder is "
+                                 f"one written by DiffusionPipeline.save_pretrained (or a hub snapshot)")
+            return ModelSource(name, _read_json(path))
+        if name.startswith((".", "/", "~")) or name.count("/") > 1:
+            raise PriorError(f"no such model folder: {name!r}")
+        return ModelSource._resolve_hub(name)
+
+    @staticmethod
+    def _resolve_hub(name: str) -> "ModelSource":
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+        try:
+            return ModelSource(name, _read_json(hf_hub_download(name, "model_index.json", local_files_only=True)))
+        except HFValidationError as e:
+            raise PriorError(f"{name!r} is neither a model folder nor a valid hub id ({e})") from None
+        except OSError:
+            pass
+        if hub_offline():
+            raise PriorError(_missing_message(name, "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is "
+                                                    "set")) from None
+        if not _hub_reachable():
+            raise PriorError(_missing_message(name, "it is not in the local Hugging Face cache and the hub cannot be "
+                                                    "reached (no network)")) from None
+        try:
+            path = hf_hub_download(name, "model_index.json")
+        except GatedRepoError:
+            raise PriorError(_missing_message(name, "the repository is gated and this account has no access",
+                                              gated=True)) from None
+        except RepositoryNotFoundError:
+            raise PriorError(f"no model {name!r} on the Hugging Face hub (check the id, or log in for a private "
+                             f"repository); a local folder works too") from None
+        except OSError as e:
+            raise PriorError(_missing_message(name, f"downloading model_index.json failed ({_first_line(e)})")) from None
+        return ModelSource(name, _read_json(path), local_files_only=False)
+
+    def component(self, key: str, **kwargs) -> Any:
+        """Load the component ``key`` (e.g. "unet") with the library and class model_index.json names for it."""
+        entry = self.index.get(key)
+        if not isinstance(entry, list) or len(entry) != 2 or entry[0] is None:
+            raise PriorError(f"{self.name!r}: model_index.json has no {key!r} component; the {self.pipeline_class} "
+                             f"prior needs it")
+        library, class_name = entry
+        cls = getattr(importlib.import_module(library), class_name)
+        kw = {"subfolder": key}
+        if self.local_files_only:
+            kw["local_files_only"] = True
+        if self.revision:
+            kw["revision"] = self.revision
+        obj = cls.from_pretrained(self.name, **kw, **kwargs)
+        self.loaded[key] = obj
+        return obj
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__
+
+
+def resolve_dtype(cfg: PriorConfig, device: torch.device) -> torch.dtype:
+    """cfg.dtype -> torch dtype; "auto" is fp16 on CUDA and fp32 elsewhere."""
+    match cfg.dtype:
+        case "auto":
+            return torch.float16 if device.type == "cuda" else torch.float32
+        case "float16" | "fp16":
+            return torch.float16
+        case "bfloat16" | "bf16":
+            return torch.bfloat16
+        case "float32" | "fp32":
+            return torch.float32
+        case _:
+            raise PriorError(f"prior dtype must be auto, float16, bfloat16 or float32, got {cfg.dtype!r}")
+
+
+def load_diffusers_prior(name: str, cfg: PriorConfig, device: torch.device | str = "cpu"):
+    """Build the prior for the diffusers model ``name`` (hub id or folder), chosen by its model_index.json class."""
+    source = ModelSource.resolve(name)
+    cls_name = source.pipeline_class
+    if cls_name not in SUPPORTED:
+        raise PriorError(f"{name!r} is a {cls_name or 'unknown'} model (model_index.json _class_name), which is not "
+                         f"supported as a prior; supported pipeline classes: {', '.join(SUPPORTED)}")
+    module, attr = SUPPORTED[cls_name]
+    prior_cls = getattr(importlib.import_module(module), attr)
+    try:
+        return prior_cls(source, cfg, torch.device(device))
+    except PriorError:
+        raise
+    except OSError as e:
+        raise PriorError(_missing_message(name, f"some files are missing ({_first_line(e)})")) from None
+
+
+def check_finite(what: str, x: Tensor, hint: str = "") -> Tensor:
+    """Raise PriorError when ``x`` holds NaN or Inf (fp16 overflow, broken weights) instead of training on garbage."""
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise PriorError(f"the prior produced {bad} non-finite values (NaN/Inf) in {what} "
+                         f"(shape {tuple(x.shape)}, dtype {x.dtype}). {hint or 'Try dtype float32.'}")
+    return x
+
+
+def _bcast(v: Tensor, like: Tensor) -> Tensor:
+    return v.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
+
+
+class DiffusersPrior:
+    """What every diffusers prior shares: UNet + schedule loading, the prompt cache and epsilon prediction.
+
+    Subclasses load their text encoders and implement ``encode``, ``decode``, ``_encode_text`` and, where the UNet
+    needs more than ``encoder_hidden_states``, ``_added_cond``.
+
+    Attributes:
+        unet: the denoiser (weights frozen; VSD may add LoRA adapters to it).
+        prediction_type: the UNet's native output, "epsilon", "v_prediction" or "sample".
+        cross_attention_kwargs: passed to every UNet call when set (e.g. {"scale": 0.0} for a LoRA scale).
+        generator: the torch.Generator behind posterior sampling; reseed it for reproducible runs.
+    """
+
+    latent: bool = True
+
+    def __init__(self, source: ModelSource, cfg: PriorConfig, device: torch.device):
+        self.name, self.cfg, self.device = source.name, cfg, device
+        self.dtype = resolve_dtype(cfg, device)
+        if cfg.ip_adapter:
+            raise PriorError("IP-Adapter loading is not implemented for diffusers priors yet; leave ip_adapter empty")
+        self.unet = self._frozen(source.component("unet", torch_dtype=self.dtype))
+        scheduler = source.component("scheduler")
+        if not hasattr(scheduler, "alphas_cumprod"):
+            raise PriorError(f"{self.name!r}: scheduler {type(scheduler).__name__} exposes no alphas_cumprod")
+        self.alphas_cumprod = scheduler.alphas_cumprod.detach().to(device=device, dtype=torch.float32)
+        self.prediction_type = str(scheduler.config.get("prediction_type", "epsilon"))
+        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise PriorError(f"{self.name!r}: unsupported prediction_type {self.prediction_type!r}")
+        self.steps_offset = int(scheduler.config.get("steps_offset", 0))
+        self.scheduler_config = dict(scheduler.config)
+        self.cross_attention_kwargs: dict[str, Any] | None = None
+        self.generator = torch.Generator(device=device).manual_seed(0)
+        self._embeds: dict[str, Cond] = {}
+
+    def _frozen(self, module: torch.nn.Module) -> torch.nn.Module:
+        module.requires_grad_(False)
+        return module.to(self.device).eval()
+
+    # ---- text conditions -------------------------------------------------------------------------------------
+    def embed(self, prompts: Sequence[str]) -> Cond:
+        """Text conditions for the prompts ("" is the null condition), cached per prompt string.
+
+        A single prompt returns the cached Cond itself, so repeated calls give the very same tensors.
+        """
+        if isinstance(prompts, str):
+            raise ValueError("embed takes a list of prompts, got a single string")
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._embeds]
+        if missing:
+            with torch.no_grad():
+                tensors = self._encode_text(missing)
+            for i, p in enumerate(missing):
+                self._embeds[p] = Cond({k: v[i:i + 1].to(self.device, self.dtype).clone() for k, v in tensors.items()})
+        conds = [self._embeds[p] for p in prompts]
+        return conds[0] if len(conds) == 1 else Cond.cat(conds)
+
+    def _encode_text(self, prompts: list[str]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    # ---- noise prediction ------------------------------------------------------------------------------------
+    def _added_cond(self, cond: Cond, x_t: Tensor) -> dict[str, Any]:
+        """UNet ``added_cond_kwargs``: IP-Adapter image embeddings when the Cond carries them."""
+        if "image_embeds" in cond.tensors:
+            return {"image_embeds": [cond.tensors["image_embeds"].to(self.dtype)]}
+        return {}
+
+    def _unet_output(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
+        added = self._added_cond(cond, x_t)
+        with torch.no_grad():
+            out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=cond.tensors["prompt_embeds"].to(self.dtype),
+                            added_cond_kwargs=added or None, cross_attention_kwargs=self.cross_attention_kwargs,
+                            return_dict=False)[0]
+        return out.to(x_t.dtype)
+
+    def predict_eps(self, x_t: Tensor, t: Tensor, cond: Cond, cams: Cameras | None = None) -> Tensor:
+        """Noise prediction eps(x_t, t, cond) [B,c,h,w] for int timesteps t [B]; cond has B rows.
+
+        The UNet runs under no_grad in its own dtype; the result comes back in x_t's dtype, always as epsilon.
+        ``cams`` is unused by text-conditioned priors.
+        """
+        if x_t.ndim != 4:
+            raise ValueError(f"x_t must be [B,c,h,w], got {tuple(x_t.shape)}")
+        b = x_t.shape[0]
+        t = torch.as_tensor(t, device=self.device).long().reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(b)
+        if t.shape != (b,):
+            raise ValueError(f"t must be [B={b}] integer timesteps, got {tuple(t.shape)}")
+        if len(cond) != b:
+            raise ValueError(f"cond has {len(cond)} rows but x_t has batch {b}")
+        x_t = x_t.to(self.device)
+        out = self._unet_output(x_t, t, cond.to(self.device))
+        eps = self._to_eps(out, x_t.detach(), t)
+        return check_finite("the noise prediction", eps, "The UNet overflowed; try dtype float32 or bfloat16.")
+
+    def _to_eps(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        abar = _bcast(self.alphas_cumprod[t], out)
+        match self.prediction_type:
+            case "epsilon":
+                return out
+            case "v_prediction":
+                return (1 - abar).sqrt() * x_t + abar.sqrt() * out
+            case "sample":
+                return (x_t - abar.sqrt() * out) / (1 - abar).sqrt()
+            case _:
+                raise PriorError(f"unsupported prediction_type {self.prediction_type!r}")
+
+
+def _clip_prompt_ids(tokenizer, prompts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Token ids and attention mask, padded to the tokenizer's max length as the diffusers pipelines do."""
+    inputs = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                       return_tensors="pt")
+    return inputs.input_ids.to(device), inputs.attention_mask.to(device)
+
+
+class StableDiffusionPrior(DiffusersPrior):
+    """Stable Diffusion 1.x / 2.x (``StableDiffusionPipeline``): a VAE latent prior with one CLIP text encoder.
+
+    Cond: {"prompt_embeds": [N,77,D]} (the text encoder's last hidden state, as the pipeline uses it).
+    """
+
+    latent = True
+
+    def __init__(self, source: ModelSource, cfg: PriorConfig, device: torch.device):
+        super().__init__(source, cfg, device)
+        self._load_text(source)
+        self.vae = self._frozen(source.component("vae", torch_dtype=self._vae_dtype()))
+        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.scaling_factor = float(self.vae.config.scaling_factor)
+        shift = self.vae.config.get("shift_factor", None)
+        self.shift_factor = float(shift) if shift is not None else 0.0
+        self.native_resolution = int(self.unet.config.sample_size) * self.vae_scale
+        self.resolution = int(cfg.resolution) or self.native_resolution
+        if self.resolution % self.vae_scale:
+            raise PriorError(f"prior resolution {self.resolution} must be a multiple of {self.vae_scale} "
+                             f"(the VAE's downsampling factor)")
+
+    def _vae_dtype(self) -> torch.dtype:
+        return self.dtype
+
+    def _load_text(self, source: ModelSource) -> None:
+        self.tokenizer = source.component("tokenizer")
+        self.text_encoder = self._frozen(source.component("text_encoder", torch_dtype=self.dtype))
+
+    def _encode_text(self, prompts: list[str]) -> dict[str, Tensor]:
+        ids, mask = _clip_prompt_ids(self.tokenizer, prompts, self.device)
+        use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
+        out = self.text_encoder(ids, attention_mask=mask if use_mask else None)
+        return {"prompt_embeds": out[0]}
+
+    def encode(self, rgb: Tensor) -> Tensor:
+        """Renders [B,H,W,3] in [0,1] -> latents [B,4,h,w] (fp32), differentiable through the VAE encoder.
+
+        The render is bilinearly resized to the prior resolution, mapped to [-1,1], encoded, and the posterior is
+        sampled (cfg.vae_sample, with ``self.generator``) or its mean taken, then scaled by the VAE's scaling_factor.
+        """
+        if rgb.ndim != 4 or rgb.shape[-1] != 3:
+            raise ValueError(f"rgb must be [B,H,W,3], got {tuple(rgb.shape)}")
+        x = rgb.to(self.device).permute(0, 3, 1, 2)
+        if x.shape[-2:] != (self.resolution, self.resolution):
+            x = F.interpolate(x, (self.resolution, self.resolution), mode="bilinear", align_corners=False)
+        x = (2 * x - 1).to(self.vae.dtype)
+        posterior = self.vae.encode(x).latent_dist
+        z = posterior.sample(generator=self.generator) if self.cfg.vae_sample else posterior.mode()
+        z = ((z.float() - self.shift_factor) * self.scaling_factor)
+        return check_finite("the encoded latents", z, "The VAE overflowed; use a float32 VAE (dtype float32).")
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Latents [B,4,h,w] -> images [B,H,W,3] in [0,1], without gradient."""
+        with torch.no_grad():
+            z = x.to(self.device).float() / self.scaling_factor + self.shift_factor
+            img = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]
+        return ((img.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)

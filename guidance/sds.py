@@ -1,0 +1,98 @@
+"""SDS: Score Distillation Sampling (DreamFusion, Poole et al. 2022, https://arxiv.org/abs/2209.14988, Eq. 3).
+
+Notation (guidance-spec §2.1): z = encoded render, n ~ N(0, I), x_t = alpha_t z + sigma_t n,
+eps_hat = CFG(eps_u, eps_y) at (x_t, t), and the update on z is
+
+    g = w(t) (eps_hat - n),
+
+applied through the detached-target surrogate (guidance/base.py). w(t) = 1 - abar_t by default. The two CFG
+conventions (threestudio's s and the standard s, guidance-spec §1.3) are selectable; with guidance_scale 1 in the
+standard convention the unconditional branch is skipped, since eps_hat = eps_y exactly.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from engine.cameras import Cameras
+from guidance.base import (CFG_CONVENTIONS, REDUCTIONS, WEIGHTINGS, GuidanceOutput, TimestepConfig, add_noise,
+                           classifier_free_guidance, sample_timesteps, surrogate_loss, weight)
+from guidance.priors.base import Cond, Prior
+from guidance.prompts import PromptSet
+
+
+@dataclass
+class SDSConfig:
+    """Score Distillation Sampling."""
+
+    guidance_scale: float = 100.0
+    """CFG scale s, read in the convention below (threestudio's 100 equals 101 in the standard one)."""
+    cfg_convention: str = "threestudio"
+    """"threestudio": eps_y + s (eps_y - eps_u); "standard": eps_u + s (eps_y - eps_u)."""
+    weighting: str = "sds"
+    """w(t): "sds" = 1 - abar_t, "uniform" = 1, "fantasia3d" = sqrt(abar_t) (1 - abar_t)."""
+    timesteps: TimestepConfig = None  # type: ignore[assignment]
+    """How t is drawn each step."""
+    grad_clip: float = 0.0
+    """Clamp each element of g to [-grad_clip, grad_clip]; 0 disables."""
+    reduction: str = "mean"
+    """Loss scaling over the batch: "mean" (threestudio, dL/dz = g/B) or "sum" (SpecifyGradient, dL/dz = g)."""
+
+    def __post_init__(self) -> None:
+        if self.timesteps is None:
+            self.timesteps = TimestepConfig()
+        if self.cfg_convention not in CFG_CONVENTIONS:
+            raise ValueError(f"guidance.cfg_convention must be one of {CFG_CONVENTIONS}, got {self.cfg_convention!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"guidance.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        if self.reduction not in REDUCTIONS:
+            raise ValueError(f"guidance.reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
+
+    def build(self, prior: Prior, gen: torch.Generator, total_steps: int) -> "SDS":
+        return SDS(self, prior, gen, total_steps)
+
+
+def cfg_eps(prior: Prior, x_t: Tensor, t: Tensor, cond: Cond, uncond: Cond, cams: Cameras | None, scale: float,
+            convention: str) -> Tensor:
+    """eps_hat with classifier-free guidance, one batched prior call; skips eps_u when it cannot matter."""
+    if convention == "standard" and scale == 1.0:
+        return prior.predict_eps(x_t, t, cond, cams)
+    both_cams = None if cams is None else Cameras.cat([cams, cams])
+    eps = prior.predict_eps(torch.cat([x_t, x_t]), torch.cat([t, t]), Cond.cat([cond, uncond]), both_cams)
+    eps_y, eps_u = eps.chunk(2)
+    return classifier_free_guidance(eps_u, eps_y, scale, convention)
+
+
+class SDS:
+    """Stateless SDS objective bound to its prior."""
+
+    def __init__(self, cfg: SDSConfig, prior: Prior, gen: torch.Generator, total_steps: int):
+        self.cfg, self.prior, self.gen, self.total_steps = cfg, prior, gen, total_steps
+
+    def param_groups(self) -> dict[str, dict]:
+        return {}
+
+    def __call__(self, rgb: Tensor, prompts: PromptSet, cams: Cameras, step: int, *, t: Tensor | None = None,
+                 noise: Tensor | None = None) -> GuidanceOutput:
+        """rgb [B,H,W,3] in [0,1]; ``t`` [B] and ``noise`` (sample-shaped) may be injected for tests."""
+        prior, cfg = self.prior, self.cfg
+        z = prior.encode(rgb)
+        B = z.shape[0]
+        ac = prior.alphas_cumprod
+        if t is None:
+            t = sample_timesteps(cfg.timesteps, step, self.total_steps, B, self.gen, ac.shape[0])
+        t = t.to(z.device)
+        if noise is None:
+            noise = torch.randn(z.shape, generator=self.gen).to(z.device, z.dtype)
+        with torch.no_grad():
+            x_t = add_noise(z.detach(), noise, t, ac)
+            eps_hat = cfg_eps(prior, x_t, t, prompts.cond(cams), prompts.uncond(B), cams, cfg.guidance_scale,
+                              cfg.cfg_convention)
+            w = weight(t, ac, cfg.weighting).view(-1, 1, 1, 1)
+            g = w * (eps_hat - noise)
+            if cfg.grad_clip > 0:
+                g = g.clamp(-cfg.grad_clip, cfg.grad_clip)
+        loss = surrogate_loss(z, g, cfg.reduction)
+        return GuidanceOutput(loss, {"loss_sds": loss.item(), "grad_norm": g.norm().item(),
+                                     "t": t.float().mean().item()})

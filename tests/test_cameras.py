@@ -1,0 +1,88 @@
+import math
+
+import pytest
+import torch
+
+from engine.cameras import (CameraConfig, Cameras, look_at, orbit_cameras, orbit_position, sample_cameras, turntable,
+                            view_labels)
+
+
+def test_orbit_convention_y_up_front_is_plus_z():
+    cams = orbit_cameras(torch.tensor([0.0, 90.0]), torch.tensor([0.0, 0.0]), 2.0, 40.0, 16)
+    # azimuth 0 sits on +Z, azimuth 90 on +X, both looking at the origin along -Z of the camera
+    assert torch.allclose(cams.position[0], torch.tensor([0.0, 0.0, 2.0]), atol=1e-6)
+    assert torch.allclose(cams.position[1], torch.tensor([2.0, 0.0, 0.0]), atol=1e-6)
+    forward = -cams.c2w[:, :3, 2]
+    assert torch.allclose(forward, -cams.position / 2.0, atol=1e-6)
+    # camera up has a positive world-Y component (Y-up world)
+    assert (cams.c2w[:, 1, 1] > 0).all()
+
+
+def test_elevation_goes_up():
+    p = orbit_position(torch.tensor([0.0]), torch.tensor([30.0]), torch.tensor([2.0]))
+    assert p[0, 1].item() == pytest.approx(2.0 * math.sin(math.radians(30)), abs=1e-6)
+
+
+def test_c2w_is_rigid_and_opencv_roundtrip():
+    cams = orbit_cameras(torch.tensor([10.0, 130.0, -75.0]), torch.tensor([5.0, 40.0, -10.0]), 2.5, 50.0, 32)
+    R = cams.c2w[:, :3, :3]
+    assert torch.allclose(R @ R.transpose(1, 2), torch.eye(3).expand(3, 3, 3), atol=1e-5)
+    assert torch.allclose(torch.det(R), torch.ones(3), atol=1e-5)
+    # OpenCV world->camera: the origin (look-at point) projects to the principal point with positive depth
+    V = cams.viewmat_opencv()
+    o = V @ torch.tensor([0.0, 0.0, 0.0, 1.0])
+    assert (o[:, 2] > 0).all()
+    uv = (cams.intrinsics() @ o[:, :3, None])[..., 0]
+    uv = uv[:, :2] / uv[:, 2:]
+    assert torch.allclose(uv, torch.full_like(uv, 16.0), atol=1e-4)
+    # a world point above the origin appears above the image centre (smaller row index)
+    up = V @ torch.tensor([0.0, 0.3, 0.0, 1.0])
+    row = (cams.intrinsics() @ up[:, :3, None])[:, 1, 0] / up[:, 2]
+    assert (row < 16).all()
+
+
+def test_rays_hit_origin_at_centre():
+    cams = orbit_cameras(torch.tensor([45.0]), 20.0, 2.5, 40.0, 33)
+    o, d = cams.rays()
+    assert o.shape == (1, 33, 33, 3) and d.shape == (1, 33, 33, 3)
+    centre = o[0, 16, 16] + 2.5 * d[0, 16, 16]
+    assert centre.norm().item() < 1e-5
+    assert torch.allclose(d.norm(dim=-1), torch.ones(1, 33, 33), atol=1e-6)
+    # top row rays point higher than the bottom row
+    assert d[0, 0, 16, 1] > d[0, -1, 16, 1]
+
+
+def test_look_at_straight_down_is_finite():
+    c2w = look_at(torch.tensor([[0.0, 3.0, 0.0]]))
+    assert torch.isfinite(c2w).all()
+    assert torch.allclose(c2w[0, :3, 2], torch.tensor([0.0, 1.0, 0.0]), atol=1e-6)
+
+
+def test_sampling_is_seeded_and_in_range():
+    cfg = CameraConfig(azimuth=(-30, 30), elevation=(0, 10), distance=(2, 3), fovy=(30, 60), batch_size=5)
+    a = sample_cameras(cfg, 16, torch.Generator().manual_seed(3))
+    b = sample_cameras(cfg, 16, torch.Generator().manual_seed(3))
+    assert torch.equal(a.c2w, b.c2w)
+    assert a.azimuth.min() >= -30 and a.azimuth.max() <= 30
+    assert a.distance.min() >= 2 and a.distance.max() <= 3
+    assert torch.allclose(a.position.norm(dim=-1), a.distance, atol=1e-5)
+
+
+def test_turntable_and_cat():
+    cfg = CameraConfig()
+    t = turntable(8, cfg, 16)
+    assert len(t) == 8
+    assert torch.allclose(t.azimuth[1] - t.azimuth[0], torch.tensor(45.0))
+    both = Cameras.cat([t, t[:2]])
+    assert len(both) == 10
+
+
+def test_view_labels_thresholds():
+    az = torch.tensor([0.0, 44.0, 46.0, 134.0, 136.0, 180.0, -170.0, 10.0])
+    el = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 70.0])
+    assert view_labels(az, el) == ["front", "front", "side", "side", "back", "back", "back", "overhead"]
+
+
+def test_bad_camera_config_raises():
+    with pytest.raises(ValueError, match="elevation"):
+        CameraConfig(elevation=(10, 0))
