@@ -1,0 +1,576 @@
+"""3D Gaussian splatting scene (Kerbl et al. 2023, arXiv 2308.04079) for score distillation.
+
+Parameters (N Gaussians, all ``nn.Parameter`` so the loop's optimiser sees them):
+    means [N,3] (world, metres, Y up), log_scales [N,3], quats [N,4] (w,x,y,z, normalised when used),
+    opacity_logits [N], sh_dc [N,3] and sh_rest [N,(d+1)²−1,3] (INRIA SH colour: rgb = SH(dir) + 0.5).
+
+Rendering goes through one splat op with two backends (renderers/kernels): a pure-torch rasterizer that runs on CPU
+and ``gsplat.rasterization`` on CUDA. Besides RGB the op composites each Gaussian's distance to the camera (→ depth)
+and its shortest-axis normal facing the camera (→ normal), so objectives stay renderer-agnostic.
+
+Densification (renderers.md §1.5–1.6) follows 3DGS's adaptive density control with SDS-sized thresholds: the running
+mean of ‖∂L/∂μ₂‖ in NDC units selects Gaussians to clone (small) or split (large), then low-opacity, huge or
+non-finite Gaussians are pruned, all under a hard cap. It changes the number of rows of every parameter, so:
+
+* each resized parameter becomes a new ``nn.Parameter`` (autograd caches a leaf's shape, so ``p.data`` cannot simply
+  be swapped), and it replaces the old one in the attached optimiser's param_groups;
+* the optimiser's per-element state (Adam's exp_avg / exp_avg_sq) is sliced and zero-extended alongside. For that
+  the scene needs the optimiser: the training loop calls ``scene.attach_optimizer(opt)`` once after building it from
+  ``scene.param_groups()``. Without an attached optimiser densification is skipped (with one warning).
+"""
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from engine.cameras import Cameras
+from renderers.base import RenderOutput, composite
+from renderers.kernels import splat_cuda as _splat_cuda
+from renderers.kernels.splat_torch import SH_C0, SplatResult, covariance, eval_sh, quat_to_rotmat, splat_torch
+
+BACKENDS = ("auto", "torch", "cuda")
+INITS = ("random", "coarse_sphere", "file")
+NORMAL_MODES = ("axis", "depth")
+_PARAM_ATTRS = {"means": "means", "scales": "log_scales", "quats": "quats", "opacities": "opacity_logits",
+                "sh_dc": "sh_dc", "sh_rest": "sh_rest"}
+
+
+@dataclass
+class GaussiansConfig:
+    """3D Gaussian splatting: initialisation, colour, learning rates, densification, regularisers and backend."""
+
+    num_points: int = 2000
+    """Gaussians at initialisation (ignored for init="file", which uses every point of the file)."""
+    init: str = "random"
+    """"random" (uniform in a ball), "coarse_sphere" (a shell: a solid-looking sphere, suits the shapes world) or
+    "file" (a point cloud, see init_path)."""
+    init_path: str = ""
+    """Point cloud for init="file": .ply (x,y,z and optional red,green,blue or f_dc_*) or .npy [N,3] / [N,6]."""
+    init_radius: float = 0.6
+    """Radius in metres of the initial ball or shell."""
+    init_scale: float = 0.05
+    """Initial isotropic scale in metres; <= 0 uses √(mean squared distance to the 3 nearest neighbours)."""
+    init_opacity: float = 0.12
+    """Initial opacity in (0,1) (coarse_sphere uses max(init_opacity, 0.5) so the shell reads as a surface)."""
+    init_color: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    """Initial RGB in [0,1] when the init gives no colours."""
+    sh_degree: int = 0
+    """Maximum spherical-harmonics degree of the colour (0-3)."""
+    sh_degree_interval: int = 0
+    """Grow the active SH degree by one every N steps, starting at 0 (0: use sh_degree from the start)."""
+    lr_means: float = 2e-3
+    """Adam learning rate of the means (metres)."""
+    lr_scales: float = 5e-3
+    """Adam learning rate of the log-scales."""
+    lr_quats: float = 1e-3
+    """Adam learning rate of the quaternions."""
+    lr_opacities: float = 2e-2
+    """Adam learning rate of the opacity logits."""
+    lr_sh_dc: float = 2e-2
+    """Adam learning rate of the SH DC colour coefficients."""
+    lr_sh_rest: float = 1e-3
+    """Adam learning rate of the higher SH bands (3DGS uses DC / 20)."""
+    densify: bool = True
+    """Clone, split and prune Gaussians during training (needs attach_optimizer)."""
+    densify_start: int = 100
+    """First step at which to densify."""
+    densify_stop: int = 3000
+    """No densification from this step on."""
+    densify_every: int = 100
+    """Densify and prune every N steps."""
+    densify_grad_threshold: float = 0.01
+    """Mean ‖∂L/∂μ₂‖ in NDC units above which a Gaussian is cloned or split (SDS: ~0.01; photometric: 2e-4)."""
+    clone_scale_threshold: float = 0.02
+    """Gaussians with max scale (metres) at or below this are cloned, larger ones are split."""
+    split_factor: float = 1.6
+    """Scale divisor of the two children of a split."""
+    prune_opacity: float = 0.01
+    """Prune Gaussians whose opacity falls below this."""
+    prune_scale: float = 0.5
+    """Prune Gaussians whose largest scale exceeds this many metres."""
+    opacity_reset_every: int = 0
+    """Reset opacities to at most 0.01 every N steps while densifying (0: never; SDS pipelines mostly skip it)."""
+    max_gaussians: int = 20_000
+    """Hard cap on the number of Gaussians."""
+    scale_reg: float = 0.0
+    """Weight of the regulariser mean(scale) (L1 on activated scales, as gsplat's MCMC preset)."""
+    anisotropy_reg: float = 0.0
+    """Weight of mean(relu(max scale / min scale - anisotropy_max)) against needle-like splats."""
+    anisotropy_max: float = 10.0
+    """Largest scale ratio free of the anisotropy penalty."""
+    opacity_reg: float = 0.0
+    """Weight of mean(opacity) (encourages fewer, more transparent splats)."""
+    normals: str = "axis"
+    """Normal map source: "axis" (the shortest axis of each Gaussian, composited) or "depth" (from depth)."""
+    antialiased: bool = False
+    """Mip-Splatting style opacity compensation for the 0.3 px² low-pass (gsplat's rasterize_mode="antialiased")."""
+    tile_size: int = 16
+    """Tile side in pixels."""
+    checkpoint_tiles: bool = False
+    """Torch backend: recompute each tile in the backward pass (less memory, ~1.3x slower)."""
+    backend: str = "auto"
+    """"auto" (gsplat when CUDA is available, else torch with one warning), "torch" or "cuda"."""
+
+    def __post_init__(self) -> None:
+        checks = {"init": (self.init, INITS), "normals": (self.normals, NORMAL_MODES),
+                  "backend": (self.backend, BACKENDS)}
+        for name, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"gaussians.{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if not 0 <= self.sh_degree <= 3:
+            raise ValueError(f"gaussians.sh_degree must be in 0..3, got {self.sh_degree}")
+        if not 0.0 < self.init_opacity < 1.0:
+            raise ValueError(f"gaussians.init_opacity must be in (0,1), got {self.init_opacity}")
+        if self.init == "file" and not self.init_path:
+            raise ValueError("gaussians.init='file' needs gaussians.init_path")
+        if self.init != "file" and not 1 <= self.num_points <= self.max_gaussians:
+            raise ValueError(f"gaussians.num_points must be in [1, max_gaussians={self.max_gaussians}], "
+                             f"got {self.num_points}")
+
+    def build(self, gen: torch.Generator, device: torch.device | str = "cpu") -> "Gaussians":
+        """Initialise a scene on ``device``; ``gen`` (CPU generator) is the run's single source of randomness."""
+        return Gaussians(self, gen, torch.device(device))
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        warnings.warn(msg, stacklevel=3)
+
+
+def resolve_splat_backend(name: str) -> str:
+    """"auto" → "cuda" when a GPU and gsplat are usable, else "torch" (warning once); "cuda" must be usable."""
+    match name:
+        case "torch":
+            return "torch"
+        case "cuda":
+            if not _splat_cuda.available():
+                raise ValueError("backend 'cuda' needs a CUDA device and gsplat's rasterizer; use 'torch' or 'auto'")
+            return "cuda"
+        case "auto":
+            if _splat_cuda.available():
+                return "cuda"
+            _warn_once("gaussians: no usable CUDA/gsplat, falling back to the pure-torch splat backend (slow)")
+            return "torch"
+        case _:
+            raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+
+
+def splat(backend: str, *args, **kwargs) -> SplatResult:
+    """Dispatch one splat call to the resolved ``backend`` ("torch" or "cuda"); see splat_torch for the contract."""
+    match backend:
+        case "torch":
+            return splat_torch(*args, **kwargs)
+        case "cuda":
+            return _splat_cuda.splat_cuda(*args, **kwargs)
+        case _:
+            raise ValueError(f"splat backend must be resolved to 'torch' or 'cuda', got {backend!r}")
+
+
+class _InwardClamp(torch.autograd.Function):
+    """clamp(x, 0, 1) whose gradient still flows where a descent step would move x back into [0,1].
+
+    A plain clamp zeroes the gradient of an out-of-range colour forever; this keeps it recoverable.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp(0.0, 1.0)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        ok = ((x >= 0) & (x <= 1)) | ((x < 0) & (g < 0)) | ((x > 1) & (g > 0))
+        return torch.where(ok, g, torch.zeros_like(g))
+
+
+def rgb_to_sh0(rgb: Tensor) -> Tensor:
+    """SH DC coefficient whose colour (0.5 + C0·f_dc) is ``rgb``."""
+    return (rgb - 0.5) / SH_C0
+
+
+def _knn_scale(points: Tensor, k: int = 3, chunk: int = 2048) -> Tensor:
+    """[N] √(mean squared distance to the k nearest other points), chunked to bound memory."""
+    if points.shape[0] <= 1:
+        return torch.full((points.shape[0],), 0.05, dtype=points.dtype, device=points.device)
+    k = min(k, points.shape[0] - 1)
+    out = []
+    for i in range(0, points.shape[0], chunk):
+        d2 = torch.cdist(points[i:i + chunk], points).square()
+        out.append(d2.topk(k + 1, largest=False).values[:, 1:].mean(-1).sqrt())
+    return torch.cat(out).clamp_min(1e-4)
+
+
+def load_point_cloud(path: str | Path) -> tuple[Tensor, Tensor | None]:
+    """Points [N,3] and optional colours [N,3] in [0,1] from a .npy ([N,3] or [N,6]) or .ply file."""
+    path = Path(path)
+    match path.suffix.lower():
+        case ".npy":
+            arr = torch.as_tensor(np.load(path), dtype=torch.float32)
+            if arr.ndim != 2 or arr.shape[1] not in (3, 6):
+                raise ValueError(f"{path}: expected an [N,3] or [N,6] array, got {tuple(arr.shape)}")
+            cols = arr[:, 3:6] if arr.shape[1] == 6 else None
+            if cols is not None and cols.max() > 1.0:
+                cols = cols / 255.0
+            return arr[:, :3], cols
+        case ".ply":
+            from renderers.ply import read_ply_vertices
+
+            v = read_ply_vertices(path)
+            xyz = torch.as_tensor(np.stack([v["x"], v["y"], v["z"]], -1), dtype=torch.float32)
+            if all(f"f_dc_{i}" in v for i in range(3)):
+                dc = torch.as_tensor(np.stack([v[f"f_dc_{i}"] for i in range(3)], -1), dtype=torch.float32)
+                return xyz, (0.5 + SH_C0 * dc).clamp(0, 1)
+            if all(c in v for c in ("red", "green", "blue")):
+                rgb = np.stack([v["red"], v["green"], v["blue"]], -1).astype(np.float32)
+                scale = 255.0 if v["red"].dtype == np.uint8 or rgb.max() > 1.0 else 1.0
+                return xyz, torch.as_tensor(rgb / scale)
+            return xyz, None
+        case _:
+            raise ValueError(f"unsupported point cloud {path}: use .ply or .npy")
+
+
+def _initial_points(cfg: GaussiansConfig, gen: torch.Generator) -> tuple[Tensor, Tensor | None]:
+    match cfg.init:
+        case "random":
+            d = F.normalize(torch.randn(cfg.num_points, 3, generator=gen), dim=-1)
+            r = cfg.init_radius * torch.rand(cfg.num_points, 1, generator=gen) ** (1.0 / 3.0)
+            return d * r, None
+        case "coarse_sphere":
+            d = F.normalize(torch.randn(cfg.num_points, 3, generator=gen), dim=-1)
+            r = cfg.init_radius * (0.9 + 0.1 * torch.rand(cfg.num_points, 1, generator=gen))
+            return d * r, None
+        case "file":
+            pts, cols = load_point_cloud(cfg.init_path)
+            if pts.shape[0] > cfg.max_gaussians:
+                keep = torch.randperm(pts.shape[0], generator=gen)[:cfg.max_gaussians]
+                pts, cols = pts[keep], (None if cols is None else cols[keep])
+            return pts, cols
+        case _:
+            raise ValueError(f"unknown init {cfg.init!r}")
+
+
+class Gaussians(nn.Module):
+    """A set of 3D Gaussians with SH colour, rendered by splatting (the Scene protocol of renderers/base.py)."""
+
+    def __init__(self, cfg: GaussiansConfig, gen: torch.Generator, device: torch.device = torch.device("cpu")):
+        super().__init__()
+        self.cfg = cfg
+        self.backend = resolve_splat_backend(cfg.backend)
+        if self.backend == "cuda" and device.type != "cuda":
+            if cfg.backend == "cuda":
+                raise ValueError(f"backend 'cuda' needs a CUDA device, got {device}")
+            self.backend = "torch"
+        pts, cols = _initial_points(cfg, gen)
+        n = pts.shape[0]
+        scale = torch.full((n,), cfg.init_scale) if cfg.init_scale > 0 else _knn_scale(pts)
+        opacity = max(cfg.init_opacity, 0.5) if cfg.init == "coarse_sphere" else cfg.init_opacity
+        rgb = torch.tensor(cfg.init_color, dtype=torch.float32).expand(n, 3) if cols is None else cols
+        n_rest = (cfg.sh_degree + 1) ** 2 - 1
+        self.means = nn.Parameter(pts.float().to(device))
+        self.log_scales = nn.Parameter(torch.log(scale)[:, None].expand(n, 3).contiguous().to(device))
+        self.quats = nn.Parameter(torch.tensor([1.0, 0.0, 0.0, 0.0]).expand(n, 4).contiguous().to(device))
+        self.opacity_logits = nn.Parameter(torch.full((n,), math.log(opacity / (1 - opacity)), device=device))
+        self.sh_dc = nn.Parameter(rgb_to_sh0(rgb.float()).contiguous().to(device))
+        self.sh_rest = nn.Parameter(torch.zeros(n, n_rest, 3, device=device))
+        # Densification statistics and bookkeeping; buffers so they travel with state_dict and .to().
+        self.register_buffer("grad2d_sum", torch.zeros(n, device=device))
+        self.register_buffer("grad2d_count", torch.zeros(n, device=device))
+        start_deg = 0 if cfg.sh_degree_interval > 0 else cfg.sh_degree
+        self.register_buffer("active_sh_degree", torch.tensor(start_deg, dtype=torch.long))
+        self._rng = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 62, (1,), generator=gen)))
+        self.register_buffer("rng_state", self._rng.get_state())
+        self._optimizer: torch.optim.Optimizer | None = None
+
+    # ----------------------------------------------------------------------------------------------- properties
+    @property
+    def num_gaussians(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def scales(self) -> Tensor:
+        return torch.exp(self.log_scales)
+
+    @property
+    def opacities(self) -> Tensor:
+        return torch.sigmoid(self.opacity_logits)
+
+    def _param_dict(self) -> dict[str, nn.Parameter]:
+        return {name: getattr(self, attr) for name, attr in _PARAM_ATTRS.items()}
+
+    # ------------------------------------------------------------------------------------------------ protocol
+    def param_groups(self) -> dict[str, dict]:
+        """Optimiser groups by name; each group carries its "name" so schedules can find it."""
+        c = self.cfg
+        lrs = {"means": c.lr_means, "scales": c.lr_scales, "quats": c.lr_quats, "opacities": c.lr_opacities,
+               "sh_dc": c.lr_sh_dc, "sh_rest": c.lr_sh_rest}
+        groups = {k: {"params": [p], "lr": lrs[k], "name": k} for k, p in self._param_dict().items()}
+        if c.sh_degree == 0:
+            del groups["sh_rest"]
+        return groups
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Give the scene the loop's optimiser, whose per-parameter state densification must resize."""
+        self._optimizer = optimizer
+
+    def colors(self, cam_pos: Float[Tensor, "C 3"]) -> Float[Tensor, "C N 3"]:
+        """View-dependent RGB per camera: SH(μ − camera) + 0.5, clamped to [0,1] with recoverable gradients."""
+        deg = int(self.active_sh_degree)
+        coeffs = torch.cat([self.sh_dc[:, None, :], self.sh_rest], dim=1)[:, :(deg + 1) ** 2]
+        if deg == 0:
+            return _InwardClamp.apply(SH_C0 * coeffs[:, 0] + 0.5)[None].expand(cam_pos.shape[0], -1, -1)
+        dirs = self.means[None] - cam_pos[:, None]
+        rgb = eval_sh(deg, dirs, coeffs[None].expand(cam_pos.shape[0], -1, -1, -1))
+        return _InwardClamp.apply(rgb + 0.5)
+
+    def axis_normals(self) -> Float[Tensor, "N 3"]:
+        """World-space unit normal of each Gaussian: its shortest axis (sign arbitrary)."""
+        R = quat_to_rotmat(self.quats)
+        idx = self.log_scales.argmin(-1)
+        return torch.gather(R, 2, idx[:, None, None].expand(-1, 3, 1)).squeeze(-1)
+
+    def render(self, cams: Cameras, background: Tensor) -> RenderOutput:
+        """Render ``cams``; ``background`` is [C,H,W,3] or broadcastable to it."""
+        C, H, W = len(cams), cams.height, cams.width
+        cam_pos = cams.position.to(self.means)
+        rel = self.means[None] - cam_pos[:, None]  # [C,N,3]
+        feats = [self.colors(cam_pos), rel.norm(dim=-1, keepdim=True)]
+        if self.cfg.normals == "axis":
+            n = self.axis_normals()[None].expand(C, -1, -1)
+            facing = torch.where((n * rel).sum(-1, keepdim=True) > 0, -1.0, 1.0)  # point towards the camera
+            feats.append(n * facing)
+        backend = "torch" if self.num_gaussians == 0 else self.backend
+        res = splat(backend, self.means, self.quats, self.scales, self.opacities, torch.cat(feats, -1),
+                    cams.viewmat_opencv().to(self.means), cams.intrinsics().to(self.means), W, H,
+                    tile_size=self.cfg.tile_size, antialiased=self.cfg.antialiased,
+                    checkpoint=self.cfg.checkpoint_tiles)
+        if res.means2d.requires_grad:
+            res.means2d.retain_grad()
+        alpha = res.alpha
+        hit = alpha > 1e-4
+        depth = torch.where(hit, res.render[..., 3:4] / alpha.clamp_min(1e-4), torch.zeros_like(alpha))
+        if self.cfg.normals == "axis":
+            normal = torch.where(hit, F.normalize(res.render[..., 4:7], dim=-1), torch.zeros_like(res.render[..., 4:7]))
+        else:
+            normal = normals_from_depth(cams, depth, hit)
+        rgb = composite(res.render[..., :3], alpha, background.to(alpha).expand(C, H, W, 3))
+        extras = {"means2d": res.means2d, "radii": res.radii, "num_gaussians": self.num_gaussians,
+                  "image_size": (W, H)}
+        return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, normal=normal, extras=extras)
+
+    @property
+    def regularizer_weights(self) -> dict[str, float]:
+        """Default weights of the terms of :meth:`regularizers` (the loop overrides them by name)."""
+        c = self.cfg
+        return {"scale": c.scale_reg, "anisotropy": c.anisotropy_reg, "opacity": c.opacity_reg}
+
+    def regularizers(self, out: RenderOutput, step: int) -> dict[str, Tensor]:
+        """Unweighted terms: mean scale (metres), mean excess anisotropy, mean opacity (weights: above)."""
+        if self.num_gaussians == 0:
+            zero = self.means.sum() * 0.0
+            return {"scale": zero, "anisotropy": zero, "opacity": zero}
+        ratio = torch.exp(self.log_scales.amax(-1) - self.log_scales.amin(-1))
+        return {"scale": self.scales.mean(),
+                "anisotropy": F.relu(ratio - self.cfg.anisotropy_max).mean(),
+                "opacity": self.opacities.mean()}
+
+    # ------------------------------------------------------------------------------------------- densification
+    @torch.no_grad()
+    def after_step(self, step: int, out: RenderOutput) -> None:
+        """Accumulate screen-space gradient statistics; densify, prune and reset opacity on schedule; grow SH."""
+        c = self.cfg
+        if c.sh_degree_interval > 0 and step > 0 and step % c.sh_degree_interval == 0:
+            self.active_sh_degree.fill_(min(c.sh_degree, int(self.active_sh_degree) + 1))
+        if not c.densify or step >= c.densify_stop:
+            return
+        self._accumulate_grad_stats(out)
+        if step >= c.densify_start and step % c.densify_every == 0 and step > 0:
+            if self._optimizer is None:
+                _warn_once("gaussians: densification skipped, no optimiser attached (call scene.attach_optimizer)")
+                return
+            self.densify_and_prune()
+            if c.opacity_reset_every > 0 and step % c.opacity_reset_every == 0:
+                self.reset_opacity()
+
+    def _accumulate_grad_stats(self, out: RenderOutput) -> None:
+        m2d = out.extras.get("means2d")
+        if m2d is None or m2d.grad is None or m2d.shape[1] != self.num_gaussians:
+            return
+        W, H = out.extras["image_size"]
+        g = m2d.grad * torch.tensor([W / 2.0, H / 2.0], device=m2d.device)  # pixels → NDC units
+        vis = (out.extras["radii"] > 0).any(-1)  # [C,N]
+        self.grad2d_sum += (g.norm(dim=-1) * vis).sum(0)
+        self.grad2d_count += vis.sum(0)
+
+    def densify_and_prune(self) -> dict[str, int]:
+        """One refinement: clone/split high-gradient Gaussians under the cap, then prune. Returns the counts."""
+        c, n = self.cfg, self.num_gaussians
+        avg = self.grad2d_sum / self.grad2d_count.clamp_min(1)
+        cand = (avg >= c.densify_grad_threshold) & (self.grad2d_count > 0)
+        budget = max(0, c.max_gaussians - n)
+        if int(cand.sum()) > budget:  # keep the strongest within the cap (clone and split each add one)
+            top = torch.topk(torch.where(cand, avg, -1.0), budget).indices if budget > 0 else avg.new_zeros(0).long()
+            cand = torch.zeros_like(cand)
+            cand[top] = True
+        big = self.scales.amax(-1) > c.clone_scale_threshold
+        clone, split = cand & ~big, cand & big
+        extra = self._clone_rows(clone)
+        children = self._split_rows(split)
+        extra = {k: torch.cat([extra[k], children[k]]) for k in extra}
+        keep = (~split).nonzero().squeeze(1)
+        self._rebuild(keep, extra)
+        n_pruned = self.prune()
+        return {"cloned": int(clone.sum()), "split": int(split.sum()), "pruned": n_pruned}
+
+    def _rows(self, mask: Tensor) -> dict[str, Tensor]:
+        return {k: p.data[mask] for k, p in self._param_dict().items()}
+
+    def _clone_rows(self, mask: Tensor) -> dict[str, Tensor]:
+        return self._rows(mask)
+
+    def _split_rows(self, mask: Tensor) -> dict[str, Tensor]:
+        """Two children per selected Gaussian, sampled from N(μ, Σ), with scales divided by split_factor."""
+        rows = self._rows(mask)
+        s = torch.exp(rows["scales"])
+        eps = torch.randn((2,) + s.shape, generator=self._rng).to(s)
+        R = quat_to_rotmat(rows["quats"])
+        offsets = torch.einsum("nij,knj->kni", R, s[None] * eps)
+        out = {k: torch.cat([v, v]) for k, v in rows.items()}
+        out["means"] = torch.cat([rows["means"] + offsets[0], rows["means"] + offsets[1]])
+        out["scales"] = torch.cat([rows["scales"], rows["scales"]]) - math.log(self.cfg.split_factor)
+        return out
+
+    def prune(self) -> int:
+        """Drop transparent, oversized and non-finite Gaussians; returns how many were removed."""
+        c = self.cfg
+        finite = torch.stack([torch.isfinite(p.data.reshape(self.num_gaussians, -1)).all(-1)
+                              for p in self._param_dict().values()]).all(0)
+        bad = (self.opacities < c.prune_opacity) | (self.scales.amax(-1) > c.prune_scale) | ~finite
+        if bad.any():
+            self._rebuild((~bad).nonzero().squeeze(1), None)
+        return int(bad.sum())
+
+    def reset_opacity(self, value: float = 0.01) -> None:
+        """Clamp opacities to at most ``value`` and clear their optimiser moments (3DGS opacity reset)."""
+        self.opacity_logits.data.clamp_(max=math.log(value / (1 - value)))
+        state = self._optimizer.state.get(self.opacity_logits, {}) if self._optimizer is not None else {}
+        for k, v in state.items():
+            if torch.is_tensor(v) and v.shape == self.opacity_logits.shape:
+                v.zero_()
+
+    def _rebuild(self, keep: Tensor, extra: dict[str, Tensor] | None) -> None:
+        """Rows ``keep`` of every parameter followed by ``extra`` rows; optimiser state is sliced and zero-padded."""
+        for name, p in self._param_dict().items():
+            new = p.data[keep] if extra is None else torch.cat([p.data[keep], extra[name].to(p.data)])
+            n_new = new.shape[0] - keep.shape[0]
+
+            def resize(v: Tensor, p=p, n_new=n_new) -> Tensor:
+                if torch.is_tensor(v) and v.shape == p.shape:
+                    return torch.cat([v[keep], v.new_zeros((n_new,) + v.shape[1:])])
+                return v
+
+            self._swap_param(name, new, resize)
+        self.grad2d_sum = torch.zeros(self.num_gaussians, device=self.means.device)
+        self.grad2d_count = torch.zeros(self.num_gaussians, device=self.means.device)
+
+    def _swap_param(self, name: str, data: Tensor, resize_state) -> None:
+        """Replace parameter ``name`` by a new Parameter holding ``data``, in the module and the attached optimiser.
+
+        A new object (rather than ``p.data = ...``) is needed because autograd caches a leaf's shape in its
+        gradient accumulator, which the previous step's graph may still hold.
+        """
+        attr = _PARAM_ATTRS[name]
+        old = getattr(self, attr)
+        new = nn.Parameter(data, requires_grad=old.requires_grad)
+        setattr(self, attr, new)
+        opt = self._optimizer
+        if opt is None:
+            return
+        for group in opt.param_groups:
+            group["params"] = [new if q is old else q for q in group["params"]]
+        if old in opt.state:
+            opt.state[new] = {k: resize_state(v) for k, v in opt.state.pop(old).items()}
+
+    # ------------------------------------------------------------------------------------------ checkpointing
+    def state_dict(self, *args, **kwargs):
+        self.rng_state = self._rng.get_state()
+        return super().state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state: dict[str, Tensor], strict: bool = True, assign: bool = False):
+        """Load a checkpoint with any number of Gaussians: parameters and buffers are resized first."""
+        attrs = {attr: name for name, attr in _PARAM_ATTRS.items()}
+        for key, t in list(self.named_parameters()) + list(self.named_buffers()):
+            if key in state and state[key].shape != t.shape:
+                empty = torch.empty(state[key].shape, dtype=t.dtype, device=t.device)
+                if key in attrs:  # the optimiser state no longer matches; the caller loads it next
+                    self._swap_param(attrs[key], empty, lambda v: v)
+                else:
+                    setattr(self, key, empty)
+        result = super().load_state_dict(state, strict=strict, assign=assign)
+        self._rng.set_state(self.rng_state.cpu())
+        return result
+
+    # ---------------------------------------------------------------------------------------- field queries
+    @torch.no_grad()
+    def _query(self, x: Tensor, with_albedo: bool, chunk: int = 4096) -> tuple[Tensor, Tensor | None]:
+        if self.num_gaussians == 0:
+            return x.new_zeros(x.shape[0]), (x.new_zeros(x.shape[0], 3) if with_albedo else None)
+        covars = covariance(self.quats, self.scales)
+        precis = torch.linalg.inv(covars + 1e-10 * torch.eye(3, device=x.device))
+        reach = 3.33 * self.scales.amax(-1)  # beyond ~3.33σ a Gaussian adds < o/255
+        o = self.opacities
+        albedo = (0.5 + SH_C0 * self.sh_dc).clamp(0, 1)
+        dens, alb = [], []
+        for i in range(0, x.shape[0], chunk):
+            xs = x[i:i + chunk]
+            lo, hi = xs.amin(0), xs.amax(0)
+            near = ((self.means + reach[:, None] >= lo) & (self.means - reach[:, None] <= hi)).all(-1)
+            idx = near.nonzero().squeeze(1)
+            d = xs[:, None, :] - self.means[idx][None]  # [M,S,3]
+            w = o[idx] * torch.exp(-0.5 * torch.einsum("msi,sij,msj->ms", d, precis[idx], d))
+            dens.append(w.sum(-1))
+            if with_albedo:
+                alb.append((w @ albedo[idx]) / w.sum(-1, keepdim=True).clamp_min(1e-8))
+        return torch.cat(dens), (torch.cat(alb) if with_albedo else None)
+
+    def query_density(self, x: Float[Tensor, "M 3"]) -> Float[Tensor, "M"]:
+        """Σ_i o_i exp(−½ (x−μ_i)ᵀ Σ_i⁻¹ (x−μ_i)) at world points (the field DreamGaussian meshes at level 1)."""
+        return self._query(x, with_albedo=False)[0]
+
+    def query_albedo(self, x: Float[Tensor, "M 3"]) -> Float[Tensor, "M 3"]:
+        """Density-weighted mean of the Gaussians' view-independent (DC) colour at world points."""
+        return self._query(x, with_albedo=True)[1]
+
+    def export_tensors(self) -> dict[str, Tensor]:
+        """Raw (pre-activation) tensors in the INRIA PLY sense, for renderers.ply.save_ply."""
+        return {"means": self.means.detach(), "log_scales": self.log_scales.detach(),
+                "quats": self.quats.detach(), "opacity_logits": self.opacity_logits.detach(),
+                "sh_dc": self.sh_dc.detach(), "sh_rest": self.sh_rest.detach()}
+
+
+def normals_from_depth(cams: Cameras, depth: Tensor, mask: Tensor) -> Tensor:
+    """[C,H,W,3] world normals from a ray-distance depth map by central differences, facing the camera."""
+    o, d = cams.rays()
+    p = o.to(depth) + d.to(depth) * depth
+    dx = torch.zeros_like(p)
+    dy = torch.zeros_like(p)
+    dx[:, :, 1:-1] = p[:, :, 2:] - p[:, :, :-2]
+    dy[:, 1:-1] = p[:, :-2] - p[:, 2:]  # row 0 is the top of the image
+    n = F.normalize(torch.linalg.cross(dx, dy, dim=-1), dim=-1)
+    n = torch.where((n * d.to(depth)).sum(-1, keepdim=True) > 0, -n, n)
+    return torch.where(mask, n, torch.zeros_like(n))
+
+
+__all__ = ["GaussiansConfig", "Gaussians", "resolve_splat_backend", "splat", "rgb_to_sh0", "load_point_cloud",
+           "normals_from_depth"]
