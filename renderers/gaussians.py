@@ -20,6 +20,7 @@ non-finite Gaussians are pruned, all under a hard cap. It changes the number of 
 """
 
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,9 @@ from torch import Tensor, nn
 
 from engine.cameras import Cameras
 from renderers.base import RenderOutput, composite
+from renderers.kernels import ENV_VAR, resolve_backend, splat
 from renderers.kernels import splat_cuda as _splat_cuda
-from renderers.kernels.splat_torch import SH_C0, SplatResult, covariance, eval_sh, quat_to_rotmat, splat_torch
+from renderers.kernels.splat_torch import SH_C0, covariance, eval_sh, quat_to_rotmat
 
 BACKENDS = ("auto", "torch", "cuda")
 INITS = ("random", "coarse_sphere", "file")
@@ -149,32 +151,17 @@ def _warn_once(msg: str) -> None:
 
 
 def resolve_splat_backend(name: str) -> str:
-    """"auto" → "cuda" when a GPU and gsplat are usable, else "torch" (warning once); "cuda" must be usable."""
-    match name:
-        case "torch":
-            return "torch"
-        case "cuda":
-            if not _splat_cuda.available():
-                raise ValueError("backend 'cuda' needs a CUDA device and gsplat's rasterizer; use 'torch' or 'auto'")
-            return "cuda"
-        case "auto":
-            if _splat_cuda.available():
-                return "cuda"
-            _warn_once("gaussians: no usable CUDA/gsplat, falling back to the pure-torch splat backend (slow)")
-            return "torch"
-        case _:
-            raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
-
-
-def splat(backend: str, *args, **kwargs) -> SplatResult:
-    """Dispatch one splat call to the resolved ``backend`` ("torch" or "cuda"); see splat_torch for the contract."""
-    match backend:
-        case "torch":
-            return splat_torch(*args, **kwargs)
-        case "cuda":
-            return _splat_cuda.splat_cuda(*args, **kwargs)
-        case _:
-            raise ValueError(f"splat backend must be resolved to 'torch' or 'cuda', got {backend!r}")
+    """renderers.kernels.resolve_backend, then a gsplat check: "auto" falls back to torch (warning once) when
+    gsplat's rasterizer cannot load; "cuda" then raises."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    backend = resolve_backend(name)
+    if backend == "cuda" and not _splat_cuda.available():
+        if name == "cuda" or os.environ.get(ENV_VAR) == "cuda":
+            raise RuntimeError("backend 'cuda' needs gsplat's CUDA rasterizer, which failed to load")
+        _warn_once("gaussians: gsplat's CUDA rasterizer failed to load, using the torch splat backend")
+        return "torch"
+    return backend
 
 
 class _InwardClamp(torch.autograd.Function):
@@ -270,7 +257,7 @@ class Gaussians(nn.Module):
         self.backend = resolve_splat_backend(cfg.backend)
         if self.backend == "cuda" and device.type != "cuda":
             if cfg.backend == "cuda":
-                raise ValueError(f"backend 'cuda' needs a CUDA device, got {device}")
+                raise RuntimeError(f"backend 'cuda' needs a CUDA device, got {device}")
             self.backend = "torch"
         pts, cols = _initial_points(cfg, gen)
         n = pts.shape[0]
@@ -572,5 +559,5 @@ def normals_from_depth(cams: Cameras, depth: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, n, torch.zeros_like(n))
 
 
-__all__ = ["GaussiansConfig", "Gaussians", "resolve_splat_backend", "splat", "rgb_to_sh0", "load_point_cloud",
+__all__ = ["GaussiansConfig", "Gaussians", "resolve_splat_backend", "rgb_to_sh0", "load_point_cloud",
            "normals_from_depth"]

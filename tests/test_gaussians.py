@@ -244,12 +244,15 @@ def test_inits(tmp_path):
 
 def test_backend_switch():
     if not torch.cuda.is_available():
-        with pytest.warns(UserWarning, match="falling back"):
-            import renderers.gaussians as G
-            G._warned.clear()
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the fallback warning is emitted once per process
             assert resolve_splat_backend("auto") == "torch"
-        with pytest.raises(ValueError):
+        with pytest.raises(RuntimeError):
             resolve_splat_backend("cuda")
+        with pytest.raises(RuntimeError):
+            GaussiansConfig(backend="cuda").build(torch.Generator().manual_seed(0))
     with pytest.raises(ValueError):
         GaussiansConfig(backend="metal")
 
