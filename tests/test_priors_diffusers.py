@@ -12,7 +12,7 @@ import torch  # noqa: E402
 from guidance.base import add_noise, classifier_free_guidance, surrogate_loss, weight  # noqa: E402
 from guidance.priors import PriorConfig, build_prior  # noqa: E402
 from guidance.priors.base import Cond, Prior, PriorError, scaled_linear_alphas_cumprod  # noqa: E402
-from tiny_models import make_unsupported, tiny_sd_path  # noqa: E402
+from tiny_models import make_unsupported, tiny_if_path, tiny_sd_path, tiny_sdxl_path  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -27,14 +27,26 @@ def tiny_sd_v(tmp_path_factory):
     return tiny_sd_path(tmp_path_factory, prediction_type="v_prediction")
 
 
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory):
+    return tiny_sdxl_path(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_if(tmp_path_factory):
+    return tiny_if_path(tmp_path_factory)
+
+
 @pytest.fixture(scope="module")
 def sd(tiny_sd, tmp_path_factory):
     return build_prior(PriorConfig(name=tiny_sd, cache_dir=str(tmp_path_factory.mktemp("cache"))))
 
 
 def _frozen_params(prior):
-    for module in (prior.unet, prior.vae, prior.text_encoder):
-        yield from module.parameters()
+    for key in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        module = getattr(prior, key, None)
+        if module is not None:
+            yield from module.parameters()
 
 
 def test_loads_offline_with_schedule_from_scheduler_config(sd):
@@ -188,3 +200,166 @@ def test_one_sds_step_by_hand_changes_the_image(sd):
     opt.step()
     assert not torch.equal(before, image.detach())
     assert all(p.grad is None for p in _frozen_params(sd))
+
+
+# ---- text encoders: lazy loading, disk cache, offload ------------------------------------------------------------
+def test_text_embeddings_are_cached_on_disk_and_skip_the_text_encoder(tiny_sd, tiny_sd_v, tmp_path):
+    cfg = PriorConfig(name=tiny_sd, cache_dir=str(tmp_path))
+    first = build_prior(cfg)
+    assert first.text_encoder is None  # loaded lazily, on the first prompt the caches miss
+    a = first.embed(["a red cube", ""])
+    assert first.text_encoder is not None and len(list(tmp_path.rglob("*.safetensors"))) == 2
+    second = build_prior(cfg)
+    b = second.embed(["a red cube", ""])
+    assert second.text_encoder is None
+    torch.testing.assert_close(a.tensors["prompt_embeds"], b.tensors["prompt_embeds"], rtol=0, atol=0)
+    other = build_prior(PriorConfig(name=tiny_sd_v, cache_dir=str(tmp_path)))
+    other.embed(["a red cube"])  # another model never reads this model's entries
+    assert other.text_encoder is not None and len(list(tmp_path.rglob("*.safetensors"))) == 3
+
+
+def test_embed_cache_can_be_turned_off(tiny_sd, tmp_path):
+    prior = build_prior(PriorConfig(name=tiny_sd, cache_dir=str(tmp_path), embed_cache=False))
+    prior.embed(["a red cube"])
+    assert not list(tmp_path.rglob("*.safetensors"))
+
+
+def test_freed_text_encoder_is_reloaded_for_a_new_prompt(tiny_sd, sd, tmp_path):
+    prior = build_prior(PriorConfig(name=tiny_sd, cache_dir=str(tmp_path), text_encoder_offload="free"))
+    a = prior.embed(["a blue cube"])
+    assert prior.text_encoder is None and prior.tokenizer is not None
+    b = prior.embed(["a red torus"])
+    assert prior.text_encoder is None
+    torch.testing.assert_close(b.tensors["prompt_embeds"], sd.embed(["a red torus"]).tensors["prompt_embeds"])
+    torch.testing.assert_close(a.tensors["prompt_embeds"], sd.embed(["a blue cube"]).tensors["prompt_embeds"])
+    with pytest.raises(PriorError, match="text_encoder_offload"):
+        build_prior(PriorConfig(name=tiny_sd, text_encoder_offload="gpu"))
+
+
+# ---- SDXL -------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sdxl(tiny_sdxl, tmp_path_factory):
+    return build_prior(PriorConfig(name=tiny_sdxl, cache_dir=str(tmp_path_factory.mktemp("cache"))))
+
+
+@pytest.fixture(scope="module")
+def sdxl_pipe(tiny_sdxl):
+    from diffusers import StableDiffusionXLPipeline
+    return StableDiffusionXLPipeline.from_pretrained(tiny_sdxl)
+
+
+def test_sdxl_is_chosen_by_model_index_and_keeps_its_vae_in_fp32(tiny_sdxl, sdxl):
+    from guidance.priors.sdxl import StableDiffusionXLPrior
+    assert type(sdxl) is StableDiffusionXLPrior and sdxl.latent and sdxl.steps_offset == 1
+    assert sdxl.scaling_factor == pytest.approx(0.13025) and sdxl.resolution == 64
+    torch.testing.assert_close(sdxl.alphas_cumprod, scaled_linear_alphas_cumprod(), rtol=1e-6, atol=1e-6)
+    half = build_prior(PriorConfig(name=tiny_sdxl, dtype="bfloat16", embed_cache=False))
+    assert half.unet.dtype == torch.bfloat16 and half.vae.dtype == torch.float32
+    rgb = torch.rand(1, 48, 48, 3, requires_grad=True)
+    z = half.encode(rgb)
+    assert z.shape == (1, 4, 8, 8) and z.dtype == torch.float32
+    z.sum().backward()
+    assert rgb.grad.abs().sum() > 0
+    eps = half.predict_eps(z.detach(), torch.tensor([400]), half.embed(["a red cube"]))
+    assert eps.dtype == torch.float32 and torch.isfinite(eps).all()
+
+
+def test_sdxl_embeddings_match_the_pipeline_encode_prompt(sdxl, sdxl_pipe):
+    pe, npe, pooled, npooled = sdxl_pipe.encode_prompt("a red cube", device=torch.device("cpu"),
+                                                       do_classifier_free_guidance=True, negative_prompt=None)
+    cond = sdxl.embed(["a red cube", ""])
+    assert cond.tensors["prompt_embeds"].shape == (2, 77, 64) and cond.tensors["text_embeds"].shape == (2, 32)
+    torch.testing.assert_close(cond.tensors["prompt_embeds"], torch.cat([pe, npe]))
+    torch.testing.assert_close(cond.tensors["text_embeds"], torch.cat([pooled, npooled]))
+    assert npe.abs().max() == 0  # force_zeros_for_empty_prompt: "" is zeros, not an encoded empty string
+    _, npe, _, npooled = sdxl_pipe.encode_prompt("a red cube", device=torch.device("cpu"),
+                                                 do_classifier_free_guidance=True, negative_prompt="blue torus")
+    neg = sdxl.embed(["blue torus"])
+    torch.testing.assert_close(neg.tensors["prompt_embeds"], npe)
+    torch.testing.assert_close(neg.tensors["text_embeds"], npooled)
+
+
+def test_sdxl_time_ids_and_noise_prediction_match_the_pipeline(sdxl, sdxl_pipe):
+    proj = sdxl_pipe.text_encoder_2.config.projection_dim
+    time_ids = sdxl_pipe._get_add_time_ids((64, 64), (0, 0), (64, 64), dtype=torch.float32,
+                                           text_encoder_projection_dim=proj)
+    torch.testing.assert_close(sdxl.add_time_ids, time_ids)
+    pe, _, pooled, _ = sdxl_pipe.encode_prompt("a photo of a cube", device=torch.device("cpu"),
+                                               do_classifier_free_guidance=False)
+    x_t, t = torch.randn(2, 4, 8, 8), torch.tensor([150, 850])
+    with torch.no_grad():
+        expected = sdxl_pipe.unet(x_t, t, encoder_hidden_states=pe.expand(2, -1, -1),
+                                  added_cond_kwargs={"text_embeds": pooled.expand(2, -1),
+                                                     "time_ids": time_ids.expand(2, -1)}).sample
+    eps = sdxl.predict_eps(x_t, t, sdxl.embed(["a photo of a cube"]).expand(2))
+    torch.testing.assert_close(eps, expected)
+
+
+def test_sdxl_time_ids_follow_the_prior_resolution_and_tile_the_vae(tiny_sdxl):
+    prior = build_prior(PriorConfig(name=tiny_sdxl, resolution=128, embed_cache=False))
+    assert prior.add_time_ids.tolist() == [[128, 128, 0, 0, 128, 128]]
+    assert prior.vae.use_tiling
+    rgb = torch.rand(1, 128, 128, 3, requires_grad=True)
+    z = prior.encode(rgb)
+    assert z.shape == (1, 4, 16, 16)
+    z.sum().backward()
+    assert rgb.grad.abs().sum() > 0
+
+
+def test_nan_latents_or_eps_raise_loudly(tiny_sdxl):
+    prior = build_prior(PriorConfig(name=tiny_sdxl, embed_cache=False))
+    cond = prior.embed(["a red cube"])
+    with torch.no_grad():
+        prior.unet.conv_out.bias[0] = float("nan")
+    with pytest.raises(PriorError, match="NaN"):
+        prior.predict_eps(torch.randn(1, 4, 8, 8), torch.tensor([500]), cond)
+    with torch.no_grad():
+        prior.vae.encoder.conv_in.bias[0] = float("inf")
+    with pytest.raises(PriorError, match="encoded latents"):
+        prior.encode(torch.rand(1, 64, 64, 3))
+
+
+# ---- DeepFloyd IF -------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def deepfloyd(tiny_if, tmp_path_factory):
+    return build_prior(PriorConfig(name=tiny_if, cache_dir=str(tmp_path_factory.mktemp("cache"))))
+
+
+def test_if_is_a_pixel_prior(deepfloyd):
+    import torch.nn.functional as F
+    from guidance.priors.deepfloyd import DeepFloydIFPrior
+    assert type(deepfloyd) is DeepFloydIFPrior and deepfloyd.latent is False and deepfloyd.resolution == 16
+    rgb = torch.rand(2, 32, 32, 3, requires_grad=True)
+    x = deepfloyd.encode(rgb)
+    expected = F.interpolate(2 * rgb.detach().permute(0, 3, 1, 2) - 1, (16, 16), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(x.detach(), expected)
+    x.sum().backward()
+    assert rgb.grad.abs().sum() > 0
+    small = torch.rand(1, 16, 16, 3)
+    torch.testing.assert_close(deepfloyd.decode(deepfloyd.encode(small)), small)
+
+
+def test_if_embeddings_match_the_pipeline_and_t5_is_freed(tiny_if, deepfloyd):
+    from diffusers import IFPipeline
+    pipe = IFPipeline.from_pretrained(tiny_if, safety_checker=None, watermarker=None, feature_extractor=None,
+                                      requires_safety_checker=False)
+    pe, npe = pipe.encode_prompt("A red cube, FRONT view ", do_classifier_free_guidance=True, num_images_per_prompt=1,
+                                 device=torch.device("cpu"), negative_prompt=None, clean_caption=False)
+    cond = deepfloyd.embed(["A red cube, FRONT view ", ""])
+    torch.testing.assert_close(cond.tensors["prompt_embeds"], torch.cat([pe, npe]))
+    assert deepfloyd.text_encoder is None  # "auto" frees T5 after embedding
+
+
+def test_if_eps_is_the_first_three_of_six_channels(deepfloyd):
+    cond = deepfloyd.embed(["a blue torus"])
+    x_t, t = torch.randn(1, 3, 16, 16), torch.tensor([321])
+    with torch.no_grad():
+        out = deepfloyd.unet(x_t, t, encoder_hidden_states=cond.tensors["prompt_embeds"]).sample
+    assert out.shape[1] == 6
+    torch.testing.assert_close(deepfloyd.predict_eps(x_t, t, cond), out[:, :3])
+
+
+def test_if_missing_weights_explain_the_gated_model():
+    with pytest.raises(PriorError, match="gated") as info:
+        build_prior(PriorConfig(name="DeepFloyd/IF-I-XL-v1.0"))
+    assert "DeepFloyd/IF-I-XL-v1.0" in str(info.value)

@@ -34,6 +34,13 @@ class PriorConfig:
     """Optional IP-Adapter (hub id or folder) for visual prompts."""
     ip_adapter_scale: float = 1.0
     """IP-Adapter attention scale."""
+    text_encoder_offload: str = "auto"
+    """Diffusers priors, after embedding prompts: "keep" the text encoders on the device, move them to "cpu", or
+    "free" them (reloaded from disk only for a new prompt); "auto" frees DeepFloyd IF's T5 and keeps the others."""
+    attention_slicing: bool = False
+    """Diffusers priors: sliced attention in the UNet (less memory, slower); otherwise torch SDPA."""
+    embed_cache: bool = True
+    """Diffusers priors: cache text embeddings on disk under the cache folder, per (model, prompt)."""
 
 
 def cache_dir(cfg: PriorConfig) -> str:

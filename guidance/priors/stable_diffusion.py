@@ -11,11 +11,15 @@ Every UNet output is returned as epsilon: v-prediction becomes eps = sigma_t x_t
 prediction becomes eps = (x_t - alpha_t x0) / sigma_t.
 """
 
+import gc
+import hashlib
 import importlib
 import json
 import os
 import socket
-from dataclasses import dataclass, field
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Sequence
 from urllib.parse import urlparse
 
@@ -24,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.cameras import Cameras
-from guidance.priors import PriorConfig
+from guidance.priors import PriorConfig, cache_dir
 from guidance.priors.base import Cond, PriorError
 
 SUPPORTED: dict[str, tuple[str, str]] = {
@@ -73,7 +77,8 @@ class ModelSource:
     index: dict[str, Any]
     local_files_only: bool = True
     revision: str | None = None
-    loaded: dict[str, Any] = field(default_factory=dict)
+    snapshot: str = ""
+    """For a hub id, the local snapshot folder (named by the commit) model_index.json came from."""
 
     @property
     def pipeline_class(self) -> str:
@@ -97,7 +102,8 @@ class ModelSource:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
         try:
-            return ModelSource(name, _read_json(hf_hub_download(name, "model_index.json", local_files_only=True)))
+            path = hf_hub_download(name, "model_index.json", local_files_only=True)
+            return ModelSource(name, _read_json(path), snapshot=os.path.dirname(path))
         except HFValidationError as e:
             raise PriorError(f"{name!r} is neither a model folder nor a valid hub id ({e})") from None
         except OSError:
@@ -118,24 +124,53 @@ class ModelSource:
                              f"repository); a local folder works too") from None
         except OSError as e:
             raise PriorError(_missing_message(name, f"downloading model_index.json failed ({_first_line(e)})")) from None
-        return ModelSource(name, _read_json(path), local_files_only=False)
+        return ModelSource(name, _read_json(path), local_files_only=False, snapshot=os.path.dirname(path))
+
+    def has(self, key: str) -> bool:
+        entry = self.index.get(key)
+        return isinstance(entry, list) and len(entry) == 2 and entry[0] is not None
+
+    def require(self, keys: Sequence[str]) -> None:
+        """PriorError naming the first component of ``keys`` that model_index.json lacks."""
+        for key in keys:
+            if not self.has(key):
+                raise PriorError(f"{self.name!r}: model_index.json has no {key!r} component; the "
+                                 f"{self.pipeline_class} prior needs it")
+
+    def fingerprint(self, keys: Sequence[str]) -> str:
+        """A string that changes when the components ``keys`` change, without reading their weights.
+
+        Hub snapshots are immutable, so their commit is enough. A local folder contributes the contents of each
+        component's small files (configs, tokenizer) and the name, size and mtime of its weight files.
+        """
+        if self.snapshot:
+            return f"hub:{self.name}@{os.path.basename(self.snapshot)}"
+        h = hashlib.sha256(os.path.abspath(self.name).encode())
+        for key in keys:
+            folder = os.path.join(self.name, key)
+            for root, _, files in sorted(os.walk(folder)):
+                for f in sorted(files):
+                    path = os.path.join(root, f)
+                    st = os.stat(path)
+                    h.update(os.path.relpath(path, self.name).encode())
+                    if st.st_size < (4 << 20):
+                        with open(path, "rb") as fh:
+                            h.update(fh.read())
+                    else:
+                        h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        return "dir:" + h.hexdigest()
 
     def component(self, key: str, **kwargs) -> Any:
         """Load the component ``key`` (e.g. "unet") with the library and class model_index.json names for it."""
-        entry = self.index.get(key)
-        if not isinstance(entry, list) or len(entry) != 2 or entry[0] is None:
-            raise PriorError(f"{self.name!r}: model_index.json has no {key!r} component; the {self.pipeline_class} "
-                             f"prior needs it")
-        library, class_name = entry
+        self.require([key])
+        library, class_name = self.index[key]
         cls = getattr(importlib.import_module(library), class_name)
         kw = {"subfolder": key}
         if self.local_files_only:
             kw["local_files_only"] = True
         if self.revision:
             kw["revision"] = self.revision
-        obj = cls.from_pretrained(self.name, **kw, **kwargs)
-        self.loaded[key] = obj
-        return obj
+        return cls.from_pretrained(self.name, **kw, **kwargs)
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -193,11 +228,57 @@ def _bcast(v: Tensor, like: Tensor) -> Tensor:
     return v.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
 
 
-class DiffusersPrior:
-    """What every diffusers prior shares: UNet + schedule loading, the prompt cache and epsilon prediction.
 
-    Subclasses load their text encoders and implement ``encode``, ``decode``, ``_encode_text`` and, where the UNet
-    needs more than ``encoder_hidden_states``, ``_added_cond``.
+class EmbedCache:
+    """Text embeddings on disk, one safetensors file per (model fingerprint, prompt), written atomically."""
+
+    def __init__(self, folder: str, fingerprint: str):
+        self.folder, self.fingerprint = folder, fingerprint
+        self._warned = False
+
+    def _path(self, prompt: str) -> str:
+        key = hashlib.sha256(f"{self.fingerprint}\0{prompt}".encode()).hexdigest()
+        return os.path.join(self.folder, key[:2], key[2:34] + ".safetensors")
+
+    def load(self, prompt: str) -> dict[str, Tensor] | None:
+        from safetensors import safe_open
+        path = self._path(prompt)
+        if not os.path.isfile(path):
+            return None
+        try:
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("prompt") != prompt or meta.get("fingerprint") != self.fingerprint:
+                    return None
+                return {k: f.get_tensor(k) for k in f.keys()}
+        except Exception:  # a truncated or foreign file is a cache miss, never an error
+            return None
+
+    def save(self, prompt: str, tensors: dict[str, Tensor]) -> None:
+        from safetensors.torch import save_file
+        path = self._path(prompt)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, tmp,
+                      metadata={"prompt": prompt, "fingerprint": self.fingerprint})
+            os.replace(tmp, path)
+        except OSError as e:
+            if not self._warned:
+                warnings.warn(f"cannot write the text-embedding cache under {self.folder}: {e}", stacklevel=3)
+                self._warned = True
+
+
+OFFLOADS = ("auto", "keep", "cpu", "free")
+
+
+class DiffusersPrior:
+    """What every diffusers prior shares: UNet + schedule loading, prompt caches and epsilon prediction.
+
+    Text encoders are loaded lazily, on the first prompt missing from both the memory and the disk cache, and
+    after each embedding call kept, moved to the CPU or freed (cfg.text_encoder_offload). Subclasses name their
+    ``text_components``, implement ``encode``, ``decode``, ``_encode_text`` and, where the UNet needs more than
+    ``encoder_hidden_states``, ``_added_cond``.
 
     Attributes:
         unet: the denoiser (weights frozen; VSD may add LoRA adapters to it).
@@ -207,48 +288,120 @@ class DiffusersPrior:
     """
 
     latent: bool = True
+    text_components: tuple[str, ...] = ("tokenizer", "text_encoder")
+    text_encoding: str = ""
+    """Version tag of ``_encode_text``; part of the disk-cache key, so changing the encoding invalidates it."""
+    default_offload: str = "keep"
 
     def __init__(self, source: ModelSource, cfg: PriorConfig, device: torch.device):
         self.name, self.cfg, self.device = source.name, cfg, device
         self.dtype = resolve_dtype(cfg, device)
         if cfg.ip_adapter:
             raise PriorError("IP-Adapter loading is not implemented for diffusers priors yet; leave ip_adapter empty")
+        if cfg.text_encoder_offload not in OFFLOADS:
+            raise PriorError(f"text_encoder_offload must be one of {OFFLOADS}, got {cfg.text_encoder_offload!r}")
+        self.offload = self.default_offload if cfg.text_encoder_offload == "auto" else cfg.text_encoder_offload
+        source.require(self.text_components)
+        self._source = source
+        for key in self.text_components:
+            setattr(self, key, None)
         self.unet = self._frozen(source.component("unet", torch_dtype=self.dtype))
+        if cfg.attention_slicing:
+            self.unet.set_attention_slice("auto")
+        self._load_schedule(source)
+        self.cross_attention_kwargs: dict[str, Any] | None = None
+        self.generator = torch.Generator(device=device).manual_seed(0)
+        self._embeds: dict[str, Cond] = {}
+        self.embed_cache = EmbedCache(os.path.join(cache_dir(cfg), "text_embeds"), self._cache_fingerprint()) \
+            if cfg.embed_cache else None
+
+    def _load_schedule(self, source: ModelSource) -> None:
         scheduler = source.component("scheduler")
         if not hasattr(scheduler, "alphas_cumprod"):
             raise PriorError(f"{self.name!r}: scheduler {type(scheduler).__name__} exposes no alphas_cumprod")
-        self.alphas_cumprod = scheduler.alphas_cumprod.detach().to(device=device, dtype=torch.float32)
+        self.alphas_cumprod = scheduler.alphas_cumprod.detach().to(device=self.device, dtype=torch.float32)
         self.prediction_type = str(scheduler.config.get("prediction_type", "epsilon"))
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise PriorError(f"{self.name!r}: unsupported prediction_type {self.prediction_type!r}")
         self.steps_offset = int(scheduler.config.get("steps_offset", 0))
         self.scheduler_config = dict(scheduler.config)
-        self.cross_attention_kwargs: dict[str, Any] | None = None
-        self.generator = torch.Generator(device=device).manual_seed(0)
-        self._embeds: dict[str, Cond] = {}
 
-    def _frozen(self, module: torch.nn.Module) -> torch.nn.Module:
+    def _frozen(self, module: torch.nn.Module, device: torch.device | None = None) -> torch.nn.Module:
         module.requires_grad_(False)
-        return module.to(self.device).eval()
+        return module.to(device or self.device).eval()
+
+    def _cache_fingerprint(self) -> str:
+        return f"{type(self).__name__}/{self.text_encoding}/{self.dtype}/" + \
+            self._source.fingerprint(self.text_components)
 
     # ---- text conditions -------------------------------------------------------------------------------------
     def embed(self, prompts: Sequence[str]) -> Cond:
         """Text conditions for the prompts ("" is the null condition), cached per prompt string.
 
-        A single prompt returns the cached Cond itself, so repeated calls give the very same tensors.
+        Looks in memory, then on disk (cfg.embed_cache), and encodes only what is left, in one batch. A single
+        prompt returns the cached Cond itself, so repeated calls give the very same tensors.
         """
         if isinstance(prompts, str):
             raise ValueError("embed takes a list of prompts, got a single string")
         missing = [p for p in dict.fromkeys(prompts) if p not in self._embeds]
-        if missing:
-            with torch.no_grad():
-                tensors = self._encode_text(missing)
-            for i, p in enumerate(missing):
-                self._embeds[p] = Cond({k: v[i:i + 1].to(self.device, self.dtype).clone() for k, v in tensors.items()})
+        found = {}
+        for p in missing:
+            hit = self.embed_cache.load(p) if self.embed_cache else None
+            if hit is not None:
+                found[p] = hit
+        todo = [p for p in missing if p not in found]
+        if todo:
+            with self._text_encoders(), torch.no_grad():
+                tensors = self._encode_text(todo)
+            for i, p in enumerate(todo):
+                found[p] = {k: v[i:i + 1] for k, v in tensors.items()}
+                check_finite(f"the text embedding of {p!r}", found[p]["prompt_embeds"])
+                if self.embed_cache:
+                    self.embed_cache.save(p, found[p])
+        for p, row in found.items():
+            self._embeds[p] = Cond({k: v.to(self.device, self.dtype).clone() for k, v in row.items()})
         conds = [self._embeds[p] for p in prompts]
         return conds[0] if len(conds) == 1 else Cond.cat(conds)
 
+    @contextmanager
+    def _text_encoders(self):
+        """Load missing text components, put the encoders on the device, then keep / offload / free them."""
+        try:
+            for key in self.text_components:
+                module = getattr(self, key)
+                if module is None:
+                    kw = {} if key.startswith("tokenizer") else {"torch_dtype": self.dtype}
+                    module = self._source.component(key, **kw)
+                if isinstance(module, torch.nn.Module):
+                    module = self._frozen(module)
+                setattr(self, key, module)
+        except OSError as e:
+            raise PriorError(_missing_message(self.name, f"its text encoder cannot be loaded ({_first_line(e)})")) \
+                from None
+        try:
+            yield
+        finally:
+            self._offload_text_encoders()
+
+    def _offload_text_encoders(self) -> None:
+        encoders = [k for k in self.text_components if isinstance(getattr(self, k), torch.nn.Module)]
+        match self.offload:
+            case "keep":
+                return
+            case "cpu":
+                for key in encoders:
+                    getattr(self, key).to("cpu")
+            case "free":
+                for key in encoders:
+                    setattr(self, key, None)
+                gc.collect()
+            case _:
+                raise PriorError(f"text_encoder_offload must be one of {OFFLOADS}, got {self.offload!r}")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def _encode_text(self, prompts: list[str]) -> dict[str, Tensor]:
+        """Encode prompts in one batch -> {"prompt_embeds": [N,L,D], ...}; the text components are loaded."""
         raise NotImplementedError
 
     # ---- noise prediction ------------------------------------------------------------------------------------
@@ -269,8 +422,8 @@ class DiffusersPrior:
     def predict_eps(self, x_t: Tensor, t: Tensor, cond: Cond, cams: Cameras | None = None) -> Tensor:
         """Noise prediction eps(x_t, t, cond) [B,c,h,w] for int timesteps t [B]; cond has B rows.
 
-        The UNet runs under no_grad in its own dtype; the result comes back in x_t's dtype, always as epsilon.
-        ``cams`` is unused by text-conditioned priors.
+        The UNet runs under no_grad in its own dtype; the result comes back in x_t's dtype, always as epsilon,
+        and is checked for NaN/Inf. ``cams`` is unused by text-conditioned priors.
         """
         if x_t.ndim != 4:
             raise ValueError(f"x_t must be [B,c,h,w], got {tuple(x_t.shape)}")
@@ -282,9 +435,9 @@ class DiffusersPrior:
             raise ValueError(f"t must be [B={b}] integer timesteps, got {tuple(t.shape)}")
         if len(cond) != b:
             raise ValueError(f"cond has {len(cond)} rows but x_t has batch {b}")
-        x_t = x_t.to(self.device)
+        x_t = x_t.detach().to(self.device)
         out = self._unet_output(x_t, t, cond.to(self.device))
-        eps = self._to_eps(out, x_t.detach(), t)
+        eps = self._to_eps(out, x_t, t)
         return check_finite("the noise prediction", eps, "The UNet overflowed; try dtype float32 or bfloat16.")
 
     def _to_eps(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
@@ -300,7 +453,7 @@ class DiffusersPrior:
                 raise PriorError(f"unsupported prediction_type {self.prediction_type!r}")
 
 
-def _clip_prompt_ids(tokenizer, prompts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
+def clip_prompt_ids(tokenizer, prompts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
     """Token ids and attention mask, padded to the tokenizer's max length as the diffusers pipelines do."""
     inputs = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                        return_tensors="pt")
@@ -310,14 +463,15 @@ def _clip_prompt_ids(tokenizer, prompts: list[str], device: torch.device) -> tup
 class StableDiffusionPrior(DiffusersPrior):
     """Stable Diffusion 1.x / 2.x (``StableDiffusionPipeline``): a VAE latent prior with one CLIP text encoder.
 
-    Cond: {"prompt_embeds": [N,77,D]} (the text encoder's last hidden state, as the pipeline uses it).
+    Cond: {"prompt_embeds": [N,77,D]}, the text encoder's last hidden state as the pipeline uses it ("" is
+    encoded like any prompt). Above the native resolution the VAE encodes and decodes in tiles.
     """
 
     latent = True
+    text_encoding = "clip-last-v1"
 
     def __init__(self, source: ModelSource, cfg: PriorConfig, device: torch.device):
         super().__init__(source, cfg, device)
-        self._load_text(source)
         self.vae = self._frozen(source.component("vae", torch_dtype=self._vae_dtype()))
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.scaling_factor = float(self.vae.config.scaling_factor)
@@ -328,16 +482,14 @@ class StableDiffusionPrior(DiffusersPrior):
         if self.resolution % self.vae_scale:
             raise PriorError(f"prior resolution {self.resolution} must be a multiple of {self.vae_scale} "
                              f"(the VAE's downsampling factor)")
+        if self.resolution > self.native_resolution and hasattr(self.vae, "enable_tiling"):
+            self.vae.enable_tiling()
 
     def _vae_dtype(self) -> torch.dtype:
         return self.dtype
 
-    def _load_text(self, source: ModelSource) -> None:
-        self.tokenizer = source.component("tokenizer")
-        self.text_encoder = self._frozen(source.component("text_encoder", torch_dtype=self.dtype))
-
     def _encode_text(self, prompts: list[str]) -> dict[str, Tensor]:
-        ids, mask = _clip_prompt_ids(self.tokenizer, prompts, self.device)
+        ids, mask = clip_prompt_ids(self.tokenizer, prompts, self.device)
         use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
         out = self.text_encoder(ids, attention_mask=mask if use_mask else None)
         return {"prompt_embeds": out[0]}
@@ -356,7 +508,7 @@ class StableDiffusionPrior(DiffusersPrior):
         x = (2 * x - 1).to(self.vae.dtype)
         posterior = self.vae.encode(x).latent_dist
         z = posterior.sample(generator=self.generator) if self.cfg.vae_sample else posterior.mode()
-        z = ((z.float() - self.shift_factor) * self.scaling_factor)
+        z = (z.float() - self.shift_factor) * self.scaling_factor
         return check_finite("the encoded latents", z, "The VAE overflowed; use a float32 VAE (dtype float32).")
 
     def decode(self, x: Tensor) -> Tensor:
