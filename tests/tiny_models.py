@@ -58,7 +58,7 @@ def clip_vocab(words=WORDS) -> tuple[dict[str, int], list[tuple[str, str]]]:
 
 
 def make_clip_tokenizer(pad_token: str = EOS, max_length: int = 77):
-    """An in-memory CLIPTokenizer over ``clip_vocab()`` (SD pads with <|endoftext|>, SDXL's second tokenizer with "!")."""
+    """An in-memory CLIPTokenizer over ``clip_vocab()``; SD pads with <|endoftext|>, SDXL's second one with "!"."""
     from transformers import CLIPTokenizer
     vocab, merges = clip_vocab()
     return CLIPTokenizer(vocab=vocab, merges=merges, unk_token=EOS, bos_token=BOS, eos_token=EOS, pad_token=pad_token,
@@ -86,7 +86,7 @@ def _done(path) -> bool:
 
 
 def make_tiny_sd(path, prediction_type: str = "epsilon", seed: int = 0) -> str:
-    """Build a tiny random StableDiffusionPipeline (UNet 32/64 channels at 8x8, VAE /8, CLIP hidden 32) into ``path``."""
+    """Build a tiny random StableDiffusionPipeline (UNet 32/64 channels at 8x8, VAE /8, CLIP hidden 32) in ``path``."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
     path = str(path)
@@ -96,7 +96,8 @@ def make_tiny_sd(path, prediction_type: str = "epsilon", seed: int = 0) -> str:
         torch.manual_seed(seed)
         tokenizer = make_clip_tokenizer()
         unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                    block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                    block_out_channels=(32, 64),
+                                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
                                     norm_num_groups=32, attention_head_dim=8)
         vae = _tiny_vae()
@@ -122,7 +123,8 @@ def make_tiny_sdxl(path, seed: int = 0) -> str:
         tokenizer, tokenizer_2 = make_clip_tokenizer(), make_clip_tokenizer(pad_token="!")
         time_dim, pooled_dim = 8, 32
         unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                    block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                    block_out_channels=(32, 64),
+                                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64,
                                     norm_num_groups=32, attention_head_dim=8, use_linear_projection=True,
                                     addition_embed_type="text_time", addition_time_embed_dim=time_dim,

@@ -123,7 +123,8 @@ class ModelSource:
             raise PriorError(f"no model {name!r} on the Hugging Face hub (check the id, or log in for a private "
                              f"repository); a local folder works too") from None
         except OSError as e:
-            raise PriorError(_missing_message(name, f"downloading model_index.json failed ({_first_line(e)})")) from None
+            reason = f"downloading model_index.json failed ({_first_line(e)})"
+            raise PriorError(_missing_message(name, reason)) from None
         return ModelSource(name, _read_json(path), local_files_only=False, snapshot=os.path.dirname(path))
 
     def has(self, key: str) -> bool:
