@@ -1,0 +1,112 @@
+"""Dispatch for the mesh raster op family (style.md §4.3): ``rasterize``, ``interpolate``, ``texture``,
+``antialias``, each with a torch backend (raster_torch.py, any device) and a cuda backend (nvdiffrast, optional).
+
+``resolve_raster_backend`` is ``resolve_backend`` plus an nvdiffrast check: nvdiffrast is never required, so
+"auto" on a GPU without it uses the torch ops (on the GPU, warning once) and an explicit "cuda" does the same with a
+warning rather than failing — the torch ops are exact, only slower. Re-exported by ``renderers.kernels``.
+"""
+
+import functools
+import warnings
+
+from torch import Tensor
+
+from renderers.kernels import raster_torch
+from renderers.kernels.raster_torch import edge_topology
+
+
+@functools.cache
+def _warn(msg: str) -> None:
+    warnings.warn(msg, stacklevel=3)
+
+
+def resolve_raster_backend(name: str = "auto") -> str:
+    """"torch" or "cuda" (= nvdiffrast) for the raster ops; see the module docstring."""
+    import torch  # noqa: PLC0415
+
+    from renderers.kernels import raster_cuda  # noqa: PLC0415  (imports nothing of nvdiffrast by itself)
+
+    if name not in ("auto", "torch", "cuda"):
+        raise ValueError(f"unknown backend {name!r}; expected one of auto, torch, cuda")
+    if name == "torch":
+        return "torch"
+    if not torch.cuda.is_available():
+        if name == "cuda":
+            raise RuntimeError("backend 'cuda' was requested but torch sees no CUDA GPU; use backend='torch'")
+        return "torch"
+    if raster_cuda.available():
+        return "cuda"
+    _warn("mesh raster: nvdiffrast is not importable, using the pure-torch rasteriser on the GPU")
+    return "torch"
+
+
+def _check(pos: Tensor, tri: Tensor) -> None:
+    if pos.ndim not in (2, 3) or pos.shape[-1] != 4 or not pos.is_floating_point():
+        raise ValueError(f"rasterize: pos must be float clip coordinates [V,4] or [B,V,4], got {tuple(pos.shape)}")
+    if tri.ndim != 2 or tri.shape[-1] != 3 or tri.is_floating_point():
+        raise ValueError(f"rasterize: tri must be integer [F,3], got {tuple(tri.shape)} {tri.dtype}")
+
+
+def rasterize(backend: str, pos: Tensor, tri: Tensor, resolution: tuple[int, int]) -> Tensor:
+    """rast [B,H,W,4] = (u, v, z/w, tri_id + 1); see raster_torch."""
+    _check(pos, tri)
+    match backend:
+        case "torch":
+            return raster_torch.rasterize(pos, tri, resolution)
+        case "cuda":
+            from renderers.kernels import raster_cuda  # noqa: PLC0415
+
+            return raster_cuda.rasterize(pos if pos.ndim == 3 else pos[None], tri, resolution)
+        case _:
+            raise ValueError(f"unknown backend {backend!r}; resolve it with resolve_raster_backend() first")
+
+
+def interpolate(backend: str, attr: Tensor, rast: Tensor, tri: Tensor) -> Tensor:
+    """Per-pixel attributes [B,H,W,C] from vertex attributes [V,C] or [B,V,C]."""
+    if rast.ndim != 4 or rast.shape[-1] != 4:
+        raise ValueError(f"interpolate: rast must be [B,H,W,4], got {tuple(rast.shape)}")
+    if attr.ndim not in (2, 3):
+        raise ValueError(f"interpolate: attr must be [V,C] or [B,V,C], got {tuple(attr.shape)}")
+    match backend:
+        case "torch":
+            return raster_torch.interpolate(attr, rast, tri)
+        case "cuda":
+            from renderers.kernels import raster_cuda  # noqa: PLC0415
+
+            return raster_cuda.interpolate(attr, rast, tri)
+        case _:
+            raise ValueError(f"unknown backend {backend!r}; resolve it with resolve_raster_backend() first")
+
+
+def texture(backend: str, tex: Tensor, uv: Tensor, filter_mode: str = "linear", boundary_mode: str = "wrap",
+            mip_level: float = 0.0) -> Tensor:
+    """Sample tex [B,h,w,C] at uv [B,H,W,2] (uv (0,0) = first texel in memory)."""
+    if uv.ndim != 4 or uv.shape[-1] != 2:
+        raise ValueError(f"texture: uv must be [B,H,W,2], got {tuple(uv.shape)}")
+    match backend:
+        case "torch":
+            return raster_torch.texture(tex, uv, filter_mode, boundary_mode, mip_level)
+        case "cuda":
+            from renderers.kernels import raster_cuda  # noqa: PLC0415
+
+            return raster_cuda.texture(tex, uv, filter_mode, boundary_mode, mip_level)
+        case _:
+            raise ValueError(f"unknown backend {backend!r}; resolve it with resolve_raster_backend() first")
+
+
+def antialias(backend: str, color: Tensor, rast: Tensor, pos: Tensor, tri: Tensor, topology=None) -> Tensor:
+    """Analytic silhouette antialiasing (gradients to ``pos`` through silhouette crossings)."""
+    if color.shape[:-1] != rast.shape[:-1]:
+        raise ValueError(f"antialias: color {tuple(color.shape)} and rast {tuple(rast.shape)} differ in [B,H,W]")
+    match backend:
+        case "torch":
+            return raster_torch.antialias(color, rast, pos, tri, topology)
+        case "cuda":
+            from renderers.kernels import raster_cuda  # noqa: PLC0415
+
+            return raster_cuda.antialias(color, rast, pos if pos.ndim == 3 else pos[None], tri)
+        case _:
+            raise ValueError(f"unknown backend {backend!r}; resolve it with resolve_raster_backend() first")
+
+
+__all__ = ["resolve_raster_backend", "rasterize", "interpolate", "texture", "antialias", "edge_topology"]
