@@ -1,0 +1,321 @@
+"""NeRF scene: a multiresolution hash-grid field with density and albedo heads, rendered by volume rendering.
+
+References and notation:
+- Field (Instant-NGP, arXiv 2201.05989): features h(x) = hash-grid encoding of x mapped from the bbox
+  [−r, r]³ to [0,1]³; one small MLP (one hidden layer) maps h to the density pre-activation and the albedo
+  logits. threestudio uses two MLPs; sharing the hidden layer halves the MLP cost on a CPU.
+- Density (Magic3D, arXiv 2211.10440; threestudio's ``blob_magic3d``): σ(x) = softplus(MLP_σ(h(x)) + b(x)) with
+  the blob b(x) = λ_blob·(1 − ‖x‖/s_blob), which starts the optimisation from a soft ball instead of empty space.
+- Albedo a(x) = sigmoid(MLP_a(h(x))).
+- Normals n = −∇σ/‖∇σ‖ (DreamFusion, arXiv 2209.14988, §3.1), taken by forward finite differences of the density
+  pre-activation (same direction, as softplus is monotone): 3 extra field evaluations per sample, so they are
+  taken only at samples whose weight exceeds ``normal_weight_threshold`` and only on steps that use them.
+  Analytic normals would need double backward through grid_sample and the hash gather, which costs more on a
+  CPU.
+- Shading (DreamFusion §3.1): a point light at ℓ; with l̂ = (ℓ − x)/‖ℓ − x‖ and k_a = 0.1, k_d = 0.9,
+  albedo → a, textureless → k_a + k_d·max(0, n·l̂), lambertian → a·(k_a + k_d·max(0, n·l̂)). Training uses albedo
+  for the first ``ambient_only_steps`` steps, then draws a mode per render from ``shading_probs``.
+- Volume rendering (renderers/kernels): w_i = T_i·(1 − exp(−σ_i δ_i)); rgb = Σ w_i c_i + (1 − A)·bg, A = Σ w_i.
+- Regularisers (threestudio): orientation Σ_i sg(w_i)·max(0, n_i·d)² / #rays with A > 0 (Ref-NeRF eq. 10),
+  sparsity mean √(A² + 0.01), opacity entropy −mean[A log A + (1 − A) log(1 − A)] ("opaque").
+
+All randomness (stratified jitter, light placement, shading choice, occupancy refresh) comes from the generator
+passed to ``NeRFConfig.build``, so one seed gives one run.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from engine.cameras import Cameras
+from renderers import kernels
+from renderers.base import RenderOutput, composite
+from renderers.kernels.hashgrid_torch import HashGrid
+from renderers.kernels.volume_torch import OccupancyGrid
+
+SHADINGS = ("albedo", "textureless", "lambertian")
+AMBIENT, DIFFUSE = 0.1, 0.9
+"""k_a and k_d of DreamFusion's diffuse shading."""
+
+
+@dataclass
+class NeRFConfig:
+    """A hash-grid NeRF. Defaults are tuned for a 2-core CPU at 64×64 (see bench/bench_nerf.py)."""
+
+    radius: float = 0.8
+    """Half-size of the bounding box [−radius, radius]³ holding the field (the shapes world fits in |x| ≤ 0.75)."""
+    levels: int = 4
+    """Number of hash-grid levels L."""
+    base_resolution: int = 16
+    """Resolution N_min of the coarsest level."""
+    max_resolution: int = 64
+    """Resolution N_max of the finest level (64 cells over 1.6 m ≈ one pixel footprint at 64×64, 2.5 m away)."""
+    features_per_level: int = 2
+    """Features F stored per vertex and level."""
+    log2_hashmap_size: int = 19
+    """log2 of the table size T; levels with (N_l + 1)³ ≤ T are stored densely (faster on a CPU)."""
+    mlp_width: int = 32
+    """Hidden width of the MLP (one hidden layer) giving the density pre-activation and the albedo logits."""
+    blob_strength: float = 5.0
+    """λ of the Magic3D density blob λ·(1 − ‖x‖/s) added before the softplus."""
+    blob_radius: float = 0.5
+    """s of the density blob: the pre-activation bias is zero at this radius."""
+    samples_per_ray: int = 32
+    """Stratified samples per ray between the bbox entry and exit (torch backend)."""
+    importance_samples: int = 0
+    """Extra hierarchical samples per ray drawn from the coarse weights (torch backend; 0 disables)."""
+    occupancy_resolution: int = 32
+    """Cells per side of the occupancy grid used to skip empty space (0 disables; the cuda backend needs it)."""
+    occupancy_every: int = 16
+    """Refresh the occupancy grid every this many training steps."""
+    occupancy_threshold: float = 0.01
+    """A cell is occupied when its α over one stratified interval exceeds min(this, mean α)."""
+    normal_weight_threshold: float = 1e-3
+    """Normals are computed only at samples whose weight exceeds this; others shade as ambient only."""
+    normal_eps: float = 0.01
+    """Finite-difference step, in metres, for density-gradient normals."""
+    orient_always: bool = False
+    """Also compute normals on albedo-shaded training steps, so that "orient" is never 0 (slower)."""
+    lr_grid: float = 1e-2
+    """Adam learning rate of the hash-grid features."""
+    lr_mlp: float = 1e-3
+    """Adam learning rate of the MLPs."""
+    shading_probs: tuple[float, float, float] = (0.25, 0.375, 0.375)
+    """Probabilities of the albedo, textureless and lambertian shading modes after ``ambient_only_steps``."""
+    ambient_only_steps: int = 1000
+    """Training steps rendered with albedo shading only, before random shading starts."""
+    eval_shading: str = "albedo"
+    """Shading mode outside training: albedo, textureless or lambertian (light at the camera)."""
+    light_distance: tuple[float, float] = (1.5, 3.0)
+    """Range of the training point light's distance from the origin, in metres."""
+    light_perturb: float = 1.0
+    """Std of the Gaussian jitter added to the camera position to place the training light."""
+    lambda_orient: float = 10.0
+    """Default weight of the "orient" regulariser (0 on steps without normals, see ``orient_always``)."""
+    lambda_sparsity: float = 0.0
+    """Default weight of the "sparsity" regulariser."""
+    lambda_opaque: float = 0.0
+    """Default weight of the "opaque" (opacity entropy) regulariser."""
+    cuda_step_size: float = 5e-3
+    """Marching step in metres for the cuda backend's occupancy-grid sampler."""
+    backend: str = "auto"
+    """Volume-rendering backend: auto, torch or cuda (resolved once in ``build``)."""
+
+    def __post_init__(self) -> None:
+        if self.radius <= 0:
+            raise ValueError(f"nerf.radius must be > 0, got {self.radius}")
+        if self.samples_per_ray < 1 or self.importance_samples < 0:
+            raise ValueError(f"nerf.samples_per_ray must be >= 1 and importance_samples >= 0, got "
+                             f"{self.samples_per_ray} and {self.importance_samples}")
+        probs = self.shading_probs
+        if len(probs) != 3 or min(probs) < 0 or abs(sum(probs) - 1) > 1e-6:
+            raise ValueError(f"nerf.shading_probs must be 3 non-negative numbers summing to 1, got {probs}")
+        if self.eval_shading not in SHADINGS:
+            raise ValueError(f"nerf.eval_shading must be one of {SHADINGS}, got {self.eval_shading!r}")
+        if self.occupancy_every < 1:
+            raise ValueError(f"nerf.occupancy_every must be >= 1, got {self.occupancy_every}")
+
+    def default_weights(self) -> dict[str, float]:
+        """Regulariser weights by the names ``NeRF.regularizers`` returns (the loop may override them)."""
+        return {"orient": self.lambda_orient, "sparsity": self.lambda_sparsity, "opaque": self.lambda_opaque}
+
+    def build(self, gen: torch.Generator, device: torch.device | str = "cpu") -> "NeRF":
+        """A NeRF on ``device`` whose initialisation and training randomness come from ``gen`` (a CPU generator)."""
+        return NeRF(self, gen, device)
+
+
+def _mlp(d_in: int, width: int, d_out: int, gen: torch.Generator) -> nn.Sequential:
+    """Linear-ReLU-Linear, initialised from ``gen`` with torch's default U(±1/√fan_in) bounds."""
+    net = nn.Sequential(nn.Linear(d_in, width), nn.ReLU(), nn.Linear(width, d_out))
+    with torch.no_grad():
+        for layer in (net[0], net[2]):
+            bound = 1.0 / math.sqrt(layer.in_features)
+            layer.weight.copy_((torch.rand(layer.weight.shape, generator=gen) * 2 - 1) * bound)
+            layer.bias.copy_((torch.rand(layer.bias.shape, generator=gen) * 2 - 1) * bound)
+    return net
+
+
+class NeRF(nn.Module):
+    """Hash-grid radiance field implementing the Scene protocol (renderers/base.py)."""
+
+    def __init__(self, cfg: NeRFConfig, gen: torch.Generator, device: torch.device | str = "cpu"):
+        super().__init__()
+        self.cfg = dataclasses.replace(cfg, backend=kernels.resolve_backend(cfg.backend))
+        if self.cfg.backend == "cuda" and cfg.occupancy_resolution < 1:
+            raise ValueError("the cuda backend samples through the occupancy grid: set occupancy_resolution > 0")
+        self.gen = gen
+        self.step = 0
+        self.grid = HashGrid(cfg.levels, cfg.base_resolution, cfg.max_resolution, cfg.features_per_level,
+                             cfg.log2_hashmap_size, gen=gen)
+        self.mlp = _mlp(self.grid.out_dim, cfg.mlp_width, 4, gen)  # [density pre-activation, albedo logits]
+        self.occupancy = (OccupancyGrid(cfg.radius, cfg.occupancy_resolution, cfg.occupancy_threshold)
+                          if cfg.occupancy_resolution > 0 else None)
+        self.to(device)
+        self.refresh_occupancy()
+
+    @property
+    def device(self) -> torch.device:
+        return self.mlp[0].weight.device
+
+    # ---- field -------------------------------------------------------------------------------------------------
+
+    def _encode(self, x: Tensor) -> Tensor:
+        return self.grid((x + self.cfg.radius) / (2 * self.cfg.radius))
+
+    def _blob(self, x: Tensor) -> Tensor:
+        return self.cfg.blob_strength * (1.0 - x.norm(dim=-1) / self.cfg.blob_radius)
+
+    def _field(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Density pre-activation [N] (blob included) and albedo logits [N,3]."""
+        out = self.mlp(self._encode(x))
+        return out[:, 0] + self._blob(x), out[:, 1:]
+
+    def _density_nograd(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return F.softplus(self._field(x)[0])
+
+    def query_density(self, x: Float[Tensor, "N 3"], chunk: int = 1 << 18) -> Float[Tensor, "N"]:
+        """σ at world points (0 outside the bbox), in chunks; for mesh extraction."""
+        if x.ndim != 2 or x.shape[-1] != 3:
+            raise ValueError(f"query_density expects points [N,3], got {tuple(x.shape)}")
+        out = [F.softplus(self._field(c)[0]) * self._inside(c) for c in x.split(chunk)]
+        return torch.cat(out) if out else x.new_zeros(0)
+
+    def query_albedo(self, x: Float[Tensor, "N 3"], chunk: int = 1 << 18) -> Float[Tensor, "N 3"]:
+        """Albedo in [0,1] at world points (points outside the bbox read its boundary), in chunks."""
+        if x.ndim != 2 or x.shape[-1] != 3:
+            raise ValueError(f"query_albedo expects points [N,3], got {tuple(x.shape)}")
+        out = [torch.sigmoid(self._field(c)[1]) for c in x.split(chunk)]
+        return torch.cat(out) if out else x.new_zeros(0, 3)
+
+    def _inside(self, x: Tensor) -> Tensor:
+        return (x.abs() <= self.cfg.radius).all(-1).to(x.dtype)
+
+    def _normals(self, x: Tensor, raw: Tensor) -> Tensor:
+        """n = −∇σ/‖∇σ‖ by forward differences of the pre-activation (3 field evaluations per point)."""
+        eps = self.cfg.normal_eps
+        offsets = torch.eye(3, dtype=x.dtype, device=x.device) * eps
+        raw_k, _ = self._field((x[None] + offsets[:, None]).reshape(-1, 3))
+        grad = (raw_k.view(3, -1).t() - raw[:, None]) / eps
+        return -F.normalize(grad, dim=-1)
+
+    # ---- rendering ---------------------------------------------------------------------------------------------
+
+    def set_step(self, step: int) -> None:
+        """Set the training step (albedo-only shading before ``ambient_only_steps``); ``after_step`` advances it."""
+        self.step = step
+
+    def _shading_mode(self) -> str:
+        if not self.training:
+            return self.cfg.eval_shading
+        if self.step < self.cfg.ambient_only_steps:
+            return "albedo"
+        r = torch.rand((), generator=self.gen).item()
+        p_albedo, p_textureless, _ = self.cfg.shading_probs
+        return "albedo" if r < p_albedo else "textureless" if r < p_albedo + p_textureless else "lambertian"
+
+    def _light_positions(self, cams: Cameras) -> Tensor:
+        """[C,3] point-light positions: jittered around each camera in training, at the camera otherwise."""
+        cam = cams.position
+        if not self.training:
+            return cam
+        noise = torch.randn(len(cams), 3, generator=self.gen).to(cam)
+        lo, hi = self.cfg.light_distance
+        dist = (lo + (hi - lo) * torch.rand(len(cams), 1, generator=self.gen)).to(cam)
+        return F.normalize(cam + self.cfg.light_perturb * noise, dim=-1) * dist
+
+    def render(self, cams: Cameras, background: Tensor) -> RenderOutput:
+        """Volume-render ``cams`` over ``background`` ([C,H,W,3] or broadcastable).
+
+        Returns rgb, alpha, depth (distance along the unit ray, Σ w t / A), albedo (premultiplied by alpha), and
+        normal (unit, world space, zero where empty) when normals were computed. ``extras`` holds the shading mode,
+        the number of evaluated samples and, with normals, the "orient" term.
+        """
+        C, H, W = len(cams), cams.height, cams.width
+        o, d = (v.reshape(-1, 3) for v in cams.rays())
+        mode = self._shading_mode()
+        with_normals = mode != "albedo" or not self.training or self.cfg.orient_always
+        samples = kernels.sample_rays(
+            self.cfg.backend, o, d, radius=self.cfg.radius, n_samples=self.cfg.samples_per_ray,
+            n_importance=self.cfg.importance_samples, occupancy=self.occupancy, density_fn=self._density_nograd,
+            gen=self.gen if self.training else None, cuda_step_size=self.cfg.cuda_step_size)
+        x = samples.positions(o, d)
+        raw, albedo_logits = self._field(x)
+        w = kernels.render_weights(self.cfg.backend, samples, F.softplus(raw))
+        albedo = torch.sigmoid(albedo_logits)
+
+        normals = None
+        if with_normals:
+            vis = (w.detach() > self.cfg.normal_weight_threshold).nonzero()[:, 0]
+            normals = x.new_zeros(len(samples), 3).index_put((vis,), self._normals(x[vis], raw[vis]))
+        colour = albedo
+        if mode != "albedo":
+            light = self._light_positions(cams)[samples.ray_indices // (H * W)]
+            n_dot_l = (normals * F.normalize(light - x, dim=-1)).sum(-1, keepdim=True)
+            lambert = AMBIENT + DIFFUSE * n_dot_l.clamp_min(0)
+            colour = lambert.expand(-1, 3) if mode == "textureless" else albedo * lambert
+
+        # One accumulation for every map: [colour 3 | albedo 3 | t 1 | normal 3].
+        values = [colour, albedo, samples.t[:, None]] + ([] if normals is None else [normals])
+        maps = kernels.accumulate_along_rays(self.cfg.backend, samples, w, torch.cat(values, -1)).view(C, H, W, -1)
+        alpha = kernels.accumulate_along_rays(self.cfg.backend, samples, w).view(C, H, W, 1)
+        extras: dict = {"shading": mode, "n_samples": len(samples)}
+        normal_map = None
+        if normals is not None:
+            normal_map = F.normalize(maps[..., 7:10], dim=-1)
+            n_dot_d = (normals * d[samples.ray_indices]).sum(-1).clamp_min(0)
+            extras["orient"] = (w.detach() * n_dot_d**2).sum() / (alpha.detach() > 0).sum().clamp_min(1)
+        return RenderOutput(rgb=composite(maps[..., 0:3], alpha, background), alpha=alpha,
+                            depth=maps[..., 6:7] / alpha.clamp_min(1e-6), normal=normal_map, albedo=maps[..., 3:6],
+                            extras=extras)
+
+    # ---- Scene protocol hooks -----------------------------------------------------------------------------------
+
+    def param_groups(self) -> dict[str, dict]:
+        """{"grid": hash-grid features, "mlp": the density/albedo MLP}, each with its learning rate."""
+        return {"grid": {"params": list(self.grid.parameters()), "lr": self.cfg.lr_grid},
+                "mlp": {"params": list(self.mlp.parameters()), "lr": self.cfg.lr_mlp}}
+
+    @property
+    def regularizer_weights(self) -> dict[str, float]:
+        """Default weights of the terms of :meth:`regularizers` (the training loop overrides them by name)."""
+        return self.cfg.default_weights()
+
+    def regularizers(self, out: RenderOutput, step: int) -> dict[str, Tensor]:
+        """Unweighted "orient" (0 when no normals were rendered), "sparsity" and "opaque" terms."""
+        a = out.alpha
+        orient = out.extras.get("orient", a.new_zeros(()))
+        sparsity = torch.sqrt(a**2 + 0.01).mean()
+        ac = a.clamp(1e-5, 1 - 1e-5)
+        opaque = -(ac * torch.log(ac) + (1 - ac) * torch.log(1 - ac)).mean()
+        return {"orient": orient, "sparsity": sparsity, "opaque": opaque}
+
+    def after_step(self, step: int, out: RenderOutput) -> None:
+        """Advance the step counter and refresh the occupancy grid every ``occupancy_every`` steps."""
+        self.step = step + 1
+        if (step + 1) % self.cfg.occupancy_every == 0:
+            self.refresh_occupancy()
+
+    def get_extra_state(self) -> dict:
+        """The step counter travels with the state dict, so a resumed run keeps its shading schedule."""
+        return {"step": self.step}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+    @torch.no_grad()
+    def refresh_occupancy(self) -> None:
+        """Re-evaluate the density at one jittered point per occupancy cell (no-op without a grid)."""
+        if self.occupancy is None:
+            return
+        u = torch.rand(self.occupancy.resolution**3, 3, generator=self.gen).to(self.device)
+        step = 2 * self.cfg.radius / self.cfg.samples_per_ray
+        self.occupancy.update(self._density_nograd, step, u)
+
+
+__all__ = ["NeRFConfig", "NeRF", "SHADINGS"]
