@@ -45,8 +45,13 @@ def estimator_for(occupancy: OccupancyGrid) -> OccGridEstimator:
 
 def sample_rays(rays_o: Tensor, rays_d: Tensor, occupancy: OccupancyGrid, step_size: float,
                 density_fn: Callable[[Tensor], Tensor] | None, jitter: Tensor | None,
-                early_stop_eps: float = 1e-4, alpha_thre: float = 1e-2) -> RaySamples:
-    """March rays through occupied cells at ``step_size``; ``jitter`` [R] in [0,1) offsets each ray's start."""
+                early_stop_eps: float = 1e-4, alpha_thre: float = 0.0) -> RaySamples:
+    """March rays through occupied cells at ``step_size``; ``jitter`` [R] in [0,1) offsets each ray's start.
+
+    Samples behind T < ``early_stop_eps`` are dropped. ``alpha_thre`` stays 0 by default, as the torch sampler
+    drops no sample for its α: at a 5 mm step, threestudio's 0.01 would drop every sample with σ < 2, i.e. most
+    of the initial soft blob.
+    """
     est = estimator_for(occupancy)
 
     def sigma_fn(t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor) -> Tensor:
