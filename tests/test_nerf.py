@@ -81,6 +81,19 @@ def test_alpha_in_unit_range_and_depth_finite(training):
     # Depth of visible pixels lies between the camera's distance to the bbox and through it.
     assert out.depth[hit].min() > 2.5 - 0.8 * math.sqrt(3) and out.depth[hit].max() < 2.5 + 0.8 * math.sqrt(3)
     assert torch.allclose(out.normal[hit].norm(dim=-1), torch.ones(()), atol=1e-4)
+    # The blob's normals face outwards, so at the image centre the composited normal leans towards the camera.
+    to_cam = torch.nn.functional.normalize(c.position, dim=-1)
+    assert ((out.normal[:, 12, 12] * to_cam).sum(-1) > 0.5).all()
+
+
+def test_density_gradient_normals_point_outwards():
+    nerf = build()
+    g = torch.Generator().manual_seed(0)
+    dirs = torch.nn.functional.normalize(torch.randn(64, 3, generator=g), dim=-1)
+    x = 0.3 * dirs
+    raw, _ = nerf._field(x)
+    n = nerf._normals(x, raw)
+    assert ((n * dirs).sum(-1) > 0.98).all()  # the blob dominates the untrained field: radial normals
 
 
 def test_gradients_reach_every_parameter_group():
@@ -126,6 +139,18 @@ def test_state_dict_round_trip():
     b.eval()
     c = cams()
     assert torch.equal(a.render(c, white(c)).rgb, b.render(c, white(c)).rgb)
+
+
+def test_hierarchical_render_step_state_and_weights():
+    nerf = build(importance_samples=8)
+    c = cams()
+    out = nerf.render(c, white(c))
+    assert out.alpha.max() > 0.5 and out.alpha.max() <= 1 + 1e-6 and torch.isfinite(out.depth).all()
+    nerf.after_step(41, out)
+    other = build(seed=1, importance_samples=8)
+    other.load_state_dict(nerf.state_dict())
+    assert nerf.step == other.step == 42  # a resumed run keeps its place in the shading schedule
+    assert nerf.regularizer_weights == {"orient": 10.0, "sparsity": 0.0, "opaque": 0.0}
 
 
 def test_query_density_and_albedo():
