@@ -1,0 +1,543 @@
+"""Mesh scene: a triangle mesh with PBR materials, rasterised (renderers/kernels/raster*.py) and shaded with
+split-sum environment lighting (renderers/pbr.py). Fantasia3D / DreamMat's material half.
+
+Geometry, two modes:
+- "deformable": DMTet (renderers/dmtet.py) on a (res+1)³ Kuhn tet grid over [−radius, radius]³ with a per-vertex
+  SDF and bounded deformation, initialised from a shapes primitive (``init_shape``) or from a NeRF/Gaussians run
+  folder (``init_from``: its density, thresholded by the exporter's automatic level, turned into a signed distance
+  by distance transforms; its albedo is distilled into the material field). Regularisers: normal consistency
+  (1 − cos between adjacent face normals), uniform Laplacian, DMTet's SDF sign BCE.
+- "fixed": a user's mesh (vertices, faces, optional UVs), materials only (``Mesh.from_arrays``, engine/texture.py).
+
+Materials (linear albedo k_d, perceptual roughness r, metallic m; conventions.md §3.1):
+- "field": a small hash grid + MLP over world position → sigmoid heads: albedo 3, r ∈ [r_min, r_max], m ∈ [0, m_max]
+  (Fantasia3D/threestudio layout), bakeable to UV textures through ``query_material``.
+- "uv": textures (albedo, roughness, metallic) of ``texture_resolution``² sampled at the mesh's UVs.
+
+Shading: per rendered image one environment (random among ``envs``, random rotation about +Y; DreamMat's
+discouragement of baked lighting), Cook–Torrance GGX split-sum + Lambert irradiance (renderers/pbr.py), then the sRGB
+OETF, composited over the background and antialiased (silhouette gradients). ``set_lighting`` pins the
+environment (the light-aware shapes prior and the ControlNet condition use the same one). Normals are per corner:
+the smooth vertex normal, or the face normal where they differ by more than ``crease_angle`` (hard edges).
+
+Camera: the OpenGL c2w of engine/cameras.py, perspective with near 0.05 m / far 50 m, and P[1,1] negated so image row
+0 is the top (nvdiffrast's clip y = −1 is row 0).
+"""
+
+import dataclasses
+import functools
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engine.cameras import Cameras
+from renderers import dmtet, envmaps, pbr
+from renderers.base import RenderOutput
+from renderers.kernels import raster as K
+from renderers.kernels.hashgrid_torch import HashGrid
+
+NEAR, FAR = 0.05, 50.0
+
+
+@dataclass
+class MeshConfig:
+    """A PBR triangle mesh (DMTet or fixed) with neural or UV-texture materials, lit by environment maps."""
+
+    mode: str = "deformable"
+    """"deformable" (DMTet) or "fixed" (a given mesh; materials only)."""
+    init_shape: str = "sphere"
+    """Deformable mode: shapes-world primitive used as the initial SDF (cube, sphere, cylinder, cone, torus)."""
+    init_from: str = ""
+    """Deformable mode: a NeRF or Gaussians run folder whose density (and albedo) initialise the mesh."""
+    mesh_path: str = ""
+    """Fixed mode: OBJ/GLB/PLY to load (normalised like engine texture does)."""
+    tet_resolution: int = 32
+    """DMTet grid cells per side."""
+    radius: float = 0.8
+    """Half-size of the tet grid and of the material field's box, in metres."""
+    material: str = "field"
+    """"field" (hash grid + MLP over position) or "uv" (textures at the mesh's UVs; fixed meshes with UVs)."""
+    texture_resolution: int = 256
+    """Side of the UV textures in "uv" material mode."""
+    roughness_range: tuple[float, float] = (0.08, 1.0)
+    """Range the roughness head maps into."""
+    max_metallic: float = 1.0
+    """Upper bound of the metallic head."""
+    init_roughness: float = 0.7
+    """Initial roughness."""
+    init_metallic: float = 0.02
+    """Initial metallic."""
+    envs: tuple[str, ...] = ("studio", "sky", "rgb", "sunset")
+    """Training environments (procedural names or equirect .hdr/.exr/.png files), one drawn per render."""
+    env_rotations: int = 0
+    """0: continuous random rotation about +Y during training; k > 0: one of k evenly spaced rotations."""
+    eval_env: str = "studio"
+    """Environment outside training."""
+    env_height: int = 32
+    """Rows of the equirect maps after loading (the pre-filtered levels are built from it)."""
+    eval_shading: str = "pbr"
+    """Shading outside training: "pbr" or "albedo" (sRGB albedo, unlit, comparable to the NeRF's evaluation)."""
+    crease_angle: float = 45.0
+    """Corners whose smooth normal differs from the face normal by more than this use the face normal (degrees)."""
+    antialias: bool = True
+    """Analytic antialiasing (silhouette gradients for the geometry)."""
+    lr_material: float = 1e-2
+    """Adam learning rate of the material field / textures."""
+    lr_geometry: float = 5e-3
+    """Adam learning rate of the SDF and deformation."""
+    albedo_smooth_eps: float = 0.02
+    """Std of the position jitter of the albedo-smoothness regulariser, in metres."""
+    roughness_prior: float = 0.7
+    """Target of the roughness prior."""
+    lambda_albedo_smooth: float = 1.0
+    """Default weight of "albedo_smooth": mean |k_d(x) − k_d(x + δ)|."""
+    lambda_roughness_prior: float = 0.01
+    """Default weight of "roughness_prior": mean (r − roughness_prior)²."""
+    lambda_metallic_prior: float = 0.01
+    """Default weight of "metallic_prior": mean m²."""
+    lambda_normal_consistency: float = 0.1
+    """Default weight of "normal_consistency" (deformable)."""
+    lambda_laplacian: float = 1.0
+    """Default weight of "laplacian" (deformable)."""
+    lambda_sdf: float = 0.01
+    """Default weight of "sdf" (DMTet sign BCE)."""
+    backend: str = "auto"
+    """Raster backend: auto, torch or cuda (nvdiffrast when importable)."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("deformable", "fixed"):
+            raise ValueError(f"mesh.mode must be deformable or fixed, got {self.mode!r}")
+        if self.material not in ("field", "uv"):
+            raise ValueError(f"mesh.material must be field or uv, got {self.material!r}")
+        if self.eval_shading not in ("pbr", "albedo"):
+            raise ValueError(f"mesh.eval_shading must be pbr or albedo, got {self.eval_shading!r}")
+        if not self.envs:
+            raise ValueError("mesh.envs must name at least one environment")
+        if self.tet_resolution < 4:
+            raise ValueError(f"mesh.tet_resolution must be >= 4, got {self.tet_resolution}")
+
+    def default_weights(self) -> dict[str, float]:
+        return {"albedo_smooth": self.lambda_albedo_smooth, "roughness_prior": self.lambda_roughness_prior,
+                "metallic_prior": self.lambda_metallic_prior, "normal_consistency": self.lambda_normal_consistency,
+                "laplacian": self.lambda_laplacian, "sdf": self.lambda_sdf}
+
+    def build(self, gen: torch.Generator, device: torch.device | str = "cpu") -> "Mesh":
+        if self.mode == "fixed":
+            if not self.mesh_path:
+                raise ValueError("mesh.mode fixed needs --renderer.mesh-path (or use engine texture)")
+            from engine.texture import load_mesh  # noqa: PLC0415
+
+            m = load_mesh(self.mesh_path)
+            return Mesh.from_arrays(self, m.vertices, m.faces, m.uv, gen, device)
+        return Mesh(self, gen, device)
+
+
+@functools.cache
+def environment(name: str, height: int) -> pbr.EnvironmentLight:
+    """A pre-filtered environment, built once per (name, height) in a process."""
+    return pbr.EnvironmentLight(envmaps.load(name, height), name=os.path.basename(name))
+
+
+def projection(cams: Cameras) -> Tensor:
+    """[C,4,4] clip-from-world with P[1,1] negated (row 0 at the top)."""
+    f = 1.0 / torch.tan(0.5 * cams.fovy)
+    P = torch.zeros(len(cams), 4, 4, dtype=cams.c2w.dtype, device=cams.device)
+    aspect = cams.width / cams.height
+    P[:, 0, 0] = f / aspect
+    P[:, 1, 1] = -f
+    P[:, 2, 2] = (FAR + NEAR) / (NEAR - FAR)
+    P[:, 2, 3] = 2 * FAR * NEAR / (NEAR - FAR)
+    P[:, 3, 2] = -1
+    return P @ torch.linalg.inv(cams.c2w)
+
+
+def face_normals(v: Tensor, f: Tensor) -> Tensor:
+    """Unnormalised face normals [F,3] (length = 2·area)."""
+    return torch.linalg.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]], dim=-1)
+
+
+def corner_normals(v: Tensor, f: Tensor, crease_deg: float) -> Tensor:
+    """[F·3,3] unit normals per triangle corner: smooth (area-weighted) unless past the crease angle."""
+    fn = face_normals(v, f)
+    vn = torch.zeros_like(v).index_add(0, f.reshape(-1), fn.repeat_interleave(3, 0))
+    vn = F.normalize(vn, dim=-1)[f.reshape(-1)]
+    fu = F.normalize(fn, dim=-1).repeat_interleave(3, 0)
+    hard = (vn * fu).sum(-1, keepdim=True) < math.cos(math.radians(crease_deg))
+    return torch.where(hard, fu, vn)
+
+
+def _mlp(d_in: int, width: int, d_out: int, gen: torch.Generator) -> nn.Sequential:
+    net = nn.Sequential(nn.Linear(d_in, width), nn.ReLU(), nn.Linear(width, d_out))
+    with torch.no_grad():
+        for layer in (net[0], net[2]):
+            bound = 1.0 / math.sqrt(layer.in_features)
+            layer.weight.copy_((torch.rand(layer.weight.shape, generator=gen) * 2 - 1) * bound)
+            layer.bias.zero_()
+    return net
+
+
+def _nudge(sdf: Tensor, spacing: float) -> Tensor:
+    """Move SDF values off ±0 (to ±spacing/20): a surface through a grid vertex makes DMTet's crossing formula
+    (p_a s_b − p_b s_a)/(s_b − s_a) ill-conditioned and its gradients explode."""
+    eps = 0.05 * spacing
+    return torch.where(sdf.abs() < eps, torch.where(sdf < 0, -eps, eps), sdf)
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-4), 1 - 1e-4)
+    return math.log(p / (1 - p))
+
+
+class Mesh(nn.Module):
+    """PBR triangle-mesh scene implementing the Scene protocol (renderers/base.py)."""
+
+    def __init__(self, cfg: MeshConfig, gen: torch.Generator, device: torch.device | str = "cpu",
+                 fixed: tuple[Tensor, Tensor, Tensor | None] | None = None):
+        super().__init__()
+        self.cfg = dataclasses.replace(cfg, backend=K.resolve_raster_backend(cfg.backend))
+        self.gen = gen
+        self._lighting: tuple[str, float] | None = None
+        if fixed is not None:
+            v, f, uv = fixed
+            self.register_buffer("vertices", v.float())
+            self.register_buffer("faces", f.long())
+            self.register_buffer("uv", uv.float() if uv is not None else torch.zeros(0, 2))
+            self.topology = K.edge_topology(self.faces, v.shape[0])
+        else:
+            grid, tets = dmtet.tet_grid(cfg.tet_resolution, cfg.radius)
+            self.register_buffer("grid", grid)
+            self.register_buffer("tets", tets)
+            self.register_buffer("grid_edges", dmtet.grid_edges(tets))
+            self.sdf = nn.Parameter(self._initial_sdf(grid))
+            self.deform = nn.Parameter(torch.zeros_like(grid))
+            self.register_buffer("uv", torch.zeros(0, 2))
+        self._build_material(gen)
+        self.to(device)
+        if fixed is None and cfg.init_from:
+            self._distill_albedo_from_run(cfg.init_from)
+
+    @classmethod
+    def from_arrays(cls, cfg: MeshConfig, vertices, faces, uv, gen: torch.Generator,
+                    device: torch.device | str = "cpu") -> "Mesh":
+        """A fixed-geometry scene on given vertices [V,3], faces [F,3] and optional per-vertex UVs [V,2]."""
+        as_t = lambda a, dt: None if a is None else torch.as_tensor(a).to(dt)  # noqa: E731
+        cfg = dataclasses.replace(cfg, mode="fixed")
+        if cfg.material == "uv" and uv is None:
+            raise ValueError("mesh.material uv needs a mesh with UVs")
+        return cls(cfg, gen, device, fixed=(as_t(vertices, torch.float32), as_t(faces, torch.long),
+                                             as_t(uv, torch.float32)))
+
+    # ---- geometry ------------------------------------------------------------------------------------------------
+
+    def _initial_sdf(self, grid: Tensor) -> Tensor:
+        if self.cfg.init_from:
+            return self._sdf_from_run(self.cfg.init_from, grid)
+        from engine import shapes  # noqa: PLC0415
+
+        return _nudge(shapes.sdf(self.cfg.init_shape, grid).float(), self.cfg.radius / self.cfg.tet_resolution)
+
+    def _load_run_scene(self, run_dir: str):
+        from engine.checkpoint import latest_checkpoint, load_checkpoint  # noqa: PLC0415
+        from engine.config import load_config  # noqa: PLC0415
+
+        cfg_path = os.path.join(run_dir, "config.yaml")
+        if not os.path.isfile(cfg_path):
+            raise ValueError(f"mesh.init_from: {run_dir} is not a run folder (no config.yaml)")
+        run_cfg = load_config(cfg_path)
+        if isinstance(run_cfg.renderer, MeshConfig):
+            raise ValueError("mesh.init_from needs a NeRF or Gaussians run, not a mesh run")
+        ckpt = latest_checkpoint(os.path.join(run_dir, "ckpts"))
+        if ckpt is None:
+            raise ValueError(f"mesh.init_from: {run_dir} has no checkpoint")
+        scene = run_cfg.renderer.build(torch.Generator().manual_seed(0), "cpu")
+        scene.load_state_dict(load_checkpoint(ckpt)["scene"])
+        scene.eval()
+        return scene
+
+    @torch.no_grad()
+    def _sdf_from_run(self, run_dir: str, grid: Tensor) -> Tensor:
+        scene = self._load_run_scene(run_dir)
+        self._init_scene = scene
+        n = self.cfg.tet_resolution + 1
+        sigma = scene.query_density(grid).float().view(n, n, n)
+        spacing = 2 * self.cfg.radius / self.cfg.tet_resolution
+        kind = "opacity" if hasattr(scene, "num_gaussians") else "density"
+        try:
+            from engine.export.mesh import auto_threshold  # noqa: PLC0415
+
+            level = auto_threshold(sigma.numpy().astype("float64"), spacing, kind)
+        except ImportError:  # the exporter is absent: threestudio's "auto" level
+            pos = sigma[sigma > 1e-5]
+            level = float(pos.mean()) if pos.numel() else 0.5
+        inside = sigma > level
+        if not inside.any():
+            raise ValueError(f"mesh.init_from: the density of {run_dir} is empty at level {level:.3g}")
+        return _nudge(dmtet.signed_distance_from_occupancy(inside, spacing).reshape(-1), spacing)
+
+    def _distill_albedo_from_run(self, run_dir: str, steps: int = 200) -> None:
+        """Fit the material field's albedo to the run's (display-referred) albedo at surface points."""
+        scene = getattr(self, "_init_scene", None) or self._load_run_scene(run_dir)
+        with torch.no_grad():
+            v, _ = self.geometry()
+            pts = v.detach()
+            target = pbr.srgb_to_linear(scene.query_albedo(pts.cpu()).float().clamp(0, 1)).to(pts.device)
+        params = list(self.encoding.parameters()) + list(self.mlp.parameters())
+        opt = torch.optim.Adam(params, lr=1e-2)
+        for _ in range(steps):
+            jitter = torch.randn(pts.shape, generator=self.gen).to(pts) * 0.01
+            loss = (self._material(pts + jitter)["albedo"] - target).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        del self._init_scene
+
+    def geometry(self) -> tuple[Tensor, Tensor]:
+        """Current (vertices [V,3], faces [F,3])."""
+        if self.cfg.mode == "fixed":
+            return self.vertices, self.faces
+        step = self.cfg.radius / self.cfg.tet_resolution
+        verts = self.grid + step * torch.tanh(self.deform)
+        return dmtet.marching_tets(verts, self.sdf, self.tets)
+
+    # ---- materials ----------------------------------------------------------------------------------------------
+
+    def _build_material(self, gen: torch.Generator) -> None:
+        cfg = self.cfg
+        r0 = _logit((cfg.init_roughness - cfg.roughness_range[0]) / (cfg.roughness_range[1] - cfg.roughness_range[0]))
+        m0 = _logit(cfg.init_metallic / cfg.max_metallic)
+        self._r0, self._m0 = r0, m0
+        if cfg.material == "uv":
+            T = cfg.texture_resolution
+            self.tex_albedo = nn.Parameter(torch.zeros(1, T, T, 3))
+            self.tex_rm = nn.Parameter(torch.tensor([r0, m0]).view(1, 1, 1, 2).repeat(1, T, T, 1))
+        else:
+            self.encoding = HashGrid(4, 8, 64, 2, 16, gen=gen)
+            self.mlp = _mlp(self.encoding.out_dim, 32, 5, gen)
+
+    def _heads(self, raw: Tensor) -> dict[str, Tensor]:
+        lo, hi = self.cfg.roughness_range
+        return {"albedo": torch.sigmoid(raw[..., 0:3]),
+                "roughness": lo + (hi - lo) * torch.sigmoid(raw[..., 3:4]),
+                "metallic": self.cfg.max_metallic * torch.sigmoid(raw[..., 4:5])}
+
+    def _material(self, x: Tensor, uv: Tensor | None = None) -> dict[str, Tensor]:
+        """Material at world points x [N,3] (field) or UVs [N,2] (textures)."""
+        if self.cfg.material == "uv":
+            grid = uv.view(1, 1, -1, 2)
+            a = K.texture(self.cfg.backend, self.tex_albedo, grid)[0, 0]
+            rm = K.texture(self.cfg.backend, self.tex_rm, grid)[0, 0]
+            return self._heads(torch.cat([a, rm], -1))
+        u = (x + self.cfg.radius) / (2 * self.cfg.radius)
+        raw = self.mlp(self.encoding(u))
+        bias = torch.tensor([0, 0, 0, self._r0, self._m0], dtype=raw.dtype, device=raw.device)
+        return self._heads(raw + bias)
+
+    def query_material(self, x: Tensor, uv: Tensor | None = None) -> dict[str, Tensor]:
+        """Exporter hook: {"albedo" [M,3] linear, "roughness" [M], "metallic" [M]} at world points (or UVs)."""
+        with torch.no_grad():
+            m = self._material(x, uv)
+        return {"albedo": m["albedo"], "roughness": m["roughness"][:, 0], "metallic": m["metallic"][:, 0]}
+
+    def query_albedo(self, x: Tensor) -> Tensor:
+        """Display-referred (sRGB) albedo at world points, like the field scenes' hook."""
+        return pbr.linear_to_srgb(self.query_material(x)["albedo"])
+
+    # ---- lighting -----------------------------------------------------------------------------------------------
+
+    def set_lighting(self, env: str | None, rotation: float = 0.0) -> None:
+        """Pin the environment (name or file) and its rotation (radians) for the following renders; None unpins."""
+        self._lighting = None if env is None else (env, float(rotation))
+
+    def _choose_lighting(self) -> tuple[str, float]:
+        if self._lighting is not None:
+            return self._lighting
+        if not self.training:
+            return self.cfg.eval_env, 0.0
+        i = int(torch.randint(len(self.cfg.envs), (1,), generator=self.gen))
+        k = self.cfg.env_rotations
+        if k > 0:
+            rot = 2 * math.pi * int(torch.randint(k, (1,), generator=self.gen)) / k
+        else:
+            rot = 2 * math.pi * float(torch.rand((), generator=self.gen))
+        return self.cfg.envs[i], rot
+
+    # ---- rendering ----------------------------------------------------------------------------------------------
+
+    def render(self, cams: Cameras, background: Tensor) -> RenderOutput:
+        """Rasterise, shade and composite ``cams`` over ``background`` [C,H,W,3].
+
+        RenderOutput: rgb (sRGB, antialiased), alpha, depth (camera distance), normal (world), albedo (linear,
+        premultiplied by coverage), roughness, metallic. extras: env, rotation, linear rgb, and the material
+        samples the regularisers use.
+        """
+        C, H, W = len(cams), cams.height, cams.width
+        b = self.cfg.backend
+        v, f = self.geometry()
+        background = background.expand(C, H, W, 3)
+        env_name, rot = self._choose_lighting()
+        extras: dict = {"env": env_name, "rotation": rot, "faces": int(f.shape[0])}
+        if f.shape[0] == 0:
+            z = background.new_zeros(C, H, W, 1)
+            return RenderOutput(rgb=background.clone(), alpha=z, extras=extras)
+        mvp = projection(cams).to(v.dtype)
+        pos = torch.einsum("cij,vj->cvi", mvp, F.pad(v, (0, 1), value=1.0))
+        rast = K.rasterize(b, pos, f, (H, W))
+        mask = rast[..., 3:4] > 0
+        tri_c = torch.arange(f.shape[0] * 3, device=f.device).view(-1, 3)
+        attrs = [v[f.reshape(-1)], corner_normals(v, f, self.cfg.crease_angle)]
+        if self.cfg.material == "uv":
+            attrs.append(self.uv[f.reshape(-1)])
+        maps = K.interpolate(b, torch.cat(attrs, -1), rast, tri_c)
+        idx = mask.reshape(-1).nonzero()[:, 0]
+        flat = maps.reshape(-1, maps.shape[-1])[idx]
+        x, n = flat[:, 0:3], F.normalize(flat[:, 3:6], dim=-1)
+        mat = self._material(x, flat[:, 6:8] if self.cfg.material == "uv" else None)
+        cam_pos = cams.position.to(v.dtype)[idx // (H * W)]
+        view = F.normalize(cam_pos - x, dim=-1)
+        n = torch.where((n * view).sum(-1, keepdim=True) < 0, -n, n)  # two-sided shading
+        shading = self.cfg.eval_shading if not self.training else "pbr"
+        if shading == "pbr":
+            env = environment(env_name, self.cfg.env_height).to(v.device)
+            lin = pbr.shade(mat["albedo"], mat["roughness"], mat["metallic"], n, view, env, rot)["rgb"]
+        else:
+            lin = mat["albedo"]
+
+        def scatter(vals: Tensor) -> Tensor:
+            return vals.new_zeros(C * H * W, vals.shape[-1]).index_put((idx,), vals).view(C, H, W, -1)
+
+        m = mask.to(v.dtype)
+        rgb = scatter(pbr.linear_to_srgb(lin)) + (1 - m) * background
+        alpha = m
+        if self.cfg.antialias:
+            topo = self.topology if self.cfg.mode == "fixed" else None
+            both = K.antialias(b, torch.cat([rgb, alpha], -1), rast, pos, f, topo)
+            rgb, alpha = both[..., :3], both[..., 3:4].clamp(0, 1)
+        depth = scatter((x - cam_pos).norm(dim=-1, keepdim=True))
+        if self.training and self.cfg.material == "field" and self.cfg.lambda_albedo_smooth > 0:
+            jitter = torch.randn(x.shape, generator=self.gen).to(x) * self.cfg.albedo_smooth_eps
+            extras["albedo_smooth"] = (self._material(x.detach() + jitter)["albedo"] - mat["albedo"]).abs().mean()
+        extras.update(linear_rgb=scatter(lin), roughness_mean=mat["roughness"], metallic_mean=mat["metallic"])
+        return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, normal=scatter(n), albedo=scatter(mat["albedo"]),
+                            roughness=scatter(mat["roughness"]), metallic=scatter(mat["metallic"]), extras=extras)
+
+    # ---- Scene protocol hooks -----------------------------------------------------------------------------------
+
+    def param_groups(self) -> dict[str, dict]:
+        if self.cfg.material == "uv":
+            groups = {"material": {"params": [self.tex_albedo, self.tex_rm], "lr": self.cfg.lr_material}}
+        else:
+            groups = {"material": {"params": list(self.encoding.parameters()) + list(self.mlp.parameters()),
+                                   "lr": self.cfg.lr_material}}
+        if self.cfg.mode == "deformable":
+            groups["geometry"] = {"params": [self.sdf, self.deform], "lr": self.cfg.lr_geometry}
+        return groups
+
+    @property
+    def regularizer_weights(self) -> dict[str, float]:
+        return self.cfg.default_weights()
+
+    def regularizers(self, out: RenderOutput, step: int) -> dict[str, Tensor]:
+        zero = out.rgb.new_zeros(())
+        regs = {"albedo_smooth": out.extras.get("albedo_smooth", zero)}
+        r, m = out.extras.get("roughness_mean"), out.extras.get("metallic_mean")
+        regs["roughness_prior"] = (r - self.cfg.roughness_prior).square().mean() if r is not None else zero
+        regs["metallic_prior"] = m.square().mean() if m is not None else zero
+        if self.cfg.mode == "deformable":
+            v, f = self.geometry()
+            regs["normal_consistency"], regs["laplacian"] = mesh_smoothness(v, f)
+            regs["sdf"] = dmtet.sdf_sign_bce(self.sdf, self.grid_edges)
+        return regs
+
+    def after_step(self, step: int, out: RenderOutput) -> None:
+        pass
+
+
+def mesh_smoothness(v: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
+    """(normal consistency: mean 1 − cos of adjacent face normals, uniform Laplacian: mean ‖v − mean(nbrs)‖²)."""
+    if f.shape[0] == 0:
+        z = v.new_zeros(())
+        return z, z
+    nb, _ = K.edge_topology(f, v.shape[0])
+    fn = F.normalize(face_normals(v, f), dim=-1)
+    has = nb >= 0
+    fi = torch.arange(f.shape[0], device=f.device)[:, None].expand_as(nb)[has]
+    nc = (1 - (fn[fi] * fn[nb[has]]).sum(-1)).mean() if has.any() else v.new_zeros(())
+    e = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    e = torch.cat([e, e.flip(1)])
+    deg = torch.zeros(v.shape[0], device=v.device).index_add(0, e[:, 0], torch.ones(e.shape[0], device=v.device))
+    nsum = torch.zeros_like(v).index_add(0, e[:, 0], v[e[:, 1]])
+    lap = v - nsum / deg.clamp_min(1)[:, None]
+    return nc, lap.square().sum(-1).mean()
+
+
+def primitive_mesh(shape: str) -> tuple[Tensor, Tensor]:
+    """Triangle mesh (vertices [V,3], faces [F,3]) of a shapes-world primitive at its canonical size and pose
+    (engine/shapes.py: Y-up, centred at the origin)."""
+    import numpy as np  # noqa: PLC0415
+    import trimesh  # noqa: PLC0415
+
+    to_y = trimesh.transformations.rotation_matrix(-math.pi / 2, [1, 0, 0])  # +Z axis -> +Y
+    match shape:
+        case "cube":
+            m = trimesh.creation.box(extents=(0.8, 0.8, 0.8))
+        case "sphere":
+            m = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
+        case "cylinder":
+            m = trimesh.creation.cylinder(radius=0.4, height=0.8, sections=48).apply_transform(to_y)
+        case "cone":
+            m = trimesh.creation.cone(radius=0.45, height=0.9, sections=48).apply_transform(to_y)
+            m.apply_translation([0, -0.45, 0])
+        case "torus":
+            m = trimesh.creation.torus(major_radius=0.35, minor_radius=0.15, major_sections=48,
+                                       minor_sections=16).apply_transform(to_y)
+        case _:
+            raise ValueError(f"unknown shape {shape!r}")
+    return torch.from_numpy(np.asarray(m.vertices, dtype=np.float32)), torch.from_numpy(np.asarray(m.faces))
+
+
+@torch.no_grad()
+def render_constant_dielectric(v: Tensor, f: Tensor, cams: Cameras, env: str, rotation: float, roughness: float,
+                               env_height: int = 32, supersample: int = 2) -> dict[str, Tensor]:
+    """Colour-independent PBR renders of a mesh with a constant dielectric (metallic 0) material:
+    coverage [C,H,W,1], irradiance E [C,H,W,3] and specular S [C,H,W,3], so that the sRGB image of albedo k_d
+    over background bg is linear_to_srgb(k_d·E + S)·cov + (1 − cov)·bg (evaluated per sub-pixel, then averaged,
+    is approximated here by shading the averaged terms). Used by the light-aware shapes prior and as ground truth.
+    """
+    s = supersample
+    hi = Cameras(cams.c2w, cams.fovy, cams.width * s, cams.height * s, cams.azimuth, cams.elevation, cams.distance)
+    C, H, W = len(hi), hi.height, hi.width
+    pos = torch.einsum("cij,vj->cvi", projection(hi), F.pad(v, (0, 1), value=1.0))
+    rast = K.rasterize("torch", pos, f, (H, W))
+    mask = rast[..., 3:4] > 0
+    tri_c = torch.arange(f.shape[0] * 3).view(-1, 3)
+    maps = K.interpolate("torch", torch.cat([v[f.reshape(-1)], corner_normals(v, f, 45.0)], -1), rast, tri_c)
+    idx = mask.reshape(-1).nonzero()[:, 0]
+    flat = maps.reshape(-1, 6)[idx]
+    x, n = flat[:, :3], F.normalize(flat[:, 3:], dim=-1)
+    view = F.normalize(hi.position[idx // (H * W)] - x, dim=-1)
+    n = torch.where((n * view).sum(-1, keepdim=True) < 0, -n, n)
+    light = environment(env, env_height)
+    ones = torch.ones(x.shape[0], 1)
+    sh = pbr.shade(ones.expand(-1, 3), ones * roughness, ones * 0, n, view, light, rotation)
+    out = {}
+    for name, vals in (("E", sh["diffuse"]), ("S", sh["specular"]), ("coverage", ones)):
+        img = torch.zeros(C * H * W, vals.shape[-1]).index_put((idx,), vals).view(C, H, W, -1)
+        out[name] = F.avg_pool2d(img.permute(0, 3, 1, 2), s).permute(0, 2, 3, 1)
+    cov = out["coverage"].clamp_min(1e-6)
+    out["E"], out["S"] = out["E"] / cov, out["S"] / cov  # shading of the covered part of each pixel
+    return out
+
+
+def compose_dielectric(r: dict[str, Tensor], albedo_linear: Tensor, background: Tensor | None = None) -> Tensor:
+    """sRGB image [C,H,W,3] of ``render_constant_dielectric`` terms for a linear albedo [3]."""
+    bg = torch.ones(3) if background is None else background
+    lit = pbr.linear_to_srgb(albedo_linear * r["E"] + r["S"])
+    return lit * r["coverage"] + (1 - r["coverage"]) * bg
+
+
+__all__ = ["MeshConfig", "Mesh", "projection", "environment", "corner_normals", "mesh_smoothness", "primitive_mesh",
+           "render_constant_dielectric", "compose_dielectric"]
