@@ -1,10 +1,21 @@
 """Score-distillation objectives behind one protocol, and their registry (keys are the CLI choices)."""
 
+from guidance.asd import ASDConfig
 from guidance.base import Guidance, GuidanceOutput
+from guidance.csm import CSDConfig, CSMConfig
+from guidance.ism import ISMConfig, TSMConfig
 from guidance.sds import SDSConfig
+from guidance.vsd import VSDConfig
 
 GUIDANCES: dict[str, type] = {
     "sds": SDSConfig,
+    "vsd": VSDConfig,
+    "ism": ISMConfig,
+    "tsm": TSMConfig,
+    "asd": ASDConfig,
+    "csm": CSMConfig,
+    "csd": CSDConfig,
 }
 
-__all__ = ["GUIDANCES", "Guidance", "GuidanceOutput", "SDSConfig"]
+__all__ = ["GUIDANCES", "Guidance", "GuidanceOutput", "SDSConfig", "VSDConfig", "ISMConfig", "TSMConfig", "ASDConfig",
+           "CSMConfig", "CSDConfig"]

@@ -61,11 +61,12 @@ def ddim_move(x: Tensor, eps: Tensor, abar_from: Tensor, abar_to: Tensor) -> Ten
     return b.sqrt() * x0_hat(x, eps, abar_from) + (1 - b).sqrt() * eps
 
 
-WEIGHTINGS = ("sds", "uniform", "fantasia3d")
+WEIGHTINGS = ("sds", "uniform", "fantasia3d", "ism")
 
 
 def weight(t: Tensor, alphas_cumprod: Tensor, kind: str = "sds") -> Tensor:
-    """w(t) per sample [B] (guidance-spec §2.1): "sds" 1 - abar_t, "uniform" 1, "fantasia3d" sqrt(abar_t)(1 - abar_t)."""
+    """w(t) per sample [B] (guidance-spec §2.1, §2.3): "sds" 1 - abar_t, "uniform" 1, "fantasia3d"
+    sqrt(abar_t)(1 - abar_t), "ism" sqrt((1 - abar_t) / abar_t) (LucidDreamer's sigma_t / alpha_t)."""
     abar = alphas_cumprod[t]
     match kind:
         case "sds":
@@ -74,6 +75,8 @@ def weight(t: Tensor, alphas_cumprod: Tensor, kind: str = "sds") -> Tensor:
             return torch.ones_like(abar)
         case "fantasia3d":
             return abar.sqrt() * (1 - abar)
+        case "ism":
+            return ((1 - abar) / abar).sqrt()
         case _:
             raise ValueError(f"unknown weighting {kind!r}; choose one of {WEIGHTINGS}")
 
@@ -115,7 +118,7 @@ def surrogate_loss(x: Tensor, grad: Tensor, reduction: str = "mean") -> Tensor:
             raise ValueError(f"unknown loss reduction {reduction!r}; choose one of {REDUCTIONS}")
 
 
-TIMESTEP_SCHEDULES = ("uniform", "annealed", "two-stage", "sqrt")
+TIMESTEP_SCHEDULES = ("uniform", "annealed", "two-stage", "sqrt", "dreamtime", "warmup")
 
 
 @dataclass
@@ -126,6 +129,12 @@ class TimestepConfig:
     - "annealed": min and max move linearly to (min_end, max_end) between steps ``start`` and ``end``.
     - "two-stage": ProlificDreamer's schedule, (min, max) before step ``start`` and (min_end, max_end) from it on.
     - "sqrt": HiFA's deterministic schedule, t = min + (max - min)(1 - sqrt(step / end)) (a fraction of T).
+    - "dreamtime": DreamTime's deterministic non-increasing t(i) = argmin_t |sum_{tau >= t} p(tau) - i/N| with
+      p proportional to sqrt((1 - abar_t)/abar_t) times a flat-top prior (guidance-spec §1.5, DREAMTIME_PRIOR),
+      clamped to [min, max].
+    - "warmup": LucidDreamer's warm-up, t ~ UniformInt[min, max_end + int((max - max_end) T wr)) with the upper
+      bound *exclusive* and wr = 1 - min(step / end, 1) (guidance-spec §1.5; with min .02, max .98, max_end .5
+      the bound moves from 979 to 499 inclusive).
     """
 
     schedule: str = "uniform"
@@ -156,7 +165,8 @@ class TimestepConfig:
     def range_at(self, step: int, total_steps: int) -> tuple[float, float]:
         """The (min, max) fractions in force at ``step``."""
         lo_end = self.min if self.min_end is None else self.min_end
-        hi_end = (0.5 if self.schedule == "two-stage" else self.max) if self.max_end is None else self.max_end
+        hi_end = ((0.5 if self.schedule in ("two-stage", "warmup") else self.max) if self.max_end is None
+                  else self.max_end)
         end = total_steps if self.end is None else self.end
         match self.schedule:
             case "uniform":
@@ -169,6 +179,13 @@ class TimestepConfig:
             case "sqrt":
                 p = self.min + (self.max - self.min) * (1 - math.sqrt(min(step / max(end, 1), 1.0)))
                 return p, p
+            case "dreamtime":
+                p = dreamtime_timestep(step, end) / 1000.0
+                p = min(max(p, self.min), self.max)
+                return p, p
+            case "warmup":
+                wr = 1.0 - min(step / max(end, 1), 1.0)
+                return self.min, hi_end + (self.max - hi_end) * wr
             case _:
                 raise ValueError(self.schedule)
 
@@ -176,10 +193,108 @@ class TimestepConfig:
 def sample_timesteps(cfg: TimestepConfig, step: int, total_steps: int, n: int, gen: torch.Generator,
                      num_train_timesteps: int = 1000) -> Tensor:
     """Integer timesteps [n] (CPU, int64), drawn with the run's generator."""
+    if cfg.schedule == "warmup":  # exclusive upper bound in integer arithmetic (LucidDreamer's randint)
+        T = num_train_timesteps
+        end = total_steps if cfg.end is None else cfg.end
+        wr = 1.0 - min(step / max(end, 1), 1.0)
+        hi_end = 0.5 if cfg.max_end is None else cfg.max_end
+        lo_i = int(T * cfg.min)
+        hi_x = round(T * hi_end) + int((round(T * cfg.max) - round(T * hi_end)) * wr)
+        return torch.randint(lo_i, max(hi_x, lo_i + 1), (n,), generator=gen)
     lo, hi = cfg.range_at(step, total_steps)
+    if cfg.schedule == "dreamtime":  # deterministic integer t, no rounding through fractions
+        t = min(max(dreamtime_timestep(step, total_steps if cfg.end is None else cfg.end, num_train_timesteps),
+                    int(num_train_timesteps * cfg.min)), int(num_train_timesteps * cfg.max))
+        return torch.full((n,), t, dtype=torch.int64)
     lo_i, hi_i = int(num_train_timesteps * lo), int(num_train_timesteps * hi)
     hi_i = min(max(hi_i, lo_i), num_train_timesteps - 1)
     return torch.randint(lo_i, hi_i + 1, (n,), generator=gen)
+
+
+DREAMTIME_PRIOR = (800.0, 500.0, 300.0, 100.0)
+"""DreamTime's flat-top time prior (m1, m2, s1, s2): 1 on [m2, m1], Gaussian tails of widths s1 above, s2 below."""
+
+
+def dreamtime_weights(alphas_cumprod: Tensor | None = None, prior=DREAMTIME_PRIOR) -> Tensor:
+    """p(t) [T] of DreamTime (arXiv 2306.12422, Eq. 7-8 as re-implemented, guidance-spec §1.5), summing to 1.
+
+    W(t) = W_d(t) W_p(t), W_d = sqrt((1 - abar_t)/abar_t) and W_p the flat-top prior; p = W / sum W.
+    """
+    from guidance.priors.base import scaled_linear_alphas_cumprod
+    ac = (scaled_linear_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod).double().cpu()
+    m1, m2, s1, s2 = prior
+    t = torch.arange(ac.shape[0], dtype=torch.float64)
+    w_p = torch.where(t > m1, torch.exp(-(t - m1) ** 2 / (2 * s1 ** 2)),
+                      torch.where(t < m2, torch.exp(-(t - m2) ** 2 / (2 * s2 ** 2)), torch.ones_like(t)))
+    w = ((1 - ac) / ac).sqrt() * w_p
+    return w / w.sum()
+
+
+_DREAMTIME_CUM: dict[int, Tensor] = {}
+
+
+def dreamtime_timestep(step: int, total_steps: int, num_train_timesteps: int = 1000) -> int:
+    """DreamTime's t(i) = argmin_t |sum_{tau=t..T-1} p(tau) - i/N| (non-increasing in the step i)."""
+    if num_train_timesteps not in _DREAMTIME_CUM:
+        from guidance.priors.base import scaled_linear_alphas_cumprod
+        p = dreamtime_weights(scaled_linear_alphas_cumprod(num_train_timesteps))
+        _DREAMTIME_CUM[num_train_timesteps] = p.flip(0).cumsum(0).flip(0)  # [t] = sum_{tau >= t} p(tau)
+    tail = _DREAMTIME_CUM[num_train_timesteps]
+    frac = min(max(step / max(total_steps, 1), 0.0), 1.0)
+    return int((tail - frac).abs().argmin())
+
+
+def ddim_invert(prior, x0: Tensor, noise: Tensor, ind_from: int, ind_to: int, delta: int, steps: int, cond,
+                cams=None, eps_fn=None) -> Tensor:
+    """LucidDreamer's coarse deterministic noising (guidance-spec §2.3 step a), in DDIM *index* space.
+
+    x = add_noise(x0, noise, tau(ind_from)) with tau(i) = i + prior.steps_offset, then at most ``steps`` DDIM
+    inversion moves of ``delta`` indices each, e = eps(x, tau(cur), cond), until ``ind_to`` is reached. ``eps_fn``
+    replaces ``prior.predict_eps`` (e.g. with the reverse-CFG rule). No gradient.
+    """
+    ac, off = prior.alphas_cumprod, int(prior.steps_offset)
+    eps_fn = eps_fn or (lambda x, t: prior.predict_eps(x, t, cond, cams))
+    B = x0.shape[0]
+    tau = lambda i: torch.full((B,), int(i) + off, dtype=torch.int64, device=x0.device)  # noqa: E731
+    x = add_noise(x0, noise, tau(ind_from), ac)
+    cur = ind_from
+    for _ in range(steps):
+        if cur >= ind_to:
+            break
+        nxt = min(cur + delta, ind_to)
+        e = eps_fn(x, tau(cur))
+        x = ddim_move(x, e, ac[tau(cur)], ac[tau(nxt)])
+        cur = nxt
+    return x
+
+
+@dataclass
+class LinearRamp:
+    """A scalar that moves linearly from ``start_value`` to ``end_value`` between two steps, clamped outside.
+
+    threestudio's C([start_step, v0, v1, end_step]) as a typed object (guidance-spec §1.5); a constant when the
+    two values are equal.
+    """
+
+    start_value: float = 0.0
+    """Value up to ``start_step``."""
+    end_value: float = 0.0
+    """Value from ``end_step`` on."""
+    start_step: int = 0
+    """Step where the ramp starts."""
+    end_step: int = 0
+    """Step where the ramp ends (<= start_step gives a jump at start_step)."""
+
+    def at(self, step: int) -> float:
+        if self.end_step <= self.start_step:
+            return self.start_value if step < self.start_step else self.end_value
+        r = min(max((step - self.start_step) / (self.end_step - self.start_step), 0.0), 1.0)
+        return self.start_value + r * (self.end_value - self.start_value)
+
+
+def const(v: float) -> LinearRamp:
+    """A constant LinearRamp."""
+    return LinearRamp(v, v)
 
 
 def clip_grad_per_pixel(grad: Tensor, max_value: float) -> Tensor:
@@ -190,3 +305,13 @@ def clip_grad_per_pixel(grad: Tensor, max_value: float) -> Tensor:
     ch_dim = -1 if grad.shape[-1] == 3 else -3
     peak = grad.abs().amax(dim=ch_dim, keepdim=True)
     return grad * (max_value / peak.clamp_min(1e-12)).clamp(max=1.0)
+
+
+def attach_pixel_clip(rgb: Tensor, max_value: float) -> None:
+    """Register Dreamer XL's pixel-wise clipping as a backward hook on a rendered image batch [B,H,W,3].
+
+    The hook sees the *total* gradient reaching ``rgb`` (the objective's, plus any regulariser that reads the same
+    tensor) and returns it clipped per pixel; a no-op when max_value <= 0 or rgb carries no graph.
+    """
+    if max_value > 0 and rgb.requires_grad:
+        rgb.register_hook(lambda g: clip_grad_per_pixel(g, max_value))

@@ -1,0 +1,147 @@
+"""Visual prompts for VPCSM (guidance-spec §2.7): an image I that conditions the prior next to the text.
+
+- Diffusers priors (Stable Diffusion 1.x / 2.x): an IP-Adapter (Ye et al. 2023, https://arxiv.org/abs/2308.06721)
+  loaded with diffusers' ``load_ip_adapter`` into the prior's own UNet, from a hub id or a local folder. In every
+  cross-attention layer out = Attn(Q, K_txt, V_txt) + lambda_ip Attn(Q, W'_k c_img, W'_v c_img), with c_img the
+  projected CLIP image embedding. The Cond of every branch then carries "image_embeds" [N,1,D]: the encoded I for
+  the conditional branch and zeros (IP-Adapter's unconditional image) for the others, as the pipelines do.
+- Exemplar priors (the shapes world): the image conditions on the exemplars *nearest* to it. For each exemplar group
+  (same tag set, e.g. "red cube") d_g = min over the group's views of the mean squared pixel distance to I; the
+  image log-prior of an exemplar is -lambda_ip (d_g - min_g d_g) / IMAGE_TEMPERATURE, added to the text log-prior.
+  So "a cube" with a red reference image selects the red cubes, whatever view the image shows.
+
+Bad input (unreadable file, not an image, more than MAX_PIXELS pixels or MAX_BYTES bytes) raises ValueError.
+"""
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from guidance.priors.base import Cond
+
+MAX_BYTES = 32 * 1024 * 1024
+MAX_PIXELS = 4096 * 4096
+IMAGE_TEMPERATURE = 0.01
+"""Mean-squared-distance scale of the exemplar image kernel ([-1,1] pixels): 0.01 apart is one nat."""
+
+
+def check_image_file(path: str) -> tuple[int, int]:
+    """Validate a reference image without decoding it all; returns (width, height). ValueError when unusable."""
+    if not os.path.isfile(path):
+        raise ValueError(f"image prompt {path!r}: no such file")
+    size = os.path.getsize(path)
+    if size > MAX_BYTES:
+        raise ValueError(f"image prompt {path!r} is {size / 2**20:.0f} MiB; the limit is {MAX_BYTES // 2**20} MiB")
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Exception as e:  # PIL raises UnidentifiedImageError, OSError, DecompressionBombError...
+        raise ValueError(f"image prompt {path!r} cannot be read as an image ({type(e).__name__}: {e})") from None
+    if w * h > MAX_PIXELS:
+        raise ValueError(f"image prompt {path!r} is {w}x{h} pixels; the limit is {MAX_PIXELS} pixels "
+                         f"(e.g. 4096x4096); resize it first")
+    if w < 1 or h < 1:
+        raise ValueError(f"image prompt {path!r} is empty ({w}x{h})")
+    return w, h
+
+
+def load_image(path: str, background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Tensor:
+    """[H,W,3] float in [0,1]; transparency is composited over ``background`` (white, like the shapes world)."""
+    check_image_file(path)
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGBA")
+            import numpy as np
+            a = torch.from_numpy(np.asarray(im).copy()).float() / 255.0
+    except Exception as e:
+        raise ValueError(f"image prompt {path!r} cannot be decoded ({type(e).__name__}: {e})") from None
+    rgb, alpha = a[..., :3], a[..., 3:]
+    return rgb * alpha + (1 - alpha) * torch.tensor(background)
+
+
+class VisualPrompt:
+    """Attaches the image condition to Conds: ``with_image`` for the conditional branch, ``without_image`` else."""
+
+    def __init__(self, key: str, on: Tensor, off: Tensor, mode: str):
+        self.key, self.on, self.off, self.mode = key, on, off, mode
+
+    @staticmethod
+    def build(prior, path: str, cfg) -> "VisualPrompt":
+        image = load_image(path)
+        if hasattr(prior, "images") and hasattr(prior, "tags"):
+            return VisualPrompt("log_prior", exemplar_image_log_prior(prior, image, cfg.ip_adapter_scale),
+                                torch.zeros(len(prior.tags), device=prior.device), "add")
+        if hasattr(prior, "unet") and hasattr(prior, "text_encoder"):
+            emb = load_ip_adapter(prior, cfg.ip_adapter, cfg.ip_adapter_subfolder, cfg.ip_adapter_weight_name,
+                                  cfg.ip_adapter_scale, image)
+            return VisualPrompt("image_embeds", emb, torch.zeros_like(emb), "set")
+        raise ValueError(f"the {type(prior).__name__} prior cannot take an image prompt (supported: exemplar/shapes "
+                         f"priors and Stable Diffusion priors through an IP-Adapter)")
+
+    def _attach(self, cond: Cond, value: Tensor) -> Cond:
+        n = len(cond)
+        t = dict(cond.tensors)
+        if self.mode == "add":
+            t[self.key] = (t[self.key] + value.to(t[self.key].device)).clamp_min(-1.0e4)
+        else:
+            t[self.key] = value.expand(n, *value.shape[1:])
+        return Cond(t)
+
+    def with_image(self, cond: Cond) -> Cond:
+        return self._attach(cond, self.on)
+
+    def without_image(self, cond: Cond) -> Cond:
+        return self._attach(cond, self.off)
+
+
+def exemplar_image_log_prior(prior, image: Tensor, scale: float) -> Tensor:
+    """[N] image log-prior over an exemplar prior's exemplars: nearest-view distance per tag group (module doc)."""
+    x = image.permute(2, 0, 1)[None].to(prior.device)
+    x = F.interpolate(x, size=prior.size, mode="bilinear", align_corners=False, antialias=True) * 2 - 1
+    d = ((prior.images - x) ** 2).flatten(1).mean(1)  # [N]
+    groups: dict[frozenset, list[int]] = {}
+    for i, tag in enumerate(prior.tags):
+        groups.setdefault(tag, []).append(i)
+    d_group = torch.empty_like(d)
+    for idx in groups.values():
+        ii = torch.tensor(idx, device=d.device)
+        d_group[ii] = d[ii].min()
+    return -scale * (d_group - d_group.min()) / IMAGE_TEMPERATURE
+
+
+def load_ip_adapter(prior, source: str, subfolder: str, weight_name: str, scale: float, image: Tensor) -> Tensor:
+    """Load an IP-Adapter into ``prior.unet`` with diffusers' ``load_ip_adapter`` and encode ``image``.
+
+    A transient StableDiffusionPipeline is assembled from the prior's own modules (no copy), so the adapter's
+    attention processors land in the prior's UNet. Returns the image embedding [1,1,D] (prior device and dtype).
+    """
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from guidance.priors.base import PriorError
+    pipe = StableDiffusionPipeline(vae=prior.vae, text_encoder=prior.text_encoder, tokenizer=prior.tokenizer,
+                                   unet=prior.unet, scheduler=DDIMScheduler.from_config(prior.scheduler_config),
+                                   safety_checker=None, feature_extractor=None, image_encoder=None,
+                                   requires_safety_checker=False)
+    offline = os.path.isdir(source) or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "yes", "on")
+    try:
+        pipe.load_ip_adapter(source, subfolder=subfolder, weight_name=weight_name,
+                             local_files_only=True if offline else None)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise PriorError(f"cannot load the IP-Adapter {source!r} ({subfolder}/{weight_name}): "
+                         f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__}") from None
+    pipe.set_ip_adapter_scale(scale)
+    pipe.image_encoder.requires_grad_(False).eval()
+    prior.unet.requires_grad_(False)
+    prior.image_encoder = pipe.image_encoder
+    with torch.no_grad():
+        pil = _to_pil(image)
+        emb, _ = pipe.encode_image(pil, prior.device, 1)  # [1,D]
+    return emb[:, None].to(prior.device, prior.dtype)
+
+
+def _to_pil(image: Tensor):
+    from PIL import Image
+    return Image.fromarray((image.clamp(0, 1).numpy() * 255 + 0.5).astype("uint8"))
