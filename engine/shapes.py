@@ -88,12 +88,13 @@ def _sphere_trace(shape: str, o: Tensor, d: Tensor, iters: int = 96) -> tuple[Te
     hit_bound = disc > 0
     t = (-b - disc.clamp_min(0).sqrt()).clamp_min(0)
     t_far = -b + disc.clamp_min(0).sqrt()
-    active = hit_bound.clone()
+    idx = hit_bound.nonzero()[:, 0]  # only the rays still marching are evaluated
     for _ in range(iters):
-        p = o + t[:, None] * d
-        dist = sdf(shape, p)
-        t = torch.where(active, t + dist, t)
-        active = active & (dist > 1e-5) & (t < t_far)
+        if idx.numel() == 0:
+            break
+        dist = sdf(shape, o[idx] + t[idx, None] * d[idx])
+        t[idx] = t[idx] + dist
+        idx = idx[(dist > 1e-5) & (t[idx] < t_far[idx])]
     p = o + t[:, None] * d
     hit = hit_bound & (sdf(shape, p).abs() < 1e-3) & (t < t_far + 1e-3)
     return hit, p

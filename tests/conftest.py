@@ -26,14 +26,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _cache_dir(tmp_path_factory):
-    """One shapes-prior render cache per test session (built once, a few seconds)."""
-    if "DISTILLERY_CACHE" not in os.environ:
-        os.environ["DISTILLERY_CACHE"] = str(tmp_path_factory.mktemp("distillery-cache"))
-    yield
-
-
 class ToyPrior:
     """A latent prior on [B,4,8,8] whose eps is an analytic function of (x_t, t, condition).
 

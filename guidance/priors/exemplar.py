@@ -101,22 +101,32 @@ class ExemplarPrior:
         return ((x + 1.0) / 2.0).clamp(0, 1).permute(0, 2, 3, 1)
 
     # -- denoiser --------------------------------------------------------------------------------------------
-    def posterior_weights(self, x_t: Tensor, t: Tensor, cond: Cond, cams: Cameras | None = None) -> Tensor:
-        """w [B,N]: posterior probability of each exemplar given x_t (float32)."""
+    def _active(self, cond: Cond) -> Tensor | None:
+        """Indices of the exemplars any row of ``cond`` allows, or None when all are (masked ones get w = 0)."""
+        keep = (cond.tensors["log_prior"].to(self.device) > MASKED / 2).any(0)
+        return None if bool(keep.all()) else keep.nonzero()[:, 0]
+
+    def posterior_weights(self, x_t: Tensor, t: Tensor, cond: Cond, cams: Cameras | None = None,
+                          active: Tensor | None = None) -> Tensor:
+        """w [B,N] (or [B,len(active)]): posterior probability of each exemplar given x_t (float32)."""
+        flat, sq, dirs, lp = self.flat, self.sq_norm, self.view_dirs, cond.tensors["log_prior"].to(self.device)
+        if active is not None:  # skip exemplars no row can select: exact, since their weight is 0 anyway
+            flat, sq, dirs, lp = flat[active], sq[active], dirs[active], lp[:, active]
         abar = self.alphas_cumprod[t.to(self.device)].float()[:, None]  # [B,1]
         xf = x_t.reshape(x_t.shape[0], -1).float()
         # -||x_t - a x_i||^2 / (2(1-abar)) up to a per-row constant: (a x_t.x_i - abar |x_i|^2 / 2) / (1 - abar)
-        logits = (abar.sqrt() * (xf @ self.flat.T) - 0.5 * abar * self.sq_norm) / (1 - abar)
-        logits = logits + cond.tensors["log_prior"].to(self.device)
+        logits = (abar.sqrt() * (xf @ flat.T) - 0.5 * abar * sq) / (1 - abar) + lp
         if cams is not None and self.kappa:
             d = F.normalize(cams.position.to(self.device).float(), dim=-1)
-            logits = logits + self.kappa * d @ self.view_dirs.T
+            logits = logits + self.kappa * d @ dirs.T
         return torch.softmax(logits, dim=-1)
 
     def denoise(self, x_t: Tensor, t: Tensor, cond: Cond, cams: Cameras | None = None) -> Tensor:
         """Posterior mean D(x_t) [B,3,h,w]."""
-        w = self.posterior_weights(x_t, t, cond, cams)
-        return (w @ self.flat).reshape(x_t.shape)
+        active = self._active(cond)
+        w = self.posterior_weights(x_t, t, cond, cams, active)
+        flat = self.flat if active is None else self.flat[active]
+        return (w @ flat).reshape(x_t.shape)
 
     @torch.no_grad()
     def predict_eps(self, x_t: Tensor, t: Tensor, cond: Cond, cams: Cameras | None = None) -> Tensor:

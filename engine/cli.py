@@ -1,0 +1,132 @@
+"""The `engine` command: generate, export, app.
+
+`engine generate PROMPT [--guidance NAME] [--renderer NAME] [--prior NAME] [--preset NAME] [--steps N] [--seed S]
+[--resolution R] [--out RUN_DIR] [--resume RUN_DIR] [--load-config YAML] [typed overrides, e.g. --guidance.guidance-scale 7.5]`
+
+Two-stage parsing (style.md §4.5): an argparse pre-parser reads the component choices and shortcuts, then tyro
+parses the remaining typed overrides against a default config built from those choices, so `--help` shows the
+chosen components' fields only. Bad input exits with code 2 and one line on stderr, before any run folder exists.
+"""
+
+import argparse
+import os
+import sys
+
+USAGE_ERROR = 2
+
+
+def _fail(msg: str, code: int = USAGE_ERROR) -> None:
+    print(f"engine: error: {msg}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _pre_parser(guidances, renderers, presets) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="engine generate", add_help=False, allow_abbrev=False)
+    p.add_argument("--guidance", choices=sorted(guidances))
+    p.add_argument("--renderer", choices=sorted(renderers))
+    p.add_argument("--preset", choices=sorted(presets))
+    p.add_argument("--prior")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--resume")
+    p.add_argument("--load-config")
+    p.add_argument("-h", "--help", action="store_true")
+    return p
+
+
+def build_generate_config(argv: list[str]):
+    """argv (after 'generate') -> (GenerateConfig | None, resume_dir | None). Exits 2 on bad input."""
+    import tyro
+
+    from engine.config import PRESETS, GenerateConfig, load_config
+    from guidance import GUIDANCES
+    from renderers import RENDERERS
+
+    pre = _pre_parser(GUIDANCES, RENDERERS, PRESETS)
+    # The prompt is the first argument when it is not an option; taking it here (not as an argparse positional)
+    # keeps the values of typed overrides such as `--seed 9` from being read as the prompt.
+    prompt = argv[0] if argv and not argv[0].startswith("-") else None
+    try:
+        known, rest = pre.parse_known_args(argv[1:] if prompt is not None else argv)
+    except SystemExit:
+        raise SystemExit(USAGE_ERROR) from None
+    known.prompt = prompt
+    if known.resume:
+        if rest or known.prompt or known.guidance or known.renderer or known.load_config:
+            _fail("--resume continues a run with its saved config; it takes no other options")
+        if not os.path.isfile(os.path.join(known.resume, "config.yaml")):
+            _fail(f"{known.resume} is not a run folder (no config.yaml)")
+        return None, known.resume
+    if known.load_config:
+        try:
+            base = load_config(known.load_config)
+        except ValueError as e:
+            _fail(str(e))
+    else:
+        prior_name = known.prior or "shapes"
+        preset = known.preset or ("shapes" if prior_name == "shapes" else "diffusion")
+        base = PRESETS[preset]()
+    if known.prior:
+        base.prior.name = known.prior
+    if known.guidance and type(base.guidance) is not GUIDANCES[known.guidance]:
+        base.guidance = GUIDANCES[known.guidance]()
+    if known.renderer and type(base.renderer) is not RENDERERS[known.renderer]:
+        base.renderer = RENDERERS[known.renderer]()
+    if known.prompt is not None:
+        base.prompt = known.prompt
+    if known.steps is not None:
+        base.train.steps = known.steps
+    if known.help:
+        rest = rest + ["--help"]
+    desc = (f"Generate a 3D asset from a prompt. Guidance choices: {', '.join(GUIDANCES)}; renderer choices: "
+            f"{', '.join(RENDERERS)}; presets: {', '.join(PRESETS)}. Choose them with --guidance/--renderer/"
+            f"--preset before the typed overrides below.")
+    try:
+        cfg = tyro.cli(GenerateConfig, default=base, args=rest, prog="engine generate", description=desc,
+                       config=(tyro.conf.AvoidSubcommands,))
+    except ValueError as e:  # a config's own validation
+        _fail(str(e))
+    if not cfg.prompt.strip():
+        _fail('the prompt is empty; e.g. engine generate "a red cube"')
+    return cfg, None
+
+
+def cmd_generate(argv: list[str]) -> int:
+    from engine.train import RunError, generate
+
+    cfg, resume = build_generate_config(argv)
+    try:
+        run_dir = generate(cfg, resume=resume) if resume else generate(cfg)
+    except RunError as e:
+        _fail(str(e), e.code)
+    except KeyboardInterrupt:
+        print("\nengine: interrupted; the checkpoint was saved, continue with --resume RUN_DIR", file=sys.stderr)
+        return 130
+    from engine.outputs import read_status
+    status = read_status(run_dir)
+    ev = status.get("eval")
+    print(f"run folder: {run_dir}")
+    if ev:
+        print(f"held-out views vs ground truth: PSNR {ev['psnr']:.2f} dB, silhouette IoU {ev['iou']:.3f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"generate": cmd_generate}
+    for name in ("export", "app", "texture"):
+        try:
+            mod = __import__(f"engine.cli_{name}", fromlist=["main"])
+            commands[name] = mod.main
+        except ImportError:
+            pass
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        print(f"usage: engine {{{','.join(commands)}}} ...\n\n"
+              "  generate PROMPT   text to 3D (engine generate --help)\n"
+              + "".join(f"  {n}\n" for n in commands if n != "generate"), file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else USAGE_ERROR
+    return commands[argv[0]](argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

@@ -1,0 +1,125 @@
+"""The run folder: status, metrics, previews, the turntable video and the ground-truth evaluation.
+
+Layout (conventions.md §3.4):
+    RUN/config.yaml        replayable config (engine generate --load-config RUN/config.yaml)
+    RUN/status.json        {"state": running|complete|failed|interrupted, "step": N, "message": ...}
+    RUN/metrics.jsonl      one JSON row per logged step
+    RUN/previews/          step_XXXXXX.png, four views side by side
+    RUN/ckpts/             step_XXXXXX.safetensors
+    RUN/turntable.mp4      360 degree video, written only when the run completes
+    RUN/eval.json          held-out metrics against ground truth (shapes prior)
+Every file is written under a temporary name and renamed, so nothing half-written looks complete.
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from engine.cameras import CameraConfig, Cameras, turntable
+from engine import shapes
+
+
+def write_json(path: str, data: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def set_status(run_dir: str, state: str, step: int, message: str = "", **extra) -> None:
+    write_json(os.path.join(run_dir, "status.json"),
+               {"state": state, "step": step, "message": message, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                **extra})
+
+
+def read_status(run_dir: str) -> dict:
+    try:
+        with open(os.path.join(run_dir, "status.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def to_uint8(img: Tensor) -> np.ndarray:
+    return (img.detach().float().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def save_png(path: str, img: Tensor) -> None:
+    from PIL import Image
+    tmp = f"{path}.tmp.png"
+    Image.fromarray(to_uint8(img)).save(tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def render_views(scene, cams: Cameras, background: Tensor, chunk: int = 4) -> tuple[Tensor, Tensor]:
+    """rgb [C,H,W,3] and alpha [C,H,W,1] of ``cams`` in chunks, without gradient.
+
+    The scene is put in eval mode meanwhile, so evaluation renders use no random shading or jitter and draw
+    nothing from the run's generator (previews do not change the training trajectory).
+    """
+    was_training = getattr(scene, "training", False)
+    if hasattr(scene, "train"):
+        scene.train(False)
+    rgbs, alphas = [], []
+    try:
+        for i in range(0, len(cams), chunk):
+            c = cams[i:i + chunk]
+            out = scene.render(c, background.to(c.device).view(1, 1, 1, 3).expand(len(c), c.height, c.width, 3))
+            rgbs.append(out.rgb.float().cpu())
+            alphas.append(out.alpha.float().cpu())
+    finally:
+        if hasattr(scene, "train"):
+            scene.train(was_training)
+    return torch.cat(rgbs), torch.cat(alphas)
+
+
+def save_preview(path: str, scene, cam_cfg: CameraConfig, resolution: int, background: Tensor,
+                 device) -> None:
+    rgb, _ = render_views(scene, turntable(4, cam_cfg, resolution).to(device), background)
+    save_png(path, torch.cat(list(rgb), dim=1))
+
+
+def save_turntable(path: str, scene, cam_cfg: CameraConfig, frames: int, resolution: int, background: Tensor,
+                   device, fps: int = 24) -> None:
+    """A 360 degree mp4 (H.264 via imageio-ffmpeg), written to a temporary file and renamed."""
+    import imageio.v2 as imageio
+    rgb, _ = render_views(scene, turntable(frames, cam_cfg, resolution).to(device), background)
+    tmp = f"{path}.tmp.mp4"
+    with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1,
+                            ffmpeg_log_level="error") as w:
+        for frame in rgb:
+            w.append_data(to_uint8(frame))
+    os.replace(tmp, path)
+
+
+def eval_cameras(cam_cfg: CameraConfig, n: int, resolution: int) -> Cameras:
+    """Held-out views: azimuth 5 + k*360/n degrees at the evaluation elevation (between the exemplar views)."""
+    return turntable(n, cam_cfg, resolution, azimuth_offset=5.0)
+
+
+def evaluate_shapes(scene, prompt: str, cam_cfg: CameraConfig, n: int, resolution: int, device) -> dict:
+    """PSNR and silhouette IoU against the shapes world's ground truth on held-out views.
+
+    Needs a shape in the prompt; without a colour, PSNR is computed against the closest of the world's colours
+    (the prompt allows any) and the chosen colour is reported.
+    """
+    colour, shape = shapes.parse_prompt(prompt)
+    if shape is None:
+        return {}
+    cams = eval_cameras(cam_cfg, n, resolution)
+    white = torch.ones(3)
+    rgb, alpha = render_views(scene, cams.to(device), white)
+    ref = shapes.render_shape(shape, cams)
+    candidates = [colour] if colour else list(shapes.COLOURS)
+    scores = {c: shapes.psnr(rgb, ref.colourise(c)) for c in candidates}
+    best = max(scores, key=scores.get)
+    mask = ref.coverage > 0.5
+    mean_rgb = (rgb[mask].mean(0) if mask.any() else rgb.reshape(-1, 3).mean(0)).tolist()
+    return {"psnr": scores[best], "iou": shapes.mask_iou(alpha[..., 0], ref.coverage), "colour": best,
+            "mean_rgb_in_mask": [round(v, 4) for v in mean_rgb], "views": n, "resolution": resolution,
+            "shape": shape}

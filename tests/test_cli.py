@@ -1,0 +1,76 @@
+"""argv -> GenerateConfig, bad input -> exit code 2 with no run folder, config.yaml replay."""
+
+import os
+
+import pytest
+
+from engine.cli import build_generate_config, main
+from engine.config import load_config, save_config
+from guidance import GUIDANCES
+
+
+def test_defaults_are_the_cpu_demo():
+    cfg, resume = build_generate_config(["a red cube"])
+    assert resume is None
+    assert cfg.prompt == "a red cube" and cfg.prior.name == "shapes"
+    assert type(cfg.guidance) is GUIDANCES["sds"] and cfg.guidance.guidance_scale == 1.0
+
+
+def test_choices_shortcuts_and_typed_overrides(tmp_path):
+    cfg, _ = build_generate_config(["a blue torus", "--guidance", "sds", "--renderer", "nerf", "--steps", "7",
+                                    "--seed", "3", "--resolution", "32", "--out", str(tmp_path / "r"),
+                                    "--guidance.guidance-scale", "7.5", "--guidance.timesteps.max", "0.5",
+                                    "--cameras.elevation", "5", "30"])
+    assert cfg.train.steps == 7 and cfg.seed == 3 and cfg.resolution == 32
+    assert cfg.guidance.guidance_scale == 7.5 and cfg.guidance.timesteps.max == 0.5
+    assert cfg.cameras.elevation == (5.0, 30.0)
+    assert cfg.out == str(tmp_path / "r")
+
+
+def test_diffusion_prior_selects_the_diffusion_preset():
+    cfg, _ = build_generate_config(["a hamburger", "--prior", "some/model"])
+    assert cfg.prior.name == "some/model"
+    assert cfg.guidance.guidance_scale == 100.0 and cfg.guidance.cfg_convention == "threestudio"
+
+
+@pytest.mark.parametrize("argv", [
+    ["a red cube", "--guidance", "nope"],
+    ["a red cube", "--renderer.no-such-field", "1"],
+    ["a red cube", "--seed", "banana"],
+    [""],
+    ["a red cube", "--resolution", "2"],
+    ["a red cube", "--guidance.cfg-convention", "weird"],
+])
+def test_bad_arguments_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_generate_config(argv)
+    assert e.value.code == 2
+
+
+def test_unknown_word_fails_cleanly_without_a_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "a purple dog", "--out", str(out), "--steps", "1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Vocabulary" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_config_yaml_roundtrip(tmp_path):
+    cfg, _ = build_generate_config(["a red cube", "--guidance.guidance-scale", "3", "--cameras.fovy", "30", "50"])
+    path = str(tmp_path / "config.yaml")
+    save_config(cfg, path)
+    back = load_config(path)
+    assert back == cfg
+    cfg2, _ = build_generate_config(["--load-config", path, "--seed", "9"])
+    assert cfg2.seed == 9 and cfg2.guidance.guidance_scale == 3 and cfg2.prompt == "a red cube"
+
+
+def test_resume_requires_a_run_folder(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        build_generate_config(["--resume", str(tmp_path)])
+    assert e.value.code == 2
+    os.makedirs(tmp_path / "r")
+    with pytest.raises(SystemExit):
+        build_generate_config(["--resume", str(tmp_path / "r"), "--seed", "2"])
