@@ -1,12 +1,14 @@
 """Differentiable renderers behind the Scene protocol, and their registry (keys are the CLI choices)."""
 
 from renderers.base import Background, BackgroundConfig, RenderOutput, Scene
+from renderers.gaussians import GaussiansConfig
 from renderers.mesh import MeshConfig
 from renderers.nerf import NeRFConfig
 
 RENDERERS: dict[str, type] = {
     "nerf": NeRFConfig,
+    "gaussians": GaussiansConfig,
     "mesh": MeshConfig,
 }
 
-__all__ = ["RENDERERS", "Background", "BackgroundConfig", "RenderOutput", "Scene", "NeRFConfig", "MeshConfig"]
+__all__ = ["RENDERERS", "Background", "BackgroundConfig", "RenderOutput", "Scene", "NeRFConfig", "GaussiansConfig", "MeshConfig"]
