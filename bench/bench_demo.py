@@ -37,7 +37,7 @@ def main() -> None:
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as tmp:
             argv = [args.prompt, "--prior", "shapes", "--renderer", args.renderer, "--guidance", args.guidance,
-                    "--seed", str(seed), "--out", os.path.join(tmp, "run"), "--train.progress", "False"]
+                    "--seed", str(seed), "--out", os.path.join(tmp, "run"), "--train.no-progress"]
             if args.steps is not None:
                 argv += ["--steps", str(args.steps)]
             cfg, _ = build_generate_config(argv + args.extra)

@@ -20,12 +20,26 @@ def _cfg(tmp_path, name="run", steps=6, *extra):
                                     "--out", str(tmp_path / name), "--train.video-frames", "4",
                                     "--train.video-resolution", "24", "--train.preview-every", "3",
                                     "--train.checkpoint-every", "3", "--train.eval-views", "2",
-                                    "--train.progress", "False", *extra])
+                                    "--train.no-progress", *extra])
     return cfg
 
 
 def _scene_tensors(run_dir):
-    return load_checkpoint(latest_checkpoint(os.path.join(run_dir, "ckpts")))["scene"]
+    """The scene's tensors from the newest checkpoint, flattened to {path: tensor}."""
+    flat = {}
+
+    def walk(obj, prefix):
+        if isinstance(obj, torch.Tensor):
+            flat[prefix] = obj
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, f"{prefix}/{k}")
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(v, f"{prefix}/{i}")
+
+    walk(load_checkpoint(latest_checkpoint(os.path.join(run_dir, "ckpts")))["scene"], "")
+    return flat
 
 
 def test_run_folder_layout(tmp_path):
