@@ -1,0 +1,326 @@
+"""The web app (issue #7): form -> the CLI's config, upload checks, the job queue, and a live server driven by
+gradio_client: a full short job on the shapes prior returning a valid GLB, concurrent clients with a stop, file
+isolation between sessions, and bad input answered with a message while the app keeps serving."""
+
+import hashlib
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+import zipfile
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from apps import jobs  # noqa: E402
+from apps.gradio_app import (INPUT_KEYS, PRIOR_MODEL, PRIOR_SHAPES, InputError, build_config,  # noqa: E402
+                             check_model_id, check_overrides, form_argv, status_html)
+from apps.jobs import JobManager, Limits, UploadError, check_image, check_mesh  # noqa: E402
+
+# A job short enough for a loaded 2-core CPU: a few steps at 32 px, a tiny video and export.
+SHORT = {"steps": 4, "resolution": 32, "video_frames": 4, "texture_size": 64, "mesh_resolution": 32,
+         "preview_every": 2, "randomize_seed": False, "overrides": "--train.eval-views 2"}
+LIMITS = dict(max_image_bytes=200_000, max_image_pixels=512 * 512, max_mesh_bytes=200_000, max_mesh_faces=5000)
+
+
+def form(**kw) -> dict:
+    base = {"prompt": "a red cube", "negative_prompt": "", "guidance": "sds", "renderer": "nerf",
+            "prior": PRIOR_SHAPES, "model_id": "org/model", "seed": 3, "cfg_scale": 1.0, "image": None,
+            "lr_scale": 1.0, **SHORT}
+    return {**base, **kw}
+
+
+def values(**kw) -> list:
+    f = form(**kw)
+    return [f[k] for k in INPUT_KEYS]
+
+
+# -- the form builds the CLI's own config -----------------------------------------------------------------------------
+def test_form_builds_the_same_config_as_the_cli():
+    from engine.cli import build_generate_config
+
+    cli, _ = build_generate_config(["a red cube", "--prior", "shapes", "--steps", "4", "--seed", "3",
+                                    "--resolution", "32", "--guidance.guidance-scale", "2.5",
+                                    "--train.preview-every", "2", "--train.no-progress", "--train.no-export",
+                                    "--train.video-frames", "4", "--cameras.elevation", "0", "30",
+                                    "--train.eval-views", "2"])
+    app = build_config(form_argv(form(cfg_scale=2.5, overrides="--cameras.elevation 0 30 --train.eval-views 2")))
+    assert app == cli
+
+
+def test_form_refuses_bad_input_with_a_message():
+    with pytest.raises(InputError, match="prompt is empty"):
+        form_argv(form(prompt="  "))
+    with pytest.raises(InputError, match="csm"):
+        form_argv(form(image="/tmp/x.png"))
+    for bad in ("--out /tmp/x", "--prior.cache-dir=/etc", "--guidance.image /etc/passwd", "--load-config a.yaml",
+                "--device cuda", "--help"):
+        with pytest.raises(InputError, match="cannot be set here"):
+            check_overrides(bad)
+    assert check_overrides("--cameras.elevation 0 30") == ["--cameras.elevation", "0", "30"]
+    with pytest.raises(InputError, match="Unrecognized"):
+        build_config(form_argv(form(overrides="--no-such-field 3")))
+    for bad in ("/etc", "../models/x", "~/sd", "not a hub id"):
+        with pytest.raises(InputError, match="hub id"):
+            check_model_id(bad, allow_local=False)
+    assert check_model_id("stabilityai/stable-diffusion-2-1-base", allow_local=False)
+    assert "--prior=org/model" in form_argv(form(prior=PRIOR_MODEL))
+
+
+def test_status_shows_queue_position_and_progress():
+    html = status_html("queued", position=2, running_elsewhere=1)
+    assert 'data-state="queued"' in html and "position 2" in html
+    html = status_html("running", step=12, total=40, it_per_s=3.14, eta_s=9.2)
+    assert "step 12/40" in html and "3.14 it/s" in html and "ETA 0:09" in html and "<progress" in html
+    assert "&lt;b&gt;" in status_html("failed", message="<b>")
+
+
+# -- uploads ----------------------------------------------------------------------------------------------------------
+def _png(path, size, colour=(200, 30, 30)):
+    from PIL import Image
+    Image.new("RGB", size, colour).save(path)
+    return str(path)
+
+
+def test_image_checks(tmp_path):
+    lim = Limits(**LIMITS)
+    assert "64x48" in check_image(_png(tmp_path / "ok.png", (64, 48)), lim)
+    cases = {
+        "too many pixels": (_png(tmp_path / "big.png", (1024, 1024)), "pixels"),
+        "too many bytes": (str(tmp_path / "heavy.png"), "KiB"),
+        "malformed": (str(tmp_path / "broken.png"), "cannot be read"),
+        "wrong type": (str(tmp_path / "anim.gif"), "unsupported image type"),
+    }
+    (tmp_path / "heavy.png").write_bytes(os.urandom(300_000))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(500))
+    (tmp_path / "anim.gif").write_bytes(b"GIF89a" + bytes(100))
+    for name, (path, message) in cases.items():
+        with pytest.raises(UploadError, match=message):
+            check_image(path, lim)
+
+
+def test_mesh_checks(tmp_path):
+    import trimesh
+    lim = Limits(**LIMITS)
+    trimesh.creation.box().export(tmp_path / "box.obj")
+    assert "12 faces" in check_mesh(str(tmp_path / "box.obj"), lim)
+    trimesh.creation.icosphere(4).export(tmp_path / "dense.glb")  # 5120 faces
+    (tmp_path / "broken.glb").write_bytes(b"glTF" + os.urandom(300))
+    (tmp_path / "empty.obj").write_text("# nothing\nv 0 0 0\n")
+    (tmp_path / "model.fbx").write_bytes(b"Kaydara FBX Binary")
+    for name, message in (("dense.glb", "faces; the limit"), ("broken.glb", "cannot be loaded"),
+                          ("empty.obj", "no triangles"), ("model.fbx", "unsupported mesh type")):
+        with pytest.raises(UploadError, match=message):
+            check_mesh(str(tmp_path / name), lim)
+
+
+# -- the job queue (a stand-in runner: no training) -------------------------------------------------------------------
+def _fake_runner(job, device):
+    for i in range(200):
+        if job.stop_event.is_set():
+            job.update(state=jobs.STOPPED, step=i)
+            return
+        job.update(step=i + 1)
+        time.sleep(0.01)
+    job.update(state=jobs.DONE)
+
+
+def test_queue_runs_one_job_per_device_in_order_and_stops_cleanly(tmp_path):
+    cfg = build_config(form_argv(form()))
+    mgr = JobManager(str(tmp_path), devices=["cpu"], limits=Limits(max_queue=2), runner=_fake_runner)
+    try:
+        sessions = [mgr.session(f"s{i}") for i in range(4)]
+        subs = [mgr.submit(sessions[0], cfg, *mgr.new_job_folder(sessions[0]))]
+        deadline = time.time() + 5
+        while subs[0].state != jobs.RUNNING and time.time() < deadline:
+            time.sleep(0.01)
+        subs += [mgr.submit(s, cfg, *mgr.new_job_folder(s)) for s in sessions[1:3]]
+        with pytest.raises(jobs.QueueFull):  # two already wait
+            mgr.submit(sessions[3], cfg, *mgr.new_job_folder(sessions[3]))
+        assert [mgr.position(j) for j in subs] == [0, 1, 2]
+        mgr.stop(subs[1])  # a waiting job leaves the line at once
+        assert subs[1].state == jobs.STOPPED and mgr.position(subs[2]) == 1
+        while not all(j.done for j in subs) and time.time() < deadline + 10:
+            time.sleep(0.02)
+        assert [j.state for j in subs] == [jobs.DONE, jobs.STOPPED, jobs.DONE]
+        assert subs[0].finished <= subs[2].started  # one at a time on the one device
+        assert len({j.run_dir for j in subs}) == 3
+        assert all(j.run_dir.startswith(j.session.folder + os.sep) for j in subs)
+    finally:
+        mgr.close()
+
+
+def test_idle_sessions_are_cleaned_up(tmp_path):
+    mgr = JobManager(str(tmp_path), devices=["cpu"], limits=Limits(session_ttl_s=60), runner=_fake_runner)
+    try:
+        old, fresh = mgr.session("old"), mgr.session("fresh")
+        old.last_seen -= 120
+        assert mgr.cleanup() == [old.folder]
+        assert not os.path.exists(old.folder) and os.path.isdir(fresh.folder)
+        assert mgr.session("old").token != old.token  # a returning tab gets a new, empty folder
+    finally:
+        mgr.close()
+
+
+# -- a live server ----------------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from apps.gradio_app import App
+
+    app = App(output_dir=str(tmp_path_factory.mktemp("app-sessions")), limits=Limits(**LIMITS),
+              devices=["cpu"], form_defaults=SHORT, poll_s=0.2)
+    port = _free_port()
+    app.launch(port=port, block=False)
+    yield app, f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+def _client(url):
+    from gradio_client import Client
+    return Client(url, verbose=False)
+
+
+def _state(status_html_: str) -> str:
+    return status_html_.split('data-state="', 1)[1].split('"', 1)[0]
+
+
+def _file(value):
+    """A file output as the client returns it: a path, a video dict, or a component update."""
+    if isinstance(value, dict):
+        value = value.get("video", value.get("value"))
+        return _file(value)
+    return value
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_full_job_returns_a_valid_glb(server):
+    import trimesh
+
+    app, url = server
+    out = _client(url).predict(*values(), api_name="/generate")
+    status, preview, video, glb, _splats, *buttons, seed, details = out
+    dl_glb, obj_zip, tex_zip, usdz, ply = (_file(b) for b in buttons)
+    assert _state(status) == "done", status
+    assert details["prompt"] == "a red cube" and details["step"] == SHORT["steps"] and seed == 3
+    assert preview and os.path.getsize(preview) > 0
+    assert os.path.getsize(_file(video)) > 0
+    with open(glb, "rb") as f:
+        assert f.read(4) == b"glTF"
+    mesh = trimesh.load(glb, force="mesh")
+    assert len(mesh.faces) > 0 and len(mesh.vertices) > 0
+    assert _sha(dl_glb) == _sha(glb)
+    with zipfile.ZipFile(obj_zip) as z:
+        assert {"model.obj", "model.mtl", "model_textures/albedo.png"} <= set(z.namelist())
+    with zipfile.ZipFile(tex_zip) as z:
+        assert "model_textures/albedo.png" in z.namelist()
+    if usdz:
+        with zipfile.ZipFile(usdz) as z:
+            assert any(n.endswith(".usdc") or n.endswith(".usda") for n in z.namelist())
+
+
+def test_concurrent_clients_finish_or_stop_and_never_mix(server):
+    app, url = server
+    prompts = ["a red cube", "a blue sphere", "a green torus"]
+    clients = [_client(url) for _ in prompts]
+    steps = [6, 40, 6]  # the second is stopped early
+    subs = [c.submit(*values(prompt=p, steps=n, seed=i), api_name="/generate")
+            for i, (c, p, n) in enumerate(zip(clients, prompts, steps))]
+    # stop the second client's job once it is running: it must end cleanly with what it made so far
+    deadline = time.time() + 600
+    target = None
+    while target is None and time.time() < deadline:
+        target = next((j for s in list(app.manager.sessions.values()) for j in s.jobs
+                       if j.cfg.prompt == prompts[1] and j.state == jobs.RUNNING and j.step >= 1), None)
+        time.sleep(0.1)
+    assert target is not None, "the second job never started"
+    assert "Stopping" in clients[1].predict(api_name="/stop")
+    results = [s.result(timeout=600) for s in subs]
+    states = [_state(r[0]) for r in results]
+    assert states[1] == "stopped" and states[0] == states[2] == "done", states
+    assert [r[-1]["prompt"] for r in results] == prompts
+    seen_queue = any("position" in o[0] for s in subs for o in s.outputs() if o)
+    assert seen_queue, "no client was shown a queue position"
+    by_prompt = {j.cfg.prompt: j for s in list(app.manager.sessions.values()) for j in s.jobs
+                 if j.cfg.prompt in prompts}
+    assert len({j.session.token for j in by_prompt.values()}) == 3
+    for p, r in zip(prompts, results):
+        job = by_prompt[p]
+        assert r[-1]["job"] == job.id
+        assert _sha(r[3]) == _sha(job.files["glb"]) == _sha(_file(r[5]))  # the GLB this client got is its own job's
+    assert results[1][-1]["step"] < 40 and results[1][3]  # stopped early, exported what it had
+
+
+def test_sessions_cannot_reach_each_others_files(server):
+    app, url = server
+    files = [j.files["glb"] for s in app.manager.sessions.values() for j in s.jobs if j.files.get("glb")]
+    assert files, "run test_full_job_returns_a_valid_glb first"
+    for path in files[:2]:
+        for route in (f"gradio_api/file={path}", f"file={path}"):
+            try:
+                with urllib.request.urlopen(url + route, timeout=30) as r:
+                    body = r.read()
+                assert not body.startswith(b"glTF"), f"{route} served another session's file"
+            except urllib.error.HTTPError as e:
+                assert e.code in (403, 404), e.code
+
+
+def test_bad_input_gets_a_message_and_the_app_keeps_serving(server, tmp_path):
+    import trimesh
+    from gradio_client import handle_file
+
+    app, url = server
+    c = _client(url)
+    big = _png(tmp_path / "big.png", (1024, 1024))
+    assert "✖" in c.predict(handle_file(big), api_name="/check_image")
+    assert "✔" in c.predict(handle_file(_png(tmp_path / "ok.png", (32, 32))), api_name="/check_image")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(400))
+    out = c.predict(*values(guidance="csm", image=handle_file(str(broken))), api_name="/generate")
+    assert _state(out[0]) == "error" and "cannot be read" in out[0]
+    (tmp_path / "broken.glb").write_bytes(b"glTF" + os.urandom(300))
+    assert "cannot be loaded" in c.predict(handle_file(str(tmp_path / "broken.glb")), api_name="/check_mesh")
+    out = c.predict(*values(), handle_file(str(tmp_path / "broken.glb")), api_name="/texture")
+    assert _state(out[0]) == "error" and "cannot be loaded" in out[0]
+    trimesh.creation.box().export(tmp_path / "box.obj")
+    msg = c.predict(handle_file(str(tmp_path / "box.obj")), api_name="/check_mesh")
+    assert "✔" in msg and "12 faces" in msg
+    out = c.predict(*values(prompt="a hamburger"), api_name="/generate")  # the shapes prior cannot serve it
+    assert _state(out[0]) == "failed" and "Vocabulary" in out[0], out[0]
+    out = c.predict(*values(prior=PRIOR_MODEL, model_id="/etc"), api_name="/generate")
+    assert _state(out[0]) == "error" and "hub id" in out[0]
+    assert c.predict(api_name="/stop") == "Nothing to stop."
+    assert _client(url).view_api(return_format="dict", print_info=False)["named_endpoints"]  # still serving
+
+
+def test_texture_a_users_mesh(server, tmp_path):
+    """The mesh upload drives engine.texture when this version has it; otherwise a clear "not available" message."""
+    import trimesh
+    from gradio_client import handle_file
+
+    from apps.gradio_app import texture_available
+
+    app, url = server
+    trimesh.creation.box(extents=(1.0, 1.0, 1.0)).export(tmp_path / "box.obj")
+    out = _client(url).predict(*values(steps=2), handle_file(str(tmp_path / "box.obj")), api_name="/texture")
+    if not texture_available():
+        assert _state(out[0]) == "error" and "not available" in out[0]
+        return
+    assert _state(out[0]) == "done", out[0]
+    glb, tex_zip = out[3], _file(out[7])
+    with open(glb, "rb") as f:
+        assert f.read(4) == b"glTF"
+    assert len(trimesh.load(glb, force="mesh").faces) >= 12
+    with zipfile.ZipFile(tex_zip) as z:
+        assert "textures/albedo.png" in z.namelist()
+    assert out[1] and os.path.getsize(out[1]) > 0  # the relit preview
