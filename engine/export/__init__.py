@@ -1,0 +1,283 @@
+"""Export a run (or any scene) to the formats game and film tools read: GLB, OBJ+MTL, USD/USDZ and 3DGS PLY.
+
+Pipeline for the mesh formats (renderers.md §5; conventions.md §3.1):
+1. geometry: a mesh scene's own mesh (``scene.export_mesh()``), or marching cubes on the density field with an
+   automatic, render-matched iso-level, floater removal, decimation to ``max_faces`` and smooth normals (mesh.py);
+2. UV atlas with xatlas (user/mesh-scene UVs are kept), tangents (bake.py);
+3. textures baked in UV space by querying the scene at each texel's surface point: base colour (sRGB), ORM
+   (linear: occlusion, roughness, metallic) and a tangent-space normal map (OpenGL; DirectX flips G) (bake.py);
+4. writers: GLB (gltf.py), OBJ+MTL and USD/USDZ (formats.py), all beside a loose-textures folder
+   ``<stem>_textures/`` with albedo.png, roughness.png, metallic.png, normal.png and orm.png.
+PLY (Gaussian scenes only) goes through renderers.ply.save_ply.
+
+Frame: +Y up, right-handed, metres, front +Z, the object centred on the orbit target: the frame of the renders.
+``up="z"`` turns +Y into +Z for Z-up tools (the GLB stays Y-up per the glTF spec unless asked).
+
+Scene hooks (duck-typed): ``query_density``/``query_albedo`` (NeRF, Gaussians), optionally
+``query_material(x) -> {"albedo" (linear), "roughness", "metallic", ["occlusion"], ["normal"]}`` and
+``export_mesh() -> {"vertices", "faces", ["uv" (glTF convention)], ["normals"]}`` (mesh/PBR scenes), and
+``export_tensors()`` (Gaussians, for PLY).
+"""
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from engine.export.bake import BakeOptions, Textures, bake, unwrap
+from engine.export.errors import ExportError
+from engine.export.gltf import png_bytes, write_glb
+from engine.export.mesh import Mesh, compact, extract_mesh, up_matrix, vertex_normals
+
+FORMATS = ("glb", "obj", "usd", "usdz", "ply")
+MESH_FORMATS = ("glb", "obj", "usd", "usdz")
+EXTENSIONS = {"glb": ".glb", "obj": ".obj", "usd": ".usd", "usdz": ".usdz", "ply": ".ply"}
+
+
+@dataclass
+class ExportOptions:
+    """Everything `engine export` can set."""
+
+    texture_size: int = 1024
+    """Side of the baked textures in texels."""
+    max_faces: int = 30000
+    """Face budget of the exported mesh (decimation target)."""
+    up: str = "y"
+    """Up axis of the exported file: "y" (glTF, Maya, Unity, USD default) or "z" (Blender-style, Unreal)."""
+    normal_map: str = "opengl"
+    """Normal-map convention: "opengl" (green up; glTF) or "directx" (green down)."""
+    resolution: int = 128
+    """Marching-cubes grid resolution per axis (density-field scenes)."""
+    threshold: float | str = "auto"
+    """Iso-level of the density field, or "auto" (see engine/export/mesh.py)."""
+    min_component: float = 0.05
+    """Drop connected components smaller than this fraction of the largest one's area (floaters)."""
+    roughness: float = 0.9
+    """Constant roughness for scenes without materials (NeRF, Gaussians)."""
+    metallic: float = 0.0
+    """Constant metallic for scenes without materials."""
+    padding: int = 4
+    """Gutter between UV charts in texels."""
+    name: str = "model"
+    """File stem of the exported files."""
+
+    def __post_init__(self) -> None:
+        up_matrix(self.up)  # validates
+        BakeOptions(texture_size=self.texture_size, normal_map=self.normal_map)  # validates
+        if self.resolution < 16:
+            raise ValueError(f"resolution must be >= 16, got {self.resolution}")
+        if self.threshold != "auto" and not isinstance(self.threshold, (int, float)):
+            raise ValueError(f"threshold must be a number or 'auto', got {self.threshold!r}")
+
+
+@dataclass
+class Baked:
+    """A textured mesh ready for the writers (already in the export frame)."""
+
+    mesh: Mesh
+    tangents: np.ndarray
+    textures: Textures
+    info: dict
+
+
+def _base_scene(scene):
+    """The first scene of a multi-particle wrapper, else the scene itself."""
+    scenes = getattr(scene, "scenes", None)
+    if isinstance(scenes, (list, tuple, torch.nn.ModuleList)) and len(scenes):
+        return scenes[0]
+    return scene
+
+
+def _scene_mesh(scene, opts: ExportOptions) -> tuple[Mesh, dict, object]:
+    if hasattr(scene, "export_mesh"):
+        m = scene.export_mesh()
+
+        def arr(key, dtype):
+            v = m.get(key)
+            if v is None:
+                return None
+            return (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)).astype(dtype)
+
+        mesh = Mesh(arr("vertices", np.float64), arr("faces", np.int64), arr("normals", np.float64),
+                    arr("uv", np.float64))
+        if mesh.normals is None:
+            mesh.normals = vertex_normals(mesh.vertices, mesh.faces)
+        return mesh, {"source": "scene mesh", "faces": mesh.num_faces, "kept_uv": mesh.uv is not None}, None
+    if not hasattr(scene, "query_density"):
+        raise ExportError(f"{type(scene).__name__} has neither export_mesh() nor query_density(); cannot export a mesh")
+    mesh, info, normals = extract_mesh(scene, opts.resolution, opts.threshold, opts.max_faces,
+                                       min_component=opts.min_component)
+    return mesh, {"source": "marching cubes", **info}, normals
+
+
+def bake_scene(scene, opts: ExportOptions) -> Baked:
+    """Geometry, UVs, tangents and textures of ``scene``, transformed into the export frame."""
+    scene = _base_scene(scene)
+    t0 = time.perf_counter()
+    mesh, info, field_normals = _scene_mesh(scene, opts)
+    t1 = time.perf_counter()
+    mesh = unwrap(mesh, opts.texture_size, opts.padding)
+    t2 = time.perf_counter()
+    step = info.get("spacing", 0.01)
+    bopts = BakeOptions(texture_size=opts.texture_size, padding=opts.padding, roughness=opts.roughness,
+                        metallic=opts.metallic, normal_map=opts.normal_map, normal_step=step)
+    textures, tan = bake(scene, mesh, bopts, field_normals=field_normals)
+    t3 = time.perf_counter()
+    R = up_matrix(opts.up)
+    mesh = Mesh(mesh.vertices @ R.T, mesh.faces, mesh.normals @ R.T, mesh.uv)
+    tan = np.concatenate([tan[:, :3] @ R.T, tan[:, 3:]], -1)
+    info.update({"uv_vertices": int(mesh.vertices.shape[0]), "texture_size": opts.texture_size, "up": opts.up,
+                 "normal_map": opts.normal_map,
+                 "mean_base_color": [float(x) for x in textures.base_color.reshape(-1, 3).mean(0)],
+                 "seconds": {"mesh": t1 - t0, "unwrap": t2 - t1, "bake": t3 - t2}})
+    return Baked(mesh, tan, textures, info)
+
+
+def write_textures(folder: str, tex: Textures) -> dict[str, str]:
+    """The loose textures: albedo.png, roughness.png, metallic.png, normal.png, orm.png."""
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    images = {"albedo": tex.base_color, "roughness": tex.roughness, "metallic": tex.metallic,
+              "normal": tex.normal, "orm": tex.orm}
+    paths = {}
+    for key, img in images.items():
+        paths[key] = os.path.join(folder, f"{key}.png")
+        Image.fromarray(img).save(paths[key])
+    return paths
+
+
+def write_mesh_format(fmt: str, path: str, baked: Baked, opts: ExportOptions) -> str:
+    """Write one mesh format to ``path`` with its loose textures in ``<stem>_textures/`` beside it."""
+    from engine.export import formats
+
+    folder = os.path.dirname(os.path.abspath(path))
+    stem = os.path.splitext(os.path.basename(path))[0]
+    tex_dir = os.path.join(folder, f"{stem}_textures")
+    write_textures(tex_dir, baked.textures)
+    m, tex = baked.mesh, baked.textures
+    kwargs = dict(vertices=m.vertices, faces=m.faces, normals=m.normals, uv=m.uv)
+    match fmt:
+        case "glb":
+            write_glb(path, tangents=baked.tangents, base_color_png=png_bytes(tex.base_color),
+                      orm_png=png_bytes(tex.orm), normal_png=png_bytes(tex.normal), name=stem,
+                      extras={"up": opts.up, "units": "metres", "normal_map": opts.normal_map}, **kwargs)
+        case "obj":
+            formats.write_obj(path, textures_rel=f"{stem}_textures", name=stem, **kwargs)
+        case "usd":
+            formats.write_usd(path, textures_rel=f"{stem}_textures", up=opts.up, name=stem, **kwargs)
+        case "usdz":
+            formats.write_usdz(path, tex_dir, up=opts.up, name=stem, **kwargs)
+        case _:
+            raise ValueError(f"{fmt} is not a mesh format ({', '.join(MESH_FORMATS)})")
+    return path
+
+
+def write_ply(path: str, scene, up: str) -> str:
+    """3DGS PLY (INRIA layout) via renderers.ply.save_ply; Gaussian scenes only."""
+    scene = _base_scene(scene)
+    if not hasattr(scene, "export_tensors"):
+        raise ExportError(f"ply is the Gaussian-splat format; this run's scene ({type(scene).__name__}) has no "
+                          f"splats. Use --format glb, obj, usd or usdz")
+    from renderers.ply import save_ply
+
+    save_ply(path, scene, up=up)
+    return path
+
+
+def output_paths(formats: list[str], out: str | None, default_dir: str, stem: str) -> dict[str, str]:
+    """Where each format goes: ``out`` is a file path (one format, its extension) or a folder."""
+    if out and len(formats) == 1 and os.path.splitext(out)[1].lower() == EXTENSIONS[formats[0]]:
+        return {formats[0]: out}
+    if out and os.path.splitext(out)[1] and not os.path.isdir(out):
+        raise ExportError(f"--out {out}: with --format {','.join(formats)} give a folder or a "
+                          f"{'/'.join(EXTENSIONS[f] for f in formats)} file")
+    folder = out or default_dir
+    return {f: os.path.join(folder, (stem if f != "ply" else f"{stem}_splats") + EXTENSIONS[f]) for f in formats}
+
+
+def export_scene(scene, formats: list[str], paths: dict[str, str], opts: ExportOptions | None = None) -> dict:
+    """Write ``formats`` of ``scene`` to ``paths``; returns a report (files, geometry info, timings)."""
+    opts = opts or ExportOptions()
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ExportError(f"unknown format {bad[0]!r}; choose from {', '.join(FORMATS)}")
+    t0 = time.perf_counter()
+    report: dict = {"files": {}, "options": asdict(opts)}
+    for f in formats:
+        os.makedirs(os.path.dirname(os.path.abspath(paths[f])), exist_ok=True)
+    if "ply" in formats:
+        report["files"]["ply"] = write_ply(paths["ply"], scene, opts.up)
+    mesh_formats = [f for f in formats if f in MESH_FORMATS]
+    if mesh_formats:
+        with torch.no_grad():
+            baked = bake_scene(scene, opts)
+        report["mesh"] = baked.info
+        for f in mesh_formats:
+            report["files"][f] = write_mesh_format(f, paths[f], baked, opts)
+    report["seconds"] = time.perf_counter() - t0
+    return report
+
+
+# -- run folders ----------------------------------------------------------------------------------------------------
+def load_run_scene(run_dir: str, device: str = "cpu"):
+    """Rebuild the scene of a run folder from config.yaml and its newest checkpoint: (scene, GenerateConfig)."""
+    from engine.checkpoint import latest_checkpoint, load_checkpoint
+    from engine.config import load_config
+
+    cfg_path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(cfg_path):
+        raise ExportError(f"{run_dir} is not a run folder (no config.yaml)")
+    cfg = load_config(cfg_path)
+    ckpt = latest_checkpoint(os.path.join(run_dir, "ckpts"))
+    if ckpt is None:
+        raise ExportError(f"{run_dir} has no checkpoint (ckpts/step_*.safetensors) to export")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if getattr(cfg, "particles", 1) > 1:
+        from renderers.particles import Particles
+        scene = Particles([cfg.renderer.build(gen, device) for _ in range(cfg.particles)])
+    else:
+        scene = cfg.renderer.build(gen, device)
+    scene.load_state_dict(load_checkpoint(ckpt, device)["scene"])
+    if hasattr(scene, "eval"):
+        scene.eval()
+    return scene, cfg
+
+
+def default_formats(scene) -> list[str]:
+    """GLB always; PLY too for Gaussian scenes."""
+    return ["glb", "ply"] if hasattr(_base_scene(scene), "export_tensors") else ["glb"]
+
+
+def export_run(run_dir: str, formats: list[str] | None = None, out: str | None = None,
+               opts: ExportOptions | None = None, scene=None) -> dict:
+    """Export a run folder (its newest checkpoint, or the live ``scene``) to RUN/export/ or ``out``.
+
+    Writes RUN/export/export.json (or beside ``out``) with the report.
+    """
+    opts = opts or ExportOptions()
+    if scene is None:
+        scene, _ = load_run_scene(run_dir)
+    formats = formats or default_formats(scene)
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ExportError(f"unknown format {bad[0]!r}; choose from {', '.join(FORMATS)}")
+    paths = output_paths(formats, out, os.path.join(run_dir, "export"), opts.name)
+    report = export_scene(scene, formats, paths, opts)
+    report_dir = os.path.dirname(os.path.abspath(next(iter(paths.values()))))
+    with open(os.path.join(report_dir, f"{opts.name}_export.json"), "w") as f:
+        json.dump(report, f, indent=2, default=str)
+    return report
+
+
+def export_finished_run(run_dir: str, scene, texture_size: int = 1024) -> dict[str, str]:
+    """The automatic export at the end of `engine generate`: GLB (and PLY for Gaussians) into RUN/export/."""
+    report = export_run(run_dir, scene=scene, opts=ExportOptions(texture_size=texture_size))
+    return {k: os.path.relpath(v, run_dir) for k, v in report["files"].items()}
+
+
+__all__ = ["ExportOptions", "ExportError", "FORMATS", "Baked", "bake_scene", "export_scene", "export_run",
+           "export_finished_run", "load_run_scene", "write_textures", "write_ply", "compact"]
