@@ -1,0 +1,199 @@
+"""The guidance suite end to end: every objective x every renderer through `engine generate` (2 CPU steps, shapes prior
+and the tiny random diffusers pipeline), visual prompts (exemplar nearest-image and a tiny random IP-Adapter), VSD
+particles, and the shapes-world proofs (right shape and colour against ground truth, eval.json).
+"""
+
+import json
+import os
+
+import pytest
+import torch
+
+from tests.tiny_models import tiny_sd_path
+
+GUIDANCE_NAMES = ("sds", "vsd", "ism", "tsm", "asd", "csm", "csd")
+
+
+def _renderers():
+    from renderers import RENDERERS
+    return sorted(RENDERERS)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory):
+    return tiny_sd_path(tmp_path_factory)
+
+
+def make_tiny_ip_adapter(path, sd_path: str, clip_dim: int = 16, seed: int = 0) -> str:
+    """A tiny random IP-Adapter for the tiny SD UNet: <path>/models/ip-adapter_tiny.safetensors + image_encoder/."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    path = str(path)
+    weights = os.path.join(path, "models", "ip-adapter_tiny.safetensors")
+    if os.path.isfile(weights):
+        return path
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel.from_pretrained(sd_path, subfolder="unet")
+        cross = unet.config.cross_attention_dim
+        sd = {"image_proj.proj.weight": torch.randn(4 * cross, clip_dim) * 0.2,
+              "image_proj.proj.bias": torch.zeros(4 * cross),
+              "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross)}
+        key_id = 1
+        modules = dict(unet.named_modules())
+        for name in unet.attn_processors:
+            if name.endswith("attn1.processor"):
+                continue
+            hidden = modules[name[:-len(".processor")]].to_k.out_features
+            sd[f"ip_adapter.{key_id}.to_k_ip.weight"] = torch.randn(hidden, cross) * 0.2
+            sd[f"ip_adapter.{key_id}.to_v_ip.weight"] = torch.randn(hidden, cross) * 0.2
+            key_id += 2
+        os.makedirs(os.path.dirname(weights), exist_ok=True)
+        save_file(sd, weights)
+        enc = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                                                             num_hidden_layers=2, image_size=32, patch_size=8,
+                                                             projection_dim=clip_dim))
+        enc.save_pretrained(os.path.join(path, "models", "image_encoder"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_ip_adapter(tmp_path_factory, tiny_sd):
+    return make_tiny_ip_adapter(tmp_path_factory.getbasetemp() / "tiny_models" / "ip-adapter", tiny_sd)
+
+
+def _red_png(path, colour=(200, 30, 30)) -> str:
+    from PIL import Image
+    img = Image.new("RGB", (64, 64), (255, 255, 255))
+    for x in range(20, 44):
+        for y in range(20, 44):
+            img.putpixel((x, y), colour)
+    img.save(path)
+    return str(path)
+
+
+def _generate(argv: list[str]) -> str:
+    from engine.cli import main
+    out = argv[argv.index("--out") + 1]
+    assert main(["generate", *argv, "--train.no-progress", "--train.video-frames", "0"]) == 0
+    with open(os.path.join(out, "status.json")) as f:
+        assert json.load(f)["state"] == "complete"
+    return out
+
+
+# ---- 2-step smoke runs --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("renderer", _renderers())
+@pytest.mark.parametrize("name", GUIDANCE_NAMES)
+def test_two_steps_shapes_prior(tmp_path, name, renderer):
+    _generate(["a red cube", "--prior", "shapes", "--guidance", name, "--renderer", renderer, "--steps", "2",
+               "--resolution", "32", "--train.eval-views", "2", "--out", str(tmp_path / "run")])
+
+
+@pytest.mark.parametrize("renderer", _renderers())
+@pytest.mark.parametrize("name", GUIDANCE_NAMES)
+def test_two_steps_tiny_diffusers(tmp_path, tiny_sd, name, renderer):
+    _generate(["a red cube", "--prior", tiny_sd, "--guidance", name, "--renderer", renderer, "--steps", "2",
+               "--resolution", "32", "--out", str(tmp_path / "run")])
+
+
+def test_vsd_particles_run_and_checkpoint(tmp_path):
+    out = _generate(["a cube", "--prior", "shapes", "--guidance", "vsd", "--particles", "2", "--steps", "2",
+                     "--resolution", "32", "--train.eval-views", "2", "--out", str(tmp_path / "run")])
+    assert os.listdir(os.path.join(out, "ckpts"))
+
+
+def test_csm_with_an_image_prompt_shapes_and_ip_adapter(tmp_path, tiny_sd, tiny_ip_adapter):
+    img = _red_png(tmp_path / "ref.png")
+    _generate(["a cube", "--prior", "shapes", "--guidance", "csm", "--guidance.image", img, "--steps", "2",
+               "--resolution", "32", "--train.eval-views", "2", "--out", str(tmp_path / "a")])
+    _generate(["a red cube", "--prior", tiny_sd, "--guidance", "csm", "--guidance.image", img,
+               "--guidance.ip-adapter", tiny_ip_adapter, "--guidance.ip-adapter-subfolder", "models",
+               "--guidance.ip-adapter-weight-name", "ip-adapter_tiny.safetensors", "--guidance.ip-adapter-scale",
+               "0.7", "--steps", "2", "--resolution", "32", "--out", str(tmp_path / "b")])
+
+
+def test_ip_adapter_embeds_change_the_prediction(tmp_path, tiny_sd, tiny_ip_adapter, cams4):
+    from guidance.csm import CSMConfig
+    from guidance.priors import PriorConfig, build_prior
+    from guidance.prompts import PromptSet
+    prior = build_prior(PriorConfig(name=tiny_sd))
+    cfg = CSMConfig(image=_red_png(tmp_path / "r.png"), ip_adapter=tiny_ip_adapter,
+                    ip_adapter_weight_name="ip-adapter_tiny.safetensors")
+    csm = cfg.build(prior, torch.Generator().manual_seed(0), 10)
+    prompts = PromptSet(prior, "a red cube")
+    cond, ref, _ = csm.conditions(prompts, cams4)
+    assert cond.tensors["image_embeds"].abs().sum() > 0 and ref.tensors["image_embeds"].abs().sum() == 0
+    x = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.full((4,), 500)
+    with_img = prior.predict_eps(x, t, cond)
+    without = prior.predict_eps(x, t, csm.visual.without_image(cond))
+    assert not torch.allclose(with_img, without)
+    rgb = torch.rand(4, 32, 32, 3, requires_grad=True)
+    csm(rgb, prompts, cams4, 0).loss.backward()
+    assert torch.isfinite(rgb.grad).all()
+    assert all(p.grad is None for p in prior.unet.parameters())
+
+
+def test_shapes_image_prompt_selects_the_nearest_colour(shapes_prior, tmp_path):
+    from guidance.csm import CSMConfig
+    from guidance.prompts import PromptSet
+    csm = CSMConfig(image=_red_png(tmp_path / "r.png")).build(shapes_prior, torch.Generator(), 10)
+    lp = csm.visual.with_image(PromptSet(shapes_prior, "a cube").plain).tensors["log_prior"][0]
+    best = max(range(len(shapes_prior.tags)), key=lambda i: float(lp[i]))
+    assert shapes_prior.tags[best] == frozenset({"red", "cube"})
+    top = {shapes_prior.tags[i] for i in torch.nonzero(lp > lp.max() - 1).flatten().tolist()}
+    assert top == {frozenset({"red", "cube"})}
+
+
+@pytest.mark.parametrize("content", [b"not an image at all", None])
+def test_bad_image_prompts_are_clear_value_errors(tmp_path, content):
+    from guidance.csm import CSMConfig
+    path = tmp_path / "bad.png"
+    if content is None:  # "huge": a valid PNG header declaring 50000 x 50000 pixels
+        from PIL import Image
+        Image.new("1", (50000, 50000)).save(path)
+        match = "pixels"
+    else:
+        path.write_bytes(content)
+        match = "cannot be read"
+    with pytest.raises(ValueError, match=match):
+        CSMConfig(image=str(path))
+    with pytest.raises(ValueError, match="no such file"):
+        CSMConfig(image=str(tmp_path / "missing.png"))
+
+
+# ---- the shapes-world proofs ---------------------------------------------------------------------------------------
+PROOF_STEPS = int(os.environ.get("GUIDANCE_PROOF_STEPS", "300"))
+PROOF_ARGS = {  # per objective: the shapes-world settings (bench/bench_guidance.py uses the same)
+    "sds": [],
+    "vsd": ["--guidance.particle-lr", "1e-3", "--guidance.timesteps.start", str(PROOF_STEPS * 2)],
+    "ism": ["--guidance.timesteps.end", str(PROOF_STEPS)],
+    "tsm": ["--guidance.timesteps.end", str(PROOF_STEPS)],
+    "asd": [],
+    "csm": ["--guidance.timesteps.end", str(PROOF_STEPS)],
+    "csd": ["--guidance.timesteps.start", str(PROOF_STEPS * 2)],
+}
+PSNR_BAR, IOU_BAR = 16.0, 0.80
+
+
+def proof_argv(name: str, prompt: str, out: str, steps: int = PROOF_STEPS, seed: int = 0) -> list[str]:
+    return [prompt, "--prior", "shapes", "--guidance", name, "--steps", str(steps), "--seed", str(seed),
+            "--train.eval-views", "8", "--out", out, *PROOF_ARGS[name]]
+
+
+def nearest_colour(rgb) -> str:
+    from engine import shapes
+    return min(shapes.COLOURS, key=lambda c: sum((a - b / 255 * 0.8) ** 2 for a, b in zip(rgb, shapes.COLOURS[c])))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prompt", ["a red cube", "a blue torus"])
+@pytest.mark.parametrize("name", GUIDANCE_NAMES)
+def test_proof_on_the_shapes_world(tmp_path, name, prompt):
+    out = _generate(proof_argv(name, prompt, str(tmp_path / "run")))
+    with open(os.path.join(out, "eval.json")) as f:
+        ev = json.load(f)
+    colour = prompt.split()[1]
+    assert nearest_colour(ev["mean_rgb_in_mask"]) == colour, ev
+    assert ev["psnr"] >= PSNR_BAR and ev["iou"] >= IOU_BAR, ev
