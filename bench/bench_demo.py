@@ -24,6 +24,8 @@ def main() -> None:
     ap.add_argument("--guidance", default="sds")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--eval-every", type=int, default=50, help="evaluate against ground truth every N steps")
+    ap.add_argument("--target-psnr", type=float, default=19.0, help="report training seconds to reach this PSNR")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `engine generate` arguments")
     args = ap.parse_args()
 
@@ -32,12 +34,14 @@ def main() -> None:
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__}, threads {torch.get_num_threads()}, cuda {torch.cuda.is_available()}")
-    print("| prompt | renderer | guidance | seed | steps | wall s | train it/s | peak RSS MiB | PSNR dB | IoU |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| prompt | renderer | guidance | seed | steps | wall s | train s | train it/s | peak RSS MiB | PSNR dB | IoU "
+          f"| train s to {args.target_psnr:g} dB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as tmp:
             argv = [args.prompt, "--prior", "shapes", "--renderer", args.renderer, "--guidance", args.guidance,
-                    "--seed", str(seed), "--out", os.path.join(tmp, "run"), "--train.no-progress"]
+                    "--seed", str(seed), "--out", os.path.join(tmp, "run"), "--train.no-progress",
+                    "--train.eval-every", str(args.eval_every)]
             if args.steps is not None:
                 argv += ["--steps", str(args.steps)]
             cfg, _ = build_generate_config(argv + args.extra)
@@ -48,9 +52,11 @@ def main() -> None:
             ev = json.load(open(os.path.join(run, "eval.json"))) if os.path.exists(os.path.join(run, "eval.json")) \
                 else {}
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        reach = next((r["train_s"] for r in rows if r.get("eval_psnr", -1) >= args.target_psnr), None)
         print(f"| {args.prompt} | {args.renderer} | {args.guidance} | {seed} | {cfg.train.steps} | {wall:.1f} | "
-              f"{rows[-1]['it_per_s']:.2f} | {rss:.0f} | {ev.get('psnr', float('nan')):.2f} | "
-              f"{ev.get('iou', float('nan')):.3f} |", flush=True)
+              f"{rows[-1]['train_s']:.1f} | {rows[-1]['it_per_s']:.2f} | {rss:.0f} | "
+              f"{ev.get('psnr', float('nan')):.2f} | {ev.get('iou', float('nan')):.3f} | "
+              f"{'not reached' if reach is None else f'{reach:.1f}'} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ class TrainConfig:
     """Side of the turntable frames in pixels."""
     eval_views: int = 8
     """Held-out views for the ground-truth evaluation (shapes prior only)."""
+    eval_every: int = 0
+    """Also evaluate against ground truth every N steps into metrics.jsonl (shapes prior; 0 disables)."""
     progress: bool = True
     """Show a progress bar."""
     export: bool = True

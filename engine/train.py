@@ -154,10 +154,11 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
         from tqdm import tqdm
         bar = tqdm(total=tc.steps, initial=start, desc="generate", unit="it", dynamic_ncols=True)
     weights = {**getattr(scene, "regularizer_weights", {}), **cfg.regularizers}
-    t0, step = time.perf_counter(), start
+    train_s, step = 0.0, start  # seconds spent in training steps (previews, evals, checkpoints excluded)
     outputs.set_status(run_dir, "running", step)
     try:
         for step in range(start, tc.steps):
+            t_step = time.perf_counter()
             cams = sample_cameras(cfg.cameras, cfg.resolution, gen).to(device)
             bg = background(cams, gen)
             out = scene.render(cams, bg)
@@ -175,11 +176,16 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
             loss.backward()
             opt.step()
             scene.after_step(step, out)
+            train_s += time.perf_counter() - t_step
             done = step + 1
             logs = {"step": done, "loss": loss.item(), **g.logs,
-                    **{f"reg_{k}": v.item() for k, v in regs.items()}}
-            if done % tc.log_every == 0 or done == tc.steps:
-                logs["it_per_s"] = (done - start) / (time.perf_counter() - t0)
+                    **{f"reg_{k}": v.item() for k, v in regs.items()},
+                    "train_s": round(train_s, 3), "it_per_s": (done - start) / max(train_s, 1e-9)}
+            evaluate = tc.eval_every and done % tc.eval_every == 0 and cfg.prior.name == "shapes"
+            if evaluate:
+                ev = outputs.evaluate_shapes(scene, cfg.prompt, cfg.cameras, tc.eval_views, cfg.resolution, device)
+                logs.update({f"eval_{k}": ev[k] for k in ("psnr", "iou") if k in ev})
+            if evaluate or done % tc.log_every == 0 or done == tc.steps:
                 metrics.write(json.dumps(logs) + "\n")
                 metrics.flush()
             if bar is not None:
