@@ -53,8 +53,8 @@ class TrainConfig:
     """Show a progress bar."""
     export: bool = True
     """Export RUN/export/model.glb (and model_splats.ply for Gaussians) when the run completes."""
-    export_texture_size: int = 1024
-    """Side of the textures baked by the automatic export."""
+    export_texture_size: int = 512
+    """Side of the textures baked by the automatic export (engine export RUN --texture-size N redoes it larger)."""
 
     def __post_init__(self) -> None:
         if self.steps < 0:

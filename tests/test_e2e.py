@@ -28,6 +28,7 @@ def test_red_cube_demo_reconstructs_the_cube(tmp_path, capsys):
     assert r > 0.45 and g < 0.25 and b < 0.25, ev
     assert read_status(str(run))["state"] == "complete"
     assert os.path.getsize(run / "turntable.mp4") > 1000
+    assert os.path.getsize(run / "export" / "model.glb") > 1000  # the automatic export at the end of the run
     assert "PSNR" in capsys.readouterr().out
 
 
@@ -41,7 +42,7 @@ def test_tiny_stable_diffusion_runs_two_sds_steps_through_the_cli(tiny_sd, tmp_p
     run = tmp_path / "sd"
     assert main(["generate", "a red cube", "--prior", tiny_sd, "--steps", "2", "--resolution", "32",
                  "--out", str(run), "--train.no-progress", "--train.video-frames", "2",
-                 "--train.video-resolution", "32"]) == 0
+                 "--train.video-resolution", "32", "--train.no-export"]) == 0
     rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
     assert rows[-1]["step"] == 2 and rows[-1]["grad_norm"] > 0
     assert read_status(str(run))["state"] == "complete"

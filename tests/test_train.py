@@ -20,7 +20,7 @@ def _cfg(tmp_path, name="run", steps=6, *extra):
                                     "--out", str(tmp_path / name), "--train.video-frames", "4",
                                     "--train.video-resolution", "24", "--train.preview-every", "3",
                                     "--train.checkpoint-every", "3", "--train.eval-views", "2",
-                                    "--train.no-progress", *extra])
+                                    "--train.no-progress", "--train.no-export", *extra])
     return cfg
 
 
