@@ -4,8 +4,10 @@ split-sum environment lighting (renderers/pbr.py). Fantasia3D / DreamMat's mater
 Geometry, two modes:
 - "deformable": DMTet (renderers/dmtet.py) on a (res+1)³ Kuhn tet grid over [−radius, radius]³ with a per-vertex
   SDF and bounded deformation, initialised from a shapes primitive (``init_shape``) or from a NeRF/Gaussians run
-  folder (``init_from``: its density, thresholded by the exporter's automatic level, turned into a signed distance
-  by distance transforms; its albedo is distilled into the material field). Regularisers: normal consistency
+  folder (``init_from``, ``Mesh.init_from_scene``): the run's density is thresholded at the level whose DMTet surface
+  renders the run's silhouettes (``sdf_from_density``), on a grid twice as fine as the tet grid, and turned into a
+  signed distance by distance transforms; the colour the run renders is distilled into the material field
+  (``Mesh.distill_albedo``). Regularisers: normal consistency
   (1 − cos between adjacent face normals), uniform Laplacian, DMTet's SDF sign BCE.
 - "fixed": a user's mesh (vertices, faces, optional UVs), materials only (``Mesh.from_arrays``, engine/texture.py).
 
@@ -192,6 +194,119 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
+# ---- initialisation from a density (renderers.md §3.2: the DMTet SDF init) ----------------------------------------
+
+INIT_SUPERSAMPLE = 2
+"""The source density is sampled this many times finer than the tet grid before the distance transform, so the
+initial surface is placed to ~1/4 of a tet cell instead of snapping half-way between tet vertices."""
+INIT_LEVEL_ITERS = 12
+"""Bisection steps (on log σ) of the iso-level search in ``sdf_from_density``."""
+PIXEL_MIN_ALPHA = 0.9
+"""Pixels of the source's renders that are colour targets in ``Mesh.distill_albedo``: its soft rim (alpha between
+0.5 and 0.9, mostly background) would lighten the surface the rim lies over."""
+RAY_TARGET_WEIGHT = 0.05
+"""Weight of the per-vertex normal-ray colour targets relative to the per-pixel ones in ``Mesh.distill_albedo``."""
+
+
+def init_cameras(radius: float, resolution: int = 64) -> Cameras:
+    """16 orbit views (azimuth every 45°, elevation 0° and 30°, fovy 40°, distance 3.2·radius: the engine's 2.5 m
+    orbit for the default 0.8 m box) on which a mesh's silhouette is matched to its source scene's."""
+    from engine.cameras import orbit_cameras  # noqa: PLC0415
+
+    az = torch.arange(-180.0, 180.0, 45.0).repeat(2)
+    el = torch.tensor([0.0, 30.0]).repeat_interleave(8)
+    return orbit_cameras(az, el, 3.2 * radius, 40.0, resolution)
+
+
+@torch.no_grad()
+def silhouette(v: Tensor, f: Tensor, cams: Cameras, backend: str = "torch") -> Tensor:
+    """Antialiased coverage [C,H,W,1] of a mesh (no shading); the torch backend runs on the CPU."""
+    C, H, W = len(cams), cams.height, cams.width
+    if f.shape[0] == 0:
+        return torch.zeros(C, H, W, 1)
+    pos = torch.einsum("cij,vj->cvi", projection(cams).to(v.dtype), F.pad(v, (0, 1), value=1.0))
+    rast = K.rasterize(backend, pos, f, (H, W))
+    cov = (rast[..., 3:4] > 0).to(v.dtype)
+    return K.antialias(backend, cov, rast, pos, f, None).clamp(0, 1)
+
+
+@torch.no_grad()
+def sdf_from_density(density_fn, res: int, radius: float, cams: Cameras, target_alpha: Tensor) -> Tensor:
+    """Signed distance [(res+1)³] (metres, negative inside) on the DMTet grid for a density field.
+
+    Args:
+        density_fn: world points [N,3] -> density (or opacity) [N], larger inside.
+        res, radius: the tet grid (``dmtet.tet_grid(res, radius)``).
+        cams, target_alpha: views of the source and its rendered alpha [C,H,W,1] there.
+
+    The iso-level is chosen so that the DMTet surface *renders* like the source: bisection on log σ until the
+    mesh's silhouette area over ``cams`` equals the source's alpha area (σ's units, sharpness and the exporter's
+    level heuristics do not matter; a soft SDS-trained NeRF renders half-opaque well outside any fixed-optical-depth
+    level). The occupancy {σ > level} is taken on a grid ``INIT_SUPERSAMPLE`` times finer than the tet grid and
+    turned into a signed distance there (``dmtet.signed_distance_from_occupancy``), then read at the tet vertices.
+    """
+    s = INIT_SUPERSAMPLE
+    nf, n = res * s + 1, res + 1
+    ax = torch.linspace(-radius, radius, nf)
+    pts = torch.stack(torch.meshgrid(ax, ax, ax, indexing="ij"), -1).reshape(-1, 3)
+    sigma = torch.cat([density_fn(c).float().cpu() for c in pts.split(1 << 17)]).view(nf, nf, nf)
+    spacing_f = 2 * radius / (nf - 1)
+    grid, tets = dmtet.tet_grid(res, radius)
+    target = float(target_alpha.sum())
+
+    def sdf_at(level: float) -> Tensor:
+        inside = sigma > level
+        if not inside.any():
+            return torch.full((n ** 3,), spacing_f)
+        sd = dmtet.signed_distance_from_occupancy(inside, spacing_f)[::s, ::s, ::s]
+        return _nudge(sd.reshape(-1), 2 * radius / res)
+
+    def area(level: float) -> float:
+        v, f = dmtet.marching_tets(grid, sdf_at(level), tets)
+        return float(silhouette(v, f, cams).sum())
+
+    top = float(sigma.max())
+    if not top > 0:
+        raise ValueError("the density is empty (max <= 0): nothing to initialise the mesh from")
+    lo, hi = math.log(top * 1e-4), math.log(top)  # area(lo) >= target >= area(hi) for any sensible field
+    for _ in range(INIT_LEVEL_ITERS):
+        mid = 0.5 * (lo + hi)
+        if area(math.exp(mid)) > target:
+            lo = mid
+        else:
+            hi = mid
+    return sdf_at(math.exp(0.5 * (lo + hi)))
+
+
+def vertex_normals(v: Tensor, f: Tensor) -> Tensor:
+    """Area-weighted unit vertex normals [V,3] (outward for DMTet's winding)."""
+    fn = face_normals(v, f)
+    vn = torch.zeros_like(v).index_add(0, f.reshape(-1), fn.repeat_interleave(3, 0))
+    return F.normalize(vn, dim=-1)
+
+
+@torch.no_grad()
+def surface_colour(scene, x: Tensor, n: Tensor, spacing: float, kind: str = "density", samples: int = 24) -> Tensor:
+    """Display-referred colour [N,3] a ray through each surface point x [N,3] along −n [N,3] renders on ``scene``.
+
+    The ray runs from x + 2·spacing·n to x − 2·spacing·n; the source's ``query_albedo`` is composited with its
+    ``query_density`` as the volume renderer does (α = 1 − exp(−σδ); an opacity field gives α = clamp(o, 0, 1)
+    spread over the samples). Rays that see nothing keep ``query_albedo(x)``.
+    """
+    t = torch.linspace(2 * spacing, -2 * spacing, samples)
+    delta = 4 * spacing / (samples - 1)
+    p = (x[:, None, :] + t[None, :, None] * n[:, None, :]).reshape(-1, 3)
+    sig = torch.cat([scene.query_density(c).float() for c in p.split(1 << 17)]).view(-1, samples).clamp_min(0)
+    col = torch.cat([scene.query_albedo(c).float() for c in p.split(1 << 17)]).view(-1, samples, 3)
+    alpha = 1 - torch.exp(-sig * delta) if kind == "density" else (sig.clamp(0, 1) * delta / spacing).clamp(0, 1)
+    trans = torch.cumprod(F.pad(1 - alpha, (1, 0), value=1.0), -1)[:, :-1]
+    w = trans * alpha
+    acc = w.sum(-1, keepdim=True)
+    out = (w[..., None] * col).sum(1) / acc.clamp_min(1e-6)
+    own = torch.cat([scene.query_albedo(c).float() for c in x.split(1 << 17)])
+    return torch.where(acc > 1e-3, out, own)
+
+
 class Mesh(nn.Module):
     """PBR triangle-mesh scene implementing the Scene protocol (renderers/base.py)."""
 
@@ -218,7 +333,7 @@ class Mesh(nn.Module):
         self._build_material(gen)
         self.to(device)
         if fixed is None and cfg.init_from:
-            self._distill_albedo_from_run(cfg.init_from)
+            self.init_from_scene(self._load_run_scene(cfg.init_from), cfg.init_from)
 
     @classmethod
     def from_arrays(cls, cfg: MeshConfig, vertices, faces, uv, gen: torch.Generator,
@@ -234,8 +349,6 @@ class Mesh(nn.Module):
     # ---- geometry ------------------------------------------------------------------------------------------------
 
     def _initial_sdf(self, grid: Tensor) -> Tensor:
-        if self.cfg.init_from:
-            return self._sdf_from_run(self.cfg.init_from, grid)
         from engine import shapes  # noqa: PLC0415
 
         return _nudge(shapes.sdf(self.cfg.init_shape, grid).float(), self.cfg.radius / self.cfg.tet_resolution)
@@ -258,42 +371,66 @@ class Mesh(nn.Module):
         scene.eval()
         return scene
 
-    @torch.no_grad()
-    def _sdf_from_run(self, run_dir: str, grid: Tensor) -> Tensor:
-        scene = self._load_run_scene(run_dir)
-        self._init_scene = scene
-        n = self.cfg.tet_resolution + 1
-        sigma = scene.query_density(grid).float().view(n, n, n)
-        spacing = 2 * self.cfg.radius / self.cfg.tet_resolution
-        kind = "opacity" if hasattr(scene, "num_gaussians") else "density"
-        try:
-            from engine.export.mesh import auto_threshold  # noqa: PLC0415
+    def init_from_scene(self, scene, what: str = "the source scene", albedo_steps: int = 300) -> None:
+        """Initialise the SDF and the material field from a density scene (a NeRF or Gaussians run's scene, or
+        anything with ``query_density``, ``query_albedo`` and ``render``), so that the mesh renders like it.
 
-            level = auto_threshold(sigma.numpy().astype("float64"), spacing, kind)
-        except ImportError:  # the exporter is absent: threestudio's "auto" level
-            pos = sigma[sigma > 1e-5]
-            level = float(pos.mean()) if pos.numel() else 0.5
-        inside = sigma > level
-        if not inside.any():
-            raise ValueError(f"mesh.init_from: the density of {run_dir} is empty at level {level:.3g}")
-        return _nudge(dmtet.signed_distance_from_occupancy(inside, spacing).reshape(-1), spacing)
-
-    def _distill_albedo_from_run(self, run_dir: str, steps: int = 200) -> None:
-        """Fit the material field's albedo to the run's (display-referred) albedo at surface points."""
-        scene = getattr(self, "_init_scene", None) or self._load_run_scene(run_dir)
+        Geometry: ``sdf_from_density`` against the scene's alpha on ``init_cameras``. Colour: ``distill_albedo``
+        against the scene's rendered colour on the same views.
+        """
+        if self.cfg.mode != "deformable":
+            raise ValueError("init_from_scene needs mesh.mode deformable")
+        cams = init_cameras(self.cfg.radius)
         with torch.no_grad():
-            v, _ = self.geometry()
-            pts = v.detach()
-            target = pbr.srgb_to_linear(scene.query_albedo(pts.cpu()).float().clamp(0, 1)).to(pts.device)
+            out = scene.render(cams, torch.ones(len(cams), cams.height, cams.width, 3))
+        rgb, alpha = out.rgb.detach().float().cpu(), out.alpha.detach().float().cpu()
+        if float(alpha.sum()) < 1.0:
+            raise ValueError(f"mesh.init_from: {what} renders nothing from the orbit (empty density)")
+        sdf = sdf_from_density(scene.query_density, self.cfg.tet_resolution, self.cfg.radius, cams, alpha)
+        with torch.no_grad():
+            self.sdf.copy_(sdf.to(self.sdf))
+            self.deform.zero_()
+        self.distill_albedo(scene, cams, rgb, alpha, albedo_steps)
+
+    def distill_albedo(self, scene, cams: Cameras, rgb: Tensor, alpha: Tensor, steps: int = 300) -> None:
+        """Fit the material field's albedo so that the mesh's unlit render matches ``scene``'s colour.
+
+        Targets, in display-referred values like the renders: (1) every pixel of ``rgb`` [C,H,W,3] (the scene's
+        render of ``cams`` over white, ``alpha`` [C,H,W,1]) where both the scene (alpha > 0.5) and the mesh cover it,
+        un-composited from the white background, at the mesh's surface point under that pixel; (2) every surface
+        vertex, with the colour a ray along its inward normal renders (``surface_colour``), for the parts the
+        views miss. Not ``query_albedo`` at the vertices, which greyed and darkened the mesh: the extracted surface
+        sits up to half a cell off the source's, where a soft field's albedo is untrained, and a volume render
+        blends the albedo over the field's soft shell.
+        """
+        with torch.no_grad():
+            v, f = (t.detach().cpu() for t in self.geometry())
+            if f.shape[0] == 0:
+                return
+            C, H, W = len(cams), cams.height, cams.width
+            pos = torch.einsum("cij,vj->cvi", projection(cams).to(v.dtype), F.pad(v, (0, 1), value=1.0))
+            rast = K.rasterize("torch", pos, f, (H, W))
+            xmap = K.interpolate("torch", v[f.reshape(-1)], rast,
+                                 torch.arange(f.shape[0] * 3).view(-1, 3)).reshape(-1, 3)
+            a = alpha.reshape(-1, 1)
+            keep = ((rast[..., 3] > 0).reshape(-1) & (a[:, 0] > PIXEL_MIN_ALPHA)).nonzero()[:, 0]
+            pix = rgb.reshape(-1, 3)[keep]
+            kind = "opacity" if hasattr(scene, "export_tensors") else "density"
+            spacing = 2 * self.cfg.radius / self.cfg.tet_resolution
+            ray = surface_colour(scene, v, vertex_normals(v, f), spacing, kind).clamp(0, 1)
+            pts = torch.cat([xmap[keep], v]).to(self.sdf.device)
+            target = torch.cat([pix, ray]).to(self.sdf.device)
+            # the rays only fill in what no view sees: a small weight keeps them from pulling seen surfaces
+            weight = torch.cat([torch.ones(len(pix)), torch.full((len(ray),), RAY_TARGET_WEIGHT)]).to(pts)[:, None]
         params = list(self.encoding.parameters()) + list(self.mlp.parameters())
         opt = torch.optim.Adam(params, lr=1e-2)
         for _ in range(steps):
-            jitter = torch.randn(pts.shape, generator=self.gen).to(pts) * 0.01
-            loss = (self._material(pts + jitter)["albedo"] - target).square().mean()
+            jitter = torch.randn(pts.shape, generator=self.gen).to(pts) * 0.005
+            srgb = pbr.linear_to_srgb(self._material(pts + jitter)["albedo"])
+            loss = (weight * (srgb - target).square()).sum() / weight.sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
-        del self._init_scene
 
     def geometry(self) -> tuple[Tensor, Tensor]:
         """Current (vertices [V,3], faces [F,3])."""
@@ -539,5 +676,6 @@ def compose_dielectric(r: dict[str, Tensor], albedo_linear: Tensor, background: 
     return lit * r["coverage"] + (1 - r["coverage"]) * bg
 
 
-__all__ = ["MeshConfig", "Mesh", "projection", "environment", "corner_normals", "mesh_smoothness", "primitive_mesh",
+__all__ = ["MeshConfig", "Mesh", "projection", "init_cameras", "silhouette", "sdf_from_density", "vertex_normals",
+           "surface_colour", "environment", "corner_normals", "mesh_smoothness", "primitive_mesh",
            "render_constant_dielectric", "compose_dielectric"]
