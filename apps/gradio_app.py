@@ -27,7 +27,7 @@ PRIOR_SHAPES, PRIOR_MODEL = "shapes (built-in, runs on a CPU)", "diffusion model
 INPUT_KEYS = ("prompt", "negative_prompt", "guidance", "renderer", "prior", "model_id", "steps", "seed",
               "randomize_seed", "cfg_scale", "resolution", "image", "lr_scale", "preview_every", "video_frames",
               "texture_size", "mesh_resolution", "overrides")
-OUTPUTS = ("status", "preview", "video", "model", "splats", "glb", "obj_zip", "textures_zip", "usdz", "ply",
+OUTPUTS = ("status", "preview", "video", "glb", "obj_zip", "textures_zip", "usdz", "ply",
            "seed", "details")
 DOWNLOADS = (("glb", "GLB"), ("obj_zip", "OBJ (zip)"), ("textures_zip", "Textures (zip)"), ("usdz", "USDZ"),
              ("ply", "PLY (Gaussians)"))
@@ -243,8 +243,7 @@ class App:
         if job is None:
             html_ = error_html(error) if error else status_html(status.get("state", ""), message=status.get("msg", ""))
             buttons = [gr.DownloadButton(value=None, interactive=False) for _ in DOWNLOADS]
-            return (html_, None, None, None, gr.update(value=None, visible=False), *buttons,
-                    seed if seed is not None else gr.skip(), None)
+            return (html_, None, None, *buttons, seed if seed is not None else gr.skip(), None)
         f = job.files
         pos = self.manager.position(job) if job.state == QUEUED else 0
         html_ = status_html(job.state, job.step, job.total, job.it_per_s, job.eta_s, job.message, pos,
@@ -255,8 +254,18 @@ class App:
         if f.get("eval"):
             with open(f["eval"]) as fh:
                 details["eval"] = json.load(fh)
-        return (html_, job.preview, f.get("video"), f.get("glb"),
-                gr.update(value=f.get("ply"), visible="ply" in f), *buttons, job.cfg.seed, details)
+        return (html_, job.preview, f.get("video"), *buttons, job.cfg.seed, details)
+
+    def viewers(self, request=None) -> tuple:
+        """The 3D viewers' values (GLB; Gaussians PLY when there is one) for the session's finished job.
+
+        They are set once, after the streaming event ends: a Model3D whose value arrives twice in quick succession
+        (a generator's last yield, then its completion) can be left without its canvas."""
+        import gradio as gr
+
+        job = self._session(request).latest
+        f = job.files if job is not None and job.done else {}
+        return f.get("glb"), gr.update(value=f.get("ply"), visible="ply" in f)
 
     def generate(self, *values, request=None, mesh: str | None = None, texture: bool = False):
         """Check the form, queue the job, then stream its progress until it ends (a generator).
@@ -405,8 +414,9 @@ class App:
                     stop_msg = gr.Markdown(elem_id="stop-message")
                 with gr.Column(scale=1):
                     status = gr.HTML(status_html(""), elem_id="status")
-                    preview = gr.Image(label="Preview (four views)", interactive=False, elem_id="preview")
-                    video = gr.Video(label="Turntable", autoplay=True, loop=True, interactive=False)
+                    preview = gr.Image(label="Preview (four views, refreshed while it runs)", interactive=False,
+                                       elem_id="preview", height=170)
+                    video = gr.Video(label="Turntable", autoplay=True, loop=True, interactive=False, height=260)
                     model = gr.Model3D(label="3D model (GLB)", elem_id="model3d", height=360)
                     splats = gr.Model3D(label="Gaussians (PLY)", visible=False)
                     with gr.Row():
@@ -417,7 +427,7 @@ class App:
                         details = gr.JSON(label="Job")
             self.input_keys = list(gr_inputs)
             assert self.input_keys == list(INPUT_KEYS), self.input_keys
-            outputs = [status, preview, video, model, splats, *downloads, seed_used, details]
+            outputs = [status, preview, video, *downloads, seed_used, details]
             limit = self.limits.max_queue + len(self.manager.devices)
 
             def generate(prompt, negative_prompt, guidance, renderer, prior, model_id, steps, seed, randomize_seed,
@@ -438,11 +448,19 @@ class App:
                 yield from self.generate(*(form[k] for k in self.input_keys), request=request, mesh=mesh_path,
                                          texture=True)
 
-            run_btn.click(generate, list(gr_inputs.values()), outputs, api_name="generate",
-                          concurrency_limit=limit, concurrency_id="watch")
+            def viewers(request: gr.Request):
+                return self.viewers(request=request)
+
+            def clear():
+                return None, gr.update(value=None, visible=False)
+
+            run_btn.click(clear, None, [model, splats], queue=False, api_name=False).then(
+                generate, list(gr_inputs.values()), outputs, api_name="generate", concurrency_limit=limit,
+                concurrency_id="watch").then(viewers, None, [model, splats], api_name=False)
             stop_btn.click(stop, None, stop_msg, api_name="stop", concurrency_limit=None)
-            texture_btn.click(texture, [*gr_inputs.values(), mesh], outputs, api_name="texture",
-                              concurrency_limit=limit, concurrency_id="watch")
+            texture_btn.click(clear, None, [model, splats], queue=False, api_name=False).then(
+                texture, [*gr_inputs.values(), mesh], outputs, api_name="texture", concurrency_limit=limit,
+                concurrency_id="watch").then(viewers, None, [model, splats], api_name=False)
             mesh.change(self.check_mesh_upload, mesh, mesh_msg, api_name="check_mesh", concurrency_limit=None)
             gr_inputs["image"].change(self.check_image_upload, gr_inputs["image"], image_msg, api_name="check_image",
                                       concurrency_limit=None)
