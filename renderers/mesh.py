@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from engine.cameras import Cameras
 from renderers import dmtet, envmaps, pbr
-from renderers.base import RenderOutput
+from renderers.base import CONDITIONS, RenderOutput
 from renderers.kernels import raster as K
 from renderers.kernels.hashgrid_torch import HashGrid
 
@@ -558,6 +558,11 @@ class Mesh(nn.Module):
             jitter = torch.randn(x.shape, generator=self.gen).to(x) * self.cfg.albedo_smooth_eps
             extras["albedo_smooth"] = (self._material(x.detach() + jitter)["albedo"] - mat["albedo"]).abs().mean()
         extras.update(linear_rgb=scatter(lin), roughness_mean=mat["roughness"], metallic_mean=mat["metallic"])
+        if self.training and CONDITIONS.wanted:
+            with torch.no_grad():
+                control = condition_maps(x, n, view, idx, cams, (C, H, W), env_name, rot, self.cfg.env_height)
+            extras["control"] = control
+            CONDITIONS.publish(cams, control)
         return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, normal=scatter(n), albedo=scatter(mat["albedo"]),
                             roughness=scatter(mat["roughness"]), metallic=scatter(mat["metallic"]), extras=extras)
 
@@ -591,6 +596,44 @@ class Mesh(nn.Module):
 
     def after_step(self, step: int, out: RenderOutput) -> None:
         pass
+
+
+CONTROL_MATERIALS = ((0.0, 0.08), (0.0, 0.5), (0.0, 1.0), (1.0, 0.08), (1.0, 0.5), (1.0, 1.0))
+"""(metallic, roughness) of the six light renders in the ControlNet condition (DreamMat's {0,1} x {0,0.5,1}; our
+GGX's roughness floor is 0.08)."""
+CONTROL_CHANNELS = 4 + 3 * len(CONTROL_MATERIALS)
+
+
+@torch.no_grad()
+def condition_maps(x: Tensor, n: Tensor, view: Tensor, idx: Tensor, cams: Cameras, size: tuple[int, int, int],
+                   env: str, rotation: float, env_height: int = 32) -> Tensor:
+    """DreamMat's light- and geometry-aware ControlNet condition [C,H,W,22] of the current geometry, channels-last,
+    at the render's resolution, every channel in [0,1] and 0 on the background:
+
+    - 0: inverse camera distance, per image mapped to [0.1, 1] over the foreground (nearest = 1);
+    - 1–3: the shading normal in camera space (OpenGL: +X right, +Y up, +Z towards the viewer) as (n + 1)/2;
+    - 4–21: six sRGB renders of the geometry with white albedo under the render's own environment ``env`` and
+      ``rotation``, for (metallic, roughness) in ``CONTROL_MATERIALS`` order, 3 channels each.
+
+    Args: the covered pixels' world points x [P,3], unit normals n [P,3] (facing the camera), unit view vectors
+    [P,3], flat pixel indices idx [P] into C·H·W.
+    """
+    C, H, W = size
+    out = x.new_zeros(C * H * W, CONTROL_CHANNELS)
+    cam = idx // (H * W)
+    dist = (x - cams.position.to(x)[cam]).norm(dim=-1)
+    inv = 1.0 / dist.clamp_min(1e-6)
+    lo = torch.full((C,), float("inf"), device=x.device).scatter_reduce(0, cam, inv, "amin")
+    hi = torch.zeros(C, device=x.device).scatter_reduce(0, cam, inv, "amax")
+    out[idx, 0] = 0.1 + 0.9 * (inv - lo[cam]) / (hi[cam] - lo[cam]).clamp_min(1e-6)
+    w2c = torch.linalg.inv(cams.c2w.to(x))[:, :3, :3]
+    out[idx, 1:4] = (torch.einsum("pij,pj->pi", w2c[cam], n) + 1) / 2
+    light = environment(env, env_height).to(x.device)
+    ones = torch.ones_like(x[:, :1])
+    for k, (m, r) in enumerate(CONTROL_MATERIALS):
+        lin = pbr.shade(ones.expand(-1, 3), ones * r, ones * m, n, view, light, rotation)["rgb"]
+        out[idx, 4 + 3 * k:7 + 3 * k] = pbr.linear_to_srgb(lin).clamp(0, 1)
+    return out.view(C, H, W, CONTROL_CHANNELS)
 
 
 def mesh_smoothness(v: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
@@ -677,5 +720,5 @@ def compose_dielectric(r: dict[str, Tensor], albedo_linear: Tensor, background: 
 
 
 __all__ = ["MeshConfig", "Mesh", "projection", "init_cameras", "silhouette", "sdf_from_density", "vertex_normals",
-           "surface_colour", "environment", "corner_normals", "mesh_smoothness", "primitive_mesh",
+           "surface_colour", "condition_maps", "CONTROL_MATERIALS", "CONTROL_CHANNELS", "environment", "corner_normals", "mesh_smoothness", "primitive_mesh",
            "render_constant_dielectric", "compose_dielectric"]

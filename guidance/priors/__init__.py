@@ -41,6 +41,11 @@ class PriorConfig:
     """Diffusers priors: sliced attention in the UNet (less memory, slower); otherwise torch SDPA."""
     embed_cache: bool = True
     """Diffusers priors: cache text embeddings on disk under the cache folder, per (model, prompt)."""
+    controlnet: str = ""
+    """Diffusers SD priors: a light-aware ControlNet (hub id or diffusers folder) conditioned on the mesh scene's
+    geometry and lighting renders (guidance/controlnet.py, DreamMat); "" means none."""
+    controlnet_scale: float = 1.0
+    """Scale of the ControlNet's residuals (diffusers' conditioning_scale)."""
 
 
 def cache_dir(cfg: PriorConfig) -> str:
@@ -54,6 +59,8 @@ def build_prior(cfg: PriorConfig, device: torch.device | str = "cpu") -> Prior:
     name = cfg.name.strip()
     if not name:
         raise PriorError("no prior given; use --prior shapes, a diffusers hub id or a model folder")
+    if cfg.controlnet and (name == "shapes" or os.path.isfile(os.path.join(name, "exemplars.safetensors"))):
+        raise PriorError("prior.controlnet needs a diffusers Stable Diffusion prior, not an exemplar prior")
     if name == "shapes":
         from guidance.priors.shapes import ShapesPrior
         return ShapesPrior(cfg, device)
@@ -61,7 +68,11 @@ def build_prior(cfg: PriorConfig, device: torch.device | str = "cpu") -> Prior:
         from guidance.priors.exemplar import ExemplarPrior
         return ExemplarPrior.from_folder(name, cfg, device)
     from guidance.priors.stable_diffusion import load_diffusers_prior
-    return load_diffusers_prior(name, cfg, device)
+    prior = load_diffusers_prior(name, cfg, device)
+    if cfg.controlnet:
+        from guidance.controlnet import ControlNetPrior
+        return ControlNetPrior.load(prior, cfg.controlnet, cfg.controlnet_scale)
+    return prior
 
 
 __all__ = ["Cond", "Prior", "PriorConfig", "PriorError", "build_prior", "cache_dir"]

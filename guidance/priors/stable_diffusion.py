@@ -20,7 +20,7 @@ import socket
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 from urllib.parse import urlparse
 
 import torch
@@ -311,6 +311,9 @@ class DiffusersPrior:
             self.unet.set_attention_slice("auto")
         self._load_schedule(source)
         self.cross_attention_kwargs: dict[str, Any] | None = None
+        self.unet_kwargs: Callable[[Tensor, Tensor, Cond], dict[str, Any]] | None = None
+        """Optional provider of extra UNet keyword arguments, called as (x_t, t, cond) before each UNet call
+        (e.g. a ControlNet's down/mid residuals, guidance/controlnet.py)."""
         self.generator = torch.Generator(device=device).manual_seed(0)
         self._embeds: dict[str, Cond] = {}
         self.embed_cache = EmbedCache(os.path.join(cache_dir(cfg), "text_embeds"), self._cache_fingerprint()) \
@@ -414,10 +417,11 @@ class DiffusersPrior:
 
     def _unet_output(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
         added = self._added_cond(cond, x_t)
+        extra = self.unet_kwargs(x_t, t, cond) if self.unet_kwargs is not None else {}
         with torch.no_grad():
             out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=cond.tensors["prompt_embeds"].to(self.dtype),
                             added_cond_kwargs=added or None, cross_attention_kwargs=self.cross_attention_kwargs,
-                            return_dict=False)[0]
+                            return_dict=False, **extra)[0]
         return out.to(x_t.dtype)
 
     def predict_eps(self, x_t: Tensor, t: Tensor, cond: Cond, cams: Cameras | None = None) -> Tensor:
