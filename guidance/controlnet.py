@@ -37,6 +37,7 @@ from guidance.priors.base import Cond, PriorError
 from renderers.base import CONDITIONS, ConditionBoard
 
 CONDITION_CHANNELS = 22
+_OWN = ("prior", "controlnet", "scale", "board")
 
 
 class ControlNetPrior:
@@ -73,9 +74,17 @@ class ControlNetPrior:
 
     def __getattr__(self, name: str) -> Any:
         # everything but predict_eps is the wrapped prior's (only reached for attributes not set here)
-        if name == "prior":
+        if name in _OWN:
             raise AttributeError(name)
         return getattr(self.prior, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # objectives and the IP-Adapter loader set prior attributes (cross_attention_kwargs, image_encoder, ...):
+        # they belong to the wrapped prior, whose UNet call reads them
+        if name in _OWN:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.prior, name, value)
 
     def condition(self, cams: Cameras | None, batch: int) -> Tensor:
         """The condition images [B,22,H',W'] of ``cams`` at the prior's image resolution (see module docstring)."""

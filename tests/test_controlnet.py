@@ -59,6 +59,9 @@ def test_residuals_change_eps_and_no_gradient_reaches_the_controlnet(tiny_sd, ti
     eps_plain = prior.prior.predict_eps(x_t, t, cond, cams)
     assert (eps - eps_plain).abs().max() > 1e-3  # the residuals reach the UNet
     assert prior.prior.unet_kwargs is None  # the hook is removed after the call
+    prior.cross_attention_kwargs = {"scale": 1.0}  # attributes set on the wrapper reach the wrapped prior
+    assert prior.prior.cross_attention_kwargs == {"scale": 1.0} and "cross_attention_kwargs" not in vars(prior)
+    prior.cross_attention_kwargs = None
     loss = (x * (eps - noise).detach()).sum()  # the SDS surrogate
     loss.backward()
     assert rgb.grad.abs().sum() > 0
