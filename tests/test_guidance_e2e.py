@@ -76,7 +76,7 @@ def _red_png(path, colour=(200, 30, 30)) -> str:
 def _generate(argv: list[str]) -> str:
     from engine.cli import main
     out = argv[argv.index("--out") + 1]
-    assert main(["generate", *argv, "--train.no-progress", "--train.video-frames", "0"]) == 0
+    assert main(["generate", *argv, "--train.no-progress", "--train.video-frames", "0", "--train.no-export"]) == 0
     with open(os.path.join(out, "status.json")) as f:
         assert json.load(f)["state"] == "complete"
     return out
@@ -187,15 +187,15 @@ def nearest_colour(rgb) -> str:
     return min(shapes.COLOURS, key=lambda c: sum((a - b / 255 * 0.8) ** 2 for a, b in zip(rgb, shapes.COLOURS[c])))
 
 
-UNTUNED = {"ism", "tsm", "csm", "asd", "csd"}
-"""Below the bar at 200 steps in docs/benchmarks.md (12-15 dB); their shapes-world settings are not tuned yet."""
+PROVEN = ("sds", "vsd")
+"""Objectives whose shapes-world proof is asserted here. The others (ism, tsm, asd, csm, csd) are below the bar
+with their current shapes-world settings (docs/benchmarks.md, "Guidance suite"); they are measured by
+bench/bench_guidance.py and join this list when they pass, rather than being run here as expected failures."""
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("prompt", ["a red cube", "a blue torus"])
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
-    reason="below the quality bar on the shapes world (docs/benchmarks.md); needs tuning", strict=False))
-    if n in UNTUNED else n for n in GUIDANCE_NAMES])
+@pytest.mark.parametrize("name", PROVEN)
 def test_proof_on_the_shapes_world(tmp_path, name, prompt):
     out = _generate(proof_argv(name, prompt, str(tmp_path / "run")))
     with open(os.path.join(out, "eval.json")) as f:
