@@ -34,8 +34,8 @@ def main() -> None:
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__}, threads {torch.get_num_threads()}, cuda {torch.cuda.is_available()}")
-    print(f"| prompt | renderer | guidance | seed | steps | wall s | train s | train it/s | peak RSS MiB | PSNR dB | IoU "
-          f"| train s to {args.target_psnr:g} dB |")
+    print("| prompt | renderer | guidance | seed | steps | wall s | train s | train it/s | peak RSS MiB | PSNR dB "
+          f"| IoU | train s to {args.target_psnr:g} dB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,8 @@
 """The `engine` command: generate, export, app.
 
 `engine generate PROMPT [--guidance NAME] [--renderer NAME] [--prior NAME] [--preset NAME] [--steps N] [--seed S]
-[--resolution R] [--out RUN_DIR] [--resume RUN_DIR] [--load-config YAML] [typed overrides, e.g. --guidance.guidance-scale 7.5]`
+[--resolution R] [--out RUN_DIR] [--resume RUN_DIR] [--load-config YAML] [typed overrides, e.g.
+--guidance.guidance-scale 7.5]`
 
 Two-stage parsing (style.md §4.5): an argparse pre-parser reads the component choices and shortcuts, then tyro
 parses the remaining typed overrides against a default config built from those choices, so `--help` shows the

@@ -20,8 +20,16 @@ import torch
 from torch import Tensor
 
 from engine.cameras import Cameras
-from guidance.base import (REDUCTIONS, WEIGHTINGS, GuidanceOutput, TimestepConfig, add_noise, attach_pixel_clip,
-                           sample_timesteps, surrogate_loss, weight)
+from guidance.base import (
+    GuidanceOutput,
+    TimestepConfig,
+    add_noise,
+    attach_pixel_clip,
+    check_choices,
+    sample_timesteps,
+    surrogate_loss,
+    weight,
+)
 from guidance.perp_neg import PerpNegConfig, guided_eps
 from guidance.priors.base import Prior
 
@@ -51,10 +59,7 @@ class ASDConfig:
     """"mean" (threestudio MSE trick, reference) or "sum" (SpecifyGradient)."""
 
     def __post_init__(self) -> None:
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"guidance.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
-        if self.reduction not in REDUCTIONS:
-            raise ValueError(f"guidance.reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
+        check_choices(self)
         if self.plus_ratio < 0:
             raise ValueError(f"guidance.plus_ratio must be >= 0, got {self.plus_ratio}")
 

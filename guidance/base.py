@@ -61,6 +61,34 @@ def ddim_move(x: Tensor, eps: Tensor, abar_from: Tensor, abar_to: Tensor) -> Ten
     return b.sqrt() * x0_hat(x, eps, abar_from) + (1 - b).sqrt() * eps
 
 
+def to_eps(out: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction_type: str) -> Tensor:
+    """Model output -> epsilon: v gives sigma x_t + alpha v; x0 ("sample") gives (x_t - alpha x0) / sigma."""
+    abar = _bcast(alphas_cumprod[t], out)
+    match prediction_type:
+        case "epsilon":
+            return out
+        case "v_prediction":
+            return (1 - abar).sqrt() * x_t + abar.sqrt() * out
+        case "sample":
+            return (x_t - abar.sqrt() * out) / (1 - abar).sqrt()
+        case _:
+            raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+
+
+def training_target(x0: Tensor, noise: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction_type: str) -> Tensor:
+    """The diffusion loss target: n (epsilon), alpha n - sigma x0 (v), or x0 (sample)."""
+    abar = _bcast(alphas_cumprod[t], x0)
+    match prediction_type:
+        case "epsilon":
+            return noise
+        case "v_prediction":
+            return abar.sqrt() * noise - (1 - abar).sqrt() * x0
+        case "sample":
+            return x0
+        case _:
+            raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+
+
 WEIGHTINGS = ("sds", "uniform", "fantasia3d", "ism")
 
 
@@ -116,6 +144,14 @@ def surrogate_loss(x: Tensor, grad: Tensor, reduction: str = "mean") -> Tensor:
             return (x * grad).sum()
         case _:
             raise ValueError(f"unknown loss reduction {reduction!r}; choose one of {REDUCTIONS}")
+
+
+def check_choices(cfg) -> None:
+    """Validate the option fields objectives share (weighting, reduction, cfg_convention) where ``cfg`` has them."""
+    for name, choices in (("weighting", WEIGHTINGS), ("reduction", REDUCTIONS), ("cfg_convention", CFG_CONVENTIONS)):
+        value = getattr(cfg, name, None)
+        if value is not None and value not in choices:
+            raise ValueError(f"guidance.{name} must be one of {choices}, got {value!r}")
 
 
 TIMESTEP_SCHEDULES = ("uniform", "annealed", "two-stage", "sqrt", "dreamtime", "warmup")

@@ -32,9 +32,19 @@ import torch
 from torch import Tensor
 
 from engine.cameras import Cameras
-from guidance.base import (REDUCTIONS, WEIGHTINGS, GuidanceOutput, LinearRamp, TimestepConfig, add_noise,
-                           attach_pixel_clip, const, sample_timesteps, surrogate_loss, weight)
-from guidance.ism import ISMConfig, interval, invert_to_xs_xt, inversion_eps, lucid_noise, warmup_rate
+from guidance.base import (
+    GuidanceOutput,
+    LinearRamp,
+    TimestepConfig,
+    add_noise,
+    attach_pixel_clip,
+    check_choices,
+    const,
+    sample_timesteps,
+    surrogate_loss,
+    weight,
+)
+from guidance.ism import ISMConfig, interval, inversion_eps, invert_to_xs_xt, lucid_noise, warmup_rate
 from guidance.perp_neg import PerpNegConfig, perp_neg_conds, perp_neg_term
 from guidance.priors.base import Cond, Prior
 
@@ -66,8 +76,7 @@ class CSMConfig(ISMConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"guidance.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        check_choices(self)
         if self.uncond not in ("null", "negative"):
             raise ValueError(f"guidance.uncond must be null or negative, got {self.uncond!r}")
         if self.image:
@@ -167,10 +176,7 @@ class CSDConfig:
     """"mean" (threestudio MSE trick, reference) or "sum" (SpecifyGradient)."""
 
     def __post_init__(self) -> None:
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"guidance.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
-        if self.reduction not in REDUCTIONS:
-            raise ValueError(f"guidance.reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
+        check_choices(self)
 
     def build(self, prior: Prior, gen: torch.Generator, total_steps: int) -> "CSD":
         return CSD(self, prior, gen, total_steps)

@@ -27,8 +27,17 @@ import torch
 from torch import Tensor
 
 from engine.cameras import Cameras
-from guidance.base import (REDUCTIONS, GuidanceOutput, TimestepConfig, add_noise, attach_pixel_clip, ddim_invert,
-                           ddim_move, sample_timesteps, surrogate_loss, weight)
+from guidance.base import (
+    GuidanceOutput,
+    TimestepConfig,
+    attach_pixel_clip,
+    check_choices,
+    ddim_invert,
+    ddim_move,
+    sample_timesteps,
+    surrogate_loss,
+    weight,
+)
 from guidance.perp_neg import PerpNegConfig, guided_eps
 from guidance.priors.base import Cond, Prior
 
@@ -71,8 +80,7 @@ class ISMConfig:
     """"sum" (SpecifyGradient: dL/dz = g, reference) or "mean" (threestudio's MSE trick: g/B)."""
 
     def __post_init__(self) -> None:
-        if self.reduction not in REDUCTIONS:
-            raise ValueError(f"guidance.reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
+        check_choices(self)
         if self.delta_t < 0 or self.delta_t_start < 0 or self.xs_delta_t < 1 or self.xs_inv_steps < 0:
             raise ValueError("guidance.delta_t / delta_t_start must be >= 0, xs_delta_t >= 1, xs_inv_steps >= 0")
 

@@ -16,8 +16,16 @@ import torch
 from torch import Tensor
 
 from engine.cameras import Cameras
-from guidance.base import (CFG_CONVENTIONS, REDUCTIONS, WEIGHTINGS, GuidanceOutput, TimestepConfig, add_noise,
-                           classifier_free_guidance, sample_timesteps, surrogate_loss, weight)
+from guidance.base import (
+    GuidanceOutput,
+    TimestepConfig,
+    add_noise,
+    check_choices,
+    classifier_free_guidance,
+    sample_timesteps,
+    surrogate_loss,
+    weight,
+)
 from guidance.priors.base import Cond, Prior
 from guidance.prompts import PromptSet
 
@@ -42,12 +50,7 @@ class SDSConfig:
     def __post_init__(self) -> None:
         if self.timesteps is None:
             self.timesteps = TimestepConfig()
-        if self.cfg_convention not in CFG_CONVENTIONS:
-            raise ValueError(f"guidance.cfg_convention must be one of {CFG_CONVENTIONS}, got {self.cfg_convention!r}")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"guidance.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
-        if self.reduction not in REDUCTIONS:
-            raise ValueError(f"guidance.reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
+        check_choices(self)
 
     def build(self, prior: Prior, gen: torch.Generator, total_steps: int) -> "SDS":
         return SDS(self, prior, gen, total_steps)

@@ -33,8 +33,18 @@ import torch
 from torch import Tensor, nn
 
 from engine.cameras import Cameras
-from guidance.base import (REDUCTIONS, WEIGHTINGS, GuidanceOutput, TimestepConfig, add_noise, attach_pixel_clip,
-                           sample_timesteps, surrogate_loss, weight)
+from guidance.base import (
+    GuidanceOutput,
+    TimestepConfig,
+    add_noise,
+    attach_pixel_clip,
+    check_choices,
+    sample_timesteps,
+    surrogate_loss,
+    to_eps,
+    training_target,
+    weight,
+)
 from guidance.perp_neg import PerpNegConfig, guided_eps
 from guidance.priors.base import Prior
 
@@ -73,10 +83,7 @@ class VSDConfig:
     """"mean" (threestudio MSE trick, reference) or "sum" (SpecifyGradient, official code)."""
 
     def __post_init__(self) -> None:
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"guidance.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
-        if self.reduction not in REDUCTIONS:
-            raise ValueError(f"guidance.reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
+        check_choices(self)
         if self.particle_prediction not in PREDICTION_TYPES:
             raise ValueError(f"guidance.particle_prediction must be one of {PREDICTION_TYPES}")
         if not 0.0 <= self.camera_dropout <= 1.0:
@@ -89,38 +96,6 @@ class VSDConfig:
 def camera_vector(cams: Cameras) -> Tensor:
     """[B,16] camera condition: the c2w matrix flattened (threestudio's default)."""
     return cams.c2w.reshape(len(cams), 16).float()
-
-
-def _bcast(v: Tensor, like: Tensor) -> Tensor:
-    return v.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
-
-
-def to_eps(out: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction_type: str) -> Tensor:
-    """Model output -> epsilon: v gives sigma x_t + alpha v; x0 ("sample") gives (x_t - alpha x0) / sigma."""
-    abar = _bcast(alphas_cumprod[t], out)
-    match prediction_type:
-        case "epsilon":
-            return out
-        case "v_prediction":
-            return (1 - abar).sqrt() * x_t + abar.sqrt() * out
-        case "sample":
-            return (x_t - abar.sqrt() * out) / (1 - abar).sqrt()
-        case _:
-            raise ValueError(f"unsupported prediction_type {prediction_type!r}")
-
-
-def training_target(x0: Tensor, noise: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction_type: str) -> Tensor:
-    """The diffusion loss target: n (epsilon), alpha n - sigma x0 (v), or x0 (sample)."""
-    abar = _bcast(alphas_cumprod[t], x0)
-    match prediction_type:
-        case "epsilon":
-            return noise
-        case "v_prediction":
-            return abar.sqrt() * noise - (1 - abar).sqrt() * x0
-        case "sample":
-            return x0
-        case _:
-            raise ValueError(f"unsupported prediction_type {prediction_type!r}")
 
 
 # ---- particle score models ----------------------------------------------------------------------------------------

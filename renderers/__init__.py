@@ -11,4 +11,5 @@ RENDERERS: dict[str, type] = {
     "mesh": MeshConfig,
 }
 
-__all__ = ["RENDERERS", "Background", "BackgroundConfig", "RenderOutput", "Scene", "NeRFConfig", "GaussiansConfig", "MeshConfig"]
+__all__ = ["RENDERERS", "Background", "BackgroundConfig", "RenderOutput", "Scene", "NeRFConfig", "GaussiansConfig",
+           "MeshConfig"]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from renderers.kernels.splat_torch import eval_sh, quat_to_rotmat
+from renderers.kernels.splat_torch import eval_sh
 
 UP_AXES = ("y", "z", "-y")
 _LOGIT_MIN_OPACITY = math.log((1 / 255) / (1 - 1 / 255))

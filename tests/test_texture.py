@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 import trimesh
 
 from engine.texture import TextureError, load_mesh

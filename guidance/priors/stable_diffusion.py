@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.cameras import Cameras
+from guidance.base import to_eps
 from guidance.priors import PriorConfig, cache_dir
 from guidance.priors.base import Cond, PriorError
 
@@ -446,16 +447,10 @@ class DiffusersPrior:
         return check_finite("the noise prediction", eps, "The UNet overflowed; try dtype float32 or bfloat16.")
 
     def _to_eps(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-        abar = _bcast(self.alphas_cumprod[t], out)
-        match self.prediction_type:
-            case "epsilon":
-                return out
-            case "v_prediction":
-                return (1 - abar).sqrt() * x_t + abar.sqrt() * out
-            case "sample":
-                return (x_t - abar.sqrt() * out) / (1 - abar).sqrt()
-            case _:
-                raise PriorError(f"unsupported prediction_type {self.prediction_type!r}")
+        try:
+            return to_eps(out, x_t, t, self.alphas_cumprod, self.prediction_type)
+        except ValueError as e:
+            raise PriorError(str(e)) from None
 
 
 def clip_prompt_ids(tokenizer, prompts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
