@@ -256,8 +256,9 @@ def sdf_from_density(density_fn, res: int, radius: float, cams: Cameras, target_
     The iso-level is chosen so that the DMTet surface *renders* like the source: bisection on log σ until the
     mesh's silhouette area over ``cams`` equals the source's alpha area, whatever σ's units and sharpness. (The
     exporter's automatic level, used before, is a proxy for another purpose: on a soft 200-step blue-torus NeRF its
-    grid-line optical-depth rule gave silhouettes ~20 % too small, its Otsu rule ~10 % too large.) The occupancy {σ > level} is taken on a grid ``INIT_SUPERSAMPLE`` times finer than the tet grid and
-    turned into a signed distance there (``dmtet.signed_distance_from_occupancy``), then read at the tet vertices.
+    grid-line optical-depth rule gave silhouettes ~20 % too small, its Otsu rule ~10 % too large.) The occupancy
+    {σ > level} is taken on a grid ``INIT_SUPERSAMPLE`` times finer than the tet grid and turned into a signed
+    distance there (``dmtet.signed_distance_from_occupancy``), then read at the tet vertices.
     """
     s = INIT_SUPERSAMPLE
     nf, n = res * s + 1, res + 1
@@ -432,7 +433,7 @@ class Mesh(nn.Module):
             v, f = (t.detach().cpu() for t in self.geometry())
             if f.shape[0] == 0:
                 return
-            C, H, W = len(cams), cams.height, cams.width
+            H, W = cams.height, cams.width
             pos = torch.einsum("cij,vj->cvi", projection(cams).to(v.dtype), F.pad(v, (0, 1), value=1.0))
             rast = K.rasterize("torch", pos, f, (H, W))
             xmap = K.interpolate("torch", v[f.reshape(-1)], rast,

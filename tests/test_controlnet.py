@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
+from tiny_models import tiny_sd_path
 
 from engine.cameras import orbit_cameras
 from guidance.priors import PriorConfig, build_prior
 from renderers.base import CONDITIONS
-from tiny_models import tiny_sd_path
 
 
 @pytest.fixture(scope="module")
