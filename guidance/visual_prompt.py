@@ -5,10 +5,13 @@
   cross-attention layer out = Attn(Q, K_txt, V_txt) + lambda_ip Attn(Q, W'_k c_img, W'_v c_img), with c_img the
   projected CLIP image embedding. The Cond of every branch then carries "image_embeds" [N,1,D]: the encoded I for
   the conditional branch and zeros (IP-Adapter's unconditional image) for the others, as the pipelines do.
-- Exemplar priors (the shapes world): the image conditions on the exemplars *nearest* to it. For each exemplar group
-  (same tag set, e.g. "red cube") d_g = min over the group's views of the mean squared pixel distance to I; the
-  image log-prior of an exemplar is -lambda_ip (d_g - min_g d_g) / IMAGE_TEMPERATURE, added to the text log-prior.
-  So "a cube" with a red reference image selects the red cubes, whatever view the image shows.
+- Exemplar priors (the shapes world): the image conditions on the exemplars *nearest* to it. The distance between
+  two images is the mean squared difference of their silhouettes (pixels that differ from the white background by
+  more than 0.1) plus the squared distance of their mean foreground colours; a plain pixel distance would let a
+  white object beat a red one whenever the silhouettes disagree, since a white object differs little from the
+  background. For each exemplar group (same tag set, e.g. "red cube") d_g = min over the group's views, and the image
+  log-prior of an exemplar is -lambda_ip (d_g - min_g d_g) / IMAGE_TEMPERATURE, added to the text log-prior. So
+  "a cube" with a red reference image selects the red cubes, whatever view the image shows.
 
 Bad input (unreadable file, not an image, more than MAX_PIXELS pixels or MAX_BYTES bytes) raises ValueError.
 """
@@ -102,7 +105,7 @@ def exemplar_image_log_prior(prior, image: Tensor, scale: float) -> Tensor:
     """[N] image log-prior over an exemplar prior's exemplars: nearest-view distance per tag group (module doc)."""
     x = image.permute(2, 0, 1)[None].to(prior.device)
     x = F.interpolate(x, size=prior.size, mode="bilinear", align_corners=False, antialias=True) * 2 - 1
-    d = ((prior.images - x) ** 2).flatten(1).mean(1)  # [N]
+    d = _silhouette_colour_distance(x, prior.images)  # [N]
     groups: dict[frozenset, list[int]] = {}
     for i, tag in enumerate(prior.tags):
         groups.setdefault(tag, []).append(i)
@@ -111,6 +114,21 @@ def exemplar_image_log_prior(prior, image: Tensor, scale: float) -> Tensor:
         ii = torch.tensor(idx, device=d.device)
         d_group[ii] = d[ii].min()
     return -scale * (d_group - d_group.min()) / IMAGE_TEMPERATURE
+
+
+def _silhouette_colour_distance(x: Tensor, images: Tensor, chunk: int = 1024) -> Tensor:
+    """[N] distance of one image x [1,3,h,w] to images [N,3,h,w] (both in [-1,1], white background = 1)."""
+    def stats(imgs):
+        fg = ((1.0 - imgs).amax(1) > 0.2).float()  # > 0.1 from white, in [-1,1] units
+        colour = (imgs * fg[:, None]).sum((2, 3)) / fg.sum((1, 2)).clamp_min(1.0)[:, None]
+        return fg, colour
+
+    fg_x, col_x = stats(x)
+    out = []
+    for i in range(0, images.shape[0], chunk):
+        fg, col = stats(images[i:i + chunk])
+        out.append(((fg - fg_x) ** 2).flatten(1).mean(1) + ((col - col_x) ** 2).sum(1) / 4)
+    return torch.cat(out)
 
 
 def load_ip_adapter(prior, source: str, subfolder: str, weight_name: str, scale: float, image: Tensor) -> Tensor:

@@ -14,6 +14,9 @@ Automatic iso-level (``threshold="auto"``):
   falls to 1/2, was tried first: on soft fields it lands ~0.1 m inside the object and cuts it in half.)
 - opacity fields (3D Gaussians, whose ``query_density`` is Σ_i o_i exp(−½ dᵀΣ_i⁻¹d), unitless): the level 0.5,
   where the summed splat opacity is one half (DreamGaussian uses 1.0 on a field normalised differently).
+- then, for scenes that can render, that level only brackets the final one: ``render_matched_threshold`` bisects
+  until the mesh's silhouettes over 16 orbit views have the area of the scene's own rendered alpha, so the asset
+  looks as large as the renders (the statistical levels above are ~10 % off on soft fields).
 Enclosed empty pockets are filled before marching cubes (the asset is solid, with no hidden inner surface).
 The level is clamped strictly inside the sampled range; an empty field raises ``ExportError``.
 """
@@ -95,6 +98,53 @@ def auto_threshold(grid: np.ndarray, spacing: float, kind: str = "density") -> f
         level = otsu(np.clip(grid, 0, cap))
     eps = 1e-6 * (hi - lo)
     return float(min(max(level, lo + eps), hi - eps))
+
+
+def render_matched_threshold(scene, grid: np.ndarray, bound: float, start: float, iters: int = 12,
+                             resolution: int = 64) -> float:
+    """The iso-level whose mesh *renders* like the scene: bisection (in log level) until the marching-cubes mesh's
+    silhouette area over 16 orbit views equals the area of the scene's own rendered alpha there.
+
+    The statistical level (``auto_threshold``) is only a starting bracket: on soft SDS fields its silhouettes are
+    ~10 % too large (measured on a 200-step blue-torus NeRF, see renderers/mesh.py ``sdf_from_density``, which
+    matches silhouettes the same way when a mesh is initialised from a run). Bisection runs on a half-resolution
+    grid (a few seconds on a CPU).
+    """
+    import torch
+
+    import torch.nn.functional as F
+
+    import renderers.kernels as K
+    from engine.outputs import render_views
+    from renderers.mesh import init_cameras, projection
+
+    cams = init_cameras(bound, resolution)
+    proj = projection(cams).float()
+    _, alpha = render_views(scene, cams.to(_scene_device(scene)), torch.ones(3))
+    target = float(alpha.sum())
+    coarse = grid[::2, ::2, ::2]
+    hi_val = float(coarse.max())
+    if not hi_val > 0 or target <= 0:
+        return start
+
+    def area(level: float) -> float:
+        try:
+            m = marching_cubes(coarse, level, bound)
+        except ExportError:
+            return 0.0
+        v = torch.from_numpy(m.vertices).float()
+        pos = torch.einsum("cij,vj->cvi", proj, F.pad(v, (0, 1), value=1.0))
+        rast = K.rasterize("torch", pos, torch.from_numpy(m.faces).long(), (resolution, resolution))
+        return float((rast[..., 3] > 0).sum())  # hard coverage: the antialiasing pass would cost 10x more
+
+    lo, hi = math.log(max(min(start, hi_val) * 1e-3, 1e-12)), math.log(hi_val)
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        if area(math.exp(mid)) > target:
+            lo = mid
+        else:
+            hi = mid
+    return float(math.exp(0.5 * (lo + hi)))
 
 
 def otsu(values: np.ndarray, bins: int = 1024) -> float:
@@ -268,7 +318,12 @@ def extract_mesh(scene, resolution: int = 128, threshold: float | str = "auto", 
     grid = sample_grid(scene, resolution, bound)
     spacing = 2 * bound / (resolution - 1)
     kind = field_kind(scene)
-    level = auto_threshold(grid, spacing, kind) if threshold == "auto" else float(threshold)
+    if threshold == "auto":
+        level = auto_threshold(grid, spacing, kind)
+        if hasattr(scene, "render"):
+            level = render_matched_threshold(scene, grid, bound, level)
+    else:
+        level = float(threshold)
     grid, cavity = fill_cavities(grid, level)
     mesh = marching_cubes(grid, level, bound)
     raw_faces = mesh.num_faces
