@@ -107,7 +107,7 @@ def main() -> None:
     p.add_argument("--diversity", action="store_true")
     p.add_argument("--out", default="/tmp/bench_guidance")
     a = p.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))  # shared machines: OMP_NUM_THREADS=1
     results = []
     for name in a.objectives:
         for prompt in a.prompts:
