@@ -215,7 +215,8 @@ class LoRAParticleScore(nn.Module):
         finally:
             unet.disable_adapters()
             self._cam = None
-        return out.to(x_t.dtype)
+        # DeepFloyd IF's UNet also predicts the variance (6 channels); the score is the first c channels
+        return out[:, : x_t.shape[1]].to(x_t.dtype)
 
     def trainable(self) -> list[nn.Parameter]:
         return list(self.lora) + list(self.camera_mlp.parameters())
