@@ -22,6 +22,7 @@ from torch import Tensor
 from engine.cameras import Cameras
 from guidance.base import (
     GuidanceOutput,
+    Objective,
     TimestepConfig,
     add_noise,
     attach_pixel_clip,
@@ -76,14 +77,8 @@ def shifted_timesteps(t: Tensor, min_step: int, plus_ratio: float, u: Tensor | N
     return (t + d.trunc().long()).clamp(1, T - 1)
 
 
-class ASD:
+class ASD(Objective):
     """Stateless ASD objective bound to its prior."""
-
-    def __init__(self, cfg: ASDConfig, prior: Prior, gen: torch.Generator, total_steps: int):
-        self.cfg, self.prior, self.gen, self.total_steps = cfg, prior, gen, total_steps
-
-    def param_groups(self) -> dict[str, dict]:
-        return {}
 
     def __call__(self, rgb: Tensor, prompts, cams: Cameras, step: int, *, t: Tensor | None = None,
                  noise: Tensor | None = None, u: Tensor | None = None) -> GuidanceOutput:

@@ -36,6 +36,19 @@ class Guidance(Protocol):
         ...
 
 
+class Objective:
+    """What every objective holds: its config, its prior, the run's generator and the run length.
+
+    Stateless objectives own no parameters (``param_groups`` is empty); VSD overrides it for its particle score.
+    """
+
+    def __init__(self, cfg, prior, gen: torch.Generator, total_steps: int):
+        self.cfg, self.prior, self.gen, self.total_steps = cfg, prior, gen, total_steps
+
+    def param_groups(self) -> dict[str, dict]:
+        return {}
+
+
 def _bcast(v: Tensor, like: Tensor) -> Tensor:
     return v.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
 

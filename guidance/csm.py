@@ -35,6 +35,7 @@ from engine.cameras import Cameras
 from guidance.base import (
     GuidanceOutput,
     LinearRamp,
+    Objective,
     TimestepConfig,
     add_noise,
     attach_pixel_clip,
@@ -87,18 +88,15 @@ class CSMConfig(ISMConfig):
         return CSM(self, prior, gen, total_steps)
 
 
-class CSM:
+class CSM(Objective):
     """CSM / VPCSM bound to its prior; the visual prompt (if any) is prepared once at build time."""
 
     def __init__(self, cfg: CSMConfig, prior: Prior, gen: torch.Generator, total_steps: int):
-        self.cfg, self.prior, self.gen, self.total_steps = cfg, prior, gen, total_steps
+        super().__init__(cfg, prior, gen, total_steps)
         self.visual = None
         if cfg.image:
             from guidance.visual_prompt import VisualPrompt
             self.visual = VisualPrompt.build(prior, cfg.image, cfg)
-
-    def param_groups(self) -> dict[str, dict]:
-        return {}
 
     def conditions(self, prompts, cams: Cameras) -> tuple[Cond, Cond, Cond | None]:
         """(cond (y, I), reference (null or negative, no image), cond without image (y, 0) or None)."""
@@ -182,14 +180,8 @@ class CSDConfig:
         return CSD(self, prior, gen, total_steps)
 
 
-class CSD:
+class CSD(Objective):
     """Stateless CSD objective bound to its prior."""
-
-    def __init__(self, cfg: CSDConfig, prior: Prior, gen: torch.Generator, total_steps: int):
-        self.cfg, self.prior, self.gen, self.total_steps = cfg, prior, gen, total_steps
-
-    def param_groups(self) -> dict[str, dict]:
-        return {}
 
     def coefficients(self, step: int) -> dict[str, float]:
         c = self.cfg

@@ -29,6 +29,7 @@ from torch import Tensor
 from engine.cameras import Cameras
 from guidance.base import (
     GuidanceOutput,
+    Objective,
     TimestepConfig,
     attach_pixel_clip,
     check_choices,
@@ -159,14 +160,8 @@ def invert_to_xs_xt(prior: Prior, z: Tensor, noise: Tensor, ind_s: int, ind_t: i
     return x_s, e_s, x_t
 
 
-class ISM:
+class ISM(Objective):
     """ISM (and TSM when the config has gamma < 1) bound to its prior; stateless."""
-
-    def __init__(self, cfg: ISMConfig, prior: Prior, gen: torch.Generator, total_steps: int):
-        self.cfg, self.prior, self.gen, self.total_steps = cfg, prior, gen, total_steps
-
-    def param_groups(self) -> dict[str, dict]:
-        return {}
 
     def sample_index(self, step: int) -> int:
         """One DDIM index t for the whole batch (guidance-spec §1.5), capped so tau(t) stays a valid timestep."""

@@ -18,6 +18,7 @@ from torch import Tensor
 from engine.cameras import Cameras
 from guidance.base import (
     GuidanceOutput,
+    Objective,
     TimestepConfig,
     add_noise,
     check_choices,
@@ -67,14 +68,8 @@ def cfg_eps(prior: Prior, x_t: Tensor, t: Tensor, cond: Cond, uncond: Cond, cams
     return classifier_free_guidance(eps_u, eps_y, scale, convention)
 
 
-class SDS:
+class SDS(Objective):
     """Stateless SDS objective bound to its prior."""
-
-    def __init__(self, cfg: SDSConfig, prior: Prior, gen: torch.Generator, total_steps: int):
-        self.cfg, self.prior, self.gen, self.total_steps = cfg, prior, gen, total_steps
-
-    def param_groups(self) -> dict[str, dict]:
-        return {}
 
     def __call__(self, rgb: Tensor, prompts: PromptSet, cams: Cameras, step: int, *, t: Tensor | None = None,
                  noise: Tensor | None = None) -> GuidanceOutput:

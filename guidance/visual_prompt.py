@@ -138,6 +138,7 @@ def load_ip_adapter(prior, source: str, subfolder: str, weight_name: str, scale:
     attention processors land in the prior's UNet. Returns the image embedding [1,1,D] (prior device and dtype).
     """
     from diffusers import DDIMScheduler, StableDiffusionPipeline
+
     from guidance.priors.base import PriorError
     pipe = StableDiffusionPipeline(vae=prior.vae, text_encoder=prior.text_encoder, tokenizer=prior.tokenizer,
                                    unet=prior.unet, scheduler=DDIMScheduler.from_config(prior.scheduler_config),

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from engine.cameras import Cameras
 from guidance.base import (
     GuidanceOutput,
+    Objective,
     TimestepConfig,
     add_noise,
     attach_pixel_clip,
@@ -238,11 +239,11 @@ class LoRAParticleScore(nn.Module):
 
 
 # ---- the objective ------------------------------------------------------------------------------------------------
-class VSD:
+class VSD(Objective):
     """VSD bound to its prior; owns the particle score model (its parameters are the "guidance" group)."""
 
     def __init__(self, cfg: VSDConfig, prior: Prior, gen: torch.Generator, total_steps: int):
-        self.cfg, self.prior, self.gen, self.total_steps = cfg, prior, gen, total_steps
+        super().__init__(cfg, prior, gen, total_steps)
         if hasattr(prior, "unet"):
             self.particle = LoRAParticleScore(prior, cfg.lora_rank)
         else:
