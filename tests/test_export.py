@@ -105,10 +105,8 @@ def _validator_ready() -> bool:
 
 def assert_valid_glb(path):
     """Khronos glTF validator: zero errors (warnings are reported in the message if any)."""
-    if not _validator_ready():
-        if os.environ.get("CI"):
-            pytest.fail("the glTF validator is missing: run `npm install` in tests/js (node required)")
-        pytest.skip("node or tests/js/node_modules/gltf-validator missing (npm install in tests/js)")
+    if not _validator_ready():  # the README's test command installs it; an unvalidated GLB is not a pass
+        pytest.fail("the glTF validator is missing: run `npm ci --prefix tests/js` (node required)")
     res = subprocess.run(["node", VALIDATOR, str(path)], capture_output=True, text=True, timeout=120)
     assert res.returncode in (0, 1), res.stderr
     report = json.loads(res.stdout.splitlines()[-1])

@@ -224,7 +224,8 @@ def test_nvdiffrast_parity():
     from renderers.kernels import raster_cuda
 
     if not raster_cuda.available():
-        pytest.skip("nvdiffrast is not importable")
+        pytest.skip("CUDA machine without nvdiffrast: the optional CUDA raster backend (non-commercial licence, "
+                    "never a dependency) is not installed, so there is nothing to compare the torch rasteriser with")
     pos, tri, _ = _random_scene(5, dtype=torch.float32)
     pos = pos.cuda().requires_grad_()
     tri = tri.cuda()
