@@ -24,6 +24,10 @@ class Cameras:
         fovy: [C] vertical field of view in radians.
         width, height: image size in pixels.
         azimuth, elevation, distance: [C] orbit parameters (degrees, degrees, metres) the cameras were made from.
+        condition: optional [C,H,W,K] per-view condition images rendered with these views (the mesh scene's
+            ControlNet condition, guidance/controlnet.py). The training loop attaches them with ``with_condition``;
+            they follow every re-batching (indexing, ``cat``, ``to``), so an objective that repeats the cameras for
+            classifier-free guidance hands each prior row its own view's condition.
     """
 
     c2w: Tensor
@@ -33,6 +37,7 @@ class Cameras:
     azimuth: Tensor
     elevation: Tensor
     distance: Tensor
+    condition: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.c2w.ndim != 3 or self.c2w.shape[1:] != (4, 4):
@@ -41,6 +46,8 @@ class Cameras:
         for name in ("fovy", "azimuth", "elevation", "distance"):
             if getattr(self, name).shape != (n,):
                 raise ValueError(f"{name} must be [{n}], got {tuple(getattr(self, name).shape)}")
+        if self.condition is not None and self.condition.shape[0] != n:
+            raise ValueError(f"condition must have {n} rows, got {tuple(self.condition.shape)}")
 
     def __len__(self) -> int:
         return self.c2w.shape[0]
@@ -48,21 +55,32 @@ class Cameras:
     def __getitem__(self, idx) -> "Cameras":
         if isinstance(idx, int):
             idx = slice(idx, idx + 1)
-        return Cameras(self.c2w[idx], self.fovy[idx], self.width, self.height,
-                       self.azimuth[idx], self.elevation[idx], self.distance[idx])
+        return Cameras(self.c2w[idx], self.fovy[idx], self.width, self.height, self.azimuth[idx],
+                       self.elevation[idx], self.distance[idx],
+                       None if self.condition is None else self.condition[idx.to(self.condition.device)
+                                                                           if isinstance(idx, Tensor) else idx])
 
     @staticmethod
     def cat(cams: "list[Cameras]") -> "Cameras":
-        """Concatenate camera batches of the same image size."""
+        """Concatenate camera batches of the same image size (conditions too: all batches have one, or none)."""
         if len({(c.width, c.height) for c in cams}) != 1:
             raise ValueError("cannot concatenate cameras of different image sizes")
+        conds = [c.condition for c in cams]
+        if any(c is None for c in conds) and not all(c is None for c in conds):
+            raise ValueError("cannot concatenate cameras with and without condition images")
         return Cameras(torch.cat([c.c2w for c in cams]), torch.cat([c.fovy for c in cams]), cams[0].width,
                        cams[0].height, torch.cat([c.azimuth for c in cams]), torch.cat([c.elevation for c in cams]),
-                       torch.cat([c.distance for c in cams]))
+                       torch.cat([c.distance for c in cams]), None if conds[0] is None else torch.cat(conds))
 
     def to(self, device) -> "Cameras":
         return Cameras(self.c2w.to(device), self.fovy.to(device), self.width, self.height,
-                       self.azimuth.to(device), self.elevation.to(device), self.distance.to(device))
+                       self.azimuth.to(device), self.elevation.to(device), self.distance.to(device),
+                       None if self.condition is None else self.condition.to(device))
+
+    def with_condition(self, images: Tensor | None) -> "Cameras":
+        """These cameras carrying ``images`` [C,...] (detached) as their per-view condition."""
+        return Cameras(self.c2w, self.fovy, self.width, self.height, self.azimuth, self.elevation, self.distance,
+                       None if images is None else images.detach())
 
     @property
     def device(self) -> torch.device:

@@ -2,7 +2,8 @@
 
     for step in range(steps):
         cams = sample_cameras(...); out = scene.render(cams, background)
-        g = guidance(out.rgb, prompts, cams, step); regs = scene.regularizers(out, step)
+        g = guidance(out.rgb, prompts, cams, step)  # cams carry out's per-view condition images, if any
+        regs = scene.regularizers(out, step)
         loss = g.loss + sum(w[k] * regs[k]); backward; optimiser step; scene.after_step(step, out)
 
 One torch.Generator seeded from cfg.seed drives cameras, timesteps, noise and initialisation, so a run is
@@ -72,6 +73,19 @@ def _build_scene(cfg: GenerateConfig, gen: torch.Generator, device):
     return Particles([cfg.renderer.build(gen, device) for _ in range(cfg.particles)])
 
 
+def _wire_condition(prior, scene) -> None:
+    """A prior that takes per-view condition images (the ControlNet prior) gets them from the scene's renders: turn
+    on each scene's ``render_condition``, or refuse a scene that cannot render one."""
+    if not getattr(prior, "takes_condition", False):
+        return
+    scenes = getattr(scene, "scenes", [scene])  # Particles holds several
+    if not all(hasattr(s, "render_condition") for s in scenes):
+        raise RunError("prior.controlnet needs the mesh renderer (--renderer mesh), which renders the ControlNet's "
+                       "condition with each training view", code=2)
+    for s in scenes:
+        s.render_condition = True
+
+
 def _state(step, scene, guidance, background, opt, gen) -> dict:
     guidance_state = guidance.state_dict() if hasattr(guidance, "state_dict") else {}
     return {"step": step, "scene": scene.state_dict(), "guidance": guidance_state,
@@ -104,6 +118,7 @@ def generate(cfg: GenerateConfig, resume: str | None = None, hooks: Hooks | None
     prior, prompts = _prepare(cfg, device)
 
     scene = _build_scene(cfg, gen, device)
+    _wire_condition(prior, scene)
     guidance = cfg.guidance.build(prior, gen, cfg.train.steps)
     background = Background(cfg.background).to(device)
     start = 0
@@ -162,6 +177,8 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
             cams = sample_cameras(cfg.cameras, cfg.resolution, gen).to(device)
             bg = background(cams, gen)
             out = scene.render(cams, bg)
+            if "control" in out.extras:  # per-view condition images ride with their cameras (guidance/controlnet.py)
+                cams = cams.with_condition(out.extras["control"])
             g = guidance(out.rgb, prompts, cams, step)
             regs = scene.regularizers(out, step)
             loss = g.loss + sum(weights.get(k, 1.0) * v for k, v in regs.items())

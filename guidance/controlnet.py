@@ -4,11 +4,16 @@
 ``ControlNetModel`` (hub id or ``save_pretrained`` folder). Every ``predict_eps`` runs the ControlNet on the same
 x_t, t and text condition, conditioned on images of the *current geometry*, and passes its down/mid residuals into
 the UNet call through the prior's ``unet_kwargs`` hook. Everything else (encode, decode, embed, alphas_cumprod,
-unet, ...) is the wrapped prior's, so every guidance objective works unchanged; objectives that call
-``prior.unet`` themselves (VSD's LoRA ε_φ) see no residuals.
+unet, ...) is the wrapped prior's, so every guidance objective works unchanged; VSD, which calls ``prior.unet``
+itself for its LoRA particle score, passes the same residuals there (``residuals`` / ``condition``).
 
-Condition (renderers/mesh.py ``condition_maps``; DreamMat's 22 channels), per camera, published by the mesh scene
-on each training render (``RenderOutput.extras["control"]``, and the board ``renderers.base.CONDITIONS``):
+How the condition travels: the mesh scene renders it with each training view when ``render_condition`` is on
+(``RenderOutput.extras["control"]``); the training loop (engine/train.py) turns that on for a prior with
+``takes_condition`` and hands the guidance ``cams.with_condition(out.extras["control"])``. The images ride on the
+Cameras batch, which objectives re-batch exactly like x_t (``Cameras.cat`` for classifier-free guidance, indexing),
+so every prior row gets its own view's condition.
+
+Condition (renderers/mesh.py ``condition_maps``; DreamMat's 22 channels), per camera:
 
     channel 0      inverse camera distance, foreground mapped per image to [0.1, 1] (nearest = 1)
     channels 1-3   shading normal in camera space (OpenGL: +X right, +Y up, +Z to the viewer) as (n + 1) / 2
@@ -18,8 +23,7 @@ on each training render (``RenderOutput.extras["control"]``, and the board ``ren
 All values in [0, 1] (diffusers' ControlNet convention for conditioning images), 0 on the background; made at the
 render resolution, channels-last [C,H,W,22], and resized here (bilinear) to the prior's image resolution as
 [B,22,H',W'] (H' = latent size x VAE factor, e.g. 512 for SD-2.1-base). The ControlNet must have
-``conditioning_channels == 22``. Rows of a re-batched CFG call find their images by camera pose
-(``ConditionBoard.lookup``); classifier-free guidance applies the same condition to the conditional and the
+``conditioning_channels == 22``. Classifier-free guidance applies the same condition to the conditional and the
 unconditional rows (the diffusers pipelines' default, not guess mode).
 
 No gradient reaches the ControlNet: its weights are frozen and it runs under ``torch.no_grad``.
@@ -34,16 +38,15 @@ from torch import Tensor
 
 from engine.cameras import Cameras
 from guidance.priors.base import Cond, PriorError
-from renderers.base import CONDITIONS, ConditionBoard
 
 CONDITION_CHANNELS = 22
-_OWN = ("prior", "controlnet", "scale", "board")
+_OWN = ("prior", "controlnet", "scale", "takes_condition")
 
 
 class ControlNetPrior:
     """A diffusers SD prior whose UNet is steered by a ControlNet on the mesh scene's condition images."""
 
-    def __init__(self, prior, controlnet: torch.nn.Module, scale: float = 1.0, board: ConditionBoard = CONDITIONS):
+    def __init__(self, prior, controlnet: torch.nn.Module, scale: float = 1.0):
         if not hasattr(prior, "unet_kwargs") or not getattr(prior, "latent", False):
             raise PriorError("prior.controlnet needs a latent diffusers prior (Stable Diffusion 1.x / 2.x)")
         channels = int(controlnet.config.get("conditioning_channels", 3))
@@ -54,8 +57,7 @@ class ControlNetPrior:
         controlnet = controlnet.requires_grad_(False).to(prior.device).eval()
         self.controlnet = controlnet if controlnet.dtype == prior.dtype else controlnet.to(dtype=prior.dtype)
         self.scale = float(scale)
-        self.board = board
-        board.listen(self)
+        self.takes_condition = True  # the training loop asks the scene for per-view condition images
 
     @classmethod
     def load(cls, prior, name: str, scale: float = 1.0) -> "ControlNetPrior":
@@ -91,10 +93,10 @@ class ControlNetPrior:
         if cams is None or len(cams) != batch:
             raise ValueError(f"the ControlNet prior needs the {batch} cameras of its x_t rows, got "
                              f"{None if cams is None else len(cams)}")
-        images = self.board.lookup(cams)
+        images = cams.condition
         if images is None:
-            raise ValueError("no ControlNet condition was published for these cameras: prior.controlnet needs the "
-                             "mesh renderer (--renderer mesh), which renders the condition with each training view")
+            raise ValueError("these cameras carry no ControlNet condition: prior.controlnet needs the mesh renderer "
+                             "(--renderer mesh), which renders the condition with each training view")
         if images.shape[-1] != CONDITION_CHANNELS:
             raise ValueError(f"condition images must be [B,H,W,{CONDITION_CHANNELS}], got {tuple(images.shape)}")
         x = images.permute(0, 3, 1, 2).float()

@@ -163,7 +163,7 @@ class SmallParticleScore(nn.Module):
         self.net = SmallScoreNet(channels, width)
         self.prediction_type = prediction_type
 
-    def raw(self, x_t: Tensor, t: Tensor, cond, cam: Tensor) -> Tensor:
+    def raw(self, x_t: Tensor, t: Tensor, cond, cam: Tensor, control: Tensor | None = None) -> Tensor:
         return self.net(x_t.float(), t, cam).to(x_t.dtype)
 
     def trainable(self) -> list[nn.Parameter]:
@@ -203,16 +203,19 @@ class LoRAParticleScore(nn.Module):
             return output
         return output + self.camera_mlp(self._cam).to(output.dtype)
 
-    def raw(self, x_t: Tensor, t: Tensor, cond, cam: Tensor) -> Tensor:
+    def raw(self, x_t: Tensor, t: Tensor, cond, cam: Tensor, control: Tensor | None = None) -> Tensor:
+        """The LoRA UNet's raw output; ``control`` [B,K,H,W]: the ControlNet prior's condition images, whose
+        residuals steer this UNet call as they steer the pretrained one (guidance/controlnet.py)."""
         prior = self.prior[0]
         unet = prior.unet
         added = prior._added_cond(cond, x_t) if hasattr(prior, "_added_cond") else {}
+        extra = {} if control is None else prior.residuals(x_t, t.to(prior.device), cond, control)
         self._cam = cam.to(prior.device)
         unet.enable_adapters()
         try:
             out = unet(x_t.to(prior.device, prior.dtype), t.to(prior.device),
                        encoder_hidden_states=cond.tensors["prompt_embeds"].to(prior.dtype),
-                       added_cond_kwargs=added or None, return_dict=False)[0]
+                       added_cond_kwargs=added or None, return_dict=False, **extra)[0]
         finally:
             unet.disable_adapters()
             self._cam = None
@@ -257,18 +260,18 @@ class VSD(Objective):
             return int(self.prior.encode(torch.zeros(1, 8, 8, 3)).shape[1])
 
     # -- particle score --
-    def particle_eps(self, x_t: Tensor, t: Tensor, cond, cam: Tensor) -> Tensor:
+    def particle_eps(self, x_t: Tensor, t: Tensor, cond, cam: Tensor, control: Tensor | None = None) -> Tensor:
         """eps_phi(x_t, t, y, c) (no gradient); s_phi != 1 mixes in the zero-camera branch."""
         ac, ptype = self.prior.alphas_cumprod, self.particle.prediction_type
         with torch.no_grad():
-            e_c = to_eps(self.particle.raw(x_t, t, cond, cam), x_t, t, ac, ptype)
+            e_c = to_eps(self.particle.raw(x_t, t, cond, cam, control), x_t, t, ac, ptype)
             if self.cfg.guidance_scale_lora == 1.0:
                 return e_c
-            e0 = to_eps(self.particle.raw(x_t, t, cond, torch.zeros_like(cam)), x_t, t, ac, ptype)
+            e0 = to_eps(self.particle.raw(x_t, t, cond, torch.zeros_like(cam), control), x_t, t, ac, ptype)
             return e0 + self.cfg.guidance_scale_lora * (e_c - e0)
 
     def particle_loss(self, z: Tensor, cond, cam: Tensor, t: Tensor | None = None, noise: Tensor | None = None,
-                      keep: Tensor | None = None) -> Tensor:
+                      keep: Tensor | None = None, control: Tensor | None = None) -> Tensor:
         """L_phi on detached samples: t' ~ U[0, T-1], fresh n', camera dropped with probability camera_dropout."""
         x0 = z.detach()
         B, ac = x0.shape[0], self.prior.alphas_cumprod
@@ -282,7 +285,7 @@ class VSD(Objective):
             keep = torch.rand(B, generator=self.gen) >= self.cfg.camera_dropout
         cam = cam * keep.to(cam.device, cam.dtype)[:, None]
         x_t = add_noise(x0, noise, t, ac)
-        out = self.particle.raw(x_t, t, cond, cam).float()
+        out = self.particle.raw(x_t, t, cond, cam, control).float()
         target = training_target(x0, noise, t, ac, self.particle.prediction_type).float()
         return ((out - target) ** 2).mean()
 
@@ -311,13 +314,14 @@ class VSD(Objective):
         noise = noise.to(z.device, z.dtype)
         cam = camera_vector(cams).to(z.device)
         plain = prompts.plain.expand(B)  # the particle score uses the view-independent prompt
+        control = prior.condition(cams, B) if getattr(prior, "takes_condition", False) else None
         with torch.no_grad():
             x_t = add_noise(z.detach(), noise, t, ac)
             eps_pre = guided_eps(prior, x_t, t, prompts, cams, cfg.guidance_scale, "standard", cfg.perp_neg)
-            eps_phi = self.particle_eps(x_t, t, plain, cam)
+            eps_phi = self.particle_eps(x_t, t, plain, cam, control)
             g = weight(t, ac, cfg.weighting).view(-1, *([1] * (z.ndim - 1))) * (eps_pre - eps_phi)
         loss_vsd = surrogate_loss(z, g, cfg.reduction)
-        loss_phi = self.particle_loss(z, plain, cam, particle_t, particle_noise, particle_keep)
+        loss_phi = self.particle_loss(z, plain, cam, particle_t, particle_noise, particle_keep, control)
         return GuidanceOutput(loss_vsd + cfg.lambda_lora * loss_phi,
                               {"loss_vsd": loss_vsd.item(), "loss_lora": loss_phi.item(), "grad_norm": g.norm().item(),
                                "t": t.float().mean().item()})

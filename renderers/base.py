@@ -4,8 +4,6 @@ Renders are channels-last: rgb [C,H,W,3] in [0,1] (display-referred sRGB-like va
 alpha [C,H,W,1] in [0,1].
 """
 
-import weakref
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -100,51 +98,3 @@ def composite(rgb: Tensor, alpha: Tensor, background: Tensor) -> Tensor:
     """Premultiplied ``rgb`` [...,3] plus (1 - alpha) times ``background``."""
     return rgb + (1.0 - alpha) * background
 
-
-class ConditionBoard:
-    """Condition images a scene publishes with its training renders, found again by camera pose.
-
-    The loop hands the guidance only ``out.rgb`` and ``cams`` (engine/train.py), and objectives re-batch the
-    cameras (CFG concatenates them twice), so a conditioned prior (guidance/controlnet.py) looks up each of its
-    rows by its camera-to-world matrix among the last ``keep`` published batches. Scenes publish only while a
-    listener is alive (``listen``, held weakly), so runs without one pay nothing.
-    """
-
-    def __init__(self, keep: int = 8):
-        self._entries: deque = deque(maxlen=keep)
-        self._listeners: weakref.WeakSet = weakref.WeakSet()
-
-    def listen(self, listener: object) -> None:
-        self._listeners.add(listener)
-
-    @property
-    def wanted(self) -> bool:
-        return len(self._listeners) > 0
-
-    def publish(self, cams: Cameras, images: Tensor) -> None:
-        """``images`` [C,...] belong to the C cameras ``cams`` (stored detached)."""
-        if images.shape[0] != len(cams):
-            raise ValueError(f"ConditionBoard.publish: {images.shape[0]} images for {len(cams)} cameras")
-        self._entries.appendleft((cams.c2w.detach().float(), images.detach()))
-
-    def lookup(self, cams: Cameras, atol: float = 1e-5) -> Tensor | None:
-        """The images [B,...] published for each camera of ``cams`` (newest first), or None if one is missing."""
-        rows = []
-        for c2w in cams.c2w.detach().float():
-            for keys, images in self._entries:
-                d = (keys.to(c2w.device) - c2w).abs().flatten(1).amax(-1)
-                j = int(d.argmin())
-                if float(d[j]) <= atol:
-                    rows.append(images[j])
-                    break
-            else:
-                return None
-        return torch.stack(rows) if rows else None
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-
-CONDITIONS = ConditionBoard()
-"""The process's board: the mesh scene publishes its ControlNet condition (renderers/mesh.py), the ControlNet prior
-reads it (guidance/controlnet.py)."""

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from engine.cameras import Cameras
 from renderers import dmtet, envmaps, pbr
-from renderers.base import CONDITIONS, RenderOutput
+from renderers.base import RenderOutput
 from renderers.kernels import raster as K
 from renderers.kernels.hashgrid_torch import HashGrid
 
@@ -342,6 +342,9 @@ class Mesh(nn.Module):
         self.cfg = dataclasses.replace(cfg, backend=K.resolve_raster_backend(cfg.backend))
         self.gen = gen
         self._lighting: tuple[str, float] | None = None
+        # training renders also return the ControlNet condition in extras["control"]; the training loop turns this
+        # on when the prior takes a condition (guidance/controlnet.py documents the layout)
+        self.render_condition = False
         if fixed is not None:
             v, f, uv = fixed
             self.register_buffer("vertices", v.float())
@@ -631,11 +634,10 @@ class Mesh(nn.Module):
         if "perturb" in mat:
             d = mat["perturb"]
             extras["normal_perturbation"] = (d - (d * n_geo).sum(-1, keepdim=True) * n_geo).square().sum(-1).mean()
-        if self.training and CONDITIONS.wanted:
+        if self.training and self.render_condition:
             with torch.no_grad():
-                control = condition_maps(x, n_geo, view, idx, cams, (C, H, W), env_name, rot, self.cfg.env_height)
-            extras["control"] = control
-            CONDITIONS.publish(cams, control)
+                extras["control"] = condition_maps(x, n_geo, view, idx, cams, (C, H, W), env_name, rot,
+                                                   self.cfg.env_height)
         return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, normal=scatter(n), albedo=scatter(mat["albedo"]),
                             roughness=scatter(mat["roughness"]), metallic=scatter(mat["metallic"]), extras=extras)
 
