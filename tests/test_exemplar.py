@@ -11,12 +11,43 @@ from guidance.priors.base import PriorError
 from guidance.priors.exemplar import ExemplarPrior
 
 
-def _tiny_prior(kappa=5.0):
+def _tiny_prior(kappa=5.0, data_sigma=0.0):
     g = torch.Generator().manual_seed(0)
     images = torch.rand(6, 3, 4, 4, generator=g) * 2 - 1
     dirs = torch.randn(6, 3, generator=g)
     tags = [("red", "cube"), ("red", "ball"), ("blue", "cube"), ("blue", "ball"), ("red", "cube"), ("blue", "cube")]
-    return ExemplarPrior(images, dirs, tags, kappa=kappa), images.double(), torch.nn.functional.normalize(dirs.double())
+    return (ExemplarPrior(images, dirs, tags, kappa=kappa, data_sigma=data_sigma), images.double(),
+            torch.nn.functional.normalize(dirs.double()))
+
+
+@pytest.mark.parametrize("t_val", [5, 300, 900])
+def test_gaussian_mixture_denoiser_is_tweedies_formula(t_val):
+    """data_sigma > 0: the denoiser equals Tweedie's E[x0|x_t] = (x_t + (1-abar) grad log p_t(x_t)) / sqrt(abar), with
+    p_t = sum_i pi_i N(sqrt(abar) x_i, (abar sd^2 + 1 - abar) I) written out in float64 and differentiated by autograd."""
+    sd, kappa = 0.4, 5.0
+    prior, X, dirs = _tiny_prior(kappa, sd)
+    cams = orbit_cameras(torch.tensor([30.0, -120.0]), torch.tensor([10.0, 35.0]), 2.0, 40.0, 4)
+    x_t = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    D = prior.denoise(x_t, torch.tensor([t_val, t_val]), prior.embed(["a red cube", ""]), cams).double()
+    abar = prior.alphas_cumprod[t_val].double()
+    var = abar * sd ** 2 + 1 - abar
+    for b, allowed in enumerate([[0, 4], list(range(6))]):
+        cam = cams.position[b].double() / cams.position[b].double().norm()
+        x = x_t[b].double().clone().requires_grad_(True)
+        log_p = torch.logsumexp(torch.stack([
+            -((x - abar.sqrt() * X[i]) ** 2).sum() / (2 * var) + kappa * (cam @ dirs[i]) for i in allowed]), 0)
+        (score,) = torch.autograd.grad(log_p, x)
+        tweedie = (x.detach() + (1 - abar) * score) / abar.sqrt()
+        torch.testing.assert_close(D[b], tweedie, atol=2e-4, rtol=1e-4)
+
+
+def test_gaussian_mixture_denoiser_gives_back_its_input_below_data_sigma():
+    prior, _, _ = _tiny_prior(kappa=0.0, data_sigma=0.5)
+    x0 = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(3)) * 2 - 1  # not an exemplar
+    t = torch.tensor([2])
+    D = prior.denoise(x0 * prior.alphas_cumprod[2].sqrt(), t, prior.embed([""]))
+    torch.testing.assert_close(D, x0, atol=0.02, rtol=0)  # nearest-exemplar snapping would be ~0.5 away
+    assert (D - prior.images).flatten(1).abs().amax(1).min() > 0.1
 
 
 @pytest.mark.parametrize("t_val", [5, 300, 900])

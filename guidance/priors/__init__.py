@@ -22,6 +22,10 @@ class PriorConfig:
     """"shapes", a folder with exemplars.safetensors, a diffusers hub id, or a local diffusers folder."""
     kappa: float = 150.0
     """Exemplar priors: camera-kernel sharpness, log k = kappa * cos(angle between view directions)."""
+    data_sigma: float = 0.0
+    """Exemplar priors: each exemplar is a Gaussian of this std (pixel units in [-1,1]); > 0 makes the denoiser give
+    back its input below that noise level, as a trained network does (guidance/priors/exemplar.py). 0: exact
+    nearest-exemplar denoiser."""
     resolution: int = 0
     """Side of the image the prior sees; 0 means the prior's native size (64 for shapes, the UNet's for diffusers)."""
     dtype: str = "auto"

@@ -10,6 +10,18 @@ prior weights are log pi_i = kappa * cos(angle(camera, camera_i)) + log 1[label_
 Mises-Fisher camera kernel makes the prior view-aware, and the label mask makes it text-conditional. The
 unconditional branch ("" prompt) keeps every exemplar, so classifier-free guidance is meaningful.
 
+With ``data_sigma`` = sigma_d > 0 each exemplar becomes a small Gaussian, p(x0) = sum_i pi_i N(x0; x_i, sigma_d^2 I),
+and the posterior mean stays closed form (a Gaussian-mixture denoiser). With a = sqrt(abar_t), s^2 = 1 - abar_t and
+v = a^2 sigma_d^2 + s^2:
+
+    w = softmax_i( -||x_t - a x_i||^2 / (2 v) + log pi_i ),   c = a sigma_d^2 / v,
+    D(x_t) = sum_i w_i (x_i + c (x_t - a x_i)) = (1 - a c) sum_i w_i x_i + c x_t.
+
+At noise levels well above sigma_d it is the exemplar denoiser; below sigma_d it returns (about) its own input,
+x_t / a, instead of snapping to the nearest exemplar. That is what a trained network does at low noise, and what
+DDIM inversion (ISM, TSM, CSM) assumes: with sigma_d = 0 the inverted noise absorbs the whole render-to-exemplar
+residual and those objectives lose their pull towards the exemplar (docs/benchmarks.md, "Diagnosis").
+
 Samples live in pixel space ([-1,1], [B,3,h,w]), like DeepFloyd IF: there is no VAE.
 """
 
@@ -38,7 +50,7 @@ class ExemplarPrior:
     steps_offset = 0
 
     def __init__(self, images: Tensor, view_dirs: Tensor, tags: Sequence[Sequence[str]], kappa: float = 150.0,
-                 device: torch.device | str = "cpu", name: str = "exemplar"):
+                 device: torch.device | str = "cpu", name: str = "exemplar", data_sigma: float = 0.0):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"exemplar images must be [N,3,h,w], got {tuple(images.shape)}")
         if view_dirs.shape != (images.shape[0], 3) or len(tags) != images.shape[0]:
@@ -53,6 +65,9 @@ class ExemplarPrior:
         self.tags = [frozenset(t) for t in tags]
         self.vocabulary = sorted(set().union(*self.tags))
         self.kappa = float(kappa)
+        if data_sigma < 0:
+            raise PriorError(f"prior.data-sigma must be >= 0, got {data_sigma}")
+        self.data_sigma = float(data_sigma)
         self.alphas_cumprod = scaled_linear_alphas_cumprod().to(self.device)
         self._cache: dict[str, Tensor] = {}
 
@@ -114,19 +129,26 @@ class ExemplarPrior:
             flat, sq, dirs, lp = flat[active], sq[active], dirs[active], lp[:, active]
         abar = self.alphas_cumprod[t.to(self.device)].float()[:, None]  # [B,1]
         xf = x_t.reshape(x_t.shape[0], -1).float()
-        # -||x_t - a x_i||^2 / (2(1-abar)) up to a per-row constant: (a x_t.x_i - abar |x_i|^2 / 2) / (1 - abar)
-        logits = (abar.sqrt() * (xf @ flat.T) - 0.5 * abar * sq) / (1 - abar) + lp
+        # -||x_t - a x_i||^2 / (2v) up to a per-row constant: (a x_t.x_i - abar |x_i|^2 / 2) / v,
+        # v = abar sigma_d^2 + 1 - abar
+        v = abar * self.data_sigma ** 2 + (1 - abar)
+        logits = (abar.sqrt() * (xf @ flat.T) - 0.5 * abar * sq) / v + lp
         if cams is not None and self.kappa:
             d = F.normalize(cams.position.to(self.device).float(), dim=-1)
             logits = logits + self.kappa * d @ dirs.T
         return torch.softmax(logits, dim=-1)
 
     def denoise(self, x_t: Tensor, t: Tensor, cond: Cond, cams: Cameras | None = None) -> Tensor:
-        """Posterior mean D(x_t) [B,3,h,w]."""
+        """Posterior mean D(x_t) [B,3,h,w] (float32)."""
         active = self._active(cond)
         w = self.posterior_weights(x_t, t, cond, cams, active)
         flat = self.flat if active is None else self.flat[active]
-        return (w @ flat).reshape(x_t.shape)
+        mean = (w @ flat).reshape(x_t.shape)
+        if not self.data_sigma:
+            return mean
+        abar = self.alphas_cumprod[t.to(self.device)].float().view(-1, 1, 1, 1)
+        c = abar.sqrt() * self.data_sigma ** 2 / (abar * self.data_sigma ** 2 + 1 - abar)
+        return (1 - abar.sqrt() * c) * mean + c * x_t.float()
 
     @torch.no_grad()
     def predict_eps(self, x_t: Tensor, t: Tensor, cond: Cond, cams: Cameras | None = None) -> Tensor:
@@ -156,4 +178,5 @@ class ExemplarPrior:
                 tags = json.load(f)
         except (OSError, ValueError) as e:
             raise PriorError(f"cannot read the exemplar prior in {folder}: {e}") from None
-        return cls(data["images"], data["view_dirs"], tags, cfg.kappa, device, name=os.path.basename(folder))
+        return cls(data["images"], data["view_dirs"], tags, cfg.kappa, device, name=os.path.basename(folder),
+                   data_sigma=cfg.data_sigma)

@@ -61,7 +61,8 @@ class ShapesPrior(ExemplarPrior):
                 images.append(r.colourise(colour).permute(0, 3, 1, 2) * 2 - 1)
                 dirs.append(cams.position)
                 tags += [(colour, shape)] * len(cams)
-        super().__init__(torch.cat(images), torch.cat(dirs), tags, cfg.kappa, device, name="shapes")
+        super().__init__(torch.cat(images), torch.cat(dirs), tags, cfg.kappa, device, name="shapes",
+                         data_sigma=cfg.data_sigma)
 
     def log_prior(self, prompt: str):
         if prompt.strip():
@@ -117,7 +118,8 @@ class LightAwareShapesPrior(ExemplarPrior):
                         images.append(compose_dielectric(r, alb).permute(0, 3, 1, 2) * 2 - 1)
                         dirs.append(cams.position)
                         tags += [(colour, shape, lighting_word(env, k))] * len(cams)
-        super().__init__(torch.cat(images), torch.cat(dirs), tags, cfg.kappa, device, name="shapes-light")
+        super().__init__(torch.cat(images), torch.cat(dirs), tags, cfg.kappa, device, name="shapes-light",
+                         data_sigma=cfg.data_sigma)
 
     def log_prior(self, prompt: str):
         if prompt.strip():
