@@ -513,13 +513,18 @@ class Mesh(nn.Module):
         "normal" [M,3] (the perturbed world-space shading normal, which the exporter re-expresses in its own
         tangent frame as a tangent-space normal map) with ``normal_perturbation``."""
         with torch.no_grad():
-            if self.cfg.material == "uv" and uv is None:  # the exporter passes points only: nearest vertex's UV
+            if self.cfg.material == "uv" and uv is None:  # points only (no UVs given): the nearest vertex's UV
                 uv = self.uv[self._nearest_vertex(x)].to(x)
             m = self._material(x, uv)
             out = {"albedo": m["albedo"], "roughness": m["roughness"][:, 0], "metallic": m["metallic"][:, 0]}
             if "perturb" in m:
                 out["normal"] = perturb_normal(self._nearest_normal(x), m["perturb"])
         return out
+
+    @property
+    def uv_material(self) -> bool:
+        """Materials are UV textures addressed by this mesh's own UVs (the exporter then bakes by UV, exactly)."""
+        return self.cfg.material == "uv"
 
     def _nearest_vertex(self, x: Tensor) -> Tensor:
         """Index [M] of the current surface's vertex nearest to each point x [M,3]."""

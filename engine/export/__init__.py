@@ -123,7 +123,8 @@ def bake_scene(scene, opts: ExportOptions) -> Baked:
     t2 = time.perf_counter()
     step = info.get("spacing", 0.01)
     bopts = BakeOptions(texture_size=opts.texture_size, padding=opts.padding, roughness=opts.roughness,
-                        metallic=opts.metallic, normal_map=opts.normal_map, normal_step=step)
+                        metallic=opts.metallic, normal_map=opts.normal_map, normal_step=step,
+                        scene_uv=bool(info.get("kept_uv")) and bool(getattr(scene, "uv_material", False)))
     textures, tan = bake(scene, mesh, bopts, field_normals=field_normals)
     t3 = time.perf_counter()
     R = up_matrix(opts.up)

@@ -59,6 +59,9 @@ class BakeOptions:
     """For field scenes, bake the density gradient's normal (detail lost to decimation) into the normal map."""
     normal_step: float = 0.01
     """Material queries are made this far (metres, halved) inside the surface along the normal."""
+    scene_uv: bool = False
+    """The mesh's UVs are the scene's own texture coordinates (a UV-textured fixed mesh): each texel's material is
+    looked up at its exact interpolated UV (``query_material(x, uv=...)``) instead of by position."""
 
     def __post_init__(self) -> None:
         if self.normal_map not in ("opengl", "directx"):
@@ -189,10 +192,11 @@ def srgb_to_linear(x: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def _query(fn, x: np.ndarray, device, chunk: int = 65536):
+def _query(fn, x: np.ndarray, device, chunk: int = 65536, uv: np.ndarray | None = None):
     outs = []
     for i in range(0, x.shape[0], chunk):
-        out = fn(torch.as_tensor(x[i:i + chunk], dtype=torch.float32, device=device))
+        args = [torch.as_tensor(a[i:i + chunk], dtype=torch.float32, device=device) for a in (x, uv) if a is not None]
+        out = fn(*args)
         outs.append({k: v.float().cpu().numpy() for k, v in out.items()} if isinstance(out, dict)
                     else out.float().cpu().numpy())
     if outs and isinstance(outs[0], dict):
@@ -200,12 +204,14 @@ def _query(fn, x: np.ndarray, device, chunk: int = 65536):
     return np.concatenate(outs) if outs else np.zeros((0,))
 
 
-def _surface_material(scene, p: np.ndarray, n: np.ndarray, opts: BakeOptions, device, field_normals=None) -> dict:
-    """Per-point base colour (sRGB), occlusion, roughness, metallic and an optional world shading normal."""
+def _surface_material(scene, p: np.ndarray, n: np.ndarray, opts: BakeOptions, device, field_normals=None,
+                      uv: np.ndarray | None = None) -> dict:
+    """Per-point base colour (sRGB), occlusion, roughness, metallic and an optional world shading normal; ``uv``:
+    the points' texture coordinates in the scene's own UV space (BakeOptions.scene_uv)."""
     inward = p - n * (0.5 * opts.normal_step)
     m = len(p)
     if hasattr(scene, "query_material"):
-        mat = _query(scene.query_material, inward, device)
+        mat = _query(scene.query_material, inward, device, uv=uv)
         out = {"base_color": linear_to_srgb(mat["albedo"]),
                "roughness": np.asarray(mat.get("roughness", np.full(m, opts.roughness))).reshape(m),
                "metallic": np.asarray(mat.get("metallic", np.full(m, opts.metallic))).reshape(m),
@@ -261,7 +267,7 @@ def bake(scene, mesh: Mesh, opts: BakeOptions, device=None, field_normals=None) 
     t -= n * (t * n).sum(-1, keepdims=True)
     t /= np.maximum(np.linalg.norm(t, axis=-1, keepdims=True), 1e-12)
     b = np.cross(n, t) * tan[tri[:, 0], 3:4]
-    mat = _surface_material(scene, p, n, opts, device, field_normals)
+    mat = _surface_material(scene, p, n, opts, device, field_normals, interp(mesh.uv) if opts.scene_uv else None)
 
     ts = np.tile([0.0, 0.0, 1.0], (len(p), 1))
     if mat["normal"] is not None:
