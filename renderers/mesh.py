@@ -65,6 +65,9 @@ class MeshConfig:
     """"field" (hash grid + MLP over position) or "uv" (textures at the mesh's UVs; fixed meshes with UVs)."""
     texture_resolution: int = 256
     """Side of the UV textures in "uv" material mode."""
+    mipmap: bool = True
+    """"uv" material mode: trilinear mip-mapping at each pixel's own level of detail (from analytic screen-space uv
+    derivatives), so minified textures average instead of aliasing; off: bilinear at level 0."""
     roughness_range: tuple[float, float] = (0.08, 1.0)
     """Range the roughness head maps into."""
     max_metallic: float = 1.0
@@ -495,12 +498,14 @@ class Mesh(nn.Module):
             out["perturb"] = self.cfg.normal_strength * torch.tanh(raw[..., 5:8])
         return out
 
-    def _material(self, x: Tensor, uv: Tensor | None = None) -> dict[str, Tensor]:
-        """Material at world points x [N,3] (field) or UVs [N,2] (textures)."""
+    def _material(self, x: Tensor, uv: Tensor | None = None, uv_da: Tensor | None = None) -> dict[str, Tensor]:
+        """Material at world points x [N,3] (field) or UVs [N,2] (textures; ``uv_da`` [N,4]: their screen-space
+        derivatives, for mip-mapping). Textures hold the heads' pre-activations, filtered before the activation."""
         if self.cfg.material == "uv":
             grid = uv.view(1, 1, -1, 2)
-            a = K.texture(self.cfg.backend, self.tex_albedo, grid)[0, 0]
-            rm = K.texture(self.cfg.backend, self.tex_rm, grid)[0, 0]
+            da = None if uv_da is None else uv_da.view(1, 1, -1, 4)
+            a = K.texture(self.cfg.backend, self.tex_albedo, grid, uv_da=da)[0, 0]
+            rm = K.texture(self.cfg.backend, self.tex_rm, grid, uv_da=da)[0, 0]
             return self._heads(torch.cat([a, rm], -1))
         u = (x + self.cfg.radius) / (2 * self.cfg.radius)
         raw = self.mlp(self.encoding(u))
@@ -604,7 +609,10 @@ class Mesh(nn.Module):
         idx = mask.reshape(-1).nonzero()[:, 0]
         flat = maps.reshape(-1, maps.shape[-1])[idx]
         x, n = flat[:, 0:3], F.normalize(flat[:, 3:6], dim=-1)
-        mat = self._material(x, flat[:, 6:8] if self.cfg.material == "uv" else None)
+        uv_da = None
+        if self.cfg.material == "uv" and self.cfg.mipmap:
+            uv_da = K.uv_derivatives(pos, f, rast, attrs[2], tri_c).reshape(-1, 4)[idx]
+        mat = self._material(x, flat[:, 6:8] if self.cfg.material == "uv" else None, uv_da)
         cam_pos = cams.position.to(v.dtype)[idx // (H * W)]
         view = F.normalize(cam_pos - x, dim=-1)
         back = (n * view).sum(-1, keepdim=True) < 0

@@ -184,8 +184,15 @@ def splat(backend: str, means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"]
             raise ValueError(f"unknown backend {backend!r}; resolve it with resolve_backend() first")
 
 
-from renderers.kernels.raster import antialias, interpolate, rasterize, resolve_raster_backend, texture  # noqa: E402
+from renderers.kernels.raster import (  # noqa: E402
+    antialias,
+    interpolate,
+    rasterize,
+    resolve_raster_backend,
+    texture,
+    uv_derivatives,
+)
 
-__all__ = ["rasterize", "interpolate", "texture", "antialias", "resolve_raster_backend",
+__all__ = ["rasterize", "interpolate", "texture", "uv_derivatives", "antialias", "resolve_raster_backend",
            "BACKENDS", "ENV_VAR", "resolve_backend", "sample_rays", "render_weights", "accumulate_along_rays",
            "RaySamples", "OccupancyGrid", "splat", "SplatResult"]

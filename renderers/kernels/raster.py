@@ -1,5 +1,7 @@
 """Dispatch for the mesh raster op family (style.md §4.3): ``rasterize``, ``interpolate``, ``texture``,
 ``antialias``, each with a torch backend (raster_torch.py, any device) and a cuda backend (nvdiffrast, optional).
+``uv_derivatives`` (screen-space uv derivatives for mip-mapped ``texture``) is analytic tensor math from the
+rasteriser's output, shared by both backends.
 
 ``resolve_raster_backend`` is ``resolve_backend`` plus an nvdiffrast check: nvdiffrast is never required, so
 "auto" on a GPU without it uses the torch ops (on the GPU, warning once) and an explicit "cuda" does the same with a
@@ -78,18 +80,32 @@ def interpolate(backend: str, attr: Tensor, rast: Tensor, tri: Tensor) -> Tensor
             raise ValueError(f"unknown backend {backend!r}; resolve it with resolve_raster_backend() first")
 
 
+def uv_derivatives(pos: Tensor, tri: Tensor, rast: Tensor, uv: Tensor, uv_tri: Tensor | None = None) -> Tensor:
+    """uv_da [B,H,W,4] = (du/dx, du/dy, dv/dx, dv/dy) per pixel of ``uv`` [N,2] over ``rast``: analytic barycentric
+    derivatives, no gradient; either backend's rast. ``uv_tri`` [F,3] indexes ``uv`` per triangle when it differs
+    from ``tri`` (e.g. per-corner UVs); by default uv is per vertex of ``pos``."""
+    import torch  # noqa: PLC0415
+
+    with torch.no_grad():
+        db = raster_torch.bary_derivatives(pos, tri, rast)
+        return raster_torch.interpolate_da(uv.detach(), rast, tri if uv_tri is None else uv_tri, db)
+
+
 def texture(backend: str, tex: Tensor, uv: Tensor, filter_mode: str = "linear", boundary_mode: str = "wrap",
-            mip_level: float = 0.0) -> Tensor:
-    """Sample tex [B,h,w,C] at uv [B,H,W,2] (uv (0,0) = first texel in memory)."""
+            mip_level: float = 0.0, uv_da: Tensor | None = None) -> Tensor:
+    """Sample tex [B,h,w,C] at uv [B,H,W,2] (uv (0,0) = first texel in memory); ``uv_da`` [B,H,W,4] turns on
+    per-pixel trilinear mip-mapping (``mip_level`` is then a level bias)."""
     if uv.ndim != 4 or uv.shape[-1] != 2:
         raise ValueError(f"texture: uv must be [B,H,W,2], got {tuple(uv.shape)}")
+    if uv_da is not None and uv_da.shape != (*uv.shape[:-1], 4):
+        raise ValueError(f"texture: uv_da must be [B,H,W,4] like uv, got {tuple(uv_da.shape)}")
     match backend:
         case "torch":
-            return raster_torch.texture(tex, uv, filter_mode, boundary_mode, mip_level)
+            return raster_torch.texture(tex, uv, filter_mode, boundary_mode, mip_level, uv_da)
         case "cuda":
             from renderers.kernels import raster_cuda  # noqa: PLC0415
 
-            return raster_cuda.texture(tex, uv, filter_mode, boundary_mode, mip_level)
+            return raster_cuda.texture(tex, uv, filter_mode, boundary_mode, mip_level, uv_da)
         case _:
             raise ValueError(f"unknown backend {backend!r}; resolve it with resolve_raster_backend() first")
 

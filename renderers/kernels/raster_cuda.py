@@ -49,11 +49,15 @@ def interpolate(attr: Tensor, rast: Tensor, tri: Tensor) -> Tensor:
 
 
 def texture(tex: Tensor, uv: Tensor, filter_mode: str = "linear", boundary_mode: str = "wrap",
-            mip_level: float = 0.0) -> Tensor:
+            mip_level: float = 0.0, uv_da: Tensor | None = None) -> Tensor:
     import nvdiffrast.torch as dr  # noqa: PLC0415
 
     if tex.ndim == 3:
         tex = tex[None]
+    if uv_da is not None:  # per-pixel level from the derivatives (+ the scalar bias), trilinear
+        bias = torch.full(uv.shape[:-1], float(mip_level), device=uv.device) if mip_level > 0 else None
+        return dr.texture(tex.float().contiguous(), uv.float().contiguous(), uv_da=uv_da.float().contiguous(),
+                          mip_level_bias=bias, filter_mode="linear-mipmap-linear", boundary_mode=boundary_mode)
     if mip_level > 0:  # a constant level bias, as the torch op's scalar mip level
         bias = torch.full(uv.shape[:-1], float(mip_level), device=uv.device)
         return dr.texture(tex.float().contiguous(), uv.float().contiguous(), mip_level_bias=bias,

@@ -7,7 +7,8 @@ The four ops mirror nvdiffrast's (renderers.md §3.1) so the cuda backend is a d
   barycentrics. Clip y = −1 is image row 0 (nvdiffrast's convention; a camera that wants row 0 at the top negates
   P[1,1]). Pixel (x, y) has its centre at NDC ((2x + 1)/W − 1, (2y + 1)/H − 1).
 - ``interpolate(attr, rast, tri)`` → [B,H,W,C], zero on the background.
-- ``texture(tex, uv)`` → bilinear lookup with wrap/clamp boundaries and an optional scalar mip level.
+- ``texture(tex, uv, uv_da=None)`` → bilinear lookup with wrap/clamp boundaries; with ``uv_da`` (screen-space uv
+  derivatives, from ``bary_derivatives`` + ``interpolate_da``) trilinear mip-mapping at a per-pixel level.
 - ``antialias(color, rast, pos, tri)`` → analytic silhouette antialiasing, the source of silhouette gradients.
 
 How rasterisation works (two passes):
@@ -194,6 +195,70 @@ def interpolate(attr: Tensor, rast: Tensor, tri: Tensor) -> Tensor:
     return out.index_put((idx,), vals).view(B, H, W, C)
 
 
+@torch.no_grad()
+def bary_derivatives(pos: Tensor, tri: Tensor, rast: Tensor) -> Tensor:
+    """rast_db [B,H,W,4] = (du/dx, du/dy, dv/dx, dv/dy): screen-space derivatives (per pixel) of the
+    perspective-correct barycentrics (u, v) of ``rast``, analytic, zero on the background (nvdiffrast's rast_db).
+
+    Screen barycentrics b_k = e_k / S are affine (de_k/dx = a_y − b_y, de_k/dy = b_x − a_x for the edge a→b opposite
+    vertex k, S = Σ e_k); with q_k = b_k / w_k and Q = Σ q_k, λ_k = q_k / Q and dλ_k = (dq_k − λ_k dQ) / Q.
+    """
+    B, H, W, _ = rast.shape
+    pos = _batched_pos(pos.detach())
+    xy, _, w = _screen(pos, H, W)
+    flat = rast.reshape(-1, 4)
+    tid = flat[:, 3].long() - 1
+    idx = (tid >= 0).nonzero()[:, 0]
+    out = rast.new_zeros(B * H * W, 4)
+    if idx.numel() == 0:
+        return out.view(B, H, W, 4)
+    b = idx // (H * W)
+    vidx = tri.long()[tid[idx]]
+    v = xy[b[:, None], vidx]  # [P,3,2]
+    px, py = (idx % W).to(v.dtype), ((idx % (H * W)) // W).to(v.dtype)
+    e = _edge_functions(v, px, py)
+    S = e.sum(-1, keepdim=True)
+    a, c = v[:, [1, 2, 0]], v[:, [2, 0, 1]]  # the edge opposite vertex k runs v_{k+1} -> v_{k+2}
+    db_dx, db_dy = (a[..., 1] - c[..., 1]) / S, (c[..., 0] - a[..., 0]) / S
+    inv_w = 1.0 / w[b[:, None], vidx]
+    q = e / S * inv_w
+    Q = q.sum(-1, keepdim=True)
+    lam = q / Q
+    dq_dx, dq_dy = db_dx * inv_w, db_dy * inv_w
+    dl_dx = (dq_dx - lam * dq_dx.sum(-1, keepdim=True)) / Q
+    dl_dy = (dq_dy - lam * dq_dy.sum(-1, keepdim=True)) / Q
+    vals = torch.stack([dl_dx[:, 0], dl_dy[:, 0], dl_dx[:, 1], dl_dy[:, 1]], -1)
+    return out.index_put((idx,), vals.to(out.dtype)).view(B, H, W, 4)
+
+
+def interpolate_da(attr: Tensor, rast: Tensor, tri: Tensor, rast_db: Tensor) -> Tensor:
+    """Screen-space derivatives [B,H,W,2C] of the interpolated ``attr`` [V,C] (or [B,V,C]): per channel c,
+    (dA_c/dx, dA_c/dy), nvdiffrast's attribute-derivative layout (A = u a_0 + v a_1 + (1 − u − v) a_2)."""
+    B, H, W, _ = rast.shape
+    tid = rast.reshape(-1, 4)[:, 3].detach().long() - 1
+    idx = (tid >= 0).nonzero()[:, 0]
+    C = attr.shape[-1]
+    out = attr.new_zeros(B * H * W, 2 * C)
+    if idx.numel() == 0:
+        return out.view(B, H, W, 2 * C)
+    vidx = tri.long()[tid[idx]]
+    a = attr[vidx] if attr.ndim == 2 else attr[(idx // (H * W))[:, None], vidx]  # [P,3,C]
+    db = rast_db.reshape(-1, 4)[idx].to(attr.dtype)
+    d0, d1 = a[:, 0] - a[:, 2], a[:, 1] - a[:, 2]  # [P,C]
+    dx = db[:, 0:1] * d0 + db[:, 2:3] * d1
+    dy = db[:, 1:2] * d0 + db[:, 3:4] * d1
+    return out.index_put((idx,), torch.stack([dx, dy], -1).reshape(-1, 2 * C)).view(B, H, W, 2 * C)
+
+
+def level_of_detail(uv_da: Tensor, size: tuple[int, int]) -> Tensor:
+    """Per-pixel level of detail log2(ρ) ≥ 0 from ``uv_da`` [...,4] = (du/dx, du/dy, dv/dx, dv/dy) for a texture of
+    ``size`` (h, w): ρ is the longer of the pixel's two footprint axes in texels (the isotropic OpenGL rule)."""
+    h, w = size
+    ddx = torch.stack([uv_da[..., 0] * w, uv_da[..., 2] * h], -1).norm(dim=-1)
+    ddy = torch.stack([uv_da[..., 1] * w, uv_da[..., 3] * h], -1).norm(dim=-1)
+    return torch.log2(torch.maximum(ddx, ddy).clamp_min(1e-12)).clamp_min(0.0)
+
+
 def mip_pyramid(tex: Tensor, levels: int | None = None) -> list[Tensor]:
     """2×2-average mips of ``tex`` [B,h,w,C] down to 1 texel on the short side (or ``levels`` levels)."""
     out = [tex]
@@ -210,11 +275,13 @@ def _sample(tex: Tensor, uv: Tensor, mode: str, padding: str) -> Tensor:
 
 
 def texture(tex: Tensor, uv: Tensor, filter_mode: str = "linear", boundary_mode: str = "wrap",
-            mip_level: float = 0.0) -> Tensor:
+            mip_level: float = 0.0, uv_da: Tensor | None = None) -> Tensor:
     """Sample ``tex`` [B,h,w,C] (or [h,w,C]) at ``uv`` [B,H,W,2]; uv (0,0) is the first texel in memory.
 
-    filter_mode "linear" or "nearest"; boundary_mode "wrap", "clamp" or "zero"; ``mip_level`` > 0 samples the
-    2×2-average mip pyramid at that (fractional, scalar) level — a per-pixel level would need uv derivatives.
+    filter_mode "linear" or "nearest"; boundary_mode "wrap", "clamp" or "zero". ``uv_da`` [B,H,W,4] (screen-space
+    uv derivatives) selects trilinear mip-mapping: each pixel blends the two 2×2-average mip levels around its own
+    level of detail (``mip_level``), which is raised by the scalar ``mip_level`` bias. Without ``uv_da`` a scalar
+    ``mip_level`` > 0 samples the pyramid at that one level for every pixel.
     """
     if tex.ndim == 3:
         tex = tex[None]
@@ -232,6 +299,15 @@ def texture(tex: Tensor, uv: Tensor, filter_mode: str = "linear", boundary_mode:
             padding = "zeros"
         case _:
             raise ValueError(f"boundary_mode must be wrap, clamp or zero, got {boundary_mode!r}")
+    if uv_da is not None:
+        mips = mip_pyramid(tex)
+        lvl = (level_of_detail(uv_da.detach(), tex.shape[1:3]) + float(mip_level)).clamp(0, len(mips) - 1)
+        out = 0.0
+        for k, m in enumerate(mips):  # tent weights: each pixel uses its two neighbouring levels
+            wk = (1 - (lvl - k).abs()).clamp_min(0)[..., None]
+            if bool((wk > 0).any()):
+                out = out + wk * _sample(m, uv, mode, padding)
+        return out
     if mip_level <= 0:
         return _sample(tex, uv, mode, padding)
     mips = mip_pyramid(tex)
