@@ -19,8 +19,23 @@ import tempfile
 import threading
 import time
 
-from apps.jobs import (DONE, EXPORTING, FAILED, IMAGE_TYPES, MESH_TYPES, QUEUED, RUNNING, STOPPED, JobManager, Limits,
-                       QueueFull, UploadError, check_image, check_mesh, keep_upload)
+from apps.jobs import (
+    DONE,
+    EXPORTING,
+    FAILED,
+    IMAGE_TYPES,
+    MESH_TYPES,
+    QUEUED,
+    RUNNING,
+    STOPPED,
+    JobManager,
+    Limits,
+    QueueFull,
+    UploadError,
+    check_image,
+    check_mesh,
+    keep_upload,
+)
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 PRIOR_SHAPES, PRIOR_MODEL = "shapes (built-in, runs on a CPU)", "diffusion model (hub id or folder)"

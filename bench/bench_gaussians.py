@@ -20,8 +20,7 @@ import time
 import torch
 
 from engine.cameras import orbit_cameras
-from renderers.kernels import splat
-from renderers.kernels import splat_cuda
+from renderers.kernels import splat, splat_cuda
 
 
 def _scene(n: int, device: torch.device):

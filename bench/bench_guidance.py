@@ -69,11 +69,11 @@ def run(name: str, prompt: str, steps: int, out: str, renderer: str, eval_every:
 
 def diversity(steps: int, out: str, renderer: str) -> list[str]:
     """Final colours of 4 VSD particles and of 4 SDS seeds on "a cube"."""
+    import engine.train as train_mod
     from engine.cli import build_generate_config
     from engine.outputs import evaluate_shapes
     from engine.train import generate
     from tests.test_guidance_e2e import proof_argv
-    import engine.train as train_mod
     lines = []
     for name, n_particles, seeds in (("vsd", 4, [0]), ("sds", 1, [0, 1, 2, 3])):
         colours = []

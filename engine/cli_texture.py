@@ -32,8 +32,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from guidance import GUIDANCES
     from engine.texture import TextureConfig, TextureError, texture_mesh
+    from guidance import GUIDANCES
     from guidance.priors.base import PriorError
 
     if args.guidance not in GUIDANCES:

@@ -20,7 +20,6 @@ from guidance.prompts import PromptConfig
 from renderers import RENDERERS
 from renderers.base import BackgroundConfig
 
-
 GuidanceConfig = Union[tuple(GUIDANCES.values())]  # type: ignore[valid-type]
 RendererConfig = Union[tuple(RENDERERS.values())]  # type: ignore[valid-type]
 

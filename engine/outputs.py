@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from engine.cameras import CameraConfig, Cameras, turntable
 from engine import shapes
+from engine.cameras import CameraConfig, Cameras, turntable
 
 
 def write_json(path: str, data: dict) -> None:

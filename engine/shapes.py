@@ -127,8 +127,8 @@ def render_shape(shape: str, cams: Cameras, supersample: int = 2, chunk: int = 8
     H, W, s = cams.height, cams.width, supersample
     hi = Cameras(cams.c2w.float().cpu(), cams.fovy.float().cpu(), W * s, H * s, cams.azimuth.cpu(),
                  cams.elevation.cpu(), cams.distance.cpu())
-    l = torch.tensor(LIGHT_DIR)
-    l = l / l.norm()
+    light = torch.tensor(LIGHT_DIR)
+    light = light / light.norm()
     covs, shades = [], []
     with torch.no_grad():
         for i in range(0, len(hi), chunk):
@@ -136,7 +136,7 @@ def render_shape(shape: str, cams: Cameras, supersample: int = 2, chunk: int = 8
             shp = o.shape[:-1]
             hit, p = _sphere_trace(shape, o.reshape(-1, 3), d.reshape(-1, 3))
             n = _normals(shape, p)
-            shade = (AMBIENT + DIFFUSE * (n @ l).clamp_min(0)) * hit
+            shade = (AMBIENT + DIFFUSE * (n @ light).clamp_min(0)) * hit
             cov = hit.float().reshape(shp)
             shade = shade.reshape(shp)
             pool = torch.nn.functional.avg_pool2d

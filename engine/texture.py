@@ -323,8 +323,8 @@ def material_report(scene, mesh: LoadedMesh, cfg: TextureConfig) -> dict:
 
 def texture_mesh(cfg: TextureConfig, log=None) -> dict:
     """The whole command: returns the report (also written to <out>/report.json)."""
-    from engine.outputs import save_png
     from engine.cameras import orbit_cameras
+    from engine.outputs import save_png
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -128,7 +128,8 @@ def guided_eps(prior: Prior, x_t: Tensor, t: Tensor, prompts, cams: Cameras, sca
     cond = prompts.cond(cams) if cond is None else cond
     if convention == "standard" and scale == 1.0:
         return prior.predict_eps(x_t, t, cond, cams)
-    eps = prior.predict_eps(torch.cat([x_t, x_t]), torch.cat([t, t]), Cond.cat([cond, uncond]), Cameras.cat([cams, cams]))
+    eps = prior.predict_eps(torch.cat([x_t, x_t]), torch.cat([t, t]), Cond.cat([cond, uncond]),
+                            Cameras.cat([cams, cams]))
     eps_y, eps_u = eps.chunk(2)
     return classifier_free_guidance(eps_u, eps_y, scale, convention)
 

@@ -84,7 +84,7 @@ def brdf_integrals(n_dot_v: Tensor, roughness: Tensor, samples: int = 1024) -> t
     phi = 2 * math.pi * xi1
     cos_h = torch.sqrt((1 - xi2) / (1 + (alpha * alpha - 1) * xi2))
     sin_h = torch.sqrt((1 - cos_h * cos_h).clamp_min(0))
-    hx, hy, hz = sin_h * torch.cos(phi), sin_h * torch.sin(phi), cos_h
+    hx, hz = sin_h * torch.cos(phi), cos_h  # the y component drops out: v lies in the xz plane
     vx, vz = torch.sqrt(1 - nv * nv), nv
     v_dot_h = vx * hx + vz * hz
     lz = 2 * v_dot_h * hz - vz  # n·l
@@ -179,7 +179,8 @@ class EnvironmentLight:
         self.name = name
         radiance = radiance.detach().float().cpu()
         h = radiance.shape[0]
-        self.roughness = [MIN_ROUGHNESS] + [MIN_ROUGHNESS + 0.42 * i / (levels - 2) for i in range(1, levels - 1)] + [1.0]
+        self.roughness = ([MIN_ROUGHNESS] + [MIN_ROUGHNESS + 0.42 * i / (levels - 2) for i in range(1, levels - 1)]
+                          + [1.0])
         self.specular = [radiance]
         for i in range(1, levels):
             out_h = max(4, h >> i)

@@ -16,8 +16,17 @@ import pytest
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from apps import jobs  # noqa: E402
-from apps.gradio_app import (INPUT_KEYS, PRIOR_MODEL, PRIOR_SHAPES, InputError, build_config,  # noqa: E402
-                             check_model_id, check_overrides, form_argv, status_html)
+from apps.gradio_app import (  # noqa: E402
+    INPUT_KEYS,
+    PRIOR_MODEL,
+    PRIOR_SHAPES,
+    InputError,
+    build_config,
+    check_model_id,
+    check_overrides,
+    form_argv,
+    status_html,
+)
 from apps.jobs import JobManager, Limits, UploadError, check_image, check_mesh  # noqa: E402
 
 # A job short enough for a loaded 2-core CPU: a few steps at 32 px, a tiny video and export.

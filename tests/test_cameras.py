@@ -3,8 +3,16 @@ import math
 import pytest
 import torch
 
-from engine.cameras import (CameraConfig, Cameras, look_at, orbit_cameras, orbit_position, sample_cameras, turntable,
-                            view_labels)
+from engine.cameras import (
+    CameraConfig,
+    Cameras,
+    look_at,
+    orbit_cameras,
+    orbit_position,
+    sample_cameras,
+    turntable,
+    view_labels,
+)
 
 
 def test_orbit_convention_y_up_front_is_plus_z():

@@ -11,10 +11,10 @@ import json
 import os
 
 import pytest
+from tiny_models import tiny_sd_path
 
 from engine.cli import main
 from engine.outputs import read_status
-from tiny_models import tiny_sd_path
 
 
 def test_red_cube_demo_reconstructs_the_cube(tmp_path, capsys):

@@ -23,7 +23,7 @@ def _tiny_prior(kappa=5.0, data_sigma=0.0):
 @pytest.mark.parametrize("t_val", [5, 300, 900])
 def test_gaussian_mixture_denoiser_is_tweedies_formula(t_val):
     """data_sigma > 0: the denoiser equals Tweedie's E[x0|x_t] = (x_t + (1-abar) grad log p_t(x_t)) / sqrt(abar), with
-    p_t = sum_i pi_i N(sqrt(abar) x_i, (abar sd^2 + 1 - abar) I) written out in float64 and differentiated by autograd."""
+    p_t = sum_i pi_i N(sqrt(abar) x_i, (abar sd^2 + 1 - abar) I) written out in float64, differentiated by autograd."""
     sd, kappa = 0.4, 5.0
     prior, X, dirs = _tiny_prior(kappa, sd)
     cams = orbit_cameras(torch.tensor([30.0, -120.0]), torch.tensor([10.0, 35.0]), 2.0, 40.0, 4)

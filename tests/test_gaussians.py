@@ -9,8 +9,17 @@ import torch
 
 from engine.cameras import orbit_cameras
 from renderers.gaussians import Gaussians, GaussiansConfig, resolve_splat_backend
-from renderers.kernels.splat_torch import (ALPHA_MAX, ALPHA_MIN, T_MIN, covariance, eval_sh, project,
-                                           quat_to_rotmat, rasterize, splat_torch)
+from renderers.kernels.splat_torch import (
+    ALPHA_MAX,
+    ALPHA_MIN,
+    T_MIN,
+    covariance,
+    eval_sh,
+    project,
+    quat_to_rotmat,
+    rasterize,
+    splat_torch,
+)
 from renderers.ply import load_ply, save_ply
 
 gsplat_ref = pytest.importorskip("gsplat.cuda._torch_impl")

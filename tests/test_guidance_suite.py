@@ -119,7 +119,8 @@ def test_tsm_gamma_one_is_exactly_ism_and_gamma_03_matches_reference(toy_prior, 
     from guidance.ism import ISMConfig, TSMConfig
     prompts, rgb, noise = _setup(toy_prior)
     ism = ISMConfig().build(toy_prior, torch.Generator(), 5000)
-    tsm1 = TSMConfig(gamma=1.0, pixel_clip=0.0, timesteps=ISMConfig().timesteps).build(toy_prior, torch.Generator(), 5000)
+    tsm1 = TSMConfig(gamma=1.0, pixel_clip=0.0, timesteps=ISMConfig().timesteps).build(toy_prior, torch.Generator(),
+                                                                                       5000)
     a = _got(ism(rgb, prompts, cams4, 10, t=500, noise=noise), rgb)
     b = _got(tsm1(rgb, prompts, cams4, 10, t=500, noise=noise), rgb)
     assert torch.equal(a, b)
@@ -192,7 +193,8 @@ def test_csd_coefficients_reproduce_sds(toy_prior, cams4):
     csd = CSDConfig(c_y=const(s + 1), c_neg=const(-s), c_null=const(0.0), c_n=const(-1.0), weighting="sds",
                     timesteps=TimestepConfig()).build(toy_prior, torch.Generator(), 10)
     sds = SDSConfig(guidance_scale=s, cfg_convention="threestudio").build(toy_prior, torch.Generator(), 10)
-    _close(_got(csd(rgb, prompts, cams4, 0, t=t, noise=noise), rgb), _got(sds(rgb, prompts, cams4, 0, t=t, noise=noise), rgb))
+    _close(_got(csd(rgb, prompts, cams4, 0, t=t, noise=noise), rgb),
+           _got(sds(rgb, prompts, cams4, 0, t=t, noise=noise), rgb))
 
 
 def test_csm_gradient_matches_reference(toy_prior, cams4):
@@ -219,7 +221,7 @@ def test_vsd_with_particle_score_equal_to_noise_is_sds(toy_prior, cams4):
     prompts, rgb, noise = _setup(toy_prior)
     t = torch.tensor([20, 250, 600, 980])
     vsd = VSDConfig(lambda_lora=0.0).build(toy_prior, torch.Generator().manual_seed(0), 10)
-    vsd.particle_eps = lambda x_t, tt, cond, cam: noise
+    vsd.particle_eps = lambda x_t, tt, cond, cam, control=None: noise
     sds = SDSConfig(guidance_scale=7.5, cfg_convention="standard").build(toy_prior, torch.Generator(), 10)
     _close(_got(vsd(rgb, prompts, cams4, 0, t=t, noise=noise), rgb),
            _got(sds(rgb, prompts, cams4, 0, t=t, noise=noise), rgb))

@@ -16,11 +16,11 @@ def _numeric_ab(nv: float, r: float, n: int = 600) -> tuple[float, float]:
     th = (torch.arange(n, dtype=torch.float64) + 0.5) / n * math.pi / 2
     ph = (torch.arange(2 * n, dtype=torch.float64) + 0.5) / (2 * n) * 2 * math.pi
     th, ph = torch.meshgrid(th, ph, indexing="ij")
-    l = torch.stack([torch.sin(th) * torch.cos(ph), torch.sin(th) * torch.sin(ph), torch.cos(th)], -1)
+    light = torch.stack([torch.sin(th) * torch.cos(ph), torch.sin(th) * torch.sin(ph), torch.cos(th)], -1)
     dw = torch.sin(th) * (math.pi / 2 / n) * (2 * math.pi / (2 * n))
     v = torch.tensor([math.sqrt(1 - nv * nv), 0, nv], dtype=torch.float64)
-    h = F.normalize(l + v, dim=-1)
-    nl = l[..., 2]
+    h = F.normalize(light + v, dim=-1)
+    nl = light[..., 2]
     g = 1 / (1 + pbr.smith_lambda(torch.tensor(nv, dtype=torch.float64), a) + pbr.smith_lambda(nl, a))
     fs = pbr.ggx_d(h[..., 2], a) * g / (4 * nl * nv)
     fc = (1 - (h * v).sum(-1)) ** 5

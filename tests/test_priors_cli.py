@@ -5,9 +5,9 @@ model_index.json; TSM on SDXL with the Gaussian renderer is the Dreamer XL confi
 import json
 
 import pytest
+from tiny_models import tiny_if_path, tiny_sdxl_path
 
 from engine.cli import main
-from tiny_models import tiny_if_path, tiny_sdxl_path
 
 GUIDANCES = ("sds", "vsd", "ism", "tsm", "asd", "csm", "csd")
 

@@ -8,11 +8,11 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from tiny_models import make_unsupported, tiny_if_path, tiny_sd_path, tiny_sdxl_path  # noqa: E402
 
 from guidance.base import add_noise, classifier_free_guidance, surrogate_loss, weight  # noqa: E402
 from guidance.priors import PriorConfig, build_prior  # noqa: E402
 from guidance.priors.base import Cond, Prior, PriorError, scaled_linear_alphas_cumprod  # noqa: E402
-from tiny_models import make_unsupported, tiny_if_path, tiny_sd_path, tiny_sdxl_path  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -327,6 +327,7 @@ def deepfloyd(tiny_if, tmp_path_factory):
 
 def test_if_is_a_pixel_prior(deepfloyd):
     import torch.nn.functional as F
+
     from guidance.priors.deepfloyd import DeepFloydIFPrior
     assert type(deepfloyd) is DeepFloydIFPrior and deepfloyd.latent is False and deepfloyd.resolution == 16
     rgb = torch.rand(2, 32, 32, 3, requires_grad=True)

@@ -111,7 +111,6 @@ def render_matched_threshold(scene, grid: np.ndarray, bound: float, start: float
     grid (a few seconds on a CPU).
     """
     import torch
-
     import torch.nn.functional as F
 
     import renderers.kernels as K

@@ -51,7 +51,9 @@ class RaySamples:
         return rays_o[self.ray_indices] + self.t[:, None] * rays_d[self.ray_indices]
 
     def to(self, device) -> "RaySamples":
-        mv = (lambda x: None if x is None else x.to(device))
+        def mv(x):
+            return None if x is None else x.to(device)
+
         return RaySamples(self.ray_indices.to(device), self.t_starts.to(device), self.t_ends.to(device),
                           self.t.to(device), self.n_rays, mv(self.dense_index), mv(self.dense_t_starts),
                           mv(self.dense_t_ends))
