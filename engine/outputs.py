@@ -14,6 +14,7 @@ Every file is written under a temporary name and renamed, so nothing half-writte
 import json
 import os
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -102,18 +103,36 @@ def eval_cameras(cam_cfg: CameraConfig, n: int, resolution: int) -> Cameras:
     return turntable(n, cam_cfg, resolution, azimuth_offset=5.0)
 
 
+@contextmanager
+def ground_truth_light(scene):
+    """Relightable scenes (``relightable = True``: the PBR mesh, whose albedo carries no lighting) render under the
+    shapes world's own light (mesh eval_shading "shapes") inside this block; field scenes bake their lighting into
+    their colour and render as they are."""
+    meshes = [s for s in getattr(scene, "scenes", [scene]) if getattr(s, "relightable", False)]
+    old = [s.cfg.eval_shading for s in meshes]
+    for s in meshes:
+        s.cfg.eval_shading = "shapes"
+    try:
+        yield scene
+    finally:
+        for s, o in zip(meshes, old):
+            s.cfg.eval_shading = o
+
+
 def evaluate_shapes(scene, prompt: str, cam_cfg: CameraConfig, n: int, resolution: int, device) -> dict:
     """PSNR and silhouette IoU against the shapes world's ground truth on held-out views.
 
     Needs a shape in the prompt; without a colour, PSNR is computed against the closest of the world's colours
-    (the prompt allows any) and the chosen colour is reported.
+    (the prompt allows any) and the chosen colour is reported. Relightable scenes are lit like the ground truth
+    (``ground_truth_light``), so the comparison is of geometry and albedo, not of lighting models.
     """
     colour, shape = shapes.parse_prompt(prompt)
     if shape is None:
         return {}
     cams = eval_cameras(cam_cfg, n, resolution)
     white = torch.ones(3)
-    rgb, alpha = render_views(scene, cams.to(device), white)
+    with ground_truth_light(scene):
+        rgb, alpha = render_views(scene, cams.to(device), white)
     ref = shapes.render_shape(shape, cams)
     candidates = [colour] if colour else list(shapes.COLOURS)
     scores = {c: shapes.psnr(rgb, ref.colourise(c)) for c in candidates}

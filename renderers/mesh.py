@@ -92,7 +92,9 @@ class MeshConfig:
     env_height: int = 32
     """Rows of the equirect maps after loading (the pre-filtered levels are built from it)."""
     eval_shading: str = "pbr"
-    """Shading outside training: "pbr" or "albedo" (sRGB albedo, unlit, comparable to the NeRF's evaluation)."""
+    """Shading outside training: "pbr", "albedo" (sRGB albedo, unlit) or "shapes" (the shapes world's own light,
+    engine/shapes.py: sRGB albedo x (0.6 + 0.4 max(0, n.l)); what its ground truth is rendered with, so an
+    evaluation against it compares geometry and albedo, not lighting models)."""
     crease_angle: float = 45.0
     """Corners whose smooth normal differs from the face normal by more than this use the face normal (degrees)."""
     antialias: bool = True
@@ -129,8 +131,8 @@ class MeshConfig:
             raise ValueError(f"mesh.mode must be deformable or fixed, got {self.mode!r}")
         if self.material not in ("field", "uv"):
             raise ValueError(f"mesh.material must be field or uv, got {self.material!r}")
-        if self.eval_shading not in ("pbr", "albedo"):
-            raise ValueError(f"mesh.eval_shading must be pbr or albedo, got {self.eval_shading!r}")
+        if self.eval_shading not in ("pbr", "albedo", "shapes"):
+            raise ValueError(f"mesh.eval_shading must be pbr, albedo or shapes, got {self.eval_shading!r}")
         if not self.envs:
             raise ValueError("mesh.envs must name at least one environment")
         if self.normal_perturbation and self.material != "field":
@@ -338,6 +340,8 @@ def surface_colour(scene, x: Tensor, n: Tensor, spacing: float, kind: str = "den
 
 class Mesh(nn.Module):
     """PBR triangle-mesh scene implementing the Scene protocol (renderers/base.py)."""
+
+    relightable = True  # albedo without lighting: evaluations light it like their ground truth (engine/outputs.py)
 
     def __init__(self, cfg: MeshConfig, gen: torch.Generator, device: torch.device | str = "cpu",
                  fixed: tuple[Tensor, Tensor, Tensor | None] | None = None):
@@ -626,6 +630,12 @@ class Mesh(nn.Module):
         if shading == "pbr":
             env = environment(env_name, self.cfg.env_height).to(v.device)
             lin = pbr.shade(mat["albedo"], mat["roughness"], mat["metallic"], n, view, env, rot)["rgb"]
+        elif shading == "shapes":
+            from engine.shapes import LIGHT_DIR  # noqa: PLC0415
+
+            light = F.normalize(torch.tensor(LIGHT_DIR, dtype=n.dtype, device=n.device), dim=0)
+            shade = 0.6 + 0.4 * (n * light).sum(-1, keepdim=True).clamp_min(0)
+            lin = pbr.srgb_to_linear(pbr.linear_to_srgb(mat["albedo"]) * shade)
         else:
             lin = mat["albedo"]
 

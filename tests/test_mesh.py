@@ -234,3 +234,25 @@ def test_mesh_scene_exports_its_surface_and_the_perturbed_normal_map():
         maps[name] = baked.textures.normal.reshape(-1, 3).astype(float)
     flat_dev, tilted_dev = (float(abs(maps[k] - [128, 128, 255]).mean()) for k in ("flat", "tilted"))
     assert flat_dev < 5 and tilted_dev > 12, (flat_dev, tilted_dev)  # measured 2.3 and 20.5
+
+
+def test_shapes_evaluation_lights_a_mesh_like_its_ground_truth():
+    """A cube mesh with the world's red albedo scores high against the shaded ground truth only when lit like it
+    (engine.outputs.ground_truth_light); the scene's own eval shading is restored afterwards."""
+    from engine import outputs, shapes
+    from engine.cameras import CameraConfig
+    from renderers import pbr
+
+    v, f = primitive_mesh("cube")
+    scene = Mesh.from_arrays(MeshConfig(eval_shading="albedo"), v, f, None, torch.Generator().manual_seed(0))
+    lin = pbr.srgb_to_linear(torch.tensor(shapes.COLOURS["red"]) / 255.0)
+    with torch.no_grad():
+        scene.mlp[2].weight.zero_()
+        scene.mlp[2].bias[:3] = torch.logit(lin)
+    scene.eval()
+    lit = outputs.evaluate_shapes(scene, "a red cube", CameraConfig(), 4, 64, "cpu")
+    assert scene.cfg.eval_shading == "albedo"
+    scene.relightable = False  # as a field scene would be: rendered as it is (unlit albedo)
+    flat = outputs.evaluate_shapes(scene, "a red cube", CameraConfig(), 4, 64, "cpu")
+    assert lit["psnr"] > 30 and lit["iou"] > 0.97, lit
+    assert lit["psnr"] > flat["psnr"] + 5, (lit, flat)
