@@ -1,8 +1,11 @@
 """The `engine` command: generate, export, app.
 
 `engine generate PROMPT [--guidance NAME] [--renderer NAME] [--prior NAME] [--preset NAME] [--steps N] [--seed S]
-[--resolution R] [--out RUN_DIR] [--resume RUN_DIR] [--load-config YAML] [typed overrides, e.g.
+[--image REF.png] [--resolution R] [--out RUN_DIR] [--resume RUN_DIR] [--load-config YAML] [typed overrides, e.g.
 --guidance.guidance-scale 7.5]`
+
+`--image` is the visual prompt of the objectives that take one (csm: TV-3DG's visual-prompt CSM); without
+`--guidance` it selects csm.
 
 Two-stage parsing (style.md §4.5): an argparse pre-parser reads the component choices and shortcuts, then tyro
 parses the remaining typed overrides against a default config built from those choices, so `--help` shows the
@@ -28,6 +31,7 @@ def _pre_parser(guidances, renderers, presets) -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(presets))
     p.add_argument("--prior")
     p.add_argument("--steps", type=int)
+    p.add_argument("--image")
     p.add_argument("--resume")
     p.add_argument("--load-config")
     p.add_argument("-h", "--help", action="store_true")
@@ -52,7 +56,7 @@ def build_generate_config(argv: list[str]):
         raise SystemExit(USAGE_ERROR) from None
     known.prompt = prompt
     if known.resume:
-        if rest or known.prompt or known.guidance or known.renderer or known.load_config:
+        if rest or known.prompt or known.guidance or known.renderer or known.load_config or known.image:
             _fail("--resume continues a run with its saved config; it takes no other options")
         if not os.path.isfile(os.path.join(known.resume, "config.yaml")):
             _fail(f"{known.resume} is not a run folder (no config.yaml)")
@@ -68,8 +72,16 @@ def build_generate_config(argv: list[str]):
         base = PRESETS[preset]()
     if known.prior:
         base.prior.name = known.prior
+    if known.image is not None and not known.guidance and not hasattr(base.guidance, "image"):
+        known.guidance = "csm"  # the objective with visual prompts
     if known.guidance and type(base.guidance) is not GUIDANCES[known.guidance]:
         base.guidance = GUIDANCES[known.guidance]()
+    if known.image is not None:
+        if not hasattr(base.guidance, "image"):
+            with_image = [n for n, c in GUIDANCES.items() if "image" in c.__dataclass_fields__]
+            _fail(f"--image (a visual prompt) works with --guidance {' or '.join(with_image)}, "
+                  f"not {type(base.guidance).__name__.removesuffix('Config').lower()}")
+        rest = ["--guidance.image", known.image, *rest]
     if known.renderer and type(base.renderer) is not RENDERERS[known.renderer]:
         base.renderer = RENDERERS[known.renderer]()
     if known.prompt is not None:

@@ -7,10 +7,12 @@ eps_hat = CFG(eps_u, eps_y) at (x_t, t), and the update on z is
 
 applied through the detached-target surrogate (guidance/base.py). w(t) = 1 - abar_t by default. The two CFG
 conventions (threestudio's s and the standard s, guidance-spec §1.3) are selectable; with guidance_scale 1 in the
-standard convention the unconditional branch is skipped, since eps_hat = eps_y exactly.
+standard convention the unconditional branch is skipped, since eps_hat = eps_y exactly. With Perp-Neg (§1.7,
+``perp_neg.enabled``) eps_hat is the Perp-Neg combination, in the standard convention at the equivalent scale
+(threestudio's s is the standard s + 1).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -22,12 +24,12 @@ from guidance.base import (
     TimestepConfig,
     add_noise,
     check_choices,
-    classifier_free_guidance,
     sample_timesteps,
     surrogate_loss,
     weight,
 )
-from guidance.priors.base import Cond, Prior
+from guidance.perp_neg import PerpNegConfig, guided_eps
+from guidance.priors.base import Prior
 from guidance.prompts import PromptSet
 
 
@@ -47,6 +49,8 @@ class SDSConfig:
     """Clamp each element of g to [-grad_clip, grad_clip]; 0 disables."""
     reduction: str = "mean"
     """Loss scaling over the batch: "mean" (threestudio, dL/dz = g/B) or "sum" (SpecifyGradient, dL/dz = g)."""
+    perp_neg: PerpNegConfig = field(default_factory=PerpNegConfig)
+    """Perp-Neg (guidance-spec §1.7): view-dependent negative prompts projected off the positive direction."""
 
     def __post_init__(self) -> None:
         if self.timesteps is None:
@@ -55,17 +59,6 @@ class SDSConfig:
 
     def build(self, prior: Prior, gen: torch.Generator, total_steps: int) -> "SDS":
         return SDS(self, prior, gen, total_steps)
-
-
-def cfg_eps(prior: Prior, x_t: Tensor, t: Tensor, cond: Cond, uncond: Cond, cams: Cameras | None, scale: float,
-            convention: str) -> Tensor:
-    """eps_hat with classifier-free guidance, one batched prior call; skips eps_u when it cannot matter."""
-    if convention == "standard" and scale == 1.0:
-        return prior.predict_eps(x_t, t, cond, cams)
-    both_cams = None if cams is None else Cameras.cat([cams, cams])
-    eps = prior.predict_eps(torch.cat([x_t, x_t]), torch.cat([t, t]), Cond.cat([cond, uncond]), both_cams)
-    eps_y, eps_u = eps.chunk(2)
-    return classifier_free_guidance(eps_u, eps_y, scale, convention)
 
 
 class SDS(Objective):
@@ -85,8 +78,11 @@ class SDS(Objective):
             noise = torch.randn(z.shape, generator=self.gen).to(z.device, z.dtype)
         with torch.no_grad():
             x_t = add_noise(z.detach(), noise, t, ac)
-            eps_hat = cfg_eps(prior, x_t, t, prompts.cond(cams), prompts.uncond(B), cams, cfg.guidance_scale,
-                              cfg.cfg_convention)
+            if cfg.perp_neg.enabled:  # Perp-Neg is defined in the standard convention
+                scale = cfg.guidance_scale + (1.0 if cfg.cfg_convention == "threestudio" else 0.0)
+                eps_hat = guided_eps(prior, x_t, t, prompts, cams, scale, "standard", cfg.perp_neg)
+            else:
+                eps_hat = guided_eps(prior, x_t, t, prompts, cams, cfg.guidance_scale, cfg.cfg_convention)
             w = weight(t, ac, cfg.weighting).view(-1, 1, 1, 1)
             g = w * (eps_hat - noise)
             if cfg.grad_clip > 0:

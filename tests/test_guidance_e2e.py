@@ -51,7 +51,8 @@ def make_tiny_ip_adapter(path, sd_path: str, clip_dim: int = 16, seed: int = 0) 
             key_id += 2
         os.makedirs(os.path.dirname(weights), exist_ok=True)
         save_file(sd, weights)
-        enc = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4,
+        enc = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=37,
+                                                             num_attention_heads=4,
                                                              num_hidden_layers=2, image_size=32, patch_size=8,
                                                              projection_dim=clip_dim))
         enc.save_pretrained(os.path.join(path, "models", "image_encoder"))
@@ -105,12 +106,27 @@ def test_vsd_particles_run_and_checkpoint(tmp_path):
 
 def test_csm_with_an_image_prompt_shapes_and_ip_adapter(tmp_path, tiny_sd, tiny_ip_adapter):
     img = _red_png(tmp_path / "ref.png")
-    _generate(["a cube", "--prior", "shapes", "--guidance", "csm", "--guidance.image", img, "--steps", "2",
-               "--resolution", "32", "--train.eval-views", "2", "--out", str(tmp_path / "a")])
-    _generate(["a red cube", "--prior", tiny_sd, "--guidance", "csm", "--guidance.image", img,
+    out = _generate(["a cube", "--prior", "shapes", "--image", img, "--steps", "2",  # --image alone selects csm
+                     "--resolution", "32", "--train.eval-views", "2", "--out", str(tmp_path / "a")])
+    with open(os.path.join(out, "config.yaml")) as f:
+        saved = f.read()
+    assert "name: csm" in saved and img in saved
+    _generate(["a red cube", "--prior", tiny_sd, "--guidance", "csm", "--image", img,
                "--guidance.ip-adapter", tiny_ip_adapter, "--guidance.ip-adapter-subfolder", "models",
                "--guidance.ip-adapter-weight-name", "ip-adapter_tiny.safetensors", "--guidance.ip-adapter-scale",
                "0.7", "--steps", "2", "--resolution", "32", "--out", str(tmp_path / "b")])
+
+
+def test_image_prompt_needs_an_objective_that_takes_one(tmp_path, capsys):
+    from engine.cli import main
+    img = _red_png(tmp_path / "ref.png")
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "a cube", "--guidance", "sds", "--image", img, "--out", str(tmp_path / "run")])
+    assert e.value.code == 2 and "--guidance csm" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "a cube", "--image", str(tmp_path / "missing.png"), "--out", str(tmp_path / "run")])
+    assert e.value.code == 2 and "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_ip_adapter_embeds_change_the_prediction(tmp_path, tiny_sd, tiny_ip_adapter, cams4):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engine.cameras import orbit_cameras
-from guidance.base import TimestepConfig, clip_grad_per_pixel, dreamtime_timestep, sample_timesteps
+from guidance.base import TimestepConfig, add_noise, clip_grad_per_pixel, dreamtime_timestep, sample_timesteps
 from guidance.perp_neg import PerpNegConfig, lucid_weights, perpendicular, threestudio_weights
 from guidance.prompts import PromptConfig, PromptSet
 
@@ -406,3 +406,25 @@ def test_every_objective_on_the_shapes_prior_reaches_the_render_only(shapes_prio
     assert rgb.grad is not None and torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
     assert shapes_prior.images.grad is None and not shapes_prior.images.requires_grad
     assert all(math.isfinite(v) for v in out.logs.values())
+
+
+def test_sds_with_perp_neg_uses_the_perp_neg_prediction(toy_prior):
+    """SDS + Perp-Neg: g = w(t) (eps_perpneg - n), with threestudio's s = 6.5 read as the standard 7.5."""
+    from guidance.perp_neg import guided_eps
+    from guidance.sds import SDSConfig
+    prompts = PromptSet(toy_prior, "a red cube", NEG)
+    cams = orbit_cameras(torch.tensor([10.0, 120.0]), 20.0, 2.5, 40.0, 32)
+    rgb = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([300, 700])
+    pn = PerpNegConfig(enabled=True)
+    sds = SDSConfig(guidance_scale=6.5, cfg_convention="threestudio", weighting="uniform", reduction="sum",
+                    perp_neg=pn).build(toy_prior, torch.Generator(), 10)
+    got = _got(sds(rgb, prompts, cams, 0, t=t, noise=noise), rgb)
+    z = toy_prior.encode(rgb)
+    x_t = add_noise(z.detach(), noise, t, toy_prior.alphas_cumprod)
+    g = guided_eps(toy_prior, x_t, t, prompts, cams, 7.5, "standard", pn) - noise
+    (want,) = torch.autograd.grad((z * g).sum(), rgb)
+    _close(got, want)
+    plain = SDSConfig(guidance_scale=6.5, weighting="uniform", reduction="sum").build(toy_prior, torch.Generator(), 10)
+    assert not torch.allclose(_got(plain(rgb, prompts, cams, 0, t=t, noise=noise), rgb), got)
