@@ -4,7 +4,11 @@ One step = rasterize → interpolate (per-vertex colour) → antialias → mean-
 positions. Icospheres (radius 0.6, 2.5 m away, 40° fov) with subdivisions chosen for ≈1k/5k/20k faces
 (1280/5120/20480). Minimum of ``--repeats`` runs, torch.set_num_threads(--threads).
 
-    python bench/bench_raster.py [--repeats 3] [--threads 2] [--json out.json]
+    python bench/bench_raster.py [--repeats 3] [--threads 2] [--json out.json] [--texture]
+
+``--texture`` adds the UV-texture step of the mesh renderer on the 5k-face sphere: interpolate UVs → sample a
+1024² RGB texture (bilinear at level 0, or trilinear mip-mapped at each pixel's level of detail from the analytic
+uv derivatives) → loss → backward to the texture.
 """
 
 import argparse
@@ -50,11 +54,34 @@ def bench(faces_sub: int, res: int, repeats: int) -> dict:
             "total_ms": round((fw + bw) * 1e3, 1)}
 
 
+def bench_texture(res: int, mip: bool, repeats: int, tex_size: int = 1024) -> dict:
+    import trimesh
+
+    m = trimesh.creation.icosphere(subdivisions=4, radius=0.6)
+    v = torch.tensor(m.vertices, dtype=torch.float32)
+    tri = torch.tensor(m.faces)
+    uv = torch.stack([torch.atan2(v[:, 0], v[:, 2]) / (2 * math.pi) + 0.5, torch.acos(v[:, 1] / 0.6) / math.pi], -1)
+    tex0 = torch.rand(1, tex_size, tex_size, 3, generator=torch.Generator().manual_seed(0))
+    pos = _perspective(v)
+    rast = R.rasterize(pos, tri, (res, res))
+    best = []
+    for _ in range(repeats):
+        tex = tex0.clone().requires_grad_()
+        t0 = time.perf_counter()
+        uvs = R.interpolate(uv, rast, tri)
+        da = R.interpolate_da(uv, rast, tri, R.bary_derivatives(pos, tri, rast)) if mip else None
+        loss = R.texture(tex, uvs, uv_da=da).square().mean()
+        loss.backward()
+        best.append(time.perf_counter() - t0)
+    return {"res": res, "mip": mip, "ms": round(min(best) * 1e3, 1)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default="")
+    p.add_argument("--texture", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
@@ -65,6 +92,12 @@ def main() -> None:
             rows.append(r)
             print(f"{r['faces']:>6} {r['res']:>5} {r['forward_ms']:>8} {r['backward_ms']:>8} {r['total_ms']:>9}",
                   flush=True)
+    if args.texture:
+        print(f"\n{'res':>5} {'texture 1024², level 0 ms':>27} {'mip-mapped ms':>14}")
+        for res in (64, 128, 256):
+            a, b = bench_texture(res, False, args.repeats), bench_texture(res, True, args.repeats)
+            rows += [a, b]
+            print(f"{res:>5} {a['ms']:>27} {b['ms']:>14}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"threads": args.threads, "rows": rows}, f, indent=2)

@@ -88,6 +88,21 @@ def to_eps(out: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor, predicti
             raise ValueError(f"unsupported prediction_type {prediction_type!r}")
 
 
+def from_eps(eps: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction_type: str) -> Tensor:
+    """Epsilon -> model output, the inverse of ``to_eps``: v = (eps - sigma x_t) / alpha, x0 = (x_t - sigma eps) /
+    alpha."""
+    abar = _bcast(alphas_cumprod[t], eps)
+    match prediction_type:
+        case "epsilon":
+            return eps
+        case "v_prediction":
+            return (eps - (1 - abar).sqrt() * x_t) / abar.sqrt()
+        case "sample":
+            return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+        case _:
+            raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+
+
 def training_target(x0: Tensor, noise: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction_type: str) -> Tensor:
     """The diffusion loss target: n (epsilon), alpha n - sigma x0 (v), or x0 (sample)."""
     abar = _bcast(alphas_cumprod[t], x0)

@@ -21,6 +21,11 @@ The particle score model:
 - priors without a UNet (exemplar / shapes, analytic test priors): a small conditional U-Net built here on the
   prior's sample space (``SmallScoreNet``), with time and camera embeddings. It ignores the text: a run has one
   prompt, so y is a constant. It predicts v (well-conditioned at every t), converted to epsilon as sigma x + alpha v.
+  With ``particle_base = "prior"`` (the default) the U-Net is a zero-initialised *residual* on the prior's own
+  prediction for the plain prompt, eps_phi = eps_prior(x_t, t, y) + U-Net, so that, like the LoRA (whose B matrix
+  starts at zero), the particle score starts as the pretrained model and only learns how the particles differ
+  from it. With "none" it is the bare U-Net, which starts at v = 0 and for the first steps makes VSD act like SDS
+  against a standard-normal score.
 
 Particles: with ``--particles N`` the training loop renders N scenes in one camera batch (renderers/particles.py);
 all of them are distilled against, and train, this one particle score model.
@@ -40,6 +45,7 @@ from guidance.base import (
     add_noise,
     attach_pixel_clip,
     check_choices,
+    from_eps,
     sample_timesteps,
     surrogate_loss,
     to_eps,
@@ -72,6 +78,9 @@ class VSDConfig:
     """Small U-Net (priors without a UNet): channels at full resolution."""
     particle_prediction: str = "v_prediction"
     """Small U-Net parameterisation: "v_prediction" or "epsilon"."""
+    particle_base: str = "prior"
+    """Small U-Net: "prior" (a residual on the prior's own prediction, starting as the pretrained model, like the
+    LoRA) or "none" (the bare U-Net)."""
     weighting: str = "sds"
     """w(t): "sds" = 1 - abar_t, "uniform", "fantasia3d", "ism"."""
     timesteps: TimestepConfig = field(default_factory=lambda: TimestepConfig(schedule="two-stage", start=5000))
@@ -87,6 +96,8 @@ class VSDConfig:
         check_choices(self)
         if self.particle_prediction not in PREDICTION_TYPES:
             raise ValueError(f"guidance.particle_prediction must be one of {PREDICTION_TYPES}")
+        if self.particle_base not in ("prior", "none"):
+            raise ValueError(f"guidance.particle_base must be prior or none, got {self.particle_base!r}")
         if not 0.0 <= self.camera_dropout <= 1.0:
             raise ValueError(f"guidance.camera_dropout must be in [0, 1], got {self.camera_dropout}")
 
@@ -156,15 +167,24 @@ class SmallScoreNet(nn.Module):
 
 
 class SmallParticleScore(nn.Module):
-    """Particle score for priors without a UNet: a SmallScoreNet in the prior's sample space."""
+    """Particle score for priors without a UNet: a SmallScoreNet in the prior's sample space, optionally as a
+    residual on ``base``, the prior whose prediction (for the given cond and cameras) it starts from."""
 
-    def __init__(self, channels: int, width: int, prediction_type: str):
+    def __init__(self, channels: int, width: int, prediction_type: str, base: Prior | None = None):
         super().__init__()
         self.net = SmallScoreNet(channels, width)
         self.prediction_type = prediction_type
+        self.base = [base] if base is not None else []  # a list: the prior is not a submodule
 
-    def raw(self, x_t: Tensor, t: Tensor, cond, cam: Tensor, control: Tensor | None = None) -> Tensor:
-        return self.net(x_t.float(), t, cam).to(x_t.dtype)
+    def raw(self, x_t: Tensor, t: Tensor, cond, cam: Tensor, control: Tensor | None = None,
+            cams: Cameras | None = None) -> Tensor:
+        out = self.net(x_t.float(), t, cam)
+        if self.base:
+            prior = self.base[0]
+            with torch.no_grad():
+                eps = prior.predict_eps(x_t, t, cond, cams).float()
+            out = out + from_eps(eps, x_t.float(), t, prior.alphas_cumprod, self.prediction_type)
+        return out.to(x_t.dtype)
 
     def trainable(self) -> list[nn.Parameter]:
         return list(self.parameters())
@@ -203,9 +223,11 @@ class LoRAParticleScore(nn.Module):
             return output
         return output + self.camera_mlp(self._cam).to(output.dtype)
 
-    def raw(self, x_t: Tensor, t: Tensor, cond, cam: Tensor, control: Tensor | None = None) -> Tensor:
-        """The LoRA UNet's raw output; ``control`` [B,K,H,W]: the ControlNet prior's condition images, whose
-        residuals steer this UNet call as they steer the pretrained one (guidance/controlnet.py)."""
+    def raw(self, x_t: Tensor, t: Tensor, cond, cam: Tensor, control: Tensor | None = None,
+            cams: Cameras | None = None) -> Tensor:
+        """The LoRA UNet's raw output (``cams`` unused: the camera enters through ``cam``); ``control`` [B,K,H,W]:
+        the ControlNet prior's condition images, whose residuals steer this UNet call as they steer the pretrained
+        one (guidance/controlnet.py)."""
         prior = self.prior[0]
         unet = prior.unet
         added = prior._added_cond(cond, x_t) if hasattr(prior, "_added_cond") else {}
@@ -252,7 +274,8 @@ class VSD(Objective):
         else:
             with torch.random.fork_rng():  # the run's generator drives initialisation
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-                self.particle = SmallParticleScore(self._channels(), cfg.particle_width, cfg.particle_prediction)
+                self.particle = SmallParticleScore(self._channels(), cfg.particle_width, cfg.particle_prediction,
+                                                   prior if cfg.particle_base == "prior" else None)
             self.particle.to(prior.device)
 
     def _channels(self) -> int:
@@ -260,18 +283,20 @@ class VSD(Objective):
             return int(self.prior.encode(torch.zeros(1, 8, 8, 3)).shape[1])
 
     # -- particle score --
-    def particle_eps(self, x_t: Tensor, t: Tensor, cond, cam: Tensor, control: Tensor | None = None) -> Tensor:
+    def particle_eps(self, x_t: Tensor, t: Tensor, cond, cam: Tensor, control: Tensor | None = None,
+                     cams: Cameras | None = None) -> Tensor:
         """eps_phi(x_t, t, y, c) (no gradient); s_phi != 1 mixes in the zero-camera branch."""
         ac, ptype = self.prior.alphas_cumprod, self.particle.prediction_type
         with torch.no_grad():
-            e_c = to_eps(self.particle.raw(x_t, t, cond, cam, control), x_t, t, ac, ptype)
+            e_c = to_eps(self.particle.raw(x_t, t, cond, cam, control, cams), x_t, t, ac, ptype)
             if self.cfg.guidance_scale_lora == 1.0:
                 return e_c
-            e0 = to_eps(self.particle.raw(x_t, t, cond, torch.zeros_like(cam), control), x_t, t, ac, ptype)
+            e0 = to_eps(self.particle.raw(x_t, t, cond, torch.zeros_like(cam), control, cams), x_t, t, ac, ptype)
             return e0 + self.cfg.guidance_scale_lora * (e_c - e0)
 
     def particle_loss(self, z: Tensor, cond, cam: Tensor, t: Tensor | None = None, noise: Tensor | None = None,
-                      keep: Tensor | None = None, control: Tensor | None = None) -> Tensor:
+                      keep: Tensor | None = None, control: Tensor | None = None,
+                      cams: Cameras | None = None) -> Tensor:
         """L_phi on detached samples: t' ~ U[0, T-1], fresh n', camera dropped with probability camera_dropout."""
         x0 = z.detach()
         B, ac = x0.shape[0], self.prior.alphas_cumprod
@@ -285,7 +310,7 @@ class VSD(Objective):
             keep = torch.rand(B, generator=self.gen) >= self.cfg.camera_dropout
         cam = cam * keep.to(cam.device, cam.dtype)[:, None]
         x_t = add_noise(x0, noise, t, ac)
-        out = self.particle.raw(x_t, t, cond, cam, control).float()
+        out = self.particle.raw(x_t, t, cond, cam, control, cams).float()
         target = training_target(x0, noise, t, ac, self.particle.prediction_type).float()
         return ((out - target) ** 2).mean()
 
@@ -318,10 +343,10 @@ class VSD(Objective):
         with torch.no_grad():
             x_t = add_noise(z.detach(), noise, t, ac)
             eps_pre = guided_eps(prior, x_t, t, prompts, cams, cfg.guidance_scale, "standard", cfg.perp_neg)
-            eps_phi = self.particle_eps(x_t, t, plain, cam, control)
+            eps_phi = self.particle_eps(x_t, t, plain, cam, control, cams)
             g = weight(t, ac, cfg.weighting).view(-1, *([1] * (z.ndim - 1))) * (eps_pre - eps_phi)
         loss_vsd = surrogate_loss(z, g, cfg.reduction)
-        loss_phi = self.particle_loss(z, plain, cam, particle_t, particle_noise, particle_keep, control)
+        loss_phi = self.particle_loss(z, plain, cam, particle_t, particle_noise, particle_keep, control, cams)
         return GuidanceOutput(loss_vsd + cfg.lambda_lora * loss_phi,
                               {"loss_vsd": loss_vsd.item(), "loss_lora": loss_phi.item(), "grad_norm": g.norm().item(),
                                "t": t.float().mean().item()})

@@ -68,6 +68,11 @@ class NeRFConfig:
     """λ of the Magic3D density blob λ·(1 − ‖x‖/s) added before the softplus."""
     blob_radius: float = 0.5
     """s of the density blob: the pre-activation bias is zero at this radius."""
+    init_albedo: str = "grey"
+    """Initial colour: "grey" (albedo logits near 0, as the MLP initialises them) or "random" (a saturated colour drawn
+    from the run's generator per scene: hue U(0, 1), saturation U(0.5, 1), value U(0.6, 0.95), set as the albedo
+    head's bias), so seeds and VSD particles start from different colours. (Uniform RGB draws are mostly greyish,
+    which every shapes-world colour prompt pulls to its white exemplars.)"""
     samples_per_ray: int = 32
     """Stratified samples per ray between the bbox entry and exit (torch backend)."""
     importance_samples: int = 0
@@ -118,6 +123,8 @@ class NeRFConfig:
         probs = self.shading_probs
         if len(probs) != 3 or min(probs) < 0 or abs(sum(probs) - 1) > 1e-6:
             raise ValueError(f"nerf.shading_probs must be 3 non-negative numbers summing to 1, got {probs}")
+        if self.init_albedo not in ("grey", "random"):
+            raise ValueError(f"nerf.init_albedo must be grey or random, got {self.init_albedo!r}")
         if self.eval_shading not in SHADINGS:
             raise ValueError(f"nerf.eval_shading must be one of {SHADINGS}, got {self.eval_shading!r}")
         if self.occupancy_every < 1:
@@ -130,6 +137,12 @@ class NeRFConfig:
     def build(self, gen: torch.Generator, device: torch.device | str = "cpu") -> "NeRF":
         """A NeRF on ``device`` whose initialisation and training randomness come from ``gen`` (a CPU generator)."""
         return NeRF(self, gen, device)
+
+
+def _hsv_to_rgb(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
+    """RGB [3] of one HSV colour (h in [0, 1))."""
+    k = (torch.tensor([5.0, 3.0, 1.0]) + 6.0 * h) % 6.0
+    return (v - v * s * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)).clamp(1e-3, 1 - 1e-3)
 
 
 def _mlp(d_in: int, width: int, d_out: int, gen: torch.Generator) -> nn.Sequential:
@@ -156,6 +169,11 @@ class NeRF(nn.Module):
         self.grid = HashGrid(cfg.levels, cfg.base_resolution, cfg.max_resolution, cfg.features_per_level,
                              cfg.log2_hashmap_size, gen=gen)
         self.mlp = _mlp(self.grid.out_dim, cfg.mlp_width, 4, gen)  # [density pre-activation, albedo logits]
+        if cfg.init_albedo == "random":
+            colour = _hsv_to_rgb(*(torch.tensor([0.0, 0.5, 0.6]) + torch.tensor([1.0, 0.5, 0.35])
+                                   * torch.rand(3, generator=gen)))
+            with torch.no_grad():
+                self.mlp[2].bias[1:4] = torch.logit(colour)
         self.occupancy = (OccupancyGrid(cfg.radius, cfg.occupancy_resolution, cfg.occupancy_threshold)
                           if cfg.occupancy_resolution > 0 else None)
         self.to(device)

@@ -221,19 +221,22 @@ def test_vsd_with_particle_score_equal_to_noise_is_sds(toy_prior, cams4):
     prompts, rgb, noise = _setup(toy_prior)
     t = torch.tensor([20, 250, 600, 980])
     vsd = VSDConfig(lambda_lora=0.0).build(toy_prior, torch.Generator().manual_seed(0), 10)
-    vsd.particle_eps = lambda x_t, tt, cond, cam, control=None: noise
+    vsd.particle_eps = lambda x_t, tt, cond, cam, control=None, cams=None: noise
     sds = SDSConfig(guidance_scale=7.5, cfg_convention="standard").build(toy_prior, torch.Generator(), 10)
     _close(_got(vsd(rgb, prompts, cams4, 0, t=t, noise=noise), rgb),
            _got(sds(rgb, prompts, cams4, 0, t=t, noise=noise), rgb))
 
 
-def test_vsd_gradient_and_particle_loss_match_reference(toy_prior, cams4):
+@pytest.mark.parametrize("base", ["none", "prior"])
+def test_vsd_gradient_and_particle_loss_match_reference(toy_prior, cams4, base):
+    """base "none": eps_phi = sigma x + alpha v_net; "prior": the U-Net is a residual on the prior's prediction for
+    the plain prompt, eps_phi = eps(x, t, y_plain) + alpha v_net (and v = v_net + (eps - sigma x) / alpha)."""
     from guidance.vsd import VSDConfig, camera_vector
     prompts, rgb, noise = _setup(toy_prior)
     t = torch.tensor([20, 250, 600, 980])
     pt, pn = torch.tensor([0, 999, 500, 10]), torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(5))
     keep = torch.tensor([True, False, True, True])
-    vsd = VSDConfig().build(toy_prior, torch.Generator().manual_seed(0), 10)
+    vsd = VSDConfig(particle_base=base).build(toy_prior, torch.Generator().manual_seed(0), 10)
     with torch.no_grad():  # make the particle net non-trivial
         for p in vsd.particle.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -245,15 +248,19 @@ def test_vsd_gradient_and_particle_loss_match_reference(toy_prior, cams4):
     x_t = a.sqrt() * z.double() + (1 - a).sqrt() * noise.double()
     c_y, c_u = _c(prompts.cond(cams4)), _c(prompts.uncond(4))
     e_pre = _eps(x_t, t, c_u) + 7.5 * (_eps(x_t, t, c_y) - _eps(x_t, t, c_u))
+    c_plain = _c(prompts.plain.expand(4))
     with torch.no_grad():
         v = net(x_t.float(), t, cam).double()
-    e_phi = (1 - a).sqrt() * x_t + a.sqrt() * v
+    e_phi = (1 - a).sqrt() * x_t + a.sqrt() * v if base == "none" else _eps(x_t, t, c_plain) + a.sqrt() * v
     g = (1 - a) * (e_pre - e_phi)
     _close(_got(out, rgb), _grad_wrt_rgb(toy_prior, rgb, g / 4))
     # the particle loss: v-target on detached samples, camera zeroed where keep is False
     ap = ac[pt].view(-1, 1, 1, 1).float()
     xp = ap.sqrt() * z + (1 - ap).sqrt() * pn
-    ref = ((net(xp, pt, cam * keep[:, None]) - (ap.sqrt() * pn - (1 - ap).sqrt() * z)) ** 2).mean()
+    v_hat = net(xp, pt, cam * keep[:, None])
+    if base == "prior":
+        v_hat = v_hat + ((_eps(xp.double(), pt, c_plain) - (1 - ap.double()).sqrt() * xp) / ap.double().sqrt()).float()
+    ref = ((v_hat - (ap.sqrt() * pn - (1 - ap).sqrt() * z)) ** 2).mean()
     assert out.logs["loss_lora"] == pytest.approx(ref.item(), rel=1e-5)
 
 

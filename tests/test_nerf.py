@@ -438,3 +438,20 @@ def test_fits_a_red_disc():
         nerf.after_step(step, out)
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 4, losses
+
+
+def test_random_initial_albedo_is_a_saturated_colour_per_seed():
+    from renderers.nerf import NeRFConfig
+    grey = NeRFConfig().build(torch.Generator().manual_seed(0))
+    same = NeRFConfig(init_albedo="random").build(torch.Generator().manual_seed(0))
+    # the draw comes after every other initialisation: the grey scene's parameters are unchanged
+    torch.testing.assert_close(grey.mlp[0].weight, same.mlp[0].weight)
+    cols = []
+    for seed in range(4):
+        scene = NeRFConfig(init_albedo="random").build(torch.Generator().manual_seed(seed))
+        c = torch.sigmoid(scene.mlp[2].bias[1:4].detach())
+        assert float(c.max() - c.min()) >= 0.6 * 0.5 - 1e-6  # saturation >= 0.5 at value >= 0.6
+        cols.append(c)
+    assert min(float((a - b).abs().max()) for i, a in enumerate(cols) for b in cols[i + 1:]) > 0.05
+    with pytest.raises(ValueError, match="init_albedo"):
+        NeRFConfig(init_albedo="pink")
