@@ -7,7 +7,9 @@ Each run is `engine generate PROMPT --prior shapes --guidance NAME` with the sha
 tests/test_guidance_e2e.py (PROOF_ARGS). Quality is the held-out evaluation of engine.outputs (PSNR on 8 views at
 azimuth 5 + 45 k, silhouette IoU), measured on the final scene and, every --eval-every steps, on checkpoints through
 the training loop's hooks, to find the first step at which PSNR >= 16 dB and IoU >= 0.80 (the proof's bar).
---diversity runs "a cube" with 4 VSD particles and with 4 SDS seeds and reports the final colours.
+--diversity runs "a cube" with 4 VSD particles and with 4 SDS seeds, every scene starting from its own random
+saturated colour (--renderer.init-albedo random), and reports the final colours, their mean pairwise distance and
+chroma (max - min channel).
 Prints a markdown table (paste it into docs/benchmarks.md, "## Guidance suite").
 """
 
@@ -68,7 +70,7 @@ def run(name: str, prompt: str, steps: int, out: str, renderer: str, eval_every:
 
 
 def diversity(steps: int, out: str, renderer: str) -> list[str]:
-    """Final colours of 4 VSD particles and of 4 SDS seeds on "a cube"."""
+    """Final colours of 4 VSD particles and of 4 SDS seeds on "a cube", from random saturated initial colours."""
     import engine.train as train_mod
     from engine.cli import build_generate_config
     from engine.outputs import evaluate_shapes
@@ -80,7 +82,8 @@ def diversity(steps: int, out: str, renderer: str) -> list[str]:
         for seed in seeds:
             argv = proof_argv(name, "a cube", f"{out}/div-{name}-{seed}", steps, seed) + [
                 "--renderer", renderer, "--particles", str(n_particles), "--train.no-progress",
-                "--train.video-frames", "0", "--train.eval-views", "0"]
+                "--train.video-frames", "0", "--train.eval-views", "0", "--train.no-export",
+                "--renderer.init-albedo", "random"]
             cfg, _ = build_generate_config(argv)
             holder = {}
             orig = train_mod._build_scene
@@ -92,8 +95,14 @@ def diversity(steps: int, out: str, renderer: str) -> list[str]:
             scenes = getattr(holder["s"], "scenes", [holder["s"]])
             for sc in scenes:
                 ev = evaluate_shapes(sc, "a cube", cfg.cameras, 8, cfg.resolution, "cpu")
-                colours.append(f"{ev['colour']} {tuple(round(v, 2) for v in ev['mean_rgb_in_mask'])}")
-        lines.append(f"- {name} ({'4 particles' if n_particles > 1 else '4 seeds'}): " + "; ".join(colours))
+                colours.append((ev["colour"], ev["mean_rgb_in_mask"]))
+        rgb = torch.tensor([c for _, c in colours])
+        pair = torch.cdist(rgb, rgb)[torch.triu_indices(len(rgb), len(rgb), 1).unbind()]
+        chroma = rgb.amax(1) - rgb.amin(1)
+        lines.append(f"- {name} ({'4 particles' if n_particles > 1 else '4 seeds'}): "
+                     + "; ".join(f"{c} {tuple(round(v, 2) for v in m)}" for c, m in colours)
+                     + f" | mean pairwise rgb distance {pair.mean():.3f}, "
+                     + f"chroma {', '.join(f'{x:.2f}' for x in chroma)}")
     return lines
 
 

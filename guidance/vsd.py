@@ -21,11 +21,11 @@ The particle score model:
 - priors without a UNet (exemplar / shapes, analytic test priors): a small conditional U-Net built here on the
   prior's sample space (``SmallScoreNet``), with time and camera embeddings. It ignores the text: a run has one
   prompt, so y is a constant. It predicts v (well-conditioned at every t), converted to epsilon as sigma x + alpha v.
-  With ``particle_base = "prior"`` (the default) the U-Net is a zero-initialised *residual* on the prior's own
-  prediction for the plain prompt, eps_phi = eps_prior(x_t, t, y) + U-Net, so that, like the LoRA (whose B matrix
-  starts at zero), the particle score starts as the pretrained model and only learns how the particles differ
-  from it. With "none" it is the bare U-Net, which starts at v = 0 and for the first steps makes VSD act like SDS
-  against a standard-normal score.
+  With ``particle_base = "prior"`` the U-Net is a zero-initialised *residual* on the prior's own prediction for
+  the plain prompt, eps_phi = eps_prior(x_t, t, y) + U-Net, so that, like the LoRA (whose B matrix starts at zero),
+  the particle score starts as the pretrained model and only learns how the particles differ from it. The default
+  "none" is the bare U-Net (starting at v = 0): on the shapes world it reaches the bar in 300 steps (a red cube
+  17.8 dB / IoU 0.87) where the residual, whose VSD gradient starts at zero, does not (15.8 / 0.80).
 
 Particles: with ``--particles N`` the training loop renders N scenes in one camera batch (renderers/particles.py);
 all of them are distilled against, and train, this one particle score model.
@@ -78,9 +78,9 @@ class VSDConfig:
     """Small U-Net (priors without a UNet): channels at full resolution."""
     particle_prediction: str = "v_prediction"
     """Small U-Net parameterisation: "v_prediction" or "epsilon"."""
-    particle_base: str = "prior"
-    """Small U-Net: "prior" (a residual on the prior's own prediction, starting as the pretrained model, like the
-    LoRA) or "none" (the bare U-Net)."""
+    particle_base: str = "none"
+    """Small U-Net: "none" (the bare U-Net) or "prior" (a residual on the prior's own prediction, starting as the
+    pretrained model, like the LoRA)."""
     weighting: str = "sds"
     """w(t): "sds" = 1 - abar_t, "uniform", "fantasia3d", "ism"."""
     timesteps: TimestepConfig = field(default_factory=lambda: TimestepConfig(schedule="two-stage", start=5000))
