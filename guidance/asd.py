@@ -27,7 +27,6 @@ from guidance.base import (
     add_noise,
     attach_pixel_clip,
     check_choices,
-    sample_timesteps,
     surrogate_loss,
     weight,
 )
@@ -90,12 +89,7 @@ class ASD(Objective):
         ac = prior.alphas_cumprod
         T = ac.shape[0]
         min_step = int(T * cfg.timesteps.range_at(step, self.total_steps)[0])
-        if t is None:
-            t = sample_timesteps(cfg.timesteps, step, self.total_steps, B, self.gen, T)
-        t = t.to(z.device)
-        if noise is None:
-            noise = torch.randn(z.shape, generator=self.gen)
-        noise = noise.to(z.device, z.dtype)
+        t, noise = self.draw_t_noise(z, step, t, noise)
         if u is None and cfg.plus_random:
             u = torch.rand(B, generator=self.gen)
         t_plus = shifted_timesteps(t.cpu(), min_step, cfg.plus_ratio, u if cfg.plus_random else None, T).to(z.device)

@@ -48,6 +48,17 @@ class Objective:
     def param_groups(self) -> dict[str, dict]:
         return {}
 
+    def draw_t_noise(self, z: Tensor, step: int, t: Tensor | None = None,
+                     noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Per-sample timesteps t [B] from ``cfg.timesteps`` and the step's noise n ~ N(0, I) shaped like ``z``, drawn
+        in that order from the run's generator unless injected (tests), both on z's device."""
+        if t is None:
+            t = sample_timesteps(self.cfg.timesteps, step, self.total_steps, z.shape[0], self.gen,
+                                 self.prior.alphas_cumprod.shape[0])
+        if noise is None:
+            noise = torch.randn(z.shape, generator=self.gen)
+        return t.to(z.device), noise.to(z.device, z.dtype)
+
 
 def _bcast(v: Tensor, like: Tensor) -> Tensor:
     return v.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))

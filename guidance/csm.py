@@ -195,12 +195,7 @@ class CSD(Objective):
         z = prior.encode(rgb)
         B = z.shape[0]
         ac = prior.alphas_cumprod
-        if t is None:
-            t = sample_timesteps(cfg.timesteps, step, self.total_steps, B, self.gen, ac.shape[0])
-        t = t.to(z.device)
-        if noise is None:
-            noise = torch.randn(z.shape, generator=self.gen)
-        noise = noise.to(z.device, z.dtype)
+        t, noise = self.draw_t_noise(z, step, t, noise)
         c = self.coefficients(step)
         pn = cfg.perp_neg.enabled and c["pn"] != 0
         with torch.no_grad():

@@ -24,7 +24,6 @@ from guidance.base import (
     TimestepConfig,
     add_noise,
     check_choices,
-    sample_timesteps,
     surrogate_loss,
     weight,
 )
@@ -69,13 +68,8 @@ class SDS(Objective):
         """rgb [B,H,W,3] in [0,1]; ``t`` [B] and ``noise`` (sample-shaped) may be injected for tests."""
         prior, cfg = self.prior, self.cfg
         z = prior.encode(rgb)
-        B = z.shape[0]
         ac = prior.alphas_cumprod
-        if t is None:
-            t = sample_timesteps(cfg.timesteps, step, self.total_steps, B, self.gen, ac.shape[0])
-        t = t.to(z.device)
-        if noise is None:
-            noise = torch.randn(z.shape, generator=self.gen).to(z.device, z.dtype)
+        t, noise = self.draw_t_noise(z, step, t, noise)
         with torch.no_grad():
             x_t = add_noise(z.detach(), noise, t, ac)
             if cfg.perp_neg.enabled:  # Perp-Neg is defined in the standard convention

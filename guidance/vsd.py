@@ -46,7 +46,6 @@ from guidance.base import (
     attach_pixel_clip,
     check_choices,
     from_eps,
-    sample_timesteps,
     surrogate_loss,
     to_eps,
     training_target,
@@ -331,12 +330,7 @@ class VSD(Objective):
         attach_pixel_clip(rgb, cfg.pixel_clip)
         z = prior.encode(rgb)
         B, ac = z.shape[0], prior.alphas_cumprod
-        if t is None:
-            t = sample_timesteps(cfg.timesteps, step, self.total_steps, B, self.gen, ac.shape[0])
-        t = t.to(z.device)
-        if noise is None:
-            noise = torch.randn(z.shape, generator=self.gen)
-        noise = noise.to(z.device, z.dtype)
+        t, noise = self.draw_t_noise(z, step, t, noise)
         cam = camera_vector(cams).to(z.device)
         plain = prompts.plain.expand(B)  # the particle score uses the view-independent prompt
         control = prior.condition(cams, B) if getattr(prior, "takes_condition", False) else None
