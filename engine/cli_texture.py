@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--held-out-env", default=HELD_OUT_ENV)
     p.add_argument("--out", default="", help="output folder (default outputs/texture/<mesh name>)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--controlnet", default="",
+                   help="diffusers SD priors: DreamMat's light-aware ControlNet (hub id or folder, 22-channel condition)")
     return p
 
 
@@ -43,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TextureConfig(mesh=args.mesh, prompt=args.prompt, prior=args.prior, guidance=args.guidance,
                         guidance_scale=args.guidance_scale, steps=args.steps, resolution=args.resolution,
                         texture_resolution=args.texture_resolution, lr=args.lr, seed=args.seed, size=args.size,
-                        envs=tuple(args.envs), held_out_env=args.held_out_env, out=args.out, device=args.device)
+                        envs=tuple(args.envs), held_out_env=args.held_out_env, out=args.out, device=args.device,
+                        controlnet=args.controlnet)
     try:
         report = texture_mesh(cfg)
     except (TextureError, PriorError, ValueError) as e:

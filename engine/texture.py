@@ -126,6 +126,9 @@ class TextureConfig:
     rotations: int = 4
     out: str = ""
     device: str = "cpu"
+    controlnet: str = ""
+    """Diffusers SD priors: DreamMat's light-aware ControlNet (hub id or folder; guidance/controlnet.py), conditioned
+    on the mesh's geometry and lighting renders under the same environment as the shading; "" means none."""
 
 
 def _uv_sample_coords(uv: np.ndarray) -> torch.Tensor:
@@ -146,7 +149,7 @@ def _build_prior_and_guidance(cfg: TextureConfig, gen: torch.Generator, shape: s
     from guidance import GUIDANCES
     from guidance.priors import PriorConfig, build_prior
 
-    pcfg = PriorConfig(name=cfg.prior)
+    pcfg = PriorConfig(name=cfg.prior, controlnet=cfg.controlnet)
     if cfg.prior == "shapes":
         from guidance.priors.shapes import LightAwareShapesPrior
         prior = LightAwareShapesPrior(pcfg, cfg.envs, cfg.rotations, (shape,) if shape else None, cfg.device)
@@ -171,6 +174,7 @@ def optimise(scene, cfg: TextureConfig, gen: torch.Generator, log=None) -> list[
         except ValueError as e:
             raise TextureError(str(e)) from None
     prior, guidance = _build_prior_and_guidance(cfg, gen, shape)
+    scene.render_condition = bool(getattr(prior, "takes_condition", False))  # the ControlNet's condition images
     light_aware = cfg.prior == "shapes"
     prompt_sets: dict[str, PromptSet] = {}
     opt = torch.optim.Adam([{**g, "name": k} for k, g in scene.param_groups().items()], betas=(0.9, 0.99))
@@ -187,6 +191,8 @@ def optimise(scene, cfg: TextureConfig, gen: torch.Generator, log=None) -> list[
         if text not in prompt_sets:
             prompt_sets[text] = PromptSet(prior, text)
         out = scene.render(cams, torch.ones(len(cams), cfg.resolution, cfg.resolution, 3, device=cfg.device))
+        if "control" in out.extras:  # per-view condition images ride with their cameras, as in engine/train.py
+            cams = cams.with_condition(out.extras["control"])
         g = guidance(out.rgb, prompt_sets[text], cams, step)
         regs = scene.regularizers(out, step)
         loss = g.loss + sum(weights.get(n, 1.0) * v for n, v in regs.items())
@@ -197,6 +203,7 @@ def optimise(scene, cfg: TextureConfig, gen: torch.Generator, log=None) -> list[
         if log:
             log(step, float(loss))
     scene.set_lighting(None)
+    scene.render_condition = False
     scene.eval()
     return losses
 

@@ -160,3 +160,17 @@ def test_a_controlnet_without_the_mesh_renderer_is_refused_before_any_file(tiny_
         main(["generate", "a red cube", "--prior", tiny_sd, "--renderer", "nerf", "--prior.controlnet",
               tiny_controlnet, "--steps", "2", "--out", str(run), "--train.no-progress"])
     assert e.value.code == 2 and not run.exists()
+
+
+def test_engine_texture_with_a_controlnet(tiny_sd, tiny_controlnet, tmp_path):
+    """DreamMat's setting: a user's mesh textured with the ControlNet conditioned on its renders (2 steps)."""
+    import trimesh
+
+    from engine.cli import main
+
+    src = str(tmp_path / "box.obj")
+    trimesh.creation.box(extents=(1.0, 1.0, 1.0)).export(src)
+    out = tmp_path / "tex"
+    assert main(["texture", src, "a red cube", "--prior", tiny_sd, "--controlnet", tiny_controlnet, "--steps", "2",
+                 "--resolution", "32", "--texture-resolution", "16", "--envs", "studio", "--out", str(out)]) == 0
+    assert (out / "textured.glb").is_file() and (out / "report.json").is_file()
