@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="", help="output folder (default outputs/texture/<mesh name>)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--controlnet", default="",
-                   help="diffusers SD priors: DreamMat's light-aware ControlNet (hub id or folder, 22-channel condition)")
+                   help="diffusers SD priors: DreamMat's light-aware ControlNet (hub id or folder, 22 channels)")
     return p
 
 
