@@ -288,14 +288,21 @@ def sdf_from_density(density_fn, res: int, radius: float, cams: Cameras, target_
     top = float(sigma.max())
     if not top > 0:
         raise ValueError("the density is empty (max <= 0): nothing to initialise the mesh from")
-    lo, hi = math.log(top * 1e-4), math.log(top)  # area(lo) >= target >= area(hi) for any sensible field
-    for _ in range(INIT_LEVEL_ITERS):
-        mid = 0.5 * (lo + hi)
+    # area(top 1e-4) >= target >= area(top) for any sensible field
+    return sdf_at(level_for_area(area, target, top * 1e-4, top, INIT_LEVEL_ITERS))
+
+
+def level_for_area(area, target: float, lo: float, hi: float, iters: int) -> float:
+    """The iso-level in [lo, hi] whose silhouette ``area(level)`` (decreasing in the level) matches ``target``:
+    bisection on log(level), ``iters`` halvings; returns the last bracket's geometric middle."""
+    a, b = math.log(lo), math.log(hi)
+    for _ in range(iters):
+        mid = 0.5 * (a + b)
         if area(math.exp(mid)) > target:
-            lo = mid
+            a = mid
         else:
-            hi = mid
-    return sdf_at(math.exp(0.5 * (lo + hi)))
+            b = mid
+    return float(math.exp(0.5 * (a + b)))
 
 
 def perturb_normal(n: Tensor, d: Tensor) -> Tensor:
@@ -822,5 +829,5 @@ def compose_dielectric(r: dict[str, Tensor], albedo_linear: Tensor, background: 
 
 __all__ = ["MeshConfig", "Mesh", "projection", "init_cameras", "silhouette", "sdf_from_density", "vertex_normals",
            "surface_colour", "perturb_normal", "condition_maps", "CONTROL_MATERIALS", "CONTROL_CHANNELS",
-           "environment", "corner_normals", "mesh_smoothness", "primitive_mesh", "render_constant_dielectric",
-           "compose_dielectric"]
+           "environment", "corner_normals", "mesh_smoothness", "primitive_mesh", "level_for_area",
+           "render_constant_dielectric", "compose_dielectric"]

@@ -115,7 +115,7 @@ def render_matched_threshold(scene, grid: np.ndarray, bound: float, start: float
 
     import renderers.kernels as K
     from engine.outputs import render_views
-    from renderers.mesh import init_cameras, projection
+    from renderers.mesh import init_cameras, level_for_area, projection
 
     cams = init_cameras(bound, resolution)
     proj = projection(cams).float()
@@ -136,14 +136,7 @@ def render_matched_threshold(scene, grid: np.ndarray, bound: float, start: float
         rast = K.rasterize("torch", pos, torch.from_numpy(m.faces).long(), (resolution, resolution))
         return float((rast[..., 3] > 0).sum())  # hard coverage: the antialiasing pass would cost 10x more
 
-    lo, hi = math.log(max(min(start, hi_val) * 1e-3, 1e-12)), math.log(hi_val)
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        if area(math.exp(mid)) > target:
-            lo = mid
-        else:
-            hi = mid
-    return float(math.exp(0.5 * (lo + hi)))
+    return level_for_area(area, target, max(min(start, hi_val) * 1e-3, 1e-12), hi_val, iters)
 
 
 def otsu(values: np.ndarray, bins: int = 1024) -> float:
