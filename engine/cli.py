@@ -14,14 +14,88 @@ chosen components' fields only. Bad input exits with code 2 and one line on stde
 
 import argparse
 import os
+import re
 import sys
 
 USAGE_ERROR = 2
 
 
+class UsageError(ValueError):
+    """Refused command-line input; its message is one plain line for the user."""
+
+
 def _fail(msg: str, code: int = USAGE_ERROR) -> None:
     print(f"engine: error: {msg}", file=sys.stderr)
     raise SystemExit(code)
+
+
+def _flag_name(argument) -> str:
+    """'--guidance.lora-lr' for a tyro argument definition, or '' when it carries none."""
+    names = getattr(getattr(argument, "lowered", None), "name_or_flags", None) or ()
+    return "/".join(names)
+
+
+def _event_line(event) -> str:
+    """One plain line for a tyro parse-error event (tyro._errors: unknown flag, bad value, refused config...)."""
+    kind = type(event).__name__
+    flag = _flag_name(getattr(event, "argument", None))
+    if kind == "InstantiationFailure":
+        msg = str(getattr(event, "message", "")).strip()
+        return f"{flag}: {msg}" if flag and flag not in msg else msg
+    if kind == "InvalidChoice":
+        return f"{flag}: {event.value!r} is not one of {', '.join(event.choices)}"
+    if kind == "UnrecognizedArgs":
+        return f"unrecognised option(s): {' '.join(event.tokens)} (see --help for the fields)"
+    if kind == "BadValue":
+        got = getattr(event, "offending_value", None)
+        return f"{flag}: bad value {got!r}" if got is not None else f"{flag}: missing value"
+    if kind == "MissingArgs":
+        names = [getattr(a, "arg", a) for a in getattr(event, "missing_arguments", [])]
+        return "missing option(s): " + ", ".join(_flag_name(n) or str(n) for n in names)
+    return f"the options were refused ({kind})"
+
+
+def _collapse(text: str) -> str:
+    """Fallback for a tyro without parse-error hooks: its error box as one line, borders and help pointers removed."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    lines = [ln.strip(" │|─-╭╮╰╯┃━┏┓┗┛") for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and "--help" not in ln and "helptext" not in ln.lower()]
+    return " ".join(" ".join(lines).split()) or "the options were refused"
+
+
+def parse_dataclass(cls, default, args: list[str], prog: str, description: str):
+    """tyro.cli over `args` with errors as UsageError (one line), never tyro's box-drawn text on stderr.
+
+    tyro >= 1.0 reports every refusal (unknown flag, bad value, a config's own ValueError) through a parse-error
+    hook, which we raise from; older tyro prints a box, which is captured and collapsed to one line instead.
+    """
+    import contextlib
+    import io
+
+    import tyro
+
+    class _Refused(Exception):
+        pass
+
+    def hook(event):
+        raise _Refused(_event_line(event))
+
+    on_error = getattr(getattr(tyro, "_errors", None), "on_parse_error", None)
+    buf = io.StringIO()
+    hooked = on_error(hook) if on_error is not None else contextlib.nullcontext()
+    help_asked = "--help" in args or "-h" in args
+    try:
+        with hooked, (contextlib.nullcontext() if help_asked else contextlib.redirect_stderr(buf)):
+            return tyro.cli(cls, default=default, args=args, prog=prog, description=description,
+                            config=(tyro.conf.AvoidSubcommands,))
+    except _Refused as e:
+        raise UsageError(str(e)) from None
+    except ValueError as e:  # a config's own validation, when tyro lets it through
+        raise UsageError(str(e)) from None
+    except SystemExit as e:
+        if help_asked or not e.code:
+            raise
+        raise UsageError(_collapse(buf.getvalue())) from None
 
 
 def _pre_parser(guidances, renderers, presets) -> argparse.ArgumentParser:
@@ -40,8 +114,6 @@ def _pre_parser(guidances, renderers, presets) -> argparse.ArgumentParser:
 
 def build_generate_config(argv: list[str]):
     """argv (after 'generate') -> (GenerateConfig | None, resume_dir | None). Exits 2 on bad input."""
-    import tyro
-
     from engine.config import PRESETS, GenerateConfig, load_config
     from guidance import GUIDANCES
     from renderers import RENDERERS
@@ -94,9 +166,8 @@ def build_generate_config(argv: list[str]):
             f"{', '.join(RENDERERS)}; presets: {', '.join(PRESETS)}. Choose them with --guidance/--renderer/"
             f"--preset before the typed overrides below.")
     try:
-        cfg = tyro.cli(GenerateConfig, default=base, args=rest, prog="engine generate", description=desc,
-                       config=(tyro.conf.AvoidSubcommands,))
-    except ValueError as e:  # a config's own validation
+        cfg = parse_dataclass(GenerateConfig, base, rest, prog="engine generate", description=desc)
+    except UsageError as e:
         _fail(str(e))
     if not cfg.prompt.strip():
         _fail('the prompt is empty; e.g. engine generate "a red cube"')

@@ -74,3 +74,18 @@ def test_resume_requires_a_run_folder(tmp_path):
     os.makedirs(tmp_path / "r")
     with pytest.raises(SystemExit):
         build_generate_config(["--resume", str(tmp_path / "r"), "--seed", "2"])
+
+
+@pytest.mark.parametrize("bad", [["--bogus", "3"], ["--seed", "abc"], ["--guidance.weighting", "nope"],
+                                 ["--image", "/nonexistent/ref.png"]])
+def test_option_errors_are_one_plain_line(bad, tmp_path, capsys, monkeypatch):
+    """tyro's refusals come out as exactly one 'engine: error:' line, whatever the terminal width (no box)."""
+    for columns in ("40", "200"):
+        monkeypatch.setenv("COLUMNS", columns)
+        with pytest.raises(SystemExit) as e:
+            main(["generate", "a red cube", *bad, "--out", str(tmp_path / "run")])
+        err = capsys.readouterr().err
+        assert e.value.code == 2
+        assert err.count("\n") == 1 and err.startswith("engine: error: "), err
+        assert not any(ch in err for ch in "│╭╰─")
+    assert not (tmp_path / "run").exists()
