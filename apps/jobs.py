@@ -96,9 +96,9 @@ def check_image(path: str | None, limits: Limits) -> str:
 def check_mesh(path: str | None, limits: Limits) -> str:
     """Validate an uploaded mesh by loading it with trimesh; returns a summary. UploadError if unusable."""
     ext = _check_upload(path, MESH_TYPES, limits.max_mesh_bytes, "mesh")
-    import trimesh
+    from engine.texture import load_trimesh
     try:
-        mesh = trimesh.load(path, force="mesh", file_type=ext[1:])
+        mesh = load_trimesh(path, ext[1:], force="mesh")
     except Exception as e:  # trimesh raises many kinds on malformed files
         raise UploadError(f"{os.path.basename(path)} cannot be loaded as a mesh ({type(e).__name__})") from None
     faces = len(getattr(mesh, "faces", ()))

@@ -82,6 +82,33 @@ def latest_checkpoint(ckpt_dir: str) -> str | None:
     return max(paths, key=lambda p: int(re.search(r"step_(\d+)", p).group(1))) if paths else None
 
 
+def step_checkpoints(ckpt_dir: str) -> list[str]:
+    """Every step checkpoint in ``ckpt_dir``, newest (highest step) first."""
+    paths = [p for p in glob.glob(os.path.join(ckpt_dir, "step_*.safetensors")) if re.search(r"step_\d+\.", p)]
+    return sorted(paths, key=lambda p: int(re.search(r"step_(\d+)", p).group(1)), reverse=True)
+
+
+def load_latest_checkpoint(ckpt_dir: str, device: str | torch.device = "cpu",
+                           warn=None) -> tuple[str, dict] | None:
+    """(path, state) of the newest checkpoint that reads back whole, or None when there is none at all.
+
+    A newest file that is truncated or foreign (a disk that filled up, a copy cut short) is skipped for the one
+    before it, and ``warn(message)`` is told; ValueError when none of them can be read."""
+    errors = []
+    for path in step_checkpoints(ckpt_dir):
+        try:
+            state = load_checkpoint(path, device)
+        except ValueError as e:
+            errors.append(str(e))
+            continue
+        if errors and warn is not None:
+            warn(f"skipped {len(errors)} unreadable newer checkpoint(s) ({errors[0]}); using {path}")
+        return path, state
+    if errors:
+        raise ValueError(f"no readable checkpoint in {ckpt_dir}: {errors[0]}")
+    return None
+
+
 def prune_checkpoints(ckpt_dir: str, keep: int) -> None:
     """Delete all but the newest ``keep`` step checkpoints."""
     paths = sorted(glob.glob(os.path.join(ckpt_dir, "step_*.safetensors")),

@@ -24,6 +24,21 @@ class UsageError(ValueError):
     """Refused command-line input; its message is one plain line for the user."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse for the other commands (export, texture, app): a refusal is one plain line, '<prog>: error: ...',
+    exit code 2 (no usage block above it); --help still prints the full help."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {' '.join(message.split())} (see --help)", file=sys.stderr)
+        raise SystemExit(USAGE_ERROR)
+
+
+def check_range(name: str, value, lo, hi) -> None:
+    """UsageError unless lo <= value <= hi (the plain-argparse commands' bounds; generate uses engine.config)."""
+    if not lo <= value <= hi:
+        raise UsageError(f"{name} must be in {lo:g}..{hi:g}, got {value:g}")
+
+
 def _fail(msg: str, code: int = USAGE_ERROR) -> None:
     print(f"engine: error: {msg}", file=sys.stderr)
     raise SystemExit(code)
@@ -132,6 +147,10 @@ def build_generate_config(argv: list[str]):
             _fail("--resume continues a run with its saved config; it takes no other options")
         if not os.path.isfile(os.path.join(known.resume, "config.yaml")):
             _fail(f"{known.resume} is not a run folder (no config.yaml)")
+        try:  # the saved config gets the same typed and bounded checks as the command line
+            load_config(os.path.join(known.resume, "config.yaml"))
+        except ValueError as e:
+            _fail(str(e))
         return None, known.resume
     if known.load_config:
         try:
@@ -167,24 +186,70 @@ def build_generate_config(argv: list[str]):
             f"--preset before the typed overrides below.")
     try:
         cfg = parse_dataclass(GenerateConfig, base, rest, prog="engine generate", description=desc)
+        check_generate_config(cfg)
     except UsageError as e:
         _fail(str(e))
-    if not cfg.prompt.strip():
-        _fail('the prompt is empty; e.g. engine generate "a red cube"')
     return cfg, None
 
 
+def check_generate_config(cfg, bounds: dict | None = None) -> None:
+    """Everything about a parsed config that can be refused before a run folder exists: the bounds of every field
+    (engine.config.check_config), the prompt, the image prompt (fully decoded), the output folder. UsageError."""
+    from engine.config import check_config
+
+    try:
+        check_config(cfg, bounds)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if not cfg.prompt.strip():
+        raise UsageError('the prompt is empty; e.g. engine generate "a red cube"')
+    image = getattr(cfg.guidance, "image", "")
+    if image:
+        from guidance.visual_prompt import load_image
+        try:
+            load_image(image)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    if cfg.out:
+        check_out_dir(cfg.out)
+
+
+def check_out_dir(out: str) -> None:
+    """--out must be a new or empty folder somewhere writable: never a file, a read-only place, nor another program's
+    folder (engine.train.check_new_run_dir; a run folder is refused there too, with the --resume hint)."""
+    from engine.train import RunError, check_new_run_dir
+
+    if os.path.isfile(os.path.join(out, "config.yaml")):
+        return  # a run folder: generate refuses it with the --resume hint
+    try:
+        check_new_run_dir(out)
+    except RunError as e:
+        raise UsageError(str(e)) from None
+    parent = os.path.abspath(out)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"--out {out}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: {parent} is not writable")
+
+
 def cmd_generate(argv: list[str]) -> int:
-    from engine.train import RunError, generate
+    from engine.train import RunError, Terminated, generate, sigterm_as_interrupt
 
     cfg, resume = build_generate_config(argv)
     try:
-        run_dir = generate(cfg, resume=resume) if resume else generate(cfg)
+        with sigterm_as_interrupt():  # SIGTERM is handled like Ctrl-C: checkpoint, status interrupted
+            run_dir = generate(cfg, resume=resume) if resume else generate(cfg)
     except RunError as e:
         _fail(str(e), e.code)
-    except KeyboardInterrupt:
-        print("\nengine: interrupted; the checkpoint was saved, continue with --resume RUN_DIR", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        saved = getattr(e, "run_dir", None)  # set by engine.train once a checkpoint was written
+        if saved:
+            print(f"\nengine: interrupted; the checkpoint was saved, continue with --resume {saved}", file=sys.stderr)
+        else:
+            print("\nengine: interrupted before anything was saved; nothing to resume", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     from engine.outputs import read_status
     status = read_status(run_dir)
     ev = status.get("eval")
@@ -203,7 +268,11 @@ def main(argv: list[str] | None = None) -> int:
             commands[name] = mod.main
         except ImportError:
             pass
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+    if argv and argv[0] not in commands and argv[0] not in ("-h", "--help"):
+        print(f"engine: error: unknown command {argv[0]!r}; choose from {', '.join(commands)} (see engine --help)",
+              file=sys.stderr)
+        return USAGE_ERROR
+    if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: engine {{{','.join(commands)}}} ...\n\n"
               "  generate PROMPT   text to 3D (engine generate --help)\n"
               + "".join(f"  {n}\n" for n in commands if n != "generate"), file=sys.stderr)

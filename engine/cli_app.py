@@ -1,15 +1,16 @@
 """`engine app [--host 127.0.0.1] [--port 7860] [--share] [--output-dir DIR] [--session-ttl MIN] [--max-queue N]
 [--model ID] [--allow-local-models]`: the Gradio web app (apps/gradio_app.py), bound to localhost by default."""
 
-import argparse
 import os
 import sys
+
+from engine.cli import OneLineParser
 
 USAGE_ERROR = 2
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="engine app", description="Serve the Distillery web app (Gradio).")
+def _parser() -> OneLineParser:
+    p = OneLineParser(prog="engine app", description="Serve the Distillery web app (Gradio).")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")

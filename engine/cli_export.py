@@ -6,22 +6,26 @@ RUN_DIR/export/ unless ``--out`` names a file (one format) or a folder. Exit cod
 to export (one line on stderr), 1 unexpected failure.
 """
 
-import argparse
 import sys
 
+from engine.cli import OneLineParser, UsageError, check_range
+
 USAGE_ERROR = 2
+MAX_EXPORT_FACES = 1_000_000
+"""--faces above this is refused: the UV unwrap (xatlas) of a bigger mesh takes too long or crashes (issue #18)."""
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> OneLineParser:
     from engine.export import FORMATS
 
-    p = argparse.ArgumentParser(prog="engine export", description=__doc__.split("\n\n")[0].split(": ", 1)[-1])
+    p = OneLineParser(prog="engine export", description=__doc__.split("\n\n")[0].split(": ", 1)[-1])
     p.add_argument("run_dir", help="a run folder (config.yaml + ckpts/)")
     p.add_argument("--format", default=None,
                    help=f"one of {', '.join(FORMATS)}, or a comma-separated list (default: glb; glb,ply for Gaussians)")
     p.add_argument("--out", default=None, help="output file (one format) or folder (default: RUN_DIR/export/)")
     p.add_argument("--texture-size", type=int, default=1024, help="side of the baked textures (default 1024)")
-    p.add_argument("--faces", type=int, default=30000, help="face budget of the mesh (default 30000)")
+    p.add_argument("--faces", type=int, default=30000,
+                   help=f"face budget of the mesh, 1..{MAX_EXPORT_FACES} (default 30000)")
     p.add_argument("--up", choices=("y", "z"), default="y", help="up axis of the exported file (default y, glTF)")
     p.add_argument("--normal-map", choices=("opengl", "directx"), default="opengl",
                    help="normal-map convention: opengl (green up, glTF; default) or directx (green down)")
@@ -43,6 +47,15 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0) and USAGE_ERROR
+    try:
+        check_range("--faces", args.faces, 1, MAX_EXPORT_FACES)  # 0 used to turn decimation off silently
+        check_range("--texture-size", args.texture_size, 8, 16384)
+        check_range("--resolution", args.resolution, 16, 1024)
+        check_range("--roughness", args.roughness, 0.0, 1.0)
+        check_range("--metallic", args.metallic, 0.0, 1.0)
+    except UsageError as e:
+        print(f"engine export: error: {e}", file=sys.stderr)
+        return USAGE_ERROR
     formats = [f.strip().lower() for f in args.format.split(",") if f.strip()] if args.format else None
     try:
         threshold = args.threshold if args.threshold == "auto" else float(args.threshold)

@@ -3,14 +3,25 @@
 Exit codes: 0 done, 2 bad input (one line on stderr: unreadable/degenerate mesh, unknown prompt words, ...).
 """
 
-import argparse
 import sys
 
+from engine.cli import OneLineParser, UsageError, check_range
 
-def _parser() -> argparse.ArgumentParser:
+# Bounds of the numeric options (the CLI and the app check the same ones through check_texture_args).
+TEXTURE_BOUNDS = {"steps": (0, 1_000_000), "resolution": (8, 2048), "texture_resolution": (8, 8192),
+                  "seed": (0, 2**63 - 1), "size": (1e-3, 1e3), "lr": (0.0, 10.0), "guidance_scale": (0.0, 1000.0)}
+
+
+def check_texture_args(args: dict) -> None:
+    """UsageError for any numeric option outside TEXTURE_BOUNDS (or not finite)."""
+    for key, (lo, hi) in TEXTURE_BOUNDS.items():
+        check_range("--" + key.replace("_", "-"), args[key], lo, hi)
+
+
+def _parser() -> OneLineParser:
     from engine.texture import HELD_OUT_ENV, TRAIN_ENVS
 
-    p = argparse.ArgumentParser(prog="engine texture", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="engine texture", description=__doc__.splitlines()[0])
     p.add_argument("mesh", help="OBJ, GLB or PLY file")
     p.add_argument("prompt", help='what the surface should look like, e.g. "a red cube"')
     p.add_argument("--prior", default="shapes", help="shapes (light-aware), a diffusers hub id or model folder")
@@ -33,7 +44,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+        check_texture_args(vars(args))
+    except SystemExit as e:
+        return int(e.code or 0) and 2
+    except UsageError as e:
+        print(f"engine texture: error: {e}", file=sys.stderr)
+        return 2
     from engine.texture import TextureConfig, TextureError, texture_mesh
     from guidance import GUIDANCES
     from guidance.priors.base import PriorError

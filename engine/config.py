@@ -5,9 +5,13 @@ renderers/ map CLI names to config classes). A preset only sets values; it never
 """
 
 import dataclasses
+import math
 import os
 import re
+import secrets
 import time
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -126,7 +130,9 @@ def slug(text: str, limit: int = 48) -> str:
 
 
 def default_run_dir(prompt: str) -> str:
-    return os.path.join("outputs", slug(prompt), time.strftime("%Y%m%d-%H%M%S"))
+    """outputs/<slug>/<timestamp>-<random>: two runs of one prompt started in the same second get distinct folders
+    (the folder is then created with exist_ok=False by the loop, so a clash can never be shared)."""
+    return os.path.join("outputs", slug(prompt), f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}")
 
 
 # -- presets --------------------------------------------------------------------------------------------------------
@@ -158,50 +164,214 @@ def to_dict(cfg: GenerateConfig) -> dict:
     return d
 
 
+def _check_value(value, ftype, where: str):
+    """``value`` checked against the annotation ``ftype`` (the types tyro parses on the command line): bool, int,
+    float (an int is accepted), str, ``X | None``, fixed and variadic tuples, ``dict[str, X]`` and nested dataclasses.
+    Returns the value in the annotated form (lists become tuples); ValueError names the field otherwise."""
+    origin, args = typing.get_origin(ftype), typing.get_args(ftype)
+    if dataclasses.is_dataclass(ftype):
+        return _build(ftype, value, where)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _check_value(value, inner[0], where)
+        raise ValueError(f"{where}: cannot check a value of type {ftype}")
+    if ftype is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true or false, got {type(value).__name__}")
+        return value
+    if ftype is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: expected an integer, got {type(value).__name__}")
+        return value
+    if ftype is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: expected a number, got {type(value).__name__}")
+        return float(value)
+    if ftype is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected a string, got {type(value).__name__}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {type(value).__name__}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            if len(value) > MAX_LIST:
+                raise ValueError(f"{where}: at most {MAX_LIST} items, got {len(value)}")
+            return tuple(_check_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ValueError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_check_value(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {type(value).__name__}")
+        if len(value) > MAX_LIST:
+            raise ValueError(f"{where}: at most {MAX_LIST} entries, got {len(value)}")
+        return {_check_value(k, args[0], f"{where} key"): _check_value(v, args[1], f"{where}.{k}")
+                for k, v in value.items()}
+    raise ValueError(f"{where}: cannot check a value of type {ftype}")
+
+
 def _build(cls: type, data: dict, where: str):
-    """Instantiate dataclass ``cls`` from a plain dict, recursively and strictly (unknown keys are errors)."""
+    """Instantiate dataclass ``cls`` from a plain dict, recursively and strictly: unknown keys and values of the
+    wrong type are errors (ValueError naming the field), missing keys take their defaults."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     unknown = set(data) - set(fields)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
-    kwargs = {}
-    for name, value in data.items():
-        ftype = fields[name].type
-        if dataclasses.is_dataclass(ftype) and isinstance(value, dict):
-            value = _build(ftype, value, f"{where}.{name}")
-        elif isinstance(value, list):
-            value = tuple(value)
-        kwargs[name] = value
-    return cls(**kwargs)
+        raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+    kwargs = {name: _check_value(value, hints[name], f"{where}.{name}" if where != "config" else name)
+              for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:  # the config's own __post_init__ checks
+        raise ValueError(f"{where}: {e}") from None
 
 
-def _build_component(data: dict, registry: dict[str, type], where: str):
+def _build_component(data, registry: dict[str, type], where: str):
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping with a name, got {type(data).__name__}")
     data = dict(data)
     name = data.pop("name", None)
-    if name not in registry:
+    if not isinstance(name, str) or name not in registry:
         raise ValueError(f"{where}.name must be one of {', '.join(registry)}, got {name!r}")
     return _build(registry[name], data, where)
 
 
 def from_dict(d: dict) -> GenerateConfig:
+    """GenerateConfig from a config.yaml mapping, type-checked and bounded like the command line (check_config)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"expected a mapping of settings, got {type(d).__name__ if d is not None else 'nothing'}")
     d = dict(d)
-    guidance = _build_component(d.pop("guidance"), GUIDANCES, "guidance")
-    renderer = _build_component(d.pop("renderer"), RENDERERS, "renderer")
+    guidance = _build_component(d.pop("guidance", None), GUIDANCES, "guidance")
+    renderer = _build_component(d.pop("renderer", None), RENDERERS, "renderer")
     cfg = _build(GenerateConfig, d, "config")
-    cfg.guidance, cfg.renderer = guidance, renderer
+    cfg.guidance = guidance if guidance is not None else cfg.guidance
+    cfg.renderer = renderer if renderer is not None else cfg.renderer
+    check_config(cfg)
     return cfg
 
 
+# -- bounds: the one declarative place every entry point checks (CLI, --load-config, --resume, the app) -----------
+MAX_LIST = 64
+"""Longest list or mapping a config may hold (a YAML alias bomb is refused by this and the typed checks)."""
+INT_BOUND = 10**9
+FLOAT_BOUND = 1e9
+"""Fields without an entry in BOUNDS: integers in [-INT_BOUND, INT_BOUND], floats finite with |x| <= FLOAT_BOUND."""
+BOUNDS: dict[str, tuple[float, float]] = {
+    "seed": (0, 2**63 - 1),
+    "resolution": (8, 2048),
+    "particles": (1, 16),
+    "cameras.batch_size": (1, 64),
+    "cameras.fovy": (1.0, 179.0),
+    "cameras.distance": (1e-3, 1e3),
+    "train.steps": (0, 10_000_000),
+    "train.log_every": (1, 10_000_000),
+    "train.preview_every": (0, 10_000_000),
+    "train.checkpoint_every": (0, 10_000_000),
+    "train.keep_checkpoints": (1, 1000),
+    "train.video_frames": (0, 3600),
+    "train.video_resolution": (8, 2048),
+    "train.eval_views": (0, 360),
+    "train.eval_every": (0, 10_000_000),
+    "train.export_texture_size": (8, 16384),
+    "train.lr_scale": (0.0, 1e3),
+    "prior.resolution": (0, 2048),
+    "renderer.samples_per_ray": (1, 4096),
+    "renderer.importance_samples": (0, 4096),
+    "renderer.log2_hashmap_size": (8, 24),
+    "renderer.levels": (1, 32),
+    "renderer.max_resolution": (1, 8192),
+    "renderer.base_resolution": (1, 8192),
+    "renderer.occupancy_resolution": (4, 512),
+    "renderer.mlp_width": (1, 1024),
+    "renderer.num_points": (1, 10_000_000),
+    "renderer.max_gaussians": (1, 10_000_000),
+    "renderer.sh_degree": (0, 3),
+    "renderer.tet_resolution": (4, 256),
+    "renderer.texture_resolution": (8, 8192),
+    "renderer.env_height": (4, 2048),
+}
+"""Inclusive [low, high] per dotted field (component fields as ``guidance.X`` / ``renderer.X``, for every
+registered component that has X). Ranges bound tuple fields element-wise."""
+CHOICES: dict[str, tuple[str, ...]] = {
+    "device": (),  # checked by GenerateConfig itself (auto, cpu, cuda, cuda:N)
+    "renderer.backend": ("auto", "torch", "cuda"),
+}
+"""String fields whose values are a fixed set (an empty tuple: the config class checks them)."""
+
+
+def _numbers(value):
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [x for v in value for x in _numbers(v)]
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _numbers(v)]
+    return []
+
+
+def check_config(cfg, bounds: dict | None = None, prefix: str = "") -> None:
+    """Refuse (ValueError, one line naming the field) any numeric field outside its bound, any non-finite float,
+    and any string field outside its CHOICES. ``bounds`` adds or tightens ranges (the app's stricter limits)."""
+    table = {**BOUNDS, **(bounds or {})}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_config(value, bounds, f"{key}.")
+            continue
+        if isinstance(value, str) and CHOICES.get(key) and value not in CHOICES[key]:
+            raise ValueError(f"{key.replace('_', '-')} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+        lo, hi = table.get(key, (None, None))
+        for x in _numbers(value):
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ValueError(f"{key.replace('_', '-')} must be a finite number, got {x}")
+            if lo is None:
+                limit = INT_BOUND if isinstance(x, int) else FLOAT_BOUND
+                if abs(x) > limit:
+                    raise ValueError(f"{key.replace('_', '-')} is out of range (|value| <= {limit:g}), got {x}")
+            elif not lo <= x <= hi:
+                raise ValueError(f"{key.replace('_', '-')} must be in {lo:g}..{hi:g}, got {x}")
+
+
 def save_config(cfg: GenerateConfig, path: str) -> None:
-    with open(path, "w") as f:
+    from engine.outputs import atomic_write
+    with atomic_write(path) as f:
         yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_config(path: str) -> GenerateConfig:
+    """A config.yaml, parsed safely and checked like the command line; ValueError (one line) when unusable."""
     try:
-        with open(path) as f:
-            return from_dict(yaml.safe_load(f))
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
-        raise ValueError(f"cannot read config {path}: {e.strerror}") from None
+        raise ValueError(f"cannot read config {path}: {e.strerror or e}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ValueError(f"config {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; it is not a config")
+    try:
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"config {path} is not text (UTF-8 YAML)") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"config {path} is not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    try:
+        return from_dict(data)
+    except ValueError as e:
+        raise ValueError(f"config {path}: {e}") from None
+    except RecursionError:
+        raise ValueError(f"config {path}: nested too deeply") from None

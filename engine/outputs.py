@@ -8,11 +8,14 @@ Layout (conventions.md §3.4):
     RUN/ckpts/             step_XXXXXX.safetensors
     RUN/turntable.mp4      360 degree video, written only when the run completes
     RUN/eval.json          held-out metrics against ground truth (shapes prior)
-Every file is written under a temporary name and renamed, so nothing half-written looks complete.
+Every file is written under a temporary name and renamed, so nothing half-written looks complete: the helpers
+``atomic_path`` and ``atomic_write`` below do it for every output of the engine (run folders and exports).
 """
 
+import contextlib
 import json
 import os
+import secrets
 import time
 from contextlib import contextmanager
 
@@ -24,11 +27,36 @@ from engine import shapes
 from engine.cameras import CameraConfig, Cameras, turntable
 
 
-def write_json(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+@contextmanager
+def atomic_path(path: str):
+    """A temporary path beside ``path`` (same folder, same extension, so writers that pick a format by extension
+    still work); when the block succeeds it is renamed over ``path`` in one step, when it fails (a kill, a full disk)
+    the temporary file is removed and whatever ``path`` held before is left as it was."""
+    folder, base = os.path.split(os.path.abspath(path))
+    stem, ext = os.path.splitext(base)
+    tmp = os.path.join(folder, f".{stem}.{secrets.token_hex(4)}.tmp{ext}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+@contextmanager
+def atomic_write(path: str, mode: str = "w", **kw):
+    """``open(path, mode)`` that only ever shows a whole file at ``path`` (atomic_path; flushed to disk first)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, **kw) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_json(path: str, data: dict, **kw) -> None:
+    with atomic_write(path) as f:
+        json.dump(data, f, indent=2, **kw)
 
 
 def set_status(run_dir: str, state: str, step: int, message: str = "", **extra) -> None:
@@ -51,9 +79,8 @@ def to_uint8(img: Tensor) -> np.ndarray:
 
 def save_png(path: str, img: Tensor) -> None:
     from PIL import Image
-    tmp = f"{path}.tmp.png"
-    Image.fromarray(to_uint8(img)).save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(to_uint8(img)).save(tmp)
 
 
 @torch.no_grad()
@@ -90,12 +117,10 @@ def save_turntable(path: str, scene, cam_cfg: CameraConfig, frames: int, resolut
     """A 360 degree mp4 (H.264 via imageio-ffmpeg), written to a temporary file and renamed."""
     import imageio.v2 as imageio
     rgb, _ = render_views(scene, turntable(frames, cam_cfg, resolution).to(device), background)
-    tmp = f"{path}.tmp.mp4"
-    with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1,
-                            ffmpeg_log_level="error") as w:
+    with atomic_path(path) as tmp, imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1,
+                                                     ffmpeg_log_level="error") as w:
         for frame in rgb:
             w.append_data(to_uint8(frame))
-    os.replace(tmp, path)
 
 
 def eval_cameras(cam_cfg: CameraConfig, n: int, resolution: int) -> Cameras:

@@ -21,7 +21,6 @@ UV convention inside: trimesh's ``visual.uv`` (OBJ style, v up); textures are sa
 row 0 is the top, which is how trimesh writes them into the GLB.
 """
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -50,6 +49,54 @@ class LoadedMesh:
     repairs: list[str] = field(default_factory=list)
 
 
+class FolderResolver:
+    """A trimesh resolver that serves the files of one folder, by plain name only: an OBJ's ``mtllib ../../x`` or an
+    absolute texture path is refused whatever trimesh's own resolver allows in the installed version (issue #18)."""
+
+    def __init__(self, folder: str):
+        self.folder = os.path.realpath(folder)
+
+    def _path(self, name: str) -> str:
+        name = str(name).strip()
+        path = os.path.realpath(os.path.join(self.folder, name))
+        if os.path.isabs(name) or os.path.dirname(path) != self.folder or not os.path.isfile(path):
+            raise FileNotFoundError(f"{name}: not a file beside the mesh")
+        return path
+
+    def get(self, name: str) -> bytes:
+        with open(self._path(name), "rb") as f:
+            return f.read()
+
+    def __getitem__(self, name: str) -> bytes:
+        return self.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        try:
+            self._path(name)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def keys(self):
+        return sorted(os.listdir(self.folder))
+
+    def namespaced(self, namespace: str) -> "FolderResolver":
+        return self  # sub-folders are not served
+
+    def write(self, name: str, data) -> None:
+        raise PermissionError("reading a mesh writes nothing")
+
+
+def load_trimesh(path: str, file_type: str | None = None, **kw):
+    """trimesh.load of a file with its companion files (OBJ materials, glTF buffers) taken from its own folder
+    only (FolderResolver)."""
+    import trimesh
+
+    ext = (file_type or os.path.splitext(path)[1].lstrip(".")).lower()
+    with open(path, "rb") as f:
+        return trimesh.load(f, file_type=ext, resolver=FolderResolver(os.path.dirname(os.path.abspath(path))), **kw)
+
+
 def load_mesh(path: str, size: float = 0.8) -> LoadedMesh:
     """Load, repair (see the module docstring) and normalise a mesh file."""
     import trimesh
@@ -57,7 +104,7 @@ def load_mesh(path: str, size: float = 0.8) -> LoadedMesh:
     if not os.path.isfile(path):
         raise TextureError(f"{path}: no such file")
     try:
-        m = trimesh.load(path, force="mesh", process=False)
+        m = load_trimesh(path, force="mesh", process=False)
     except Exception as e:  # trimesh raises many types on malformed files
         raise TextureError(f"{path}: cannot read it as a mesh ({type(e).__name__}: {e})") from None
     if not isinstance(m, trimesh.Trimesh) or len(getattr(m, "faces", [])) == 0:
@@ -246,6 +293,7 @@ def write_asset(out_dir: str, mesh: LoadedMesh, tex: dict[str, np.ndarray]) -> s
     import trimesh
     from PIL import Image
 
+    from engine.outputs import atomic_path
     from renderers.pbr import linear_to_srgb
 
     to8 = lambda a: (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)  # noqa: E731
@@ -254,7 +302,8 @@ def write_asset(out_dir: str, mesh: LoadedMesh, tex: dict[str, np.ndarray]) -> s
     orm = np.stack([np.ones_like(rough), rough, metal], -1)
     imgs = {"albedo": albedo, "roughness": to8(rough), "metallic": to8(metal), "orm": to8(orm)}
     for name, a in imgs.items():
-        Image.fromarray(a).save(os.path.join(out_dir, f"{name}.png"))
+        with atomic_path(os.path.join(out_dir, f"{name}.png")) as tmp:
+            Image.fromarray(a).save(tmp)
     mat = trimesh.visual.material.PBRMaterial(baseColorTexture=Image.fromarray(albedo),
                                               metallicRoughnessTexture=Image.fromarray(imgs["orm"]),
                                               baseColorFactor=[255, 255, 255, 255], metallicFactor=1.0,
@@ -263,7 +312,8 @@ def write_asset(out_dir: str, mesh: LoadedMesh, tex: dict[str, np.ndarray]) -> s
     tm = trimesh.Trimesh(verts, mesh.faces, visual=trimesh.visual.TextureVisuals(uv=mesh.uv, material=mat),
                          process=False)
     path = os.path.join(out_dir, "textured.glb")
-    tm.export(path)
+    with atomic_path(path) as tmp:
+        tm.export(tmp)
     return path
 
 
@@ -331,7 +381,7 @@ def material_report(scene, mesh: LoadedMesh, cfg: TextureConfig) -> dict:
 def texture_mesh(cfg: TextureConfig, log=None) -> dict:
     """The whole command: returns the report (also written to <out>/report.json)."""
     from engine.cameras import orbit_cameras
-    from engine.outputs import save_png
+    from engine.outputs import save_png, write_json
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -359,8 +409,7 @@ def texture_mesh(cfg: TextureConfig, log=None) -> dict:
             img = scene.render(cams, torch.ones(4, 128, 128, 3)).rgb
         save_png(os.path.join(out, f"preview_{env}.png"), torch.cat(list(img), 1))
     scene.set_lighting(None)
-    with open(os.path.join(out, "report.json"), "w") as fh:
-        json.dump(report, fh, indent=2)
+    write_json(os.path.join(out, "report.json"), report)
     return report
 
 

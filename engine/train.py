@@ -13,7 +13,11 @@ reproducible and a resumed run continues the same random stream.
 import json
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,7 +25,7 @@ import torch
 
 from engine import outputs
 from engine.cameras import sample_cameras
-from engine.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint, step_path
+from engine.checkpoint import latest_checkpoint, load_latest_checkpoint, prune_checkpoints, save_checkpoint, step_path
 from engine.config import GenerateConfig, default_run_dir, load_config, save_config
 from guidance.priors import Prior, build_prior
 from guidance.prompts import PromptSet
@@ -34,6 +38,50 @@ class RunError(Exception):
     def __init__(self, message: str, code: int = 1):
         super().__init__(message)
         self.code = code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, ``kill``, a closing app) handled exactly like Ctrl-C: checkpoint, status interrupted."""
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """Inside this block SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread, once: a second SIGTERM
+    while the checkpoint is being written is ignored, so the save completes. Elsewhere than the main thread it does
+    nothing (signal handlers belong to the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def check_new_run_dir(run_dir: str) -> None:
+    """A new run goes into a new or empty folder: never a file, nor a folder holding something else (its status.json
+    would be overwritten and its checkpoints adopted). RunError (exit code 2) otherwise."""
+    if os.path.exists(os.path.join(run_dir, "config.yaml")):
+        raise RunError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out", code=2)
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise RunError(f"--out {run_dir} is a file; give a folder for the run", code=2)
+    if os.path.isdir(run_dir) and os.listdir(run_dir):
+        raise RunError(f"--out {run_dir} exists and is not a run folder; give a new or empty folder", code=2)
+
+
+def _try_status(run_dir: str, state: str, step: int, message: str) -> bool:
+    """set_status that cannot fail (a full disk): False when status.json could not be written."""
+    try:
+        outputs.set_status(run_dir, state, step, message)
+        return True
+    except OSError:
+        return False
 
 
 @dataclass
@@ -106,27 +154,39 @@ def generate(cfg: GenerateConfig, resume: str | None = None, hooks: Hooks | None
     """Run text-to-3D and return the run folder. ``resume`` continues a run folder from its last checkpoint."""
     hooks = hooks or Hooks()
     if resume:
-        cfg = load_config(os.path.join(resume, "config.yaml"))
+        try:
+            cfg = load_config(os.path.join(resume, "config.yaml"))
+        except ValueError as e:
+            raise RunError(str(e), code=2) from None
         run_dir = resume
     else:
         run_dir = cfg.out or default_run_dir(cfg.prompt)
-        if os.path.exists(os.path.join(run_dir, "config.yaml")):
-            raise RunError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out", code=2)
+        if cfg.out:
+            check_new_run_dir(run_dir)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     prior, prompts = _prepare(cfg, device)
 
-    scene = _build_scene(cfg, gen, device)
+    try:  # a config the scene or the objective refuses (a backend name, an image prompt...) is bad input
+        scene = _build_scene(cfg, gen, device)
+        guidance = cfg.guidance.build(prior, gen, cfg.train.steps)
+    except ValueError as e:
+        raise RunError(str(e), code=2) from None
     _wire_condition(prior, scene)
-    guidance = cfg.guidance.build(prior, gen, cfg.train.steps)
     background = Background(cfg.background).to(device)
     start = 0
-    ckpt = latest_checkpoint(os.path.join(run_dir, "ckpts")) if resume else None
-    if resume and ckpt is None:
-        raise RunError(f"{run_dir} has no checkpoint to resume from", code=2)
+    ckpt = None
+    if resume:  # the newest checkpoint that reads back whole (a truncated newest one falls back to the one before)
+        try:
+            found = load_latest_checkpoint(os.path.join(run_dir, "ckpts"),
+                                           warn=lambda m: print(f"engine: warning: {m}", file=sys.stderr))
+        except ValueError as e:
+            raise RunError(str(e), code=2) from None
+        if found is None:
+            raise RunError(f"{run_dir} has no checkpoint to resume from", code=2)
+        ckpt, state = found
     if ckpt:
-        state = load_checkpoint(ckpt)
         scene.load_state_dict(state["scene"])
         if state["guidance"]:
             guidance.load_state_dict(state["guidance"])
@@ -140,19 +200,38 @@ def generate(cfg: GenerateConfig, resume: str | None = None, hooks: Hooks | None
     if hasattr(scene, "attach_optimizer"):
         scene.attach_optimizer(opt)
 
-    created = not os.path.exists(run_dir)
-    os.makedirs(os.path.join(run_dir, "ckpts"), exist_ok=True)
-    os.makedirs(os.path.join(run_dir, "previews"), exist_ok=True)
-    if not resume:
-        save_config(cfg, os.path.join(run_dir, "config.yaml"))
-    for stale in ("turntable.mp4", "eval.json"):  # a resumed run is not complete until it finishes again
-        if resume and os.path.exists(os.path.join(run_dir, stale)):
-            os.remove(os.path.join(run_dir, stale))
+    created = not resume and (not cfg.out or not os.path.exists(run_dir))  # this run makes its folder
+    made = False
+    try:
+        # exist_ok=False for a new folder: two runs started together can never share one; a default name that
+        # another run took in the meantime is drawn again (it has a random suffix)
+        for _ in range(8):
+            try:
+                os.makedirs(run_dir, exist_ok=not created)
+                made = created
+                break
+            except FileExistsError:
+                if cfg.out or resume:
+                    raise
+                run_dir = default_run_dir(cfg.prompt)
+        os.makedirs(os.path.join(run_dir, "ckpts"), exist_ok=True)
+        os.makedirs(os.path.join(run_dir, "previews"), exist_ok=True)
+        if not resume:
+            save_config(cfg, os.path.join(run_dir, "config.yaml"))
+        for stale in ("turntable.mp4", "eval.json"):  # a resumed run is not complete until it finishes again
+            if resume and os.path.exists(os.path.join(run_dir, stale)):
+                os.remove(os.path.join(run_dir, stale))
+    except OSError as e:
+        if made:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise RunError(f"cannot write the run folder {run_dir}: {e.strerror or e}", code=2) from None
     try:
         _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, device, hooks)
+    except (RunError, OSError, KeyboardInterrupt):
+        raise  # the loop recorded why in status.json; the folder is kept, whatever it holds
     except BaseException:
         if created and not os.listdir(os.path.join(run_dir, "ckpts")) and not resume:
-            # nothing worth keeping was produced: leave no half-made folder behind
+            # an unexpected failure before anything worth keeping: leave no half-made folder behind
             status = outputs.read_status(run_dir)
             if status.get("state") not in ("failed", "interrupted"):
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -224,11 +303,27 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
         step = tc.steps
         _checkpoint(ckpt_dir, step, scene, guidance, background, opt, gen, tc.keep_checkpoints)
         _finish(cfg, run_dir, scene, background, device, step)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM inside sigterm_as_interrupt()
         done = step  # the step in flight is redone on resume
-        _checkpoint(ckpt_dir, done, scene, guidance, background, opt, gen, tc.keep_checkpoints)
-        outputs.set_status(run_dir, "interrupted", done, f"interrupted; resume with --resume {run_dir}")
+        try:
+            _checkpoint(ckpt_dir, done, scene, guidance, background, opt, gen, tc.keep_checkpoints)
+        except OSError as err:
+            last = latest_checkpoint(ckpt_dir)
+            _try_status(run_dir, "interrupted", done, f"interrupted; the checkpoint could not be written "
+                        f"({err.strerror or err})" + (f"; resume continues from {last}" if last else ""))
+            if last:
+                e.run_dir = run_dir
+            raise
+        _try_status(run_dir, "interrupted", done, f"interrupted; resume with --resume {run_dir}")
+        e.run_dir = run_dir  # the CLI says a checkpoint was saved only when this is set
         raise
+    except OSError as e:  # a full disk, a folder removed under the run: one clear line, the folder kept
+        last = latest_checkpoint(ckpt_dir)
+        msg = (f"cannot write to {run_dir} at step {step}: {e.strerror or e}; the run stopped. "
+               + (f"Free some space and resume with --resume {run_dir} (last checkpoint {os.path.basename(last)})."
+                  if last else "No checkpoint was written."))
+        _try_status(run_dir, "failed", step, msg)
+        raise RunError(msg) from None
     finally:
         metrics.close()
         if bar is not None:

@@ -19,7 +19,6 @@ Scene hooks (duck-typed): ``query_density``/``query_albedo`` (NeRF, Gaussians), 
 ``export_tensors()`` (Gaussians, for PLY).
 """
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -31,6 +30,7 @@ from engine.export.bake import BakeOptions, Textures, bake, unwrap
 from engine.export.errors import ExportError
 from engine.export.gltf import png_bytes, write_glb
 from engine.export.mesh import Mesh, compact, extract_mesh, up_matrix, vertex_normals
+from engine.outputs import atomic_path, write_json
 
 FORMATS = ("glb", "obj", "usd", "usdz", "ply")
 MESH_FORMATS = ("glb", "obj", "usd", "usdz")
@@ -147,7 +147,8 @@ def write_textures(folder: str, tex: Textures) -> dict[str, str]:
     paths = {}
     for key, img in images.items():
         paths[key] = os.path.join(folder, f"{key}.png")
-        Image.fromarray(img).save(paths[key])
+        with atomic_path(paths[key]) as tmp:
+            Image.fromarray(img).save(tmp)
     return paths
 
 
@@ -169,7 +170,8 @@ def write_mesh_format(fmt: str, path: str, baked: Baked, opts: ExportOptions) ->
         case "obj":
             formats.write_obj(path, textures_rel=f"{stem}_textures", name=stem, **kwargs)
         case "usd":
-            formats.write_usd(path, textures_rel=f"{stem}_textures", up=opts.up, name=stem, **kwargs)
+            with atomic_path(path) as tmp:
+                formats.write_usd(tmp, textures_rel=f"{stem}_textures", up=opts.up, name=stem, **kwargs)
         case "usdz":
             formats.write_usdz(path, tex_dir, up=opts.up, name=stem, **kwargs)
         case _:
@@ -185,7 +187,8 @@ def write_ply(path: str, scene, up: str) -> str:
                           f"splats. Use --format glb, obj, usd or usdz")
     from renderers.ply import save_ply
 
-    save_ply(path, scene, up=up)
+    with atomic_path(path) as tmp:
+        save_ply(tmp, scene, up=up)
     return path
 
 
@@ -226,15 +229,18 @@ def export_scene(scene, formats: list[str], paths: dict[str, str], opts: ExportO
 # -- run folders ----------------------------------------------------------------------------------------------------
 def load_run_scene(run_dir: str, device: str = "cpu"):
     """Rebuild the scene of a run folder from config.yaml and its newest checkpoint: (scene, GenerateConfig)."""
-    from engine.checkpoint import latest_checkpoint, load_checkpoint
+    import sys
+
+    from engine.checkpoint import load_latest_checkpoint
     from engine.config import load_config
 
     cfg_path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(cfg_path):
         raise ExportError(f"{run_dir} is not a run folder (no config.yaml)")
     cfg = load_config(cfg_path)
-    ckpt = latest_checkpoint(os.path.join(run_dir, "ckpts"))
-    if ckpt is None:
+    found = load_latest_checkpoint(os.path.join(run_dir, "ckpts"), device,
+                                   warn=lambda m: print(f"engine export: warning: {m}", file=sys.stderr))
+    if found is None:
         raise ExportError(f"{run_dir} has no checkpoint (ckpts/step_*.safetensors) to export")
     gen = torch.Generator().manual_seed(cfg.seed)
     if getattr(cfg, "particles", 1) > 1:
@@ -242,7 +248,7 @@ def load_run_scene(run_dir: str, device: str = "cpu"):
         scene = Particles([cfg.renderer.build(gen, device) for _ in range(cfg.particles)])
     else:
         scene = cfg.renderer.build(gen, device)
-    scene.load_state_dict(load_checkpoint(ckpt, device)["scene"])
+    scene.load_state_dict(found[1]["scene"])
     if hasattr(scene, "eval"):
         scene.eval()
     return scene, cfg
@@ -269,8 +275,7 @@ def export_run(run_dir: str, formats: list[str] | None = None, out: str | None =
     paths = output_paths(formats, out, os.path.join(run_dir, "export"), opts.name)
     report = export_scene(scene, formats, paths, opts)
     report_dir = os.path.dirname(os.path.abspath(next(iter(paths.values()))))
-    with open(os.path.join(report_dir, f"{opts.name}_export.json"), "w") as f:
-        json.dump(report, f, indent=2, default=str)
+    write_json(os.path.join(report_dir, f"{opts.name}_export.json"), report, default=str)
     return report
 
 

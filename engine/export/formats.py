@@ -24,7 +24,8 @@ def write_obj(path: str, vertices: np.ndarray, faces: np.ndarray, normals: np.nd
     base = os.path.splitext(path)[0]
     mtl_name = os.path.basename(base) + ".mtl"
     tex = textures_rel.rstrip("/") + "/" if textures_rel else ""
-    with open(base + ".mtl", "w") as f:
+    from engine.outputs import atomic_write
+    with atomic_write(base + ".mtl") as f:
         f.write(f"# Distillery export\nnewmtl {name}_material\nKa 1.000 1.000 1.000\nKd 1.000 1.000 1.000\n"
                 f"Ks 0.000 0.000 0.000\nd 1.0\nillum 2\nmap_Kd {tex}albedo.png\nmap_Pr {tex}roughness.png\n"
                 f"map_Pm {tex}metallic.png\nnorm {tex}normal.png\nmap_Bump {tex}normal.png\n")
@@ -37,7 +38,7 @@ def write_obj(path: str, vertices: np.ndarray, faces: np.ndarray, normals: np.nd
              "".join(f"vn {x:.6f} {y:.6f} {z:.6f}\n" for x, y, z in normals),
              f"usemtl {name}_material\ns 1\n",
              "".join(f"f {a}/{a}/{a} {b}/{b}/{b} {c}/{c}/{c}\n" for a, b, c in idx)]
-    with open(path, "w") as f:
+    with atomic_write(path) as f:
         f.writelines(lines)
     return base + ".mtl"
 
@@ -122,4 +123,6 @@ def write_usdz(path: str, textures_dir: str, **mesh_kwargs) -> None:
         tmp_out = os.path.join(tmp, "out.usdz")
         if not UsdUtils.CreateNewUsdzPackage(Sdf.AssetPath(layer), tmp_out):
             raise RuntimeError(f"usd-core could not package {path}")
-        shutil.move(tmp_out, path)
+        from engine.outputs import atomic_path
+        with atomic_path(path) as final_tmp:  # the package is whole at its name or not there at all
+            shutil.copyfile(tmp_out, final_tmp)

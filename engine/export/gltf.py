@@ -107,7 +107,8 @@ def write_glb(path: str, vertices: np.ndarray, faces: np.ndarray, normals: np.nd
     js = json.dumps(gltf, separators=(",", ":")).encode("utf-8")
     js += b" " * (-len(js) % 4)
     total = 12 + 8 + len(js) + 8 + len(b.blob)
-    with open(path, "wb") as f:
+    from engine.outputs import atomic_write
+    with atomic_write(path, "wb") as f:  # a kill or a full disk never leaves a broken GLB under its name
         f.write(struct.pack("<4sII", b"glTF", 2, total))
         f.write(struct.pack("<I4s", len(js), b"JSON"))
         f.write(js)

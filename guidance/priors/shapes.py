@@ -35,7 +35,7 @@ def _shape_renders(shape: str, resolution: int, cache: str) -> shapes.ShapeRende
     path = os.path.join(cache, "shapes", f"v{CACHE_VERSION}-{shape}-{resolution}.pt")
     if os.path.exists(path):
         try:
-            d = torch.load(path)
+            d = torch.load(path, map_location="cpu", weights_only=True)  # tensors only, never pickles
             return shapes.ShapeRender(d["coverage"].float(), d["shaded"].float())
         except Exception:  # a truncated cache file is rebuilt, never trusted
             pass

@@ -1,0 +1,231 @@
+"""Issue #18: the CLI and its files under a hostile or careless user. Every case here is a row of docs/reliability.md:
+one plain line on stderr and exit code 2 for bad input (before any run folder exists), nothing lost when a run or an
+export is killed or the disk fills up, and no path through the app's free-form fields to the server's files."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from engine.cli import main
+from engine.config import BOUNDS, load_config, save_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ["--steps", "2", "--resolution", "16", "--train.video-frames", "0", "--train.eval-views", "0",
+        "--train.no-progress", "--train.no-export", "--train.preview-every", "0"]
+
+
+def _one_line(capsys, code, argv):
+    """Run `engine ARGV`, expect exit ``code`` and exactly one 'engine...: error:' line (no traceback, no box)."""
+    with pytest.raises(SystemExit) as e:
+        rc = main(argv)
+        raise SystemExit(rc)
+    err = capsys.readouterr().err
+    assert e.value.code == code, (e.value.code, err)
+    assert err.count("\n") == 1 and " error: " in err and "Traceback" not in err, err
+    assert not any(ch in err for ch in "│╭╰─"), err
+    return err
+
+
+def _saved_run(tmp_path, name="run", extra=()):
+    """A finished two-step run folder (its config.yaml and checkpoint are then damaged by the tests)."""
+    out = tmp_path / name
+    assert main(["generate", "a red cube", *FAST, "--train.checkpoint-every", "1", "--train.keep-checkpoints", "3",
+                 "--out", str(out), *extra]) == 0
+    return out
+
+
+# -- item 7: corrupted configs on --resume and --load-config ----------------------------------------------------------
+CORRUPT_CONFIGS = {
+    "invalid YAML": ("prompt: [unclosed\n", "not valid YAML"),
+    "unknown key": ("prompt: a red cube\nwarp_drive: 9\n", "unknown key"),
+    "wrong type": ("prompt: a red cube\nresolution: big\n", "resolution: expected an integer"),
+    "empty": ("", "expected a mapping"),
+    "a list": ("- 1\n- 2\n", "expected a mapping"),
+    "binary": (b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "not text"),
+    "a dict as the prompt": ("prompt: {a: 1}\n", "prompt: expected a string"),
+    "billion laughs": ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+                       "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nprompt: a red cube\n"
+                       "renderer: {name: mesh, envs: [*c, *c, *c, *c, *c, *c, *c, *c, *c]}\n",
+                       "envs[0]: expected a string"),
+    "alias bomb in a list field": ("renderer: {name: mesh, envs: &c [[x, x], [x, x]]}\n", "expected a string"),
+    "a wrong type deep inside": ("guidance: {name: sds, guidance_scale: [1, 2]}\n", "expected a number"),
+    "an unknown component": ("renderer: {name: voxels}\n", "renderer.name must be one of"),
+    "a seed too large": ("seed: 9223372036854775808\n", "seed must be in"),
+    "a resolution too large": ("resolution: 100000\n", "resolution must be in"),
+    "a non-finite float": ("train: {lr_scale: .nan}\n", "finite"),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPT_CONFIGS))
+def test_a_corrupted_config_is_one_line(case, tmp_path, capsys):
+    text, message = CORRUPT_CONFIGS[case]
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    err = _one_line(capsys, 2, ["generate", "--load-config", str(path), "--out", str(tmp_path / "new")])
+    assert message in err, err
+    assert not (tmp_path / "new").exists()
+    # the same file as a run folder's config.yaml on --resume
+    run = tmp_path / "run"
+    (run / "ckpts").mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_bytes(path.read_bytes())
+    err = _one_line(capsys, 2, ["generate", "--resume", str(run)])
+    assert message in err, err
+
+
+def test_a_huge_config_file_is_refused(tmp_path, capsys):
+    path = tmp_path / "huge.yaml"
+    path.write_text("prompt: a red cube\n" + "#" * (2 << 20) + "\n")
+    assert "larger than" in _one_line(capsys, 2, ["generate", "--load-config", str(path)])
+
+
+def test_a_saved_config_loads_back_equal(tmp_path):
+    from engine.cli import build_generate_config
+
+    cfg, _ = build_generate_config(["a red cube", "--renderer", "mesh", "--seed", str(2**63 - 1),
+                                    "--regularizers", "lambda_sdf", "0.5", "--cameras.fovy", "30", "50"])
+    save_config(cfg, str(tmp_path / "c.yaml"))
+    assert load_config(str(tmp_path / "c.yaml")) == cfg
+
+
+# -- item 7: command-line values out of bounds, files that are not what they claim -------------------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["--seed", str(2**63)], "seed must be in"),
+    (["--seed", "-1"], "seed must be in"),
+    (["--resolution", "100000"], "resolution must be in"),
+    (["--train.keep-checkpoints", "0"], "keep-checkpoints must be in"),
+    (["--guidance.guidance-scale", "inf"], "finite"),
+    (["--guidance.guidance-scale", "1e300"], "out of range"),
+    (["--renderer.backend", "nope"], "backend must be one of"),
+])
+def test_values_out_of_bounds_are_one_line_before_any_run_folder(argv, message, tmp_path, capsys):
+    err = _one_line(capsys, 2, ["generate", "a red cube", *argv, "--out", str(tmp_path / "run")])
+    assert message in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_bounds_are_declared_once_and_cover_the_issue_cases():
+    assert BOUNDS["seed"] == (0, 2**63 - 1) and BOUNDS["resolution"][1] < 100000
+    assert BOUNDS["train.keep_checkpoints"][0] >= 1
+
+
+def test_a_truncated_image_prompt_is_one_line(tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "ref.png")
+    data = (tmp_path / "ref.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    err = _one_line(capsys, 2, ["generate", "a red cube", "--image", str(tmp_path / "cut.png"),
+                                "--out", str(tmp_path / "run")])
+    assert "cut.png" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_must_be_a_new_or_empty_writable_folder(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("mine")
+    assert "is a file" in _one_line(capsys, 2, ["generate", "a red cube", "--out", str(tmp_path / "a_file")])
+    assert "is a file" in _one_line(capsys, 2, ["generate", "a red cube", "--out", str(tmp_path / "a_file" / "x")])
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "status.json").write_text('{"mine": true}')
+    (foreign / "ckpts").mkdir()
+    assert "not a run folder" in _one_line(capsys, 2, ["generate", "a red cube", "--out", str(foreign)])
+    assert (foreign / "status.json").read_text() == '{"mine": true}'
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        try:
+            assert "not writable" in _one_line(capsys, 2, ["generate", "a red cube", "--out", str(ro / "run")])
+        finally:
+            ro.chmod(0o755)
+
+
+# -- item 8: every command's option errors are one plain line ---------------------------------------------------------
+@pytest.mark.parametrize("argv", [
+    ["export"], ["export", "/no/such/run"], ["export", "x", "--faces", "many"], ["export", "x", "--bogus"],
+    ["texture"], ["texture", "m.obj"], ["texture", "m.obj", "a red cube", "--steps", "x"],
+    ["app", "--port", "x"], ["app", "--bogus"], ["app", "--max-queue", "0"],
+    ["nonsense"],
+])
+def test_every_command_refuses_bad_options_in_one_line(argv, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")
+    with pytest.raises(SystemExit) as e:
+        raise SystemExit(main(argv))
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.count("\n") == 1 and "error" in err and "Traceback" not in err, err
+
+
+# -- item 9: small items ----------------------------------------------------------------------------------------------
+def test_faces_zero_is_refused(tmp_path, capsys):
+    run = _saved_run(tmp_path)
+    assert "--faces" in _one_line(capsys, 2, ["export", str(run), "--faces", "0"])
+    assert "--texture-size" in _one_line(capsys, 2, ["export", str(run), "--texture-size", "100000"])
+
+
+def test_ctrl_c_before_the_run_folder_exists_claims_nothing(tmp_path, capsys, monkeypatch):
+    import engine.train
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.train, "_prepare", interrupted)
+    assert main(["generate", "a red cube", "--out", str(tmp_path / "run")]) == 130
+    err = capsys.readouterr().err
+    assert "checkpoint was saved" not in err and "nothing to resume" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_shapes_cache_loads_tensors_only():
+    import inspect
+
+    from guidance.priors import shapes
+    src = inspect.getsource(shapes)
+    assert "torch.load(" in src and src.count("torch.load(") == src.count("weights_only=True")
+
+
+def test_pyproject_torch_floor_unpickles_nothing_by_default():
+    import tomllib
+
+    deps = tomllib.load(open(os.path.join(ROOT, "pyproject.toml"), "rb"))["project"]["dependencies"]
+    torch_dep = next(d for d in deps if d.replace(" ", "").startswith("torch>="))
+    assert tuple(int(x) for x in torch_dep.split(">=")[1].split(",")[0].split(".")[:2]) >= (2, 6)
+
+
+def test_obj_material_paths_cannot_leave_the_mesh_folder(tmp_path):
+    """An OBJ whose mtllib climbs out of its folder (``../../``) loads its geometry only, whatever trimesh's version:
+    the loaders pass a resolver that serves file names inside the mesh's own folder and nothing else."""
+    from engine.texture import FolderResolver, load_mesh
+
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "stolen.mtl").write_text("newmtl m\nKd 1 0 0\nmap_Kd stolen.png\n")
+    up = tmp_path / "a" / "b"
+    up.mkdir(parents=True)
+    (up / "mesh.obj").write_text("mtllib ../../secret/stolen.mtl\nusemtl m\nv 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+    res = FolderResolver(str(up))
+    with pytest.raises(FileNotFoundError):
+        res.get("../../secret/stolen.mtl")
+    assert len(load_mesh(str(up / "mesh.obj")).faces) == 1
+    (up / "ok.mtl").write_text("newmtl m\nKd 1 0 0\n")
+    assert res.get("ok.mtl").startswith(b"newmtl")
+
+
+def test_two_runs_of_one_prompt_in_the_same_second_get_distinct_folders(tmp_path, monkeypatch):
+    """Run folders carry a random suffix, are created with exist_ok=False, and a clash picks another name."""
+    import engine.train
+    from engine.cli import build_generate_config
+    from engine.config import default_run_dir
+
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20260101-000000")
+    assert default_run_dir("a red cube") != default_run_dir("a red cube")
+    names = iter([str(tmp_path / "same"), str(tmp_path / "same"), str(tmp_path / "other")])
+    monkeypatch.setattr(engine.train, "default_run_dir", lambda prompt: next(names))
+    cfg, _ = build_generate_config(["a red cube", *FAST])
+    first, second = engine.train.generate(cfg), engine.train.generate(cfg)
+    assert (first, second) == (str(tmp_path / "same"), str(tmp_path / "other"))
