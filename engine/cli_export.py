@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, ValueError) as e:
         print(f"engine export: error: {e}", file=sys.stderr)
         return USAGE_ERROR
+    except OSError as e:  # a full disk, a read-only folder: the files already there are left whole (atomic writes)
+        print(f"engine export: error: cannot write {e.filename or 'the export'}: {e.strerror or e}", file=sys.stderr)
+        return 1
     for fmt, path in report["files"].items():
         print(f"{fmt}: {path}")
     mesh = report.get("mesh")

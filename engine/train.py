@@ -313,7 +313,7 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
                         f"({err.strerror or err})" + (f"; resume continues from {last}" if last else ""))
             if last:
                 e.run_dir = run_dir
-            raise
+            raise e from None
         _try_status(run_dir, "interrupted", done, f"interrupted; resume with --resume {run_dir}")
         e.run_dir = run_dir  # the CLI says a checkpoint was saved only when this is set
         raise

@@ -229,3 +229,141 @@ def test_two_runs_of_one_prompt_in_the_same_second_get_distinct_folders(tmp_path
     cfg, _ = build_generate_config(["a red cube", *FAST])
     first, second = engine.train.generate(cfg), engine.train.generate(cfg)
     assert (first, second) == (str(tmp_path / "same"), str(tmp_path / "other"))
+
+
+# -- item 6: a truncated newest checkpoint falls back to the one before --------------------------------------------
+def _truncate(path, keep=0.5):
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: int(len(data) * keep)])
+
+
+def test_resume_and_export_fall_back_to_the_newest_intact_checkpoint(tmp_path, capsys):
+    from engine.checkpoint import step_checkpoints
+    from engine.outputs import read_status
+
+    run = _saved_run(tmp_path, extra=["--steps", "3"])
+    newest = step_checkpoints(str(run / "ckpts"))[0]
+    assert newest.endswith("step_000003.safetensors")
+    _truncate(newest)
+    capsys.readouterr()
+    assert main(["export", str(run), "--texture-size", "32", "--resolution", "16", "--format", "obj"]) == 0
+    assert "skipped 1 unreadable" in capsys.readouterr().err
+    assert (run / "export" / "model.obj").stat().st_size > 0
+    (run / "status.json").unlink()
+    assert main(["generate", "--resume", str(run)]) == 0
+    assert "skipped 1 unreadable" in capsys.readouterr().err
+    assert read_status(str(run))["state"] == "complete"
+    for p in step_checkpoints(str(run / "ckpts")):
+        _truncate(p)
+    err = _one_line(capsys, 2, ["generate", "--resume", str(run)])
+    assert "no readable checkpoint" in err
+
+
+# -- items 4 and 5: nothing lost on a kill, a full disk, SIGTERM --------------------------------------------------------
+def _enospc(*a, **k):
+    raise OSError(28, "No space left on device")
+
+
+def test_a_full_disk_at_the_first_checkpoint_keeps_the_run_folder_and_says_so(tmp_path, capsys, monkeypatch):
+    import engine.train
+    from engine.outputs import read_status
+
+    monkeypatch.setattr(engine.train, "save_checkpoint", _enospc)
+    out = tmp_path / "run"
+    err = _one_line(capsys, 1, ["generate", "a red cube", *FAST, "--train.checkpoint-every", "1", "--out", str(out)])
+    assert "No space left on device" in err and "the run stopped" in err
+    status = read_status(str(out))
+    assert status["state"] == "failed" and "No space left" in status["message"]
+    assert (out / "config.yaml").is_file()  # the folder is kept
+
+
+def test_ctrl_c_when_the_checkpoint_cannot_be_written_says_so(tmp_path, capsys, monkeypatch):
+    import engine.train
+    from engine.outputs import read_status
+    from engine.train import Hooks, generate
+
+    monkeypatch.setattr(engine.train, "save_checkpoint", _enospc)
+    from engine.cli import build_generate_config
+    cfg, _ = build_generate_config(["a red cube", *FAST, "--out", str(tmp_path / "run")])
+
+    def stop(done, total, logs):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as e:
+        generate(cfg, hooks=Hooks(on_step=stop))
+    assert not getattr(e.value, "run_dir", None)  # the CLI will not claim a checkpoint was saved
+    status = read_status(str(tmp_path / "run"))
+    assert status["state"] == "interrupted" and "could not be written" in status["message"]
+
+
+def test_an_export_that_fails_midway_leaves_the_previous_files_whole(tmp_path, capsys, monkeypatch):
+    import engine.export.gltf as gltf
+
+    run = _saved_run(tmp_path)
+    args = ["export", str(run), "--texture-size", "32", "--resolution", "16"]
+    assert main(args) == 0
+    glb, report = run / "export" / "model.glb", run / "export" / "model_export.json"
+    before = glb.read_bytes(), report.read_bytes()
+    real_pack = gltf.struct.pack
+    calls = []
+
+    def full_disk_midway(*a):  # the disk fills after the GLB header was written
+        calls.append(1)
+        if len(calls) > 2:
+            raise OSError(28, "No space left on device")
+        return real_pack(*a)
+
+    monkeypatch.setattr(gltf.struct, "pack", full_disk_midway)
+    capsys.readouterr()
+    err = _one_line(capsys, 1, args)
+    assert "No space left" in err
+    assert (glb.read_bytes(), report.read_bytes()) == before
+    assert not [p for p in os.listdir(run / "export") if ".tmp" in p]
+
+
+def test_atomic_write_keeps_the_old_file_when_the_writer_dies(tmp_path):
+    from engine.outputs import atomic_path, atomic_write
+
+    target = tmp_path / "model.json"
+    target.write_text("good")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_write(str(target)) as f:
+            f.write("half")
+            raise KeyboardInterrupt
+    assert target.read_text() == "good" and os.listdir(tmp_path) == ["model.json"]
+    with atomic_path(str(target)) as tmp:
+        assert tmp.endswith(".json") and os.path.dirname(tmp) == str(tmp_path)
+        open(tmp, "w").write("new")
+    assert target.read_text() == "new"
+
+
+def test_sigterm_is_handled_like_ctrl_c(tmp_path):
+    """A real `engine generate` process gets SIGTERM mid-run: it saves a checkpoint, marks the run interrupted,
+    exits 143 with one line, and --resume finishes the run."""
+    import json
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "engine.cli", "generate", "a red cube", *FAST, "--steps", "100000",
+           "--train.checkpoint-every", "0", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if json.loads((out / "status.json").read_text())["state"] == "running":
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.2)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "checkpoint was saved" in err and "Traceback" not in err
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["step"] >= 0
+    assert any(n.startswith("step_") for n in os.listdir(out / "ckpts"))
