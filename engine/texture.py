@@ -143,12 +143,16 @@ def load_mesh(path: str, size: float = 0.8) -> LoadedMesh:
 
 
 def unwrap(mesh: LoadedMesh) -> LoadedMesh:
-    """xatlas UVs for a mesh without any (vertices are split along the seams)."""
-    import xatlas
+    """xatlas UVs for a mesh without any (vertices are split along the seams), computed out of process with a time
+    limit and fallbacks (engine/atlas.py), so a mesh that crashes or hangs xatlas cannot take the process down."""
+    from engine.atlas import UnwrapError, unwrap_safe
 
-    vmap, faces, uv = xatlas.parametrize(mesh.vertices, mesh.faces.astype(np.uint32))
+    try:
+        vmap, faces, uv, how = unwrap_safe(mesh.vertices, mesh.faces)
+    except UnwrapError as e:
+        raise TextureError(str(e)) from None
     return LoadedMesh(mesh.vertices[vmap], faces.astype(np.int64), uv.astype(np.float32), mesh.centre, mesh.scale,
-                      mesh.repairs + ["unwrapped with xatlas (the mesh had no UVs)"])
+                      mesh.repairs + [f"unwrapped with {how} (the mesh had no UVs)"])
 
 
 @dataclass

@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from engine.cli import main
 from engine.config import BOUNDS, load_config, save_config
@@ -259,7 +258,7 @@ def test_resume_and_export_fall_back_to_the_newest_intact_checkpoint(tmp_path, c
     assert "no readable checkpoint" in err
 
 
-# -- items 4 and 5: nothing lost on a kill, a full disk, SIGTERM --------------------------------------------------------
+# -- items 4 and 5: nothing lost on a kill, a full disk, SIGTERM ---------------------------------------------
 def _enospc(*a, **k):
     raise OSError(28, "No space left on device")
 
@@ -367,3 +366,82 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     status = json.loads((out / "status.json").read_text())
     assert status["state"] == "interrupted" and status["step"] >= 0
     assert any(n.startswith("step_") for n in os.listdir(out / "ckpts"))
+
+
+# -- item 1: the UV unwrap cannot crash or hang the process ------------------------------------------------------------
+def _check_atlas(vertices, faces, vmap, nf, uv):
+    import numpy as np
+
+    assert nf.shape[1] == 3 and nf.min() >= 0 and nf.max() < len(vmap) == len(uv)
+    assert uv.min() >= 0 and uv.max() <= 1 and vmap.max() < len(vertices)
+    # every output triangle is an input triangle (same corner positions, same count)
+    a = np.sort(np.asarray(vertices)[vmap][nf].reshape(len(nf), -1), axis=1)
+    b = np.sort(np.asarray(vertices)[np.asarray(faces)].reshape(len(faces), -1), axis=1)
+    assert len(a) == len(b) and np.allclose(np.sort(a, axis=0), np.sort(b, axis=0))
+
+
+def test_the_82k_icosphere_that_crashed_xatlas_is_unwrapped(monkeypatch):
+    """xatlas segfaults on this mesh; unwrap_safe unwraps it in blocks, and when made to try the whole mesh first
+    (BLOCK_FACES raised), it survives the real segfault of its child and falls back to the blocks."""
+    import numpy as np
+    import trimesh
+
+    import engine.atlas
+
+    m = trimesh.creation.icosphere(subdivisions=6)  # 81,920 faces
+    v, f = np.asarray(m.vertices), np.asarray(m.faces)
+    vmap, nf, uv, how = engine.atlas.unwrap_safe(v, f)
+    assert how == "xatlas in 2 blocks"
+    _check_atlas(v, f, vmap, nf, uv)
+    monkeypatch.setattr(engine.atlas, "BLOCK_FACES", 10**9)
+    vmap, nf, uv, how = engine.atlas.unwrap_safe(v, f)
+    assert how.startswith("xatlas in 2 blocks") and "failed (exit -" in how, how
+    _check_atlas(v, f, vmap, nf, uv)
+
+
+def test_a_crashing_or_hanging_unwrap_falls_back(monkeypatch):
+    """A child that crashes (a segfault) or runs past its time limit (a hang) leads to the fallbacks."""
+    import numpy as np
+    import trimesh
+
+    import engine.atlas as atlas
+
+    m = trimesh.creation.icosphere(subdivisions=2)
+    v, f = np.asarray(m.vertices), np.asarray(m.faces)
+    vmap, nf, uv, how = atlas.unwrap_safe(v, f, timeout_s=1e-3)  # every xatlas attempt "hangs"
+    assert how.startswith("one cell per triangle") and "ran past" in how
+    _check_atlas(v, f, vmap, nf, uv)
+    calls = []
+
+    def crash_whole_mesh(vertices, faces, parts, *a):
+        calls.append(parts)
+        return (None, "xatlas failed (exit -11)") if parts == 1 else real(vertices, faces, parts, *a)
+
+    real = atlas._run_child
+    monkeypatch.setattr(atlas, "_run_child", crash_whole_mesh)
+    vmap, nf, uv, how = atlas.unwrap_safe(v, f)
+    assert calls == [1, 2] and "2 blocks" in how and "exit -11" in how
+    _check_atlas(v, f, vmap, nf, uv)
+
+
+def test_preclean_merges_duplicates_and_drops_degenerate_faces():
+    import numpy as np
+
+    from engine.atlas import preclean
+
+    v = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 0, 0], [5, 5, 5]], float)  # vertex 3 repeats 1; 4 unused
+    f = np.array([[0, 1, 2], [0, 3, 2], [0, 1, 3], [2, 1, 0]])  # a duplicate, a degenerate, a flipped duplicate
+    nv, nf, vmap = preclean(v, f)
+    assert len(nv) == 3 and len(nf) == 1 and np.allclose(v[vmap], nv)
+
+
+def test_texture_cli_refuses_a_mesh_over_the_unwrap_limit(tmp_path, capsys, monkeypatch):
+    import trimesh
+
+    import engine.atlas
+
+    monkeypatch.setattr(engine.atlas, "MAX_UNWRAP_FACES", 100)
+    trimesh.creation.icosphere(subdivisions=2).export(tmp_path / "ball.ply")  # 320 faces, no UVs
+    err = _one_line(capsys, 2, ["texture", str(tmp_path / "ball.ply"), "a red sphere", "--steps", "1",
+                                "--out", str(tmp_path / "out")])
+    assert "unwrapping is limited to 100" in err

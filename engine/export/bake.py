@@ -74,18 +74,9 @@ def unwrap(mesh: Mesh, texture_size: int, padding: int) -> Mesh:
     """xatlas atlas; vertices are split along seams (normals follow). A mesh that has uv keeps them."""
     if mesh.uv is not None:
         return mesh
-    import xatlas
+    from engine.atlas import unwrap_safe  # xatlas out of process: a crash or a hang cannot take us down
 
-    atlas = xatlas.Atlas()
-    atlas.add_mesh(mesh.vertices.astype(np.float32), mesh.faces.astype(np.uint32))
-    chart = xatlas.ChartOptions()
-    pack = xatlas.PackOptions()
-    pack.resolution = texture_size
-    pack.padding = padding
-    pack.bilinear = True
-    pack.bruteForce = False
-    atlas.generate(chart, pack)
-    vmap, faces, uv = atlas[0]
+    vmap, faces, uv, _ = unwrap_safe(mesh.vertices, mesh.faces, texture_size, padding, preclean_mesh=False)
     normals = None if mesh.normals is None else mesh.normals[vmap]
     return Mesh(mesh.vertices[vmap], faces.astype(np.int64), normals, uv.astype(np.float64))
 
