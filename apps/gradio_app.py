@@ -6,10 +6,9 @@ jobs run ``engine.train.generate`` in apps/jobs.py (one per device, FIFO, clean 
 run folder and ``engine.export``. Each browser session gets its own folder, deleted after ``session_ttl_s`` idle.
 """
 
-import contextlib
+import dataclasses
 import html
 import importlib.util
-import io
 import json
 import os
 import re
@@ -18,6 +17,7 @@ import shlex
 import tempfile
 import threading
 import time
+import typing
 
 from apps.jobs import (
     DONE,
@@ -31,6 +31,7 @@ from apps.jobs import (
     JobManager,
     Limits,
     QueueFull,
+    SessionError,
     UploadError,
     check_image,
     check_mesh,
@@ -46,11 +47,31 @@ OUTPUTS = ("status", "preview", "video", "glb", "obj_zip", "textures_zip", "usdz
            "seed", "details")
 DOWNLOADS = (("glb", "GLB"), ("obj_zip", "OBJ (zip)"), ("textures_zip", "Textures (zip)"), ("usdz", "USDZ"),
              ("ply", "PLY (Gaussians)"))
-# Overrides that would reach the file system or replace a widget are refused in the free-form field.
-_REFUSED_KEYS = ("out", "resume", "load-config", "help", "device", "prior", "preset", "prompt", "negative-prompt",
-                 "steps", "seed")
-_REFUSED_PARTS = ("dir", "path", "file", "image", "adapter", "cache", "config")
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# The free-form overrides field takes an allow-list (issue #18): the numeric and true/false fields of these sections
+# (never a string, so never a path or a module name), plus the few train.* fields below; widgets own the rest.
+OVERRIDE_SECTIONS = ("cameras", "prompts", "background", "guidance", "renderer")
+OVERRIDE_TRAIN = ("train.lr-scale", "train.log-every", "train.eval-views", "train.eval-every")
+# The app's limits, tighter than engine.config.BOUNDS (which still applies): what one shared machine can afford.
+APP_BOUNDS: dict[str, tuple[float, float]] = {
+    "resolution": (16, 512), "particles": (1, 4), "train.steps": (1, 20000), "train.keep_checkpoints": (1, 2),
+    "train.video_frames": (0, 240), "train.video_resolution": (16, 512), "train.eval_views": (0, 16),
+    "train.export_texture_size": (8, 2048), "cameras.batch_size": (1, 8),
+    "renderer.samples_per_ray": (1, 512), "renderer.importance_samples": (0, 256),
+    "renderer.log2_hashmap_size": (8, 20), "renderer.max_resolution": (1, 2048),
+    "renderer.occupancy_resolution": (4, 256), "renderer.num_points": (1, 200_000),
+    "renderer.max_gaussians": (1, 200_000), "renderer.tet_resolution": (4, 128),
+    "renderer.texture_resolution": (8, 2048), "renderer.env_height": (4, 256), "renderer.mlp_width": (1, 256),
+}
+APP_EXPORT_BOUNDS = {"texture_size": (8, 2048), "resolution": (16, 256)}
+APP_TEXTURE_BOUNDS = {"steps": (1, 20000), "resolution": (16, 512), "texture_resolution": (8, 2048)}
+
+
+def check_app_bounds(values: dict, bounds: dict, what: str) -> None:
+    """InputError unless every value named in ``bounds`` is a finite number inside its range."""
+    for key, (lo, hi) in bounds.items():
+        v = values.get(key)
+        if not isinstance(v, (int, float)) or not lo <= v <= hi:
+            raise InputError(f"{what} {key.replace('_', ' ')} must be in {lo}..{hi}, got {v}")
 _BUILD_LOCK = threading.Lock()
 
 
@@ -60,39 +81,102 @@ class InputError(ValueError):
 
 # -- widgets -> the CLI's GenerateConfig -------------------------------------------------------------------------------
 def build_config(argv: list[str]):
-    """GenerateConfig from `engine generate` argv via the CLI's own parser; InputError with its message if refused."""
-    from engine.cli import build_generate_config
+    """GenerateConfig from `engine generate` argv via the CLI's own parser and checks (engine.cli
+    parse_generate_argv, with the app's tighter APP_BOUNDS); InputError with its one-line message if refused."""
+    from engine.cli import UsageError, parse_generate_argv
 
-    buf = io.StringIO()
-    with _BUILD_LOCK, contextlib.redirect_stderr(buf), contextlib.redirect_stdout(buf):
-        try:
-            cfg, _ = build_generate_config(argv)
-            return cfg
-        except SystemExit:
-            pass
-    text = _ANSI.sub("", buf.getvalue())
-    lines = [ln.strip(" │|-─╭╮╰╯") for ln in text.splitlines()]
-    lines = [ln for ln in lines if ln and "--help" not in ln and "helptext" not in ln.lower()]
-    lines = [ln for i, ln in enumerate(lines) if not any(ln in other for other in lines[i + 1:])]
-    msg = " ".join(lines).replace("engine: error: ", "") or "the settings were refused"
-    raise InputError(msg)
+    try:
+        with _BUILD_LOCK:  # tyro's parse swaps sys.stderr for its capture; one parse at a time
+            cfg, _ = parse_generate_argv(argv, APP_BOUNDS)
+    except UsageError as e:
+        raise InputError(str(e)) from None
+    except SystemExit:  # --help, which the overrides refuse before it gets here
+        raise InputError("the settings were refused") from None
+    return cfg
 
 
-def check_overrides(text: str) -> list[str]:
-    """Free-form typed overrides (`--guidance.lora-lr 1e-4`), minus anything that names a file or a widget."""
+def _flag(path: str) -> str:
+    return path.replace("_", "-")
+
+
+def _field_flags(cls, prefix: str, numeric_only: bool) -> set[str]:
+    """The tyro flags of a config class's fields, recursively (``--no-X`` too for booleans); numeric_only keeps
+    bool, int, float and tuples or optionals of them (a string can name a file, a model or a module)."""
+    flags: set[str] = set()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        t, path = hints[f.name], f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(t):
+            flags |= _field_flags(t, f"{path}.", numeric_only)
+            continue
+        leaves = [a for a in (typing.get_args(t) or (t,)) if a not in (type(None), Ellipsis)]
+        if numeric_only and not all(a in (bool, int, float) for a in leaves):
+            continue
+        flags.add(_flag(path))
+        if t is bool:
+            head, _, last = path.rpartition(".")
+            flags.add(_flag(f"{head}.no-{last}" if head else f"no-{last}"))
+    return flags
+
+
+def allowed_overrides(guidance: str = "sds", renderer: str = "nerf") -> set[str]:
+    """The override flags (without --) the app takes for these components: OVERRIDE_SECTIONS' numeric and boolean
+    fields and OVERRIDE_TRAIN."""
+    from engine.config import GenerateConfig
+    from guidance import GUIDANCES
+    from renderers import RENDERERS
+
+    classes = {"guidance": GUIDANCES.get(guidance), "renderer": RENDERERS.get(renderer)}
+    hints = typing.get_type_hints(GenerateConfig)
+    flags = set(OVERRIDE_TRAIN)
+    for section in OVERRIDE_SECTIONS:
+        cls = classes.get(section) or hints[section]
+        if dataclasses.is_dataclass(cls):
+            flags |= _field_flags(cls, f"{section}.", numeric_only=True)
+    return flags
+
+
+def _known_flags() -> set[str]:
+    """Every flag `engine generate` knows, for any component (to tell "not here" from "no such option")."""
+    from engine.config import GenerateConfig
+    from guidance import GUIDANCES
+    from renderers import RENDERERS
+
+    flags = _field_flags(GenerateConfig, "", numeric_only=False)
+    for section, registry in (("guidance", GUIDANCES), ("renderer", RENDERERS)):
+        for cls in registry.values():
+            flags |= _field_flags(cls, f"{section}.", numeric_only=False)
+    return flags | {"guidance", "renderer", "preset", "prior", "steps", "image", "resume", "load-config", "help"}
+
+
+def _is_number(tok: str) -> bool:
+    try:
+        float(tok)
+        return True
+    except ValueError:
+        return False
+
+
+def check_overrides(text: str, guidance: str = "sds", renderer: str = "nerf") -> list[str]:
+    """Free-form typed overrides (`--cameras.elevation 0 30`), checked against the allow-list (allowed_overrides):
+    anything else, and any option-like token that is not a number, is refused with a message."""
     try:
         tokens = shlex.split(text or "")
     except ValueError as e:
         raise InputError(f"advanced overrides: {e}") from None
+    allowed = allowed_overrides(guidance, renderer)
     for tok in tokens:
-        if not tok.startswith("--"):
+        if not tok.startswith("-") or _is_number(tok):
             continue
-        key = tok[2:].split("=", 1)[0].replace("_", "-")
-        parts = key.split(".")
-        if key in _REFUSED_KEYS or any(p in _REFUSED_KEYS[:5] for p in parts) or \
-                any(bad in key for bad in _REFUSED_PARTS):
-            raise InputError(f"advanced overrides: {tok.split('=')[0]} cannot be set here (it names a file, a "
-                             f"device or a field that has its own control)")
+        key = tok.lstrip("-").split("=", 1)[0].replace("_", "-")
+        if key in allowed and tok.startswith("--"):
+            continue
+        if key in _known_flags() or key == "h":
+            raise InputError(f"advanced overrides: {tok.split('=')[0]} cannot be set here (only numeric and on/off "
+                             f"fields of {', '.join(OVERRIDE_SECTIONS)} and {', '.join(OVERRIDE_TRAIN)}; files, "
+                             f"devices and the fields with their own control are not)")
+        raise InputError(f"advanced overrides: Unrecognized option {tok.split('=')[0]} (see engine generate "
+                         f"--help for the fields)")
     return tokens
 
 
@@ -135,7 +219,7 @@ def form_argv(form: dict, allow_local_models: bool = False) -> list[str]:
         if guidance != "csm":
             raise InputError("an image prompt is used by the csm guidance; choose csm or remove the image")
         argv.append(f"--guidance.image={form['image']}")
-    return argv + check_overrides(form.get("overrides") or "")
+    return argv + check_overrides(form.get("overrides") or "", guidance, renderer)
 
 
 def component_defaults(guidance: str, prior_kind: str, model_id: str) -> dict:
@@ -163,22 +247,28 @@ def texture_argv(form: dict, mesh_path: str, allow_local_models: bool = False) -
 
 
 def build_texture_config(argv: list[str]):
-    """TextureConfig from `engine texture` argv via that command's own parser; InputError if refused."""
-    import dataclasses
-
-    from engine.cli_texture import _parser
+    """TextureConfig from `engine texture` argv via that command's own parser and bounds; InputError if refused."""
+    from engine.cli import UsageError
+    from engine.cli_texture import _parser, check_texture_args
     from engine.texture import TextureConfig
     from guidance import GUIDANCES
 
-    buf = io.StringIO()
-    with _BUILD_LOCK, contextlib.redirect_stderr(buf), contextlib.redirect_stdout(buf):
-        try:
-            args = vars(_parser().parse_args(argv))
-        except SystemExit:
-            raise InputError(buf.getvalue().strip().splitlines()[-1] if buf.getvalue().strip()
-                             else "the texture settings were refused") from None
+    parser = _parser()
+
+    def refuse(message: str):
+        raise InputError(" ".join(message.split()))
+
+    parser.error = refuse  # one line, raised, never printed
+    try:
+        args = vars(parser.parse_args(argv))
+        check_texture_args(args)
+    except UsageError as e:
+        raise InputError(str(e)) from None
+    except SystemExit:
+        raise InputError("the texture settings were refused") from None
     if args["guidance"] not in GUIDANCES:
         raise InputError(f"unknown guidance {args['guidance']!r}")
+    check_app_bounds(args, APP_TEXTURE_BOUNDS, "texture")
     names = {f.name for f in dataclasses.fields(TextureConfig)}
     return TextureConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items() if k in names})
 
@@ -249,7 +339,9 @@ class App:
 
     # event handlers
     def _session(self, request):
-        return self.manager.session(getattr(request, "session_hash", None) or "anonymous")
+        """The caller's session, bound to its client address (SessionError for a hash sent from elsewhere)."""
+        client = getattr(getattr(request, "client", None), "host", None) or ""
+        return self.manager.session(getattr(request, "session_hash", None) or "anonymous", client)
 
     def _outputs(self, job=None, seed=None, error: str = "", **status) -> tuple:
         """One value per OUTPUTS entry."""
@@ -278,7 +370,10 @@ class App:
         (a generator's last yield, then its completion) can be left without its canvas."""
         import gradio as gr
 
-        job = self._session(request).latest
+        try:
+            job = self._session(request).latest
+        except SessionError:
+            job = None
         f = job.files if job is not None and job.done else {}
         return f.get("glb"), gr.update(value=f.get("ply"), visible="ply" in f)
 
@@ -287,10 +382,13 @@ class App:
 
         ``texture``: texture the uploaded ``mesh`` with engine.texture instead of generating from scratch."""
         form = dict(zip(self.input_keys, values))
-        session = self._session(request)
-        seed = secrets.randbelow(2**31) if form.get("randomize_seed") else int(form.get("seed") or 0)
+        try:
+            seed = secrets.randbelow(2**31) if form.get("randomize_seed") else int(form.get("seed") or 0)
+        except (TypeError, ValueError, OverflowError):
+            seed = 0
         form["seed"] = seed
         try:
+            session = self._session(request)
             if session.active is not None:
                 raise InputError("this session already has a job queued or running; stop it first")
             if texture:
@@ -312,9 +410,13 @@ class App:
                 cfg = build_config(form_argv(form, self.allow_local_models))
                 export = {"texture_size": int(form.get("texture_size") or 512),
                           "resolution": int(form.get("mesh_resolution") or 128)}
+                check_app_bounds(export, APP_EXPORT_BOUNDS, "export")
                 job = self.manager.submit(session, cfg, job_id, folder, export)
-        except (InputError, UploadError, QueueFull) as e:
+        except (InputError, UploadError, QueueFull, SessionError) as e:
             yield self._outputs(None, seed=seed, error=str(e))
+            return
+        except (TypeError, ValueError, OverflowError) as e:  # an API client's non-numbers in numeric fields
+            yield self._outputs(None, seed=seed, error=f"a form value is not a usable number ({e})")
             return
         last = None
         while True:
@@ -329,7 +431,10 @@ class App:
             time.sleep(self.poll_s)
 
     def stop(self, request=None) -> str:
-        session = self._session(request)
+        try:
+            session = self._session(request)
+        except SessionError as e:
+            return str(e)
         job = session.active
         if job is None:
             return "Nothing to stop."
@@ -484,6 +589,10 @@ class App:
                          [gr_inputs["steps"], gr_inputs["cfg_scale"]], api_name=False)
 
             def unload(request: gr.Request):
+                try:
+                    self._session(request)  # only the session's own client ends it
+                except SessionError:
+                    return
                 self.manager.end_session(request.session_hash)
 
             demo.unload(unload)

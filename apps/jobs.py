@@ -7,15 +7,25 @@ queue positions, progress numbers, zips of the exported files, and deleting sess
 
 Layout: ``ROOT/<session token>/<job id>/run/`` is the engine's run folder, ``.../downloads/`` holds the zips and
 ``ROOT/<session token>/uploads/`` the checked uploads. Session tokens are random and never taken from the user, so
-a session can only reach its own files.
+a session can only reach its own files. ROOT and every session folder are private (0700); ROOT is locked by one app
+at a time, and the session folders an earlier app left behind are deleted when the next one starts.
+
+Isolation (issue #18): by default every job runs in its own worker process (multiprocessing "spawn"), which sends
+its progress back through a pipe. A job that crashes (a segfault in native code), hangs past ``Limits.job_timeout_s``
+or ignores Stop for ``Limits.stop_grace_s`` ends that process only: the job fails with a message and the app keeps
+serving every other session.
 """
 
 import dataclasses
+import fcntl
 import importlib.util
 import logging
+import multiprocessing
 import os
+import re
 import secrets
 import shutil
+import signal
 import threading
 import time
 import traceback
@@ -48,8 +58,14 @@ class Limits:
     max_mesh_faces: int = 500_000
     max_queue: int = 16
     """Waiting jobs at most (over all sessions); more are refused with a message."""
+    max_queue_per_client: int = 4
+    """Waiting jobs at most per client address (over all its sessions): one client cannot fill the queue."""
     session_ttl_s: float = 3600.0
     """A session's folder is deleted this long after its last use (no job running)."""
+    job_timeout_s: float = 6 * 3600.0
+    """A job running longer is stopped (then ended): a hang in native code cannot hold a device for ever."""
+    stop_grace_s: float = 60.0
+    """After Stop (or the app's shutdown), how long a job's worker gets to save before it is ended."""
 
 
 class UploadError(ValueError):
@@ -170,6 +186,8 @@ class Session:
     folder: str
     jobs: list = field(default_factory=list)
     last_seen: float = field(default_factory=time.time)
+    client: str = ""
+    """The address the session was opened from; the same session hash from another address is refused."""
 
     @property
     def active(self) -> Job | None:
@@ -186,15 +204,45 @@ def default_devices() -> list[str]:
     return [f"cuda:{i}" for i in range(n)] or ["cpu"]
 
 
+class SessionError(ValueError):
+    """A request that does not belong to the session it names; the message is shown to the user."""
+
+
+class RootInUse(RuntimeError):
+    """Another app serves from the same output folder."""
+
+
+TOKEN = re.compile(r"[0-9a-f]{32}")
+
+
+def _private_dir(path: str) -> None:
+    """mkdir with mode 0700 (and make an existing one 0700): session files are nobody else's business."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
 class JobManager:
-    """A FIFO of jobs served by one worker thread per device; sessions and their folders; periodic clean-up."""
+    """A FIFO of jobs served by one worker thread per device; sessions and their folders; periodic clean-up.
+
+    ``isolate``: run each job in its own worker process (the default with the built-in runners; a custom
+    ``runner`` runs in the worker thread unless ``isolate=True``, and must then be importable by module name)."""
 
     def __init__(self, root: str, devices: list[str] | None = None, limits: Limits | None = None, runner=None,
-                 cleanup_every_s: float | None = None):
+                 cleanup_every_s: float | None = None, isolate: bool | None = None):
         self.root = os.path.abspath(root)
-        os.makedirs(self.root, exist_ok=True)
+        _private_dir(self.root)
+        if os.stat(self.root).st_uid != os.getuid():
+            raise RootInUse(f"{self.root} belongs to another user; choose another --output-dir")
+        self._lock = open(os.path.join(self.root, ".app.lock"), "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise RootInUse(f"another app is serving from {self.root}; choose another --output-dir") from None
+        self.removed_at_start = self._remove_leftovers()
         self.devices = devices or default_devices()
         self.limits = limits or Limits()
+        self.isolate = runner is None if isolate is None else isolate
         self.runner = runner or run_job
         self.sessions: dict[str, Session] = {}
         self.waiting: deque[Job] = deque()
@@ -208,15 +256,31 @@ class JobManager:
         for t in self.threads:
             t.start()
 
+    def _remove_leftovers(self) -> list[str]:
+        """Session folders of an earlier app on this root (nobody can reach them: sessions live in memory)."""
+        removed = []
+        for name in os.listdir(self.root):
+            path = os.path.join(self.root, name)
+            if TOKEN.fullmatch(name) and os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        if removed:
+            log.info("removed %d session folder(s) left by an earlier app in %s", len(removed), self.root)
+        return removed
+
     # sessions
-    def session(self, key: str) -> Session:
-        """The session of a gradio session hash, created on first use; touching it keeps it alive."""
+    def session(self, key: str, client: str = "") -> Session:
+        """The session of a gradio session hash, created on first use; touching it keeps it alive. The session is
+        bound to the client address that opened it: the same hash sent from another address is refused
+        (SessionError), so knowing a hash is not enough to reach a session's jobs and files."""
         with self.cv:
             s = self.sessions.get(key)
+            if s is not None and s.client != client:
+                raise SessionError("this session belongs to another client; reload the page")
             if s is None:
                 token = secrets.token_hex(16)
-                s = Session(key, token, os.path.join(self.root, token))
-                os.makedirs(s.folder, exist_ok=True)
+                s = Session(key, token, os.path.join(self.root, token), client=client)
+                _private_dir(s.folder)
                 self.sessions[key] = s
             s.last_seen = time.time()
             return s
@@ -224,7 +288,8 @@ class JobManager:
     def new_job_folder(self, session: Session) -> tuple[str, str]:
         job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         folder = os.path.join(session.folder, job_id)
-        os.makedirs(folder, exist_ok=True)
+        _private_dir(session.folder)  # the janitor may have removed an idle session's folder meanwhile
+        os.makedirs(folder, mode=0o700)
         return job_id, folder
 
     # queue
@@ -233,6 +298,10 @@ class JobManager:
         with self.cv:
             if len(self.waiting) >= self.limits.max_queue:
                 raise QueueFull(f"the queue is full ({self.limits.max_queue} jobs waiting); try again in a while")
+            mine = sum(1 for j in self.waiting if j.session.client == session.client)
+            if mine >= self.limits.max_queue_per_client:
+                raise QueueFull(f"you already have {mine} jobs waiting (the limit per client is "
+                                f"{self.limits.max_queue_per_client}); wait for them to start")
             cfg = dataclasses.replace(cfg, out=os.path.join(folder, "run"))
             steps = cfg.train.steps if hasattr(cfg, "train") else cfg.steps
             job = Job(job_id, session, cfg, folder, kind, export or {}, total=steps)
@@ -270,7 +339,11 @@ class JobManager:
                 self.running[device] = job
                 job.update(state=RUNNING, device=device, started=time.time(), message="loading the prior")
             try:
-                (self.runner if job.kind == "generate" else RUNNERS[job.kind])(job, device)
+                runner = self.runner if job.kind == "generate" else RUNNERS[job.kind]
+                if self.isolate:
+                    run_isolated(job, device, runner, self.limits)
+                else:
+                    runner(job, device)
             except BaseException as e:  # noqa: BLE001 - a job's failure must never take the worker down
                 log.error("job %s crashed:\n%s", job.id, traceback.format_exc())
                 job.update(state=FAILED, message=f"internal error: {type(e).__name__}: {e}")
@@ -315,15 +388,118 @@ class JobManager:
             except Exception:  # noqa: BLE001
                 log.error("clean-up failed:\n%s", traceback.format_exc())
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Refuse new work, stop the running jobs and (``wait``) give their workers the time to save a checkpoint
+        (up to ``Limits.stop_grace_s``, after which they are ended)."""
         with self.cv:
             self.closed = True
             for j in list(self.waiting):
                 j.update(state=STOPPED, message="the app shut down", finished=time.time())
             self.waiting.clear()
-            for j in self.running.values():
+            running = list(self.running.values())
+            for j in running:
                 j.stop_event.set()
             self.cv.notify_all()
+        if wait:
+            deadline = time.time() + self.limits.stop_grace_s + 15
+            for t in self.threads[:len(self.devices)]:
+                t.join(max(0.0, deadline - time.time()))
+        if self._lock is not None and not self._lock.closed:
+            self._lock.close()  # releases the root for the next app
+
+
+# -- a job in its own worker process ---------------------------------------------------------------------------------
+_FROM_WORKER = ("state", "step", "total", "it_per_s", "eta_s", "preview", "message", "files", "finished")
+
+
+class _WorkerJob:
+    """The job as a runner sees it inside the worker process: its fields, and ``update`` sent to the app."""
+
+    def __init__(self, fields: dict, conn, stop_event):
+        self.__dict__.update(fields)
+        self._conn, self.stop_event = conn, stop_event
+
+    run_dir = Job.run_dir
+    done = Job.done
+
+    def update(self, **kw) -> None:
+        for k, v in kw.items():
+            setattr(self, k, v)
+        self._conn.send({k: v for k, v in kw.items() if k in _FROM_WORKER})
+
+
+def _worker_main(runner, fields: dict, device: str, conn, stop_event) -> None:
+    """Entry point of a job's worker process. Ctrl-C at the terminal goes to the app, which asks the worker to stop
+    (so it is ignored here); SIGTERM is handled like Ctrl-C by the engine (a checkpoint is saved)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from engine.train import sigterm_as_interrupt
+
+    job = _WorkerJob(fields, conn, stop_event)
+    try:
+        with sigterm_as_interrupt():
+            runner(job, device)
+    except KeyboardInterrupt:
+        job.update(state=STOPPED, message=f"ended at step {job.step} (time limit or shutdown); its checkpoint "
+                                          f"was kept", finished=time.time())
+    except BaseException as e:  # noqa: BLE001 - reported to the app, which keeps serving
+        log.error("job %s failed:\n%s", fields.get("id"), traceback.format_exc())
+        job.update(state=FAILED, message=f"internal error: {type(e).__name__}: {e}", finished=time.time())
+    finally:
+        conn.close()
+
+
+def run_isolated(job: Job, device: str, runner, limits: Limits) -> None:
+    """Run ``runner(job, device)`` in a worker process and mirror its updates onto ``job``; a crash, a hang past
+    ``limits.job_timeout_s`` or a Stop ignored for ``limits.stop_grace_s`` ends the process and fails (or stops)
+    the job with a message."""
+    ctx = multiprocessing.get_context("spawn")  # never fork a threaded server
+    recv, send = ctx.Pipe(duplex=False)
+    stop = ctx.Event()
+    fields = {k: getattr(job, k) for k in ("id", "cfg", "folder", "kind", "export", "state", "device", "step",
+                                           "total", "preview", "message", "files")}
+    proc = ctx.Process(target=_worker_main, args=(runner, fields, device, send, stop), name=f"job-{job.id}",
+                       daemon=True)
+    proc.start()
+    send.close()
+    started, stop_at, timed_out, signalled = time.time(), None, False, 0
+    while True:
+        try:
+            if recv.poll(0.2):
+                job.update(**recv.recv())
+                continue
+        except (EOFError, OSError):
+            pass  # the worker is gone (its end of the pipe closed)
+        if not proc.is_alive():
+            break
+        now = time.time()
+        if not timed_out and now - started > limits.job_timeout_s:
+            timed_out = True
+            job.stop_event.set()
+        if job.stop_event.is_set() and stop_at is None:
+            stop.set()
+            stop_at = now
+        if stop_at is not None and now - stop_at > limits.stop_grace_s and signalled < 2:
+            (proc.terminate if signalled == 0 else proc.kill)()  # SIGTERM saves a checkpoint; SIGKILL if stuck
+            signalled += 1
+            stop_at = now - limits.stop_grace_s + 5  # 5 s between SIGTERM and SIGKILL
+    proc.join(10)
+    recv.close()
+    if job.done:
+        return
+    code = proc.exitcode
+    if timed_out:
+        msg = f"the job ran past the app's time limit ({limits.job_timeout_s / 60:g} min) and was ended"
+    elif code is not None and code < 0 and -code != signal.SIGTERM and -code != signal.SIGKILL:
+        msg = (f"the job's worker crashed ({signal.Signals(-code).name}) and was cleaned up; the app is fine. "
+               f"The input may trigger a bug in a native library: try another one")
+    elif job.stop_event.is_set():
+        job.update(state=STOPPED, message="stopped; the worker did not answer in time and was ended",
+                   finished=time.time())
+        return
+    else:
+        msg = f"the job's worker ended without a result (exit code {code})"
+    log.error("job %s: %s", job.id, msg)
+    job.update(state=FAILED, message=msg, finished=time.time())
 
 
 # -- running one job ------------------------------------------------------------------------------------------------

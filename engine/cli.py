@@ -39,6 +39,17 @@ def check_range(name: str, value, lo, hi) -> None:
         raise UsageError(f"{name} must be in {lo:g}..{hi:g}, got {value:g}")
 
 
+class _RaisingParser(argparse.ArgumentParser):
+    """The generate pre-parser: a refusal raises UsageError (the CLI prints it, the app shows it)."""
+
+    def error(self, message: str):
+        raise UsageError(" ".join(message.split()))
+
+
+def _usage(msg: str) -> None:
+    raise UsageError(msg)
+
+
 def _fail(msg: str, code: int = USAGE_ERROR) -> None:
     print(f"engine: error: {msg}", file=sys.stderr)
     raise SystemExit(code)
@@ -114,7 +125,7 @@ def parse_dataclass(cls, default, args: list[str], prog: str, description: str):
 
 
 def _pre_parser(guidances, renderers, presets) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="engine generate", add_help=False, allow_abbrev=False)
+    p = _RaisingParser(prog="engine generate", add_help=False, allow_abbrev=False)
     p.add_argument("--guidance", choices=sorted(guidances))
     p.add_argument("--renderer", choices=sorted(renderers))
     p.add_argument("--preset", choices=sorted(presets))
@@ -128,7 +139,16 @@ def _pre_parser(guidances, renderers, presets) -> argparse.ArgumentParser:
 
 
 def build_generate_config(argv: list[str]):
-    """argv (after 'generate') -> (GenerateConfig | None, resume_dir | None). Exits 2 on bad input."""
+    """argv (after 'generate') -> (GenerateConfig | None, resume_dir | None). Exits 2 on bad input (one line)."""
+    try:
+        return parse_generate_argv(argv)
+    except UsageError as e:
+        _fail(str(e))
+
+
+def parse_generate_argv(argv: list[str], bounds: dict | None = None):
+    """build_generate_config that raises UsageError (one line) instead of exiting: the web app's entry point.
+    ``bounds`` tightens engine.config.BOUNDS (the app's limits)."""
     from engine.config import PRESETS, GenerateConfig, load_config
     from guidance import GUIDANCES
     from renderers import RENDERERS
@@ -137,26 +157,23 @@ def build_generate_config(argv: list[str]):
     # The prompt is the first argument when it is not an option; taking it here (not as an argparse positional)
     # keeps the values of typed overrides such as `--seed 9` from being read as the prompt.
     prompt = argv[0] if argv and not argv[0].startswith("-") else None
-    try:
-        known, rest = pre.parse_known_args(argv[1:] if prompt is not None else argv)
-    except SystemExit:
-        raise SystemExit(USAGE_ERROR) from None
+    known, rest = pre.parse_known_args(argv[1:] if prompt is not None else argv)
     known.prompt = prompt
     if known.resume:
         if rest or known.prompt or known.guidance or known.renderer or known.load_config or known.image:
-            _fail("--resume continues a run with its saved config; it takes no other options")
+            _usage("--resume continues a run with its saved config; it takes no other options")
         if not os.path.isfile(os.path.join(known.resume, "config.yaml")):
-            _fail(f"{known.resume} is not a run folder (no config.yaml)")
+            _usage(f"{known.resume} is not a run folder (no config.yaml)")
         try:  # the saved config gets the same typed and bounded checks as the command line
             load_config(os.path.join(known.resume, "config.yaml"))
         except ValueError as e:
-            _fail(str(e))
+            raise UsageError(str(e)) from None
         return None, known.resume
     if known.load_config:
         try:
             base = load_config(known.load_config)
         except ValueError as e:
-            _fail(str(e))
+            raise UsageError(str(e)) from None
     else:
         prior_name = known.prior or "shapes"
         preset = known.preset or ("shapes" if prior_name == "shapes" else "diffusion")
@@ -170,7 +187,7 @@ def build_generate_config(argv: list[str]):
     if known.image is not None:
         if not hasattr(base.guidance, "image"):
             with_image = [n for n, c in GUIDANCES.items() if "image" in c.__dataclass_fields__]
-            _fail(f"--image (a visual prompt) works with --guidance {' or '.join(with_image)}, "
+            _usage(f"--image (a visual prompt) works with --guidance {' or '.join(with_image)}, "
                   f"not {type(base.guidance).__name__.removesuffix('Config').lower()}")
         rest = ["--guidance.image", known.image, *rest]
     if known.renderer and type(base.renderer) is not RENDERERS[known.renderer]:
@@ -184,11 +201,8 @@ def build_generate_config(argv: list[str]):
     desc = (f"Generate a 3D asset from a prompt. Guidance choices: {', '.join(GUIDANCES)}; renderer choices: "
             f"{', '.join(RENDERERS)}; presets: {', '.join(PRESETS)}. Choose them with --guidance/--renderer/"
             f"--preset before the typed overrides below.")
-    try:
-        cfg = parse_dataclass(GenerateConfig, base, rest, prog="engine generate", description=desc)
-        check_generate_config(cfg)
-    except UsageError as e:
-        _fail(str(e))
+    cfg = parse_dataclass(GenerateConfig, base, rest, prog="engine generate", description=desc)
+    check_generate_config(cfg, bounds)
     return cfg, None
 
 

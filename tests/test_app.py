@@ -373,3 +373,123 @@ def test_engine_app_command_serves_on_localhost(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# -- issue #18: overrides are an allow-list, sessions are private and bound, a crashing job fails alone --------------
+def test_overrides_are_an_allow_list_with_bounds():
+    refused = {  # the four ways through the old deny-list, and more
+        "--prior.name /etc": "sds", "--renderer.envs /etc/passwd.png": "mesh",
+        "--renderer.init-from outputs/x/run": "mesh", "--renderer.mesh-path /etc/x.obj": "mesh",
+        "--train.steps 20000": "sds", "--train.keep-checkpoints 1000": "sds", "--train.checkpoint-every 1": "sds",
+        "-h": "sds", "--renderer.backend cuda": "nerf", "--guidance.ip-adapter x/y": "csm",
+        "--regularizers lambda_sdf 9": "mesh", "--renderer.init-path /etc/x.ply": "gaussians",
+    }
+    for text, renderer_or_guidance in refused.items():
+        renderer = renderer_or_guidance if renderer_or_guidance in ("mesh", "nerf", "gaussians") else "nerf"
+        guidance = renderer_or_guidance if renderer == "nerf" and renderer_or_guidance != "nerf" else "sds"
+        with pytest.raises(InputError, match="cannot be set here"):
+            check_overrides(text, guidance, renderer)
+    with pytest.raises(InputError, match="Unrecognized"):
+        check_overrides("--no-such-field 3")
+    assert check_overrides("--renderer.no-mipmap --renderer.lambda-sdf 0.1", "sds", "mesh")
+    assert check_overrides("--cameras.elevation -10 30 --guidance.guidance-scale 3 --train.eval-views 2")
+    # values are bounded by the app's limits, tighter than the CLI's
+    with pytest.raises(InputError, match="max-gaussians must be in"):
+        build_config(form_argv(form(renderer="gaussians", overrides="--renderer.max-gaussians 10000000")))
+    with pytest.raises(InputError, match="steps must be in"):
+        build_config(form_argv(form(steps=10**6)))
+    with pytest.raises(InputError, match="resolution must be in"):
+        build_config(form_argv(form(resolution=100000)))
+
+
+def test_sessions_are_private_bound_to_their_client_and_cleaned_at_start(tmp_path):
+    import stat
+
+    root = tmp_path / "sessions"
+    root.mkdir()
+    stale = root / ("ab" * 16)  # a session folder left by an earlier app
+    (stale / "job").mkdir(parents=True)
+    (root / "notes.txt").write_text("not ours")
+    mgr = JobManager(str(root), devices=["cpu"], runner=_fake_runner)
+    try:
+        assert not stale.exists() and (root / "notes.txt").exists()
+        s = mgr.session("hash", "10.0.0.1")
+        _, folder = mgr.new_job_folder(s)
+        for path in (root, s.folder, folder):
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o700, path
+        with pytest.raises(jobs.SessionError):
+            mgr.session("hash", "10.0.0.2")  # the same hash from another client
+        assert mgr.session("hash", "10.0.0.1") is s
+        with pytest.raises(jobs.RootInUse):
+            JobManager(str(root), devices=["cpu"], runner=_fake_runner)
+    finally:
+        mgr.close()
+    JobManager(str(root), devices=["cpu"], runner=_fake_runner).close()  # the root is free again
+
+
+def test_one_client_cannot_fill_the_queue(tmp_path):
+    cfg = build_config(form_argv(form()))
+    mgr = JobManager(str(tmp_path), devices=["cpu"], limits=Limits(max_queue=6, max_queue_per_client=2),
+                     runner=_fake_runner)
+    try:
+        greedy = [mgr.session(f"g{i}", "10.0.0.1") for i in range(5)]
+        subs = [mgr.submit(s, cfg, *mgr.new_job_folder(s)) for s in greedy[:3]]  # one may already run
+        while len(mgr.waiting) > 2:
+            time.sleep(0.01)
+        with pytest.raises(jobs.QueueFull, match="per client"):
+            for s in greedy[3:]:
+                subs.append(mgr.submit(s, cfg, *mgr.new_job_folder(s)))
+        other = mgr.session("o", "10.0.0.2")
+        assert mgr.submit(other, cfg, *mgr.new_job_folder(other)).state in (jobs.QUEUED, jobs.RUNNING)
+        for j in subs:
+            mgr.stop(j)
+    finally:
+        mgr.close()
+
+
+def test_a_crashing_or_hanging_job_fails_alone_and_the_app_keeps_serving(tmp_path):
+    """Jobs run in worker processes: a segfault fails that job with a message, a hang past the time limit (deaf to
+    Stop and SIGTERM, like native code) is ended, and the next job on the same device runs normally."""
+    import dataclasses
+
+    import job_runners
+
+    cfg = build_config(form_argv(form()))
+    mgr = JobManager(str(tmp_path), devices=["cpu"], limits=Limits(job_timeout_s=3, stop_grace_s=1),
+                     runner=job_runners.crash_hang_or_finish, isolate=True)
+    try:
+        subs = []
+        for i, prompt in enumerate(["a crash", "a hang", "a red cube"]):
+            s = mgr.session(f"s{i}", "10.0.0.1")
+            subs.append(mgr.submit(s, dataclasses.replace(cfg, prompt=prompt), *mgr.new_job_folder(s)))
+        deadline = time.time() + 240
+        while not all(j.done for j in subs) and time.time() < deadline:
+            time.sleep(0.1)
+        crash, hang, fine = subs
+        assert crash.state == jobs.FAILED and "crashed (SIGSEGV)" in crash.message, crash.message
+        assert hang.state == jobs.FAILED and "time limit" in hang.message, hang.message
+        assert fine.state == jobs.DONE and fine.step == 3 and fine.message == "fine"
+        assert all(t.is_alive() for t in mgr.threads)
+    finally:
+        mgr.close()
+
+
+def test_closing_the_app_waits_for_the_worker_to_save(tmp_path):
+    """The app's Ctrl-C: a running job is stopped and its worker saves a checkpoint before the app exits."""
+    import dataclasses
+
+    from engine.outputs import read_status
+
+    cfg = build_config(form_argv(form(steps=20000)))
+    mgr = JobManager(str(tmp_path), devices=["cpu"], limits=Limits(stop_grace_s=120))
+    s = mgr.session("s", "10.0.0.1")
+    job = mgr.submit(s, dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, video_frames=0)),
+                     *mgr.new_job_folder(s), export={"texture_size": 32, "resolution": 16})
+    deadline = time.time() + 240
+    while job.step < 2 and not job.done and time.time() < deadline:
+        time.sleep(0.1)
+    mgr.close(wait=True)
+    assert job.state == jobs.STOPPED, (job.state, job.message)
+    status = read_status(job.run_dir)
+    assert status["state"] == "interrupted"
+    assert any(n.startswith("step_") for n in os.listdir(os.path.join(job.run_dir, "ckpts")))
