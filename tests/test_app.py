@@ -432,13 +432,14 @@ def test_one_client_cannot_fill_the_queue(tmp_path):
     mgr = JobManager(str(tmp_path), devices=["cpu"], limits=Limits(max_queue=6, max_queue_per_client=2),
                      runner=_fake_runner)
     try:
-        greedy = [mgr.session(f"g{i}", "10.0.0.1") for i in range(5)]
-        subs = [mgr.submit(s, cfg, *mgr.new_job_folder(s)) for s in greedy[:3]]  # one may already run
-        while len(mgr.waiting) > 2:
+        greedy = [mgr.session(f"g{i}", "10.0.0.1") for i in range(4)]
+        subs = [mgr.submit(greedy[0], cfg, *mgr.new_job_folder(greedy[0]))]
+        deadline = time.time() + 10
+        while subs[0].state != jobs.RUNNING and time.time() < deadline:
             time.sleep(0.01)
+        subs += [mgr.submit(s, cfg, *mgr.new_job_folder(s)) for s in greedy[1:3]]  # two waiting: its share
         with pytest.raises(jobs.QueueFull, match="per client"):
-            for s in greedy[3:]:
-                subs.append(mgr.submit(s, cfg, *mgr.new_job_folder(s)))
+            mgr.submit(greedy[3], cfg, *mgr.new_job_folder(greedy[3]))
         other = mgr.session("o", "10.0.0.2")
         assert mgr.submit(other, cfg, *mgr.new_job_folder(other)).state in (jobs.QUEUED, jobs.RUNNING)
         for j in subs:
@@ -455,7 +456,7 @@ def test_a_crashing_or_hanging_job_fails_alone_and_the_app_keeps_serving(tmp_pat
     import job_runners
 
     cfg = build_config(form_argv(form()))
-    mgr = JobManager(str(tmp_path), devices=["cpu"], limits=Limits(job_timeout_s=3, stop_grace_s=1),
+    mgr = JobManager(str(tmp_path), devices=["cpu"], limits=Limits(job_timeout_s=20, stop_grace_s=1),
                      runner=job_runners.crash_hang_or_finish, isolate=True)
     try:
         subs = []

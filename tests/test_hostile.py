@@ -162,7 +162,7 @@ def test_every_command_refuses_bad_options_in_one_line(argv, capsys, monkeypatch
 
 # -- item 9: small items ----------------------------------------------------------------------------------------------
 def test_faces_zero_is_refused(tmp_path, capsys):
-    run = _saved_run(tmp_path)
+    run = tmp_path / "run"  # the options are checked before the run folder is read
     assert "--faces" in _one_line(capsys, 2, ["export", str(run), "--faces", "0"])
     assert "--texture-size" in _one_line(capsys, 2, ["export", str(run), "--texture-size", "100000"])
 
