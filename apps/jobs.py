@@ -587,7 +587,8 @@ def collect_files(job: Job) -> dict:
     files["usdz"] = have(exp, "model.usdz")
     files["ply"] = have(exp, "model_splats.ply")
     tex_dir = os.path.join(exp, "model_textures")
-    textures = sorted(f for f in os.listdir(tex_dir) if f.endswith(".png")) if os.path.isdir(tex_dir) else []
+    textures = (sorted(f for f in os.listdir(tex_dir) if f.endswith(".png") and not f.startswith("."))  # no temps
+                if os.path.isdir(tex_dir) else [])
     if textures:
         files["textures_zip"] = _zip(os.path.join(downloads, "model_textures.zip"),
                                      [(os.path.join(tex_dir, t), f"model_textures/{t}") for t in textures])
