@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     except (TextureError, PriorError, ValueError) as e:
         print(f"engine texture: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # --out a file or read-only, a full disk: what was written before stays whole
+        print(f"engine texture: error: cannot write {e.filename or args.out or 'the output'}: {e.strerror or e}",
+              file=sys.stderr)
+        return 2
     print(f"textured asset: {report['glb']}")
     keys = ("albedo_mean_srgb8", "albedo_variation_srgb8", "relit_psnr_db", "roughness_mean", "metallic_mean")
     print(", ".join(f"{k} {report[k]}" for k in keys if k in report))

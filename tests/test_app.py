@@ -494,3 +494,20 @@ def test_closing_the_app_waits_for_the_worker_to_save(tmp_path):
     status = read_status(job.run_dir)
     assert status["state"] == "interrupted"
     assert any(n.startswith("step_") for n in os.listdir(os.path.join(job.run_dir, "ckpts")))
+
+
+def test_a_crashing_job_through_the_server_leaves_it_up(server):
+    """Through HTTP: a job whose worker segfaults shows a failed state with a message, and the same server then runs
+    the next job (the runner is swapped for a stand-in that crashes on demand)."""
+    import job_runners
+
+    app, url = server
+    real = app.manager.runner
+    app.manager.runner = job_runners.crash_hang_or_finish
+    try:
+        out = _client(url).predict(*values(prompt="a crash"), api_name="/generate")
+        assert _state(out[0]) == "failed" and "crashed (SIGSEGV)" in out[0], out[0]
+        out = _client(url).predict(*values(prompt="a red cube"), api_name="/generate")
+        assert _state(out[0]) == "done" and "fine" in out[0], out[0]
+    finally:
+        app.manager.runner = real

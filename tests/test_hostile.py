@@ -160,6 +160,16 @@ def test_every_command_refuses_bad_options_in_one_line(argv, capsys, monkeypatch
     assert err.count("\n") == 1 and "error" in err and "Traceback" not in err, err
 
 
+def test_texture_out_a_file_is_one_line(tmp_path, capsys):
+    import trimesh
+
+    trimesh.creation.box().export(tmp_path / "box.obj")
+    (tmp_path / "taken").write_text("mine")
+    err = _one_line(capsys, 2, ["texture", str(tmp_path / "box.obj"), "a red cube", "--steps", "1",
+                                "--out", str(tmp_path / "taken")])
+    assert "cannot write" in err and (tmp_path / "taken").read_text() == "mine"
+
+
 # -- item 9: small items ----------------------------------------------------------------------------------------------
 def test_faces_zero_is_refused(tmp_path, capsys):
     run = tmp_path / "run"  # the options are checked before the run folder is read
