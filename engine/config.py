@@ -275,7 +275,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "train.log_every": (1, 10_000_000),
     "train.preview_every": (0, 10_000_000),
     "train.checkpoint_every": (0, 10_000_000),
-    "train.keep_checkpoints": (1, 1000),
+    "train.keep_checkpoints": (0, 1000),  # 0 keeps every checkpoint (prune_checkpoints)
     "train.video_frames": (0, 3600),
     "train.video_resolution": (8, 2048),
     "train.eval_views": (0, 360),
