@@ -435,6 +435,7 @@ def _worker_main(runner, fields: dict, device: str, conn, stop_event) -> None:
     from engine.train import sigterm_as_interrupt
 
     job = _WorkerJob(fields, conn, stop_event)
+    job.update(state=RUNNING)  # "started": the app's clock for the time limit starts now
     try:
         with sigterm_as_interrupt():
             runner(job, device)
@@ -446,6 +447,9 @@ def _worker_main(runner, fields: dict, device: str, conn, stop_event) -> None:
         job.update(state=FAILED, message=f"internal error: {type(e).__name__}: {e}", finished=time.time())
     finally:
         conn.close()
+
+
+STARTUP_S = 300.0
 
 
 def run_isolated(job: Job, device: str, runner, limits: Limits) -> None:
@@ -461,11 +465,16 @@ def run_isolated(job: Job, device: str, runner, limits: Limits) -> None:
                        daemon=True)
     proc.start()
     send.close()
-    started, stop_at, timed_out, signalled = time.time(), None, False, 0
+    # the time limit counts from the worker's first message (its imports can take a while on a busy machine), with
+    # STARTUP_S more allowed before it, so a worker stuck before it starts is ended too
+    started, stop_at, timed_out, signalled, heard = time.time() + STARTUP_S, None, False, 0, False
     while True:
         try:
             if recv.poll(0.2):
-                job.update(**recv.recv())
+                update = recv.recv()
+                if not heard:
+                    heard, started = True, time.time()
+                job.update(**update)
                 continue
         except (EOFError, OSError):
             pass  # the worker is gone (its end of the pipe closed)

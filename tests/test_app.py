@@ -456,7 +456,7 @@ def test_a_crashing_or_hanging_job_fails_alone_and_the_app_keeps_serving(tmp_pat
     import job_runners
 
     cfg = build_config(form_argv(form()))
-    mgr = JobManager(str(tmp_path), devices=["cpu"], limits=Limits(job_timeout_s=20, stop_grace_s=1),
+    mgr = JobManager(str(tmp_path), devices=["cpu"], limits=Limits(job_timeout_s=4, stop_grace_s=1),
                      runner=job_runners.crash_hang_or_finish, isolate=True)
     try:
         subs = []
