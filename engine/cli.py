@@ -259,7 +259,9 @@ def cmd_generate(argv: list[str]) -> int:
         _fail(str(e), e.code)
     except KeyboardInterrupt as e:
         saved = getattr(e, "run_dir", None)  # set by engine.train once a checkpoint was written
-        if saved:
+        if getattr(e, "note", None):  # the checkpoint could not be written (a full disk)
+            print(f"\nengine: {e.note}", file=sys.stderr)
+        elif saved:
             print(f"\nengine: interrupted; the checkpoint was saved, continue with --resume {saved}", file=sys.stderr)
         else:
             print("\nengine: interrupted before anything was saved; nothing to resume", file=sys.stderr)

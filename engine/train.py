@@ -309,10 +309,9 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
             _checkpoint(ckpt_dir, done, scene, guidance, background, opt, gen, tc.keep_checkpoints)
         except OSError as err:
             last = latest_checkpoint(ckpt_dir)
-            _try_status(run_dir, "interrupted", done, f"interrupted; the checkpoint could not be written "
-                        f"({err.strerror or err})" + (f"; resume continues from {last}" if last else ""))
-            if last:
-                e.run_dir = run_dir
+            e.note = (f"interrupted; the checkpoint could not be written ({err.strerror or err})"
+                      + (f"; --resume {run_dir} continues from {os.path.basename(last)}" if last else ""))
+            _try_status(run_dir, "interrupted", done, e.note)
             raise e from None
         _try_status(run_dir, "interrupted", done, f"interrupted; resume with --resume {run_dir}")
         e.run_dir = run_dir  # the CLI says a checkpoint was saved only when this is set

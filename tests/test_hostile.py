@@ -302,6 +302,7 @@ def test_ctrl_c_when_the_checkpoint_cannot_be_written_says_so(tmp_path, capsys, 
     with pytest.raises(KeyboardInterrupt) as e:
         generate(cfg, hooks=Hooks(on_step=stop))
     assert not getattr(e.value, "run_dir", None)  # the CLI will not claim a checkpoint was saved
+    assert "could not be written" in e.value.note
     status = read_status(str(tmp_path / "run"))
     assert status["state"] == "interrupted" and "could not be written" in status["message"]
 
