@@ -70,3 +70,16 @@ def test_vsd_toggles_only_the_cached_lora_layers(sd, monkeypatch):
     out = vsd.particle.raw(x, torch.tensor([500]), sd.embed(["a red cube"]), torch.zeros(1, 16))
     assert out.shape == x.shape and not calls  # no walk over the UNet's modules per call
     assert all(m.disable_adapters for m in vsd.particle.layers)
+
+
+# ---- item 3: Cond.lerp keeps the embeddings' device ---------------------------------------------------------------
+def test_cond_lerp_moves_the_weight_to_the_embeddings_device():
+    from guidance.priors.base import Cond
+
+    a = Cond({"prompt_embeds": torch.zeros(2, 3, 4, device="meta", dtype=torch.float16)})
+    b = Cond({"prompt_embeds": torch.ones(2, 3, 4, device="meta", dtype=torch.float16)})
+    out = a.lerp(b, torch.tensor([0.25, 0.5]))  # a CPU float32 weight, as the prompt schedule makes it
+    assert out.tensors["prompt_embeds"].device.type == "meta"
+    assert out.tensors["prompt_embeds"].dtype == torch.float16
+    cpu = Cond({"e": torch.zeros(2, 2)}).lerp(Cond({"e": torch.ones(2, 2)}), torch.tensor([0.25, 0.5]))
+    torch.testing.assert_close(cpu.tensors["e"], torch.tensor([[0.25, 0.25], [0.5, 0.5]]))
