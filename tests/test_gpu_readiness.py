@@ -83,3 +83,47 @@ def test_cond_lerp_moves_the_weight_to_the_embeddings_device():
     assert out.tensors["prompt_embeds"].dtype == torch.float16
     cpu = Cond({"e": torch.zeros(2, 2)}).lerp(Cond({"e": torch.ones(2, 2)}), torch.tensor([0.25, 0.5]))
     torch.testing.assert_close(cpu.tensors["e"], torch.tensor([[0.25, 0.25], [0.5, 0.5]]))
+
+
+# ---- item 6 + 12: `engine texture` with every objective, device auto ------------------------------------------------
+@pytest.mark.parametrize("name", ["sds", "vsd", "ism", "tsm", "asd", "csm", "csd"])
+def test_texture_works_with_every_objective(name, tmp_path):
+    import json
+
+    import trimesh
+
+    from engine.cli import main
+
+    src = str(tmp_path / "cube.obj")
+    trimesh.creation.box(extents=(1.0, 1.0, 1.0)).export(src)
+    out = str(tmp_path / "out")
+    rc = main(["texture", src, "a red cube", "--guidance", name, "--steps", "2", "--resolution", "16",
+               "--texture-resolution", "8", "--envs", "studio", "--out", out])
+    assert rc == 0
+    report = json.load(open(os.path.join(out, "report.json")))
+    assert report["steps"] == 2 and report["final_loss"] is not None
+    assert os.path.isfile(os.path.join(out, "textured.glb"))
+
+
+def test_texture_guidance_config_and_device_default():
+    from engine.cli_texture import _parser
+    from engine.texture import TextureConfig, TextureError, guidance_config
+
+    assert _parser().parse_args(["m.obj", "a red cube"]).device == "auto"
+    assert TextureConfig(mesh="m.obj", prompt="x").device == "auto"
+    sds = guidance_config("sds", 0.0, shapes=True)
+    assert sds.guidance_scale == 1.0 and sds.cfg_convention == "standard"
+    assert guidance_config("vsd", 0.0, shapes=False).guidance_scale == 7.5  # the objective's own default
+    assert guidance_config("ism", 5.0, shapes=False).guidance_scale == 5.0
+    guidance_config("csd", 0.0, shapes=True)  # no CFG scale, no convention: its own defaults
+    with pytest.raises(TextureError, match="does not apply to csd"):
+        guidance_config("csd", 7.5, shapes=False)
+
+
+# ---- item 9: the PBR LUT is uploaded once per device ----------------------------------------------------------------
+def test_brdf_lut_is_uploaded_once_per_device():
+    from renderers import pbr
+
+    assert pbr.brdf_lut(device="meta") is pbr.brdf_lut(device="meta")
+    assert pbr.brdf_lut() is pbr.brdf_lut(device=torch.device("cpu"))
+    assert pbr.brdf_lut(device="meta").device.type == "meta"
