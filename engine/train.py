@@ -86,11 +86,21 @@ def _wire_condition(prior, scene) -> None:
         s.render_condition = True
 
 
+def _prior_generator(guidance) -> torch.Generator | None:
+    """The prior's own generator (diffusers priors sample the VAE posterior with it, on the prior's device)."""
+    gen = getattr(getattr(guidance, "prior", None), "generator", None)
+    return gen if isinstance(gen, torch.Generator) else None
+
+
 def _state(step, scene, guidance, background, opt, gen) -> dict:
     guidance_state = guidance.state_dict() if hasattr(guidance, "state_dict") else {}
-    return {"step": step, "scene": scene.state_dict(), "guidance": guidance_state,
-            "background": background.state_dict(), "optimizer": opt.state_dict(),
-            "rng": gen.get_state(), "torch_rng": torch.get_rng_state()}
+    state = {"step": step, "scene": scene.state_dict(), "guidance": guidance_state,
+             "background": background.state_dict(), "optimizer": opt.state_dict(),
+             "rng": gen.get_state(), "torch_rng": torch.get_rng_state()}
+    prior_gen = _prior_generator(guidance)
+    if prior_gen is not None:  # so that a resumed run draws the same VAE noise as an uninterrupted one
+        state["prior_rng"] = prior_gen.get_state()
+    return state
 
 
 def _make_optimizer(cfg: GenerateConfig, scene, guidance, background) -> torch.optim.Optimizer:
@@ -136,6 +146,8 @@ def generate(cfg: GenerateConfig, resume: str | None = None, hooks: Hooks | None
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["rng"])
         torch.set_rng_state(state["torch_rng"])
+        if "prior_rng" in state and _prior_generator(guidance) is not None:
+            _prior_generator(guidance).set_state(state["prior_rng"].cpu())
         start = state["step"]
     if hasattr(scene, "attach_optimizer"):
         scene.attach_optimizer(opt)

@@ -127,3 +127,45 @@ def test_brdf_lut_is_uploaded_once_per_device():
     assert pbr.brdf_lut(device="meta") is pbr.brdf_lut(device="meta")
     assert pbr.brdf_lut() is pbr.brdf_lut(device=torch.device("cpu"))
     assert pbr.brdf_lut(device="meta").device.type == "meta"
+
+
+# ---- item 13: the prior's generator is checkpointed, so resume == uninterrupted ------------------------------------
+def test_resume_with_a_diffusers_prior_reproduces_the_uninterrupted_run(tiny_sd, tmp_path):
+    from engine.checkpoint import latest_checkpoint, load_checkpoint
+    from engine.cli import build_generate_config
+    from engine.train import Hooks, generate
+
+    def cfg(name):
+        c, _ = build_generate_config(["a red cube", "--prior", tiny_sd, "--steps", "3", "--resolution", "16",
+                                      "--out", str(tmp_path / name), "--train.video-frames", "0",
+                                      "--train.preview-every", "0", "--train.checkpoint-every", "0",
+                                      "--train.no-progress", "--train.no-export", "--prior.cache-dir",
+                                      str(tmp_path / "cache"), "--device", "cpu"])
+        return c
+
+    straight = generate(cfg("straight"))
+    stopped = generate(cfg("stopped"), hooks=Hooks(should_stop=lambda: True))
+    state = load_checkpoint(latest_checkpoint(os.path.join(stopped, "ckpts")))
+    assert state["step"] == 1 and state["prior_rng"].dtype == torch.uint8
+    generate(None, resume=stopped)
+    a = load_checkpoint(latest_checkpoint(os.path.join(straight, "ckpts")))
+    b = load_checkpoint(latest_checkpoint(os.path.join(stopped, "ckpts")))
+    assert a["step"] == b["step"] == 3
+    assert torch.equal(a["prior_rng"], b["prior_rng"])
+    fa, fb = _flat(a["scene"]), _flat(b["scene"])
+    assert fa.keys() == fb.keys() and fa
+    for k in fa:
+        assert torch.equal(fa[k], fb[k]), k
+
+
+def _flat(obj, prefix="", out=None) -> dict:
+    out = {} if out is None else out
+    if isinstance(obj, torch.Tensor):
+        out[prefix] = obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _flat(v, f"{prefix}/{k}", out)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _flat(v, f"{prefix}/{i}", out)
+    return out
