@@ -156,6 +156,8 @@ def build_generate_config(argv: list[str]):
         rest = ["--guidance.image", known.image, *rest]
     if known.renderer and type(base.renderer) is not RENDERERS[known.renderer]:
         base.renderer = RENDERERS[known.renderer]()
+    if not known.load_config and (known.preset or "diffusion") == "diffusion" and (known.prior or "shapes") != "shapes":
+        _diffusion_defaults(base, rest)  # issue 13: by prior family, objective and device; overrides still win
     if known.prompt is not None:
         base.prompt = known.prompt
     if known.steps is not None:
@@ -172,6 +174,23 @@ def build_generate_config(argv: list[str]):
     if not cfg.prompt.strip():
         _fail('the prompt is empty; e.g. engine generate "a red cube"')
     return cfg, None
+
+
+def _diffusion_defaults(base, rest: list[str]) -> None:
+    """The diffusion preset's prior- and objective-dependent values (engine/config.py ``tune_diffusion``), printed."""
+    import torch
+
+    from engine.config import tune_diffusion
+    from guidance.priors import prior_family
+
+    device = base.device
+    for i, a in enumerate(rest):  # the typed --device override, read ahead of tyro (which parses it later)
+        if a == "--device" and i + 1 < len(rest):
+            device = rest[i + 1]
+        elif a.startswith("--device="):
+            device = a.split("=", 1)[1]
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    print(f"engine: {tune_diffusion(base, prior_family(base.prior.name), cuda)}", file=sys.stderr)
 
 
 def cmd_generate(argv: list[str]) -> int:

@@ -169,3 +169,42 @@ def _flat(obj, prefix="", out=None) -> dict:
         for i, v in enumerate(obj):
             _flat(v, f"{prefix}/{i}", out)
     return out
+
+
+# ---- item 2: the diffusion preset depends on the prior family, the objective and the device ------------------------
+@pytest.fixture(scope="session")
+def tiny_if(tmp_path_factory):
+    from tiny_models import tiny_if_path
+    return tiny_if_path(tmp_path_factory)
+
+
+def test_diffusion_preset_by_family_objective_and_device(tiny_sd, tiny_if, capsys):
+    from engine.cli import build_generate_config
+    from guidance.priors import prior_family
+
+    assert (prior_family(tiny_sd), prior_family(tiny_if), prior_family("shapes")) == ("sd", "if", None)
+
+    cfg, _ = build_generate_config(["a red cube", "--prior", tiny_if, "--device", "cuda"])
+    assert cfg.guidance.guidance_scale == 20.0 and cfg.resolution == 64  # dreamfusion-if: CFG 20, IF renders at 64
+    assert "if prior" in capsys.readouterr().err
+
+    cfg, _ = build_generate_config(["a red cube", "--prior", tiny_sd, "--guidance", "vsd", "--device", "cuda"])
+    assert cfg.resolution == 512 and cfg.guidance.guidance_scale == 7.5
+    assert (cfg.renderer.levels, cfg.renderer.max_resolution, cfg.renderer.mlp_width) == (16, 2048, 64)
+    err = capsys.readouterr().err
+    assert "sd prior, vsd, CFG 7.5" in err and "renders 512 px" in err and "N_max 2048" in err
+
+    cfg, _ = build_generate_config(["a red cube", "--prior", tiny_sd, "--guidance", "ism", "--device=cuda",
+                                    "--resolution", "128", "--renderer.levels", "8"])
+    assert cfg.resolution == 128 and cfg.renderer.levels == 8  # the user's overrides win
+
+    cfg, _ = build_generate_config(["a red cube", "--prior", tiny_sd, "--guidance", "vsd", "--device", "cpu"])
+    assert cfg.resolution == 64 and cfg.renderer.levels == 4  # CPU sizes
+    assert "CPU sizes" in capsys.readouterr().err
+
+    cfg, _ = build_generate_config(["a red cube", "--prior", tiny_sd, "--device", "cuda"])
+    assert cfg.guidance.guidance_scale == 100.0 and cfg.resolution == 64  # dreamfusion-sd
+    assert "sd prior, sds, CFG 100" in capsys.readouterr().err
+
+    cfg, _ = build_generate_config(["a red cube"])  # the shapes preset is untouched
+    assert cfg.resolution == 64 and cfg.guidance.guidance_scale == 1.0 and not capsys.readouterr().err

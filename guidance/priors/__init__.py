@@ -79,4 +79,21 @@ def build_prior(cfg: PriorConfig, device: torch.device | str = "cpu") -> Prior:
     return prior
 
 
-__all__ = ["Cond", "Prior", "PriorConfig", "PriorError", "build_prior", "cache_dir"]
+FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl", "IFPipeline": "if"}
+"""model_index.json ``_class_name`` -> prior family, which the diffusion preset's defaults depend on."""
+
+
+def prior_family(name: str) -> str | None:
+    """"sd", "sdxl" or "if" for a diffusers prior, read from its model_index.json without loading any weights; None
+    for exemplar priors and for a model that cannot be found yet (building it then gives the clear error)."""
+    name = name.strip()
+    if not name or name == "shapes" or os.path.isfile(os.path.join(name, "exemplars.safetensors")):
+        return None
+    from guidance.priors.stable_diffusion import ModelSource
+    try:
+        return FAMILIES.get(ModelSource.resolve(name).pipeline_class)
+    except PriorError:
+        return None
+
+
+__all__ = ["Cond", "Prior", "PriorConfig", "PriorError", "build_prior", "cache_dir", "prior_family"]
