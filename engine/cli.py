@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             commands[name] = mod.main
         except ImportError:
             pass
+    commands["doctor"] = lambda a: __import__("engine.doctor", fromlist=["main"]).main(a)  # GPU, versions, kernels
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(f"usage: engine {{{','.join(commands)}}} ...\n\n"
               "  generate PROMPT   text to 3D (engine generate --help)\n"

@@ -208,3 +208,123 @@ def test_diffusion_preset_by_family_objective_and_device(tiny_sd, tiny_if, capsy
 
     cfg, _ = build_generate_config(["a red cube"])  # the shapes preset is untouched
     assert cfg.resolution == 64 and cfg.guidance.guidance_scale == 1.0 and not capsys.readouterr().err
+
+
+# ---- item 4 + 5: backends follow the device; each kernel library is probed on its own -----------------------------
+def test_a_scene_on_the_cpu_gets_the_torch_backend_even_on_a_gpu_machine(monkeypatch):
+    import warnings
+
+    from renderers import kernels
+    from renderers.nerf import NeRFConfig
+
+    monkeypatch.delenv(kernels.ENV_VAR, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(kernels, "_cuda_unavailable_reason", lambda library="nerfacc": None)  # kernels all build
+    assert kernels.resolve_backend("auto", device="cuda") == "cuda"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert kernels.resolve_backend("auto", device="cpu") == "torch"
+        assert kernels.resolve_backend("cuda", device=torch.device("cpu")) == "torch"
+    # what mesh init-from does with a NeRF run: rebuild it on the CPU (its config may even say cuda)
+    nerf = NeRFConfig(backend="cuda", levels=2, max_resolution=16, occupancy_resolution=8).build(
+        torch.Generator().manual_seed(0), "cpu")
+    assert nerf.cfg.backend == "torch"
+    with pytest.raises(ValueError, match="unknown backend"):
+        kernels.resolve_backend("vulkan", device="cpu")
+
+
+def test_gaussians_cuda_path_depends_on_gsplat_only(monkeypatch):
+    from renderers import kernels
+    from renderers.gaussians import resolve_splat_backend
+    from renderers.kernels import probe as probe_mod
+    from renderers.kernels import splat_cuda
+
+    monkeypatch.delenv(kernels.ENV_VAR, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    asked = []
+
+    def fake_probe(library):
+        asked.append(library)
+        return probe_mod.Probe(library, library == "gsplat", 0.0, "" if library == "gsplat" else "nvcc failed")
+
+    monkeypatch.setattr(probe_mod, "probe", fake_probe)
+    kernels._cuda_unavailable_reason.cache_clear()
+    splat_cuda.available.cache_clear()
+    try:
+        assert resolve_splat_backend("auto") == "cuda"  # nerfacc's failed build does not matter to the Gaussians
+        assert "nerfacc" not in asked
+        with pytest.warns(UserWarning, match="nerfacc's CUDA kernels are unusable: nvcc failed"):
+            assert kernels.resolve_backend("auto", device="cuda") == "torch"
+        with pytest.raises(RuntimeError, match="nvcc failed"):
+            kernels.resolve_backend("cuda", device="cuda")
+    finally:
+        kernels._cuda_unavailable_reason.cache_clear()
+        splat_cuda.available.cache_clear()
+        kernels._warn_fallback.cache_clear()
+
+
+def test_probe_child_success_failure_and_timeout():
+    from renderers.kernels.probe import run_child
+
+    ok, _, msg = run_child("x = 1", timeout=60)
+    assert ok and msg == ""
+    ok, _, msg = run_child("raise RuntimeError('the extension failed to build')", timeout=60)
+    assert not ok and msg == "RuntimeError: the extension failed to build"
+    ok, _, msg = run_child("import time; time.sleep(60)", timeout=1)
+    assert not ok and "did not finish within 1 s" in msg
+
+
+def test_stale_build_locks_are_cleared(tmp_path):
+    from renderers.kernels.probe import clear_stale_lock
+
+    killed = tmp_path / "nerfacc_cuda"
+    killed.mkdir()
+    (killed / "lock").write_text("")
+    (killed / "build.ninja").write_text("")
+    now = os.path.getmtime(killed / "lock")
+    assert clear_stale_lock(str(killed), max_age_s=600, now=now + 10) is None  # a young lock: a build in progress
+    assert killed.exists()
+    msg = clear_stale_lock(str(killed), max_age_s=600, now=now + 3600)
+    assert "killed build" in msg and not killed.exists()
+    built = tmp_path / "gsplat_cuda"
+    built.mkdir()
+    (built / "lock").write_text("")
+    (built / "gsplat_cuda.so").write_text("")
+    assert "stale build lock" in clear_stale_lock(str(built), max_age_s=0.0)
+    assert not (built / "lock").exists() and (built / "gsplat_cuda.so").exists()
+    assert clear_stale_lock(str(tmp_path / "missing")) is None
+
+
+def test_probe_on_a_cpu_machine_builds_nothing(monkeypatch):
+    from renderers.kernels import probe as probe_mod
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(probe_mod, "run_child", lambda *a, **k: pytest.fail("no child process without a GPU"))
+    probe_mod.probe.cache_clear()
+    try:
+        for lib in probe_mod.LIBRARIES:
+            p = probe_mod.probe(lib)
+            assert not p.ok and "no CUDA GPU" in p.message
+        with pytest.raises(ValueError, match="unknown kernel library"):
+            probe_mod.probe("tinycudann")
+    finally:
+        probe_mod.probe.cache_clear()
+
+
+def test_engine_doctor_reports_no_gpu_on_cpu(capsys):
+    import json
+
+    from engine.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the CPU report cannot be shown")
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "GPU: none" in out and f"torch {torch.__version__}" in out
+    assert "kernels nerfacc: unavailable" in out and "kernels gsplat: unavailable" in out
+    assert "backends: nerf torch, gaussians torch, mesh torch" in out
+    assert main(["doctor", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["gpu"] is None and r["torch"] == torch.__version__ and set(r["kernels"]) == {"nerfacc", "gsplat",
+                                                                                           "nvdiffrast"}
+    assert all(not k["ok"] for k in r["kernels"].values())
