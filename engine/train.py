@@ -41,6 +41,8 @@ class Hooks:
     """Optional callbacks for front ends: progress after each step, and a stop request polled every step."""
 
     on_step: Callable[[int, int, dict], None] | None = None
+    """on_step(done, total, logs): ``logs`` holds the step's losses on logged steps (train.log_every) and only its
+    step and timings otherwise (reading the losses every step would cost a GPU sync each)."""
     should_stop: Callable[[], bool] | None = None
     on_preview: Callable[[str], None] | None = None
 
@@ -182,6 +184,7 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
         bar = tqdm(total=tc.steps, initial=start, desc="generate", unit="it", dynamic_ncols=True)
     weights = {**getattr(scene, "regularizer_weights", {}), **cfg.regularizers}
     train_s, step = 0.0, start  # seconds spent in training steps (previews, evals, checkpoints excluded)
+    watch = _FiniteWatch(device, run_dir, ckpt_dir, getattr(guidance, "prior", None))
     outputs.set_status(run_dir, "running", step)
     try:
         for step in range(start, tc.steps):
@@ -194,50 +197,56 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
             g = guidance(out.rgb, prompts, cams, step)
             regs = scene.regularizers(out, step)
             loss = g.loss + sum(weights.get(k, 1.0) * v for k, v in regs.items())
-            if not torch.isfinite(loss):
-                last = latest_checkpoint(ckpt_dir)
-                msg = (f"the loss became {loss.item()} at step {step}; the run stopped. "
-                       + (f"Last good checkpoint: {last}; resume with --resume {run_dir} after lowering "
-                          f"the learning rate (--train.lr-scale)." if last else "No checkpoint was written yet."))
-                outputs.set_status(run_dir, "failed", step, msg)
-                raise RunError(msg)
+            watch.record(loss, step)
+            if not watch.lazy:
+                watch.stop_if_bad()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             scene.after_step(step, out)
             train_s += time.perf_counter() - t_step
             done = step + 1
-            logs = {"step": done, "loss": loss.item(), **g.logs,
-                    **{f"reg_{k}": v.item() for k, v in regs.items()},
-                    "train_s": round(train_s, 3), "it_per_s": (done - start) / max(train_s, 1e-9)}
+            logs = {"step": done, "train_s": round(train_s, 3), "it_per_s": (done - start) / max(train_s, 1e-9)}
             evaluate = tc.eval_every and done % tc.eval_every == 0 and cfg.prior.name == "shapes"
+            log_now = evaluate or done % tc.log_every == 0 or done == tc.steps
+            if log_now:  # the step's tensors are read here only: one host-device sync per logged step
+                watch.stop_if_bad()
+                logs = {"step": done, **_host_logs({"loss": loss.detach(), **g.logs,
+                                                    **{f"reg_{k}": v.detach() for k, v in regs.items()}}),
+                        "train_s": logs["train_s"], "it_per_s": logs["it_per_s"]}
             if evaluate:
                 ev = outputs.evaluate_shapes(scene, cfg.prompt, cfg.cameras, tc.eval_views, cfg.resolution, device)
                 logs.update({f"eval_{k}": ev[k] for k in ("psnr", "iou") if k in ev})
-            if evaluate or done % tc.log_every == 0 or done == tc.steps:
+            if log_now:
                 metrics.write(json.dumps(logs) + "\n")
                 metrics.flush()
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4g}", t=f"{g.logs.get('t', float('nan')):.0f}")
+                if log_now:
+                    bar.set_postfix(loss=f"{logs['loss']:.4g}", t=f"{logs.get('t', float('nan')):.0f}")
             if tc.preview_every and done % tc.preview_every == 0:
+                watch.stop_if_bad()
                 path = os.path.join(run_dir, "previews", f"step_{done:06d}.png")
                 outputs.save_preview(path, scene, cfg.cameras, cfg.resolution, _eval_bg(background), device)
                 if hooks.on_preview:
                     hooks.on_preview(path)
             if tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < tc.steps:
+                watch.stop_if_bad()
                 _checkpoint(ckpt_dir, done, scene, guidance, background, opt, gen, tc.keep_checkpoints)
             if hooks.on_step:
                 hooks.on_step(done, tc.steps, logs)
             if hooks.should_stop and hooks.should_stop():
+                watch.stop_if_bad()
                 _checkpoint(ckpt_dir, done, scene, guidance, background, opt, gen, tc.keep_checkpoints)
                 outputs.set_status(run_dir, "interrupted", done, "stopped on request; resume with --resume")
                 return
         step = tc.steps
+        watch.stop_if_bad()
         _checkpoint(ckpt_dir, step, scene, guidance, background, opt, gen, tc.keep_checkpoints)
         _finish(cfg, run_dir, scene, background, device, step)
     except KeyboardInterrupt:
         done = step  # the step in flight is redone on resume
+        watch.stop_if_bad()
         _checkpoint(ckpt_dir, done, scene, guidance, background, opt, gen, tc.keep_checkpoints)
         outputs.set_status(run_dir, "interrupted", done, f"interrupted; resume with --resume {run_dir}")
         raise
@@ -245,6 +254,55 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
         metrics.close()
         if bar is not None:
             bar.close()
+
+
+class _FiniteWatch:
+    """The loss's NaN/Inf check without a host-device sync every step.
+
+    On a CPU the loss is checked every step before its backward pass (reading a CPU tensor costs nothing). On a GPU
+    the first non-finite step and value are kept in device tensors (``record``, no sync) and read by ``stop_if_bad``
+    on logged steps and before anything is written (checkpoint, preview, the end), so no checkpoint ever holds what a
+    non-finite loss trained: the run stops with the last good checkpoint, as on the CPU, a few steps later at most.
+    """
+
+    def __init__(self, device: torch.device, run_dir: str, ckpt_dir: str, prior=None):
+        self.lazy = torch.device(device).type == "cuda"
+        self.run_dir, self.ckpt_dir = run_dir, ckpt_dir
+        self.prior_report = getattr(prior, "nonfinite_report", None)  # the prior's deferred NaN checks (GPU)
+        self.bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_value = torch.zeros((), dtype=torch.float32, device=device)
+
+    def record(self, loss: torch.Tensor, step: int) -> None:
+        first = ~torch.isfinite(loss.detach()) & (self.bad_step < 0)
+        self.bad_step = torch.where(first, step, self.bad_step)
+        self.bad_value = torch.where(first, loss.detach().float(), self.bad_value)
+
+    def stop_if_bad(self) -> None:
+        """One host read; RunError (status "failed") when a recorded loss, or a prior's output, was non-finite."""
+        step = int(self.bad_step)
+        cause = self.prior_report() if self.prior_report is not None else None
+        if step < 0 and cause is None:
+            return
+        last = latest_checkpoint(self.ckpt_dir)
+        what = cause + ";" if cause else f"the loss became {float(self.bad_value)} at step {step};"
+        msg = (f"{what} the run stopped. "
+               + (f"Last good checkpoint: {last}; resume with --resume {self.run_dir} after lowering "
+                  f"the learning rate (--train.lr-scale)." if last else "No checkpoint was written yet."))
+        outputs.set_status(self.run_dir, "failed", max(step, 0), msg)
+        raise RunError(msg)
+
+
+def _host_logs(logs: dict) -> dict:
+    """``logs`` with every tensor read to a float in one copy per device (one sync), other values as they are."""
+    out = dict(logs)
+    by_device: dict = {}
+    for k, v in logs.items():
+        if isinstance(v, torch.Tensor):
+            by_device.setdefault(v.device, []).append(k)
+    for keys in by_device.values():
+        vals = torch.stack([logs[k].detach().float().reshape(()) for k in keys]).cpu().tolist()
+        out.update(zip(keys, vals))
+    return out
 
 
 def _eval_bg(background: Background) -> torch.Tensor:

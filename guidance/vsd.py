@@ -47,6 +47,7 @@ from guidance.base import (
     check_choices,
     from_eps,
     surrogate_loss,
+    to_device,
     to_eps,
     training_target,
     weight,
@@ -316,13 +317,13 @@ class VSD(Objective):
         B, ac = x0.shape[0], self.prior.alphas_cumprod
         if t is None:
             t = torch.randint(0, ac.shape[0], (B,), generator=self.gen)
-        t = t.to(x0.device)
+        t = to_device(t, x0.device)
         if noise is None:
             noise = torch.randn(x0.shape, generator=self.gen)
-        noise = noise.to(x0.device, x0.dtype)
+        noise = to_device(noise, x0.device, x0.dtype)
         if keep is None:
             keep = torch.rand(B, generator=self.gen) >= self.cfg.camera_dropout
-        cam = cam * keep.to(cam.device, cam.dtype)[:, None]
+        cam = cam * to_device(keep, cam.device, cam.dtype)[:, None]
         x_t = add_noise(x0, noise, t, ac)
         out = self.particle.raw(x_t, t, cond, cam, control, cams).float()
         target = training_target(x0, noise, t, ac, self.particle.prediction_type).float()
@@ -357,5 +358,5 @@ class VSD(Objective):
         loss_vsd = surrogate_loss(z, g, cfg.reduction)
         loss_phi = self.particle_loss(z, plain, cam, particle_t, particle_noise, particle_keep, control, cams)
         return GuidanceOutput(loss_vsd + cfg.lambda_lora * loss_phi,
-                              {"loss_vsd": loss_vsd.item(), "loss_lora": loss_phi.item(), "grad_norm": g.norm().item(),
-                               "t": t.float().mean().item()})
+                              {"loss_vsd": loss_vsd.detach(), "loss_lora": loss_phi.detach(),
+                               "grad_norm": g.norm().detach(), "t": t.float().mean()})

@@ -328,3 +328,136 @@ def test_engine_doctor_reports_no_gpu_on_cpu(capsys):
     assert r["gpu"] is None and r["torch"] == torch.__version__ and set(r["kernels"]) == {"nerfacc", "gsplat",
                                                                                            "nvdiffrast"}
     assert all(not k["ok"] for k in r["kernels"].values())
+
+
+# ---- item 9: host-device syncs ---------------------------------------------------------------------------------------
+class _MetaToyPrior:
+    """conftest's ToyPrior on the meta device: any host read of its tensors (.item(), bool(), .cpu()) raises, so an
+    objective that runs on it end to end makes no host-device sync."""
+
+    latent = True
+    steps_offset = 1
+    device = torch.device("meta")
+
+    def __init__(self):
+        from guidance.priors.base import scaled_linear_alphas_cumprod
+        self.alphas_cumprod = scaled_linear_alphas_cumprod().to("meta")
+        self.mix = torch.ones(4, 3, device="meta")
+        self.calls = 0
+
+    def encode(self, rgb):
+        import torch.nn.functional as F
+        x = F.adaptive_avg_pool2d(rgb.permute(0, 3, 1, 2) * 2 - 1, 8)
+        return torch.einsum("oc,bchw->bohw", self.mix, x)
+
+    def embed(self, prompts):
+        from guidance.priors.base import Cond
+        return Cond({"c": torch.ones(len(prompts), 4, device="meta")})
+
+    def predict_eps(self, x_t, t, cond, cams=None):
+        self.calls += 1
+        return torch.tanh(x_t * (1 + t.to(x_t.dtype) / 1000).view(-1, 1, 1, 1)) + cond.tensors["c"][:, :, None, None]
+
+
+@pytest.mark.parametrize("name", ["sds", "asd", "csd"])
+def test_objectives_make_no_host_read_and_log_tensors(name):
+    from guidance import GUIDANCES
+
+    prior = _MetaToyPrior()
+    prompts = PromptSet(prior, "a red cube")
+    cams = orbit_cameras(torch.tensor([0.0, 100.0]), torch.tensor([20.0, 70.0]), 2.5, 40.0, 16).to("meta")
+    obj = GUIDANCES[name]().build(prior, torch.Generator().manual_seed(0), 10)
+    out = obj(torch.rand(2, 16, 16, 3, device="meta", requires_grad=True), prompts, cams, 3)
+    assert out.loss.device.type == "meta"
+    assert all(isinstance(v, torch.Tensor) or isinstance(v, float) for v in out.logs.values())
+    out.loss.backward()  # and no read in the backward pass either
+
+
+def test_asd_makes_one_batched_prior_call(toy_prior, cams4):
+    from guidance.asd import ASDConfig
+
+    prompts = PromptSet(toy_prior, "a red cube")
+    toy_prior.calls = 0
+    ASDConfig().build(toy_prior, torch.Generator().manual_seed(0), 10)(torch.rand(4, 16, 16, 3), prompts, cams4, 0)
+    assert toy_prior.calls == 1  # the CFG pair at t and the t+ branch in one UNet batch (ScaleDreamer)
+
+
+def test_view_prompts_are_chosen_on_the_device_and_match_the_scalar_rule(toy_prior):
+    from engine.cameras import view_labels
+    from guidance.prompts import VIEWS, PromptConfig, view_index
+
+    az = torch.tensor([-179.0, -135.5, -90.0, -44.9, 0.0, 30.0, 45.0, 89.9, 90.0, 134.0, 136.0, 180.0, 10.0])
+    el = torch.tensor([0.0] * 12 + [75.0])
+    assert [VIEWS[i] for i in view_index(az, el).tolist()] == view_labels(az, el)
+    cams = orbit_cameras(az, el, 2.5, 40.0, 8)
+    discrete = PromptSet(toy_prior, "a red cube")
+    got = discrete.cond(cams).tensors["c"]
+    want = torch.cat([discrete.views[v].tensors["c"] for v in view_labels(az, el)])
+    assert torch.equal(got, want)
+    inter = PromptSet(toy_prior, "a red cube", cfg=PromptConfig(mode="interpolated"))
+    got = inter.cond(cams).tensors["c"]
+    want = torch.cat([inter._interpolated(float(a)).tensors["c"] for a in az])
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
+    meta = _MetaToyPrior()
+    for mode in ("discrete", "interpolated"):  # no host read of the cameras
+        ps = PromptSet(meta, "a red cube", cfg=PromptConfig(mode=mode))
+        assert ps.cond(cams.to("meta")).tensors["c"].shape == (len(az), 4)
+
+
+def test_the_loop_reads_logs_only_on_logged_steps(tmp_path, monkeypatch):
+    import json
+
+    import engine.train as train
+    from engine.cli import build_generate_config
+
+    reads = []
+    real = train._host_logs
+    monkeypatch.setattr(train, "_host_logs", lambda logs: reads.append(sorted(logs)) or real(logs))
+    cfg, _ = build_generate_config(["a red cube", "--steps", "6", "--resolution", "16", "--out", str(tmp_path / "r"),
+                                    "--train.log-every", "3", "--train.video-frames", "0", "--train.preview-every",
+                                    "0", "--train.eval-views", "0", "--train.no-progress", "--train.no-export"])
+    train.generate(cfg)
+    assert len(reads) == 2 and "loss" in reads[0] and "grad_norm" in reads[0]  # steps 3 and 6, not every step
+    rows = [json.loads(line) for line in open(tmp_path / "r" / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [3, 6] and all(isinstance(r["loss"], float) for r in rows)
+
+
+def test_deferred_nan_checks_stop_the_run_with_the_last_good_checkpoint(tmp_path):
+    from engine.outputs import read_status
+    from engine.train import RunError, _FiniteWatch
+
+    class Prior:
+        report = None
+
+        def nonfinite_report(self):
+            return self.report
+
+    prior = Prior()
+    watch = _FiniteWatch(torch.device("cpu"), str(tmp_path), str(tmp_path / "ckpts"), prior)
+    watch.lazy = True  # as on a GPU: record without reading
+    for step, v in enumerate([1.0, 2.0, float("nan"), 3.0, float("inf")]):
+        watch.record(torch.tensor(v), step)
+    with pytest.raises(RunError, match="the loss became nan at step 2"):
+        watch.stop_if_bad()
+    assert read_status(str(tmp_path))["state"] == "failed"
+    ok = _FiniteWatch(torch.device("cpu"), str(tmp_path), str(tmp_path / "ckpts"), prior)
+    ok.record(torch.tensor(1.0), 0)
+    ok.stop_if_bad()  # finite: nothing happens
+    prior.report = "the prior produced non-finite values (NaN/Inf) in the noise prediction"
+    with pytest.raises(RunError, match="noise prediction; the run stopped"):
+        ok.stop_if_bad()
+
+
+def test_prior_nan_checks_are_deferred_device_flags(sd):
+    from guidance.priors.base import PriorError
+
+    x = torch.randn(1, 4, 8, 8)
+    with pytest.raises(PriorError, match="non-finite"):
+        sd._finite("the noise prediction", x * float("nan"), "")  # a CPU prior checks at once
+    sd.defer_checks = True  # as on a GPU
+    assert sd._finite("the noise prediction", x, "") is x and sd.nonfinite_report() is None
+    sd._finite("the noise prediction", x * float("nan"), "hint")
+    sd._finite("the encoded latents", x, "")
+    msg = sd.nonfinite_report()
+    assert "the noise prediction" in msg and "hint" in msg
+    assert sd.nonfinite_report() is None  # read once

@@ -316,6 +316,9 @@ class DiffusersPrior:
         """Optional provider of extra UNet keyword arguments, called as (x_t, t, cond) before each UNet call
         (e.g. a ControlNet's down/mid residuals, guidance/controlnet.py)."""
         self.generator = torch.Generator(device=device).manual_seed(0)
+        self._nonfinite: dict[str, tuple[Tensor, tuple, torch.dtype, str]] = {}
+        self.defer_checks = device.type == "cuda"
+        """NaN/Inf checks of per-step tensors as device flags read periodically (``_finite``), not a sync each."""
         self._embeds: dict[str, Cond] = {}
         self.embed_cache = EmbedCache(os.path.join(cache_dir(cfg), "text_embeds"), self._cache_fingerprint()) \
             if cfg.embed_cache else None
@@ -444,7 +447,31 @@ class DiffusersPrior:
         x_t = x_t.detach().to(self.device)
         out = self._unet_output(x_t, t, cond.to(self.device))
         eps = self._to_eps(out, x_t, t)
-        return check_finite("the noise prediction", eps, "The UNet overflowed; try dtype float32 or bfloat16.")
+        return self._finite("the noise prediction", eps, "The UNet overflowed; try dtype float32 or bfloat16.")
+
+    def _finite(self, what: str, x: Tensor, hint: str) -> Tensor:
+        """NaN/Inf guard on a per-step tensor. On a CPU: ``check_finite`` at once. On a GPU, reading the answer would
+        be a host-device sync per UNet call; instead a device flag per ``what`` accumulates it, and the training loop
+        reads them all with ``nonfinite_report`` on its logged steps and before it writes a checkpoint."""
+        if not self.defer_checks:
+            return check_finite(what, x, hint)
+        bad = ~torch.isfinite(x).all()
+        prev = self._nonfinite.get(what)
+        self._nonfinite[what] = (bad if prev is None else prev | bad, tuple(x.shape), x.dtype, hint)
+        return x
+
+    def nonfinite_report(self) -> str | None:
+        """The message for the first deferred NaN/Inf seen since the last call (one host read), else None."""
+        if not self._nonfinite:
+            return None
+        items = list(self._nonfinite.items())
+        flags = torch.stack([flag for _, (flag, *_rest) in items]).cpu().tolist()
+        self._nonfinite.clear()
+        for (what, (_, shape, dtype, hint)), bad in zip(items, flags):
+            if bad:
+                return (f"the prior produced non-finite values (NaN/Inf) in {what} (shape {shape}, dtype {dtype}). "
+                        f"{hint or 'Try dtype float32.'}")
+        return None
 
     def _to_eps(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         try:
@@ -509,7 +536,7 @@ class StableDiffusionPrior(DiffusersPrior):
         posterior = self.vae.encode(x).latent_dist
         z = posterior.sample(generator=self.generator) if self.cfg.vae_sample else posterior.mode()
         z = (z.float() - self.shift_factor) * self.scaling_factor
-        return check_finite("the encoded latents", z, "The VAE overflowed; use a float32 VAE (dtype float32).")
+        return self._finite("the encoded latents", z, "The VAE overflowed; use a float32 VAE (dtype float32).")
 
     def decode(self, x: Tensor) -> Tensor:
         """Latents [B,4,h,w] -> images [B,H,W,3] in [0,1], without gradient."""
