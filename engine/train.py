@@ -62,6 +62,8 @@ def _prepare(cfg: GenerateConfig, device: torch.device) -> tuple[Prior, PromptSe
         prompts = PromptSet(prior, cfg.prompt, cfg.negative_prompt, cfg.prompts)
     except ValueError as e:  # PriorError is a ValueError
         raise RunError(str(e), code=2) from None
+    if hasattr(prior, "release_text_encoders"):  # every prompt of the run is embedded: free the encoders' memory
+        prior.release_text_encoders()
     return prior, prompts
 
 

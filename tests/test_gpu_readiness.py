@@ -461,3 +461,57 @@ def test_prior_nan_checks_are_deferred_device_flags(sd):
     msg = sd.nonfinite_report()
     assert "the noise prediction" in msg and "hint" in msg
     assert sd.nonfinite_report() is None  # read once
+
+
+# ---- item 11: memory -------------------------------------------------------------------------------------------------
+def test_text_encoders_are_freed_once_the_prompts_are_embedded(tiny_sd, tmp_path):
+    from engine.config import GenerateConfig
+    from engine.train import _prepare
+
+    cfg = GenerateConfig(prompt="a red cube")
+    cfg.prior = PriorConfig(name=tiny_sd, cache_dir=str(tmp_path / "cache"))
+    prior, prompts = _prepare(cfg, torch.device("cpu"))
+    assert prior.text_encoder is None  # (the tokenizer, a few MB of Python, stays)
+    assert prompts.plain.tensors["prompt_embeds"].shape[0] == 1
+    again = prior.embed(["a blue torus"])  # a new prompt reloads them
+    assert again.tensors["prompt_embeds"].shape[-1] == 32
+    keep = build_prior(PriorConfig(name=tiny_sd, cache_dir=str(tmp_path / "c2"), text_encoder_offload="keep"))
+    keep.embed(["a red cube"])
+    keep.release_text_encoders()
+    assert keep.text_encoder is not None  # an explicit "keep" is respected
+
+
+def test_sdxl_vae_choices(tmp_path_factory, tiny_sd):
+    from tiny_models import tiny_sdxl_path
+
+    sdxl = tiny_sdxl_path(tmp_path_factory)
+    own = build_prior(PriorConfig(name=sdxl, dtype="bfloat16"))
+    assert own.vae.dtype == torch.float32 and own.unet.dtype == torch.bfloat16  # SDXL's VAE overflows in fp16
+    bf16 = build_prior(PriorConfig(name=sdxl, dtype="bfloat16", vae_dtype="bfloat16"))
+    assert bf16.vae.dtype == torch.bfloat16
+    swapped = build_prior(PriorConfig(name=sdxl, dtype="bfloat16", vae=os.path.join(tiny_sd, "vae")))
+    assert swapped.vae.dtype == torch.bfloat16  # a replacement (fp16-fix) VAE runs in the prior's dtype
+    z = swapped.encode(torch.rand(1, 16, 16, 3))
+    assert z.shape == (1, 4, 8, 8) and z.dtype == torch.float32
+    from guidance.priors.base import PriorError
+    with pytest.raises(PriorError, match="the VAE cannot be loaded"):
+        build_prior(PriorConfig(name=sdxl, vae=str(tmp_path_factory.mktemp("empty"))))
+
+
+def test_fp16_variant_weights_are_loaded_where_the_model_has_them(tmp_path):
+    from diffusers import DiffusionPipeline
+    from tiny_models import make_tiny_sd
+
+    from guidance.priors.stable_diffusion import ModelSource
+
+    full = make_tiny_sd(tmp_path / "full")
+    half = str(tmp_path / "half")
+    DiffusionPipeline.from_pretrained(full, torch_dtype=torch.float16).save_pretrained(half, variant="fp16")
+    src = ModelSource.resolve(half)
+    assert src.has_fp16_files("unet") is True and ModelSource.resolve(full).has_fp16_files("unet") is False
+    prior = build_prior(PriorConfig(name=half, dtype="float16", cache_dir=str(tmp_path / "cache")))  # only fp16 files
+    assert prior.unet.dtype == torch.float16 and prior.vae.dtype == torch.float16
+    prior.embed(["a red cube"])
+    from guidance.priors.base import PriorError
+    with pytest.raises(PriorError, match="some files are missing"):  # without the variant: no weight files to load
+        build_prior(PriorConfig(name=half, dtype="float16", fp16_variant=False))
