@@ -58,6 +58,9 @@ def resolve_device(name: str) -> torch.device:
 def _prepare(cfg: GenerateConfig, device: torch.device) -> tuple[Prior, PromptSet]:
     """Everything that can reject the input, done before any file is written."""
     try:
+        if getattr(cfg.guidance, "image", ""):  # a visual prompt's IP-Adapter must fit the prior: say so before loading
+            from guidance.visual_prompt import check_visual_prompt_prior
+            check_visual_prompt_prior(cfg.prior.name, cfg.guidance)
         prior = build_prior(cfg.prior, device)
         prompts = PromptSet(prior, cfg.prompt, cfg.negative_prompt, cfg.prompts)
     except ValueError as e:  # PriorError is a ValueError

@@ -515,3 +515,47 @@ def test_fp16_variant_weights_are_loaded_where_the_model_has_them(tmp_path):
     from guidance.priors.base import PriorError
     with pytest.raises(PriorError, match="some files are missing"):  # without the variant: no weight files to load
         build_prior(PriorConfig(name=half, dtype="float16", fp16_variant=False))
+
+
+# ---- item 7: a visual prompt's IP-Adapter must fit the prior, said before loading anything --------------------------
+def test_visual_prompt_with_a_mismatched_ip_adapter_fails_before_loading(tiny_sd, tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from engine.config import GenerateConfig
+    from engine.train import RunError, _prepare
+    from guidance.csm import CSMConfig
+    from guidance.visual_prompt import check_visual_prompt_prior, ip_adapter_width
+
+    adapter = tmp_path / "ipa"
+    (adapter / "models").mkdir(parents=True)
+    save_file({"ip_adapter.1.to_k_ip.weight": torch.zeros(64, 1024), "image_proj.norm.weight": torch.ones(1024)},
+              str(adapter / "models" / "ip-adapter_sd21.safetensors"))
+    assert ip_adapter_width(str(adapter), "models", "ip-adapter_sd21.safetensors") == 1024  # from the header
+    assert ip_adapter_width("h94/IP-Adapter", "models", "ip-adapter_sd15.safetensors") == 768  # from the name
+    assert ip_adapter_width("nowhere/else", "models", "adapter.safetensors") is None
+    png = tmp_path / "ref.png"
+    from PIL import Image
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(png)
+    guidance = CSMConfig(image=str(png), ip_adapter=str(adapter), ip_adapter_weight_name="ip-adapter_sd21.safetensors")
+    cfg = GenerateConfig(prompt="a red cube", guidance=guidance)
+    cfg.prior = PriorConfig(name=tiny_sd, cache_dir=str(tmp_path / "cache"))  # the tiny UNet is 32-d
+    import engine.train as train
+    monkeypatch.setattr(train, "build_prior", lambda *a, **k: pytest.fail("the prior must not be loaded"))
+    with pytest.raises(RunError, match="is for a 1024-d cross-attention, but the prior .* has 32-d") as e:
+        _prepare(cfg, torch.device("cpu"))
+    assert e.value.code == 2 and "Supported: Stable Diffusion 1.x" in str(e.value)
+    check_visual_prompt_prior("shapes", guidance)  # exemplar priors take images through their own kernel
+
+
+def test_visual_prompt_refuses_sdxl_before_loading(tmp_path_factory, tmp_path):
+    from tiny_models import tiny_sdxl_path
+
+    from guidance.csm import CSMConfig
+    from guidance.priors.base import PriorError
+    from guidance.visual_prompt import check_visual_prompt_prior
+
+    png = tmp_path / "ref.png"
+    from PIL import Image
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(png)
+    with pytest.raises(PriorError, match="does not work with the SDXL prior"):
+        check_visual_prompt_prior(tiny_sdxl_path(tmp_path_factory), CSMConfig(image=str(png)))
