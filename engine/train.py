@@ -194,7 +194,7 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
     try:
         for step in range(start, tc.steps):
             t_step = time.perf_counter()
-            cams = sample_cameras(cfg.cameras, cfg.resolution, gen).to(device)
+            cams = _cams_to(sample_cameras(cfg.cameras, cfg.resolution, gen), device)
             bg = background(cams, gen)
             out = scene.render(cams, bg)
             if "control" in out.extras:  # per-view condition images ride with their cameras (guidance/controlnet.py)
@@ -295,6 +295,16 @@ class _FiniteWatch:
                   f"the learning rate (--train.lr-scale)." if last else "No checkpoint was written yet."))
         outputs.set_status(self.run_dir, "failed", max(step, 0), msg)
         raise RunError(msg)
+
+
+def _cams_to(cams, device: torch.device):
+    """Cameras drawn on the host moved to ``device`` through pinned memory (no host sync; guidance.base.to_device)."""
+    if torch.device(device).type != "cuda":
+        return cams.to(device)
+    from engine.cameras import Cameras
+    from guidance.base import to_device
+    return Cameras(to_device(cams.c2w, device), to_device(cams.fovy, device), cams.width, cams.height,
+                   to_device(cams.azimuth, device), to_device(cams.elevation, device), to_device(cams.distance, device))
 
 
 def _host_logs(logs: dict) -> dict:

@@ -559,3 +559,14 @@ def test_visual_prompt_refuses_sdxl_before_loading(tmp_path_factory, tmp_path):
     Image.new("RGB", (16, 16), (200, 30, 30)).save(png)
     with pytest.raises(PriorError, match="does not work with the SDXL prior"):
         check_visual_prompt_prior(tiny_sdxl_path(tmp_path_factory), CSMConfig(image=str(png)))
+
+
+def test_to_device_keeps_values_and_dtype():
+    from engine.train import _cams_to
+    from guidance.base import to_device
+
+    x = torch.randn(3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(to_device(x, "cpu"), x) and to_device(x, "cpu", torch.float16).dtype == torch.float16
+    assert to_device(x, "meta").device.type == "meta"
+    cams = orbit_cameras(torch.tensor([0.0, 90.0]), 20.0, 2.5, 40.0, 8)
+    assert torch.equal(_cams_to(cams, torch.device("cpu")).c2w, cams.c2w)
