@@ -274,6 +274,32 @@ def test_probe_child_success_failure_and_timeout():
     assert not ok and "did not finish within 1 s" in msg
 
 
+def test_probe_timeout_kills_the_whole_build(tmp_path):
+    """A timed-out probe takes its build tools (ninja, nvcc: here a `sleep`) down with it."""
+    import time
+
+    from renderers.kernels.probe import run_child
+
+    pid_file = tmp_path / "pid"
+    code = (f"import subprocess, time; p = subprocess.Popen(['sleep', '60'], stdout=subprocess.DEVNULL, "
+            f"stderr=subprocess.DEVNULL); "
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)")
+    ok, _, _ = run_child(code, timeout=5)
+    assert not ok and pid_file.exists()
+    pid = int(pid_file.read_text())
+    for _ in range(100):  # the orphan is reaped by init shortly after the kill
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().split()[2] == "Z":  # killed, waiting to be reaped
+                break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the probe's grandchild survived the timeout")
+
+
 def test_stale_build_locks_are_cleared(tmp_path):
     from renderers.kernels.probe import clear_stale_lock
 

@@ -22,6 +22,7 @@ import functools
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -95,14 +96,16 @@ class Probe:
     message: str
 
 
-def extensions_dir() -> str:
-    """torch's JIT extensions root (``TORCH_EXTENSIONS_DIR`` or its per-python/CUDA cache folder)."""
+def build_dir(build_name: str) -> str:
+    """Where torch's cpp_extension builds ``build_name`` (``TORCH_EXTENSIONS_DIR`` or its per-python/CUDA cache
+    folder), the folder the library's own JIT loader uses (it creates it too, so asking for it changes nothing)."""
     from torch.utils import cpp_extension
 
     try:
-        return os.path.dirname(cpp_extension._get_build_directory("x", verbose=False))
+        return cpp_extension._get_build_directory(build_name, verbose=False)
     except Exception:  # noqa: BLE001 - a private helper; fall back to the public variable
-        return os.environ.get("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/torch_extensions"))
+        root = os.environ.get("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/torch_extensions"))
+        return os.path.join(root, build_name)
 
 
 def clear_stale_lock(build_dir: str, max_age_s: float | None = None, now: float | None = None) -> str | None:
@@ -126,16 +129,23 @@ def clear_stale_lock(build_dir: str, max_age_s: float | None = None, now: float 
 def run_child(code: str, timeout: float) -> tuple[bool, float, str]:
     """Run ``code`` in a child python under ``timeout`` seconds: (ok, seconds, last line of its error output)."""
     t0 = time.perf_counter()
+    # its own session: on timeout the whole group goes (ninja and nvcc too, not only the python that started them)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
     try:
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            proc.kill()
+        proc.communicate()
         return False, time.perf_counter() - t0, f"did not finish within {timeout:.0f} s (raise {JIT_TIMEOUT_ENV})"
     dt = time.perf_counter() - t0
-    if r.returncode == 0:
+    if proc.returncode == 0:
         return True, dt, ""
-    lines = [ln.strip() for ln in (r.stderr or r.stdout).strip().splitlines() if ln.strip()]
-    return False, dt, (lines[-1] if lines else f"exit code {r.returncode}")[:400]
+    lines = [ln.strip() for ln in (err or out).strip().splitlines() if ln.strip()]
+    return False, dt, (lines[-1] if lines else f"exit code {proc.returncode}")[:400]
 
 
 @functools.cache
@@ -146,17 +156,17 @@ def probe(library: str) -> Probe:
     if not torch.cuda.is_available():
         return Probe(library, False, 0.0, "no CUDA GPU (torch.cuda.is_available() is False)")
     lib = LIBRARIES[library]
-    build_dir = os.path.join(extensions_dir(), lib.build_name)
-    notes = [n for n in [clear_stale_lock(build_dir)] if n]
-    if not glob.glob(os.path.join(build_dir, "*.so")):
+    folder = build_dir(lib.build_name)
+    notes = [n for n in [clear_stale_lock(folder)] if n]
+    if not glob.glob(os.path.join(folder, "*.so")):
         print(f"engine: building {library}'s CUDA kernels (first use; this can take minutes, `engine doctor` "
               f"builds them ahead)", file=sys.stderr)
     ok, dt, why = run_child(lib.code, float(os.environ.get(JIT_TIMEOUT_ENV, 900)))
     if not ok:
-        cleaned = clear_stale_lock(build_dir, max_age_s=0.0)  # our own killed child's lock, if any
+        cleaned = clear_stale_lock(folder, max_age_s=0.0)  # our own killed child's lock, if any
         notes += [n for n in [cleaned] if n]
     msg = "; ".join(([] if ok else [why]) + notes)
     return Probe(library, ok, round(dt, 2), msg)
 
 
-__all__ = ["LIBRARIES", "Library", "Probe", "probe", "clear_stale_lock", "run_child", "extensions_dir"]
+__all__ = ["LIBRARIES", "Library", "Probe", "probe", "clear_stale_lock", "run_child", "build_dir"]
