@@ -249,6 +249,12 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
         watch.stop_if_bad()
         _checkpoint(ckpt_dir, step, scene, guidance, background, opt, gen, tc.keep_checkpoints)
         _finish(cfg, run_dir, scene, background, device, step)
+    except RunError:
+        raise
+    except Exception:
+        if watch.lazy:  # a non-finite loss a few steps back may be why a renderer failed: say that instead
+            watch.stop_if_bad()
+        raise
     except KeyboardInterrupt:
         done = step  # the step in flight is redone on resume
         watch.stop_if_bad()

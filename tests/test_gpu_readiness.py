@@ -596,3 +596,34 @@ def test_to_device_keeps_values_and_dtype():
     assert to_device(x, "meta").device.type == "meta"
     cams = orbit_cameras(torch.tensor([0.0, 90.0]), 20.0, 2.5, 40.0, 8)
     assert torch.equal(_cams_to(cams, torch.device("cpu")).c2w, cams.c2w)
+
+
+def test_lazy_nan_check_in_the_loop_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """The loop as on a GPU (the NaN check read on logged steps and before writes): a NaN at step 4 is caught at
+    step 6's log, after training on it for two steps, and no checkpoint after it is written."""
+    import engine.train as train
+    from engine.checkpoint import latest_checkpoint
+    from engine.cli import build_generate_config
+    from engine.outputs import read_status
+    from guidance.base import GuidanceOutput
+    from guidance.sds import SDS
+
+    class Lazy(train._FiniteWatch):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.lazy = True
+
+    monkeypatch.setattr(train, "_FiniteWatch", Lazy)
+    real = SDS.__call__
+    monkeypatch.setattr(SDS, "__call__", lambda self, rgb, prompts, cams, step, **kw: (
+        lambda out: GuidanceOutput(out.loss * float("nan"), out.logs) if step == 4 else out)(
+        real(self, rgb, prompts, cams, step, **kw)))
+    run = str(tmp_path / "run")
+    cfg, _ = build_generate_config(["a red cube", "--steps", "8", "--resolution", "16", "--out", run,
+                                    "--train.log-every", "2", "--train.checkpoint-every", "3",
+                                    "--train.preview-every", "0", "--train.video-frames", "0",
+                                    "--train.no-progress", "--train.no-export"])
+    with pytest.raises(train.RunError, match="the loss became nan at step 4"):
+        train.generate(cfg)
+    assert read_status(run)["state"] == "failed"
+    assert latest_checkpoint(os.path.join(run, "ckpts")).endswith("step_000003.safetensors")
