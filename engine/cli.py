@@ -183,6 +183,8 @@ def _diffusion_defaults(base, rest: list[str]) -> None:
     from engine.config import tune_diffusion
     from guidance.priors import prior_family
 
+    if os.path.isfile(os.path.join(base.prior.name, "exemplars.safetensors")):
+        return  # an exemplar prior (a CPU-world denoiser): nothing here applies
     device = base.device
     for i, a in enumerate(rest):  # the typed --device override, read ahead of tyro (which parses it later)
         if a == "--device" and i + 1 < len(rest):
