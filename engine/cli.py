@@ -192,6 +192,8 @@ def parse_generate_argv(argv: list[str], bounds: dict | None = None):
         rest = ["--guidance.image", known.image, *rest]
     if known.renderer and type(base.renderer) is not RENDERERS[known.renderer]:
         base.renderer = RENDERERS[known.renderer]()
+    if not known.load_config and (known.preset or "diffusion") == "diffusion" and (known.prior or "shapes") != "shapes":
+        _diffusion_defaults(base, rest)  # issue 13: by prior family, objective and device; overrides still win
     if known.prompt is not None:
         base.prompt = known.prompt
     if known.steps is not None:
@@ -248,6 +250,25 @@ def check_out_dir(out: str) -> None:
         raise UsageError(f"--out {out}: {parent} is not writable")
 
 
+def _diffusion_defaults(base, rest: list[str]) -> None:
+    """The diffusion preset's prior- and objective-dependent values (engine/config.py ``tune_diffusion``), printed."""
+    import torch
+
+    from engine.config import tune_diffusion
+    from guidance.priors import prior_family
+
+    if os.path.isfile(os.path.join(base.prior.name, "exemplars.safetensors")):
+        return  # an exemplar prior (a CPU-world denoiser): nothing here applies
+    device = base.device
+    for i, a in enumerate(rest):  # the typed --device override, read ahead of tyro (which parses it later)
+        if a == "--device" and i + 1 < len(rest):
+            device = rest[i + 1]
+        elif a.startswith("--device="):
+            device = a.split("=", 1)[1]
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    print(f"engine: {tune_diffusion(base, prior_family(base.prior.name), cuda)}", file=sys.stderr)
+
+
 def cmd_generate(argv: list[str]) -> int:
     from engine.train import RunError, Terminated, generate, sigterm_as_interrupt
 
@@ -284,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             commands[name] = mod.main
         except ImportError:
             pass
+    commands["doctor"] = lambda a: __import__("engine.doctor", fromlist=["main"]).main(a)  # GPU, versions, kernels
     if argv and argv[0] not in commands and argv[0] not in ("-h", "--help"):
         print(f"engine: error: unknown command {argv[0]!r}; choose from {', '.join(commands)} (see engine --help)",
               file=sys.stderr)

@@ -37,7 +37,7 @@ def _parser() -> OneLineParser:
                    help="training environments: procedural names or equirect .hdr/.exr/.png files")
     p.add_argument("--held-out-env", default=HELD_OUT_ENV)
     p.add_argument("--out", default="", help="output folder (default outputs/texture/<mesh name>)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda when available, as generate), cpu or cuda[:N]")
     p.add_argument("--controlnet", default="",
                    help="diffusers SD priors: DreamMat's light-aware ControlNet (hub id or folder, 22 channels)")
     return p

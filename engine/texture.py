@@ -21,6 +21,7 @@ UV convention inside: trimesh's ``visual.uv`` (OBJ style, v up); textures are sa
 row 0 is the top, which is how trimesh writes them into the GLB.
 """
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -176,7 +177,8 @@ class TextureConfig:
     held_out_env: str = HELD_OUT_ENV
     rotations: int = 4
     out: str = ""
-    device: str = "cpu"
+    device: str = "auto"
+    """"auto" (cuda when available), "cpu" or "cuda[:N]", as for `engine generate`."""
     controlnet: str = ""
     """Diffusers SD priors: DreamMat's light-aware ControlNet (hub id or folder; guidance/controlnet.py), conditioned
     on the mesh's geometry and lighting renders under the same environment as the shading; "" means none."""
@@ -197,18 +199,37 @@ def build_scene(mesh: LoadedMesh, cfg: TextureConfig, gen: torch.Generator):
 
 
 def _build_prior_and_guidance(cfg: TextureConfig, gen: torch.Generator, shape: str | None):
-    from guidance import GUIDANCES
     from guidance.priors import PriorConfig, build_prior
 
     pcfg = PriorConfig(name=cfg.prior, controlnet=cfg.controlnet)
+    gcfg = guidance_config(cfg.guidance, cfg.guidance_scale, shapes=cfg.prior == "shapes")
     if cfg.prior == "shapes":
         from guidance.priors.shapes import LightAwareShapesPrior
         prior = LightAwareShapesPrior(pcfg, cfg.envs, cfg.rotations, (shape,) if shape else None, cfg.device)
-        gcfg = GUIDANCES[cfg.guidance](guidance_scale=cfg.guidance_scale or 1.0, cfg_convention="standard")
     else:
         prior = build_prior(pcfg, cfg.device)
-        gcfg = GUIDANCES[cfg.guidance](**({"guidance_scale": cfg.guidance_scale} if cfg.guidance_scale else {}))
     return prior, gcfg.build(prior, gen, cfg.steps)
+
+
+def guidance_config(name: str, scale: float, shapes: bool):
+    """The objective ``name``'s config for texturing: its own defaults, plus the CFG scale and convention where it has
+    those fields (CSD has neither; only SDS has a convention). On the shapes prior the scale defaults to 1 in the
+    standard convention (its calibrated setting, exemplar-calibration.md); elsewhere 0 keeps the objective's own."""
+    from guidance import GUIDANCES
+
+    if name not in GUIDANCES:
+        raise TextureError(f"unknown guidance {name!r} (known: {', '.join(GUIDANCES)})")
+    cls = GUIDANCES[name]
+    fields = cls.__dataclass_fields__
+    kwargs: dict = {}
+    if "guidance_scale" in fields:
+        if scale or shapes:
+            kwargs["guidance_scale"] = scale or 1.0
+    elif scale:
+        raise TextureError(f"--guidance-scale does not apply to {name} (it has no CFG scale)")
+    if shapes and "cfg_convention" in fields:
+        kwargs["cfg_convention"] = "standard"
+    return cls(**kwargs)
 
 
 def optimise(scene, cfg: TextureConfig, gen: torch.Generator, log=None) -> list[float]:
@@ -382,11 +403,23 @@ def material_report(scene, mesh: LoadedMesh, cfg: TextureConfig) -> dict:
     return report
 
 
+def _resolve_device(name: str) -> str:
+    """"auto" -> cuda when torch sees a GPU, else cpu (as `engine generate`); a CUDA request without one is refused."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TextureError(f"device {name} was asked for, but torch sees no CUDA GPU (use --device cpu)")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise TextureError(f"device must be auto, cpu or cuda[:N], got {name!r}")
+    return name
+
+
 def texture_mesh(cfg: TextureConfig, log=None) -> dict:
     """The whole command: returns the report (also written to <out>/report.json)."""
     from engine.cameras import orbit_cameras
     from engine.outputs import save_png, write_json
 
+    cfg = dataclasses.replace(cfg, device=_resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     mesh = load_mesh(cfg.mesh, cfg.size)
@@ -401,6 +434,9 @@ def texture_mesh(cfg: TextureConfig, log=None) -> dict:
     scene = build_scene(mesh if had_uv else LoadedMesh(mesh.vertices, mesh.faces, None, mesh.centre, mesh.scale),
                         cfg, gen)
     losses = optimise(scene, cfg, gen, log)
+    if cfg.device != "cpu":  # baking, the report and the previews work on CPU tensors (small, once)
+        scene = scene.cpu()
+        scene.cfg = dataclasses.replace(scene.cfg, backend="torch")  # nvdiffrast only takes CUDA tensors
     tex = bake_textures(scene, mesh, cfg.texture_resolution)
     glb = write_asset(out, mesh, tex)
     report = {"glb": glb, "faces": int(mesh.faces.shape[0]), "kept_user_uvs": had_uv, "repairs": mesh.repairs,

@@ -89,6 +89,8 @@ class Hooks:
     """Optional callbacks for front ends: progress after each step, and a stop request polled every step."""
 
     on_step: Callable[[int, int, dict], None] | None = None
+    """on_step(done, total, logs): ``logs`` holds the step's losses on logged steps (train.log_every) and only its
+    step and timings otherwise (reading the losses every step would cost a GPU sync each)."""
     should_stop: Callable[[], bool] | None = None
     on_preview: Callable[[str], None] | None = None
 
@@ -104,10 +106,15 @@ def resolve_device(name: str) -> torch.device:
 def _prepare(cfg: GenerateConfig, device: torch.device) -> tuple[Prior, PromptSet]:
     """Everything that can reject the input, done before any file is written."""
     try:
+        if getattr(cfg.guidance, "image", ""):  # a visual prompt's IP-Adapter must fit the prior: say so before loading
+            from guidance.visual_prompt import check_visual_prompt_prior
+            check_visual_prompt_prior(cfg.prior.name, cfg.guidance)
         prior = build_prior(cfg.prior, device)
         prompts = PromptSet(prior, cfg.prompt, cfg.negative_prompt, cfg.prompts)
     except ValueError as e:  # PriorError is a ValueError
         raise RunError(str(e), code=2) from None
+    if hasattr(prior, "release_text_encoders"):  # every prompt of the run is embedded: free the encoders' memory
+        prior.release_text_encoders()
     return prior, prompts
 
 
@@ -134,11 +141,21 @@ def _wire_condition(prior, scene) -> None:
         s.render_condition = True
 
 
+def _prior_generator(guidance) -> torch.Generator | None:
+    """The prior's own generator (diffusers priors sample the VAE posterior with it, on the prior's device)."""
+    gen = getattr(getattr(guidance, "prior", None), "generator", None)
+    return gen if isinstance(gen, torch.Generator) else None
+
+
 def _state(step, scene, guidance, background, opt, gen) -> dict:
     guidance_state = guidance.state_dict() if hasattr(guidance, "state_dict") else {}
-    return {"step": step, "scene": scene.state_dict(), "guidance": guidance_state,
-            "background": background.state_dict(), "optimizer": opt.state_dict(),
-            "rng": gen.get_state(), "torch_rng": torch.get_rng_state()}
+    state = {"step": step, "scene": scene.state_dict(), "guidance": guidance_state,
+             "background": background.state_dict(), "optimizer": opt.state_dict(),
+             "rng": gen.get_state(), "torch_rng": torch.get_rng_state()}
+    prior_gen = _prior_generator(guidance)
+    if prior_gen is not None:  # so that a resumed run draws the same VAE noise as an uninterrupted one
+        state["prior_rng"] = prior_gen.get_state()
+    return state
 
 
 def _make_optimizer(cfg: GenerateConfig, scene, guidance, background) -> torch.optim.Optimizer:
@@ -196,6 +213,8 @@ def generate(cfg: GenerateConfig, resume: str | None = None, hooks: Hooks | None
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["rng"])
         torch.set_rng_state(state["torch_rng"])
+        if "prior_rng" in state and _prior_generator(guidance) is not None:
+            _prior_generator(guidance).set_state(state["prior_rng"].cpu())
         start = state["step"]
     if hasattr(scene, "attach_optimizer"):
         scene.attach_optimizer(opt)
@@ -249,11 +268,12 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
         bar = tqdm(total=tc.steps, initial=start, desc="generate", unit="it", dynamic_ncols=True)
     weights = {**getattr(scene, "regularizer_weights", {}), **cfg.regularizers}
     train_s, step = 0.0, start  # seconds spent in training steps (previews, evals, checkpoints excluded)
+    watch = _FiniteWatch(device, run_dir, ckpt_dir, getattr(guidance, "prior", None))
     outputs.set_status(run_dir, "running", step)
     try:
         for step in range(start, tc.steps):
             t_step = time.perf_counter()
-            cams = sample_cameras(cfg.cameras, cfg.resolution, gen).to(device)
+            cams = _cams_to(sample_cameras(cfg.cameras, cfg.resolution, gen), device)
             bg = background(cams, gen)
             out = scene.render(cams, bg)
             if "control" in out.extras:  # per-view condition images ride with their cameras (guidance/controlnet.py)
@@ -261,50 +281,58 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
             g = guidance(out.rgb, prompts, cams, step)
             regs = scene.regularizers(out, step)
             loss = g.loss + sum(weights.get(k, 1.0) * v for k, v in regs.items())
-            if not torch.isfinite(loss):
-                last = latest_checkpoint(ckpt_dir)
-                msg = (f"the loss became {loss.item()} at step {step}; the run stopped. "
-                       + (f"Last good checkpoint: {last}; resume with --resume {run_dir} after lowering "
-                          f"the learning rate (--train.lr-scale)." if last else "No checkpoint was written yet."))
-                outputs.set_status(run_dir, "failed", step, msg)
-                raise RunError(msg)
+            watch.record(loss, step)
+            if not watch.lazy:
+                watch.stop_if_bad()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             scene.after_step(step, out)
             train_s += time.perf_counter() - t_step
             done = step + 1
-            logs = {"step": done, "loss": loss.item(), **g.logs,
-                    **{f"reg_{k}": v.item() for k, v in regs.items()},
-                    "train_s": round(train_s, 3), "it_per_s": (done - start) / max(train_s, 1e-9)}
+            logs = {"step": done, "train_s": round(train_s, 3), "it_per_s": (done - start) / max(train_s, 1e-9)}
             evaluate = tc.eval_every and done % tc.eval_every == 0 and cfg.prior.name == "shapes"
+            log_now = evaluate or done % tc.log_every == 0 or done == tc.steps
+            if log_now:  # the step's tensors are read here only: one host-device sync per logged step
+                watch.stop_if_bad()
+                logs = {"step": done, **_host_logs({"loss": loss.detach(), **g.logs,
+                                                    **{f"reg_{k}": v.detach() for k, v in regs.items()}}),
+                        "train_s": logs["train_s"], "it_per_s": logs["it_per_s"]}
             if evaluate:
                 ev = outputs.evaluate_shapes(scene, cfg.prompt, cfg.cameras, tc.eval_views, cfg.resolution, device)
                 logs.update({f"eval_{k}": ev[k] for k in ("psnr", "iou") if k in ev})
-            if evaluate or done % tc.log_every == 0 or done == tc.steps:
+            if log_now:
                 metrics.write(json.dumps(logs) + "\n")
                 metrics.flush()
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4g}", t=f"{g.logs.get('t', float('nan')):.0f}")
+                if log_now:
+                    bar.set_postfix(loss=f"{logs['loss']:.4g}", t=f"{logs.get('t', float('nan')):.0f}")
             if tc.preview_every and done % tc.preview_every == 0:
+                watch.stop_if_bad()
                 path = os.path.join(run_dir, "previews", f"step_{done:06d}.png")
                 outputs.save_preview(path, scene, cfg.cameras, cfg.resolution, _eval_bg(background), device)
                 if hooks.on_preview:
                     hooks.on_preview(path)
             if tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < tc.steps:
+                watch.stop_if_bad()
                 _checkpoint(ckpt_dir, done, scene, guidance, background, opt, gen, tc.keep_checkpoints)
             if hooks.on_step:
                 hooks.on_step(done, tc.steps, logs)
             if hooks.should_stop and hooks.should_stop():
+                watch.stop_if_bad()
                 _checkpoint(ckpt_dir, done, scene, guidance, background, opt, gen, tc.keep_checkpoints)
                 outputs.set_status(run_dir, "interrupted", done, "stopped on request; resume with --resume")
                 return
         step = tc.steps
+        watch.stop_if_bad()
         _checkpoint(ckpt_dir, step, scene, guidance, background, opt, gen, tc.keep_checkpoints)
         _finish(cfg, run_dir, scene, background, device, step)
+    except RunError:
+        raise
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM inside sigterm_as_interrupt()
         done = step  # the step in flight is redone on resume
+        watch.stop_if_bad()  # never checkpoint a state a pending non-finite loss has spoiled
         try:
             _checkpoint(ckpt_dir, done, scene, guidance, background, opt, gen, tc.keep_checkpoints)
         except OSError as err:
@@ -323,10 +351,73 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
                   if last else "No checkpoint was written."))
         _try_status(run_dir, "failed", step, msg)
         raise RunError(msg) from None
+    except Exception:
+        if watch.lazy:  # a non-finite loss a few steps back may be why a renderer failed: say that instead
+            watch.stop_if_bad()
+        raise
     finally:
         metrics.close()
         if bar is not None:
             bar.close()
+
+
+class _FiniteWatch:
+    """The loss's NaN/Inf check without a host-device sync every step.
+
+    On a CPU the loss is checked every step before its backward pass (reading a CPU tensor costs nothing). On a GPU
+    the first non-finite step and value are kept in device tensors (``record``, no sync) and read by ``stop_if_bad``
+    on logged steps and before anything is written (checkpoint, preview, the end), so no checkpoint ever holds what a
+    non-finite loss trained: the run stops with the last good checkpoint, as on the CPU, a few steps later at most.
+    """
+
+    def __init__(self, device: torch.device, run_dir: str, ckpt_dir: str, prior=None):
+        self.lazy = torch.device(device).type == "cuda"
+        self.run_dir, self.ckpt_dir = run_dir, ckpt_dir
+        self.prior_report = getattr(prior, "nonfinite_report", None)  # the prior's deferred NaN checks (GPU)
+        self.bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_value = torch.zeros((), dtype=torch.float32, device=device)
+
+    def record(self, loss: torch.Tensor, step: int) -> None:
+        first = ~torch.isfinite(loss.detach()) & (self.bad_step < 0)
+        self.bad_step = torch.where(first, step, self.bad_step)
+        self.bad_value = torch.where(first, loss.detach().float(), self.bad_value)
+
+    def stop_if_bad(self) -> None:
+        """One host read; RunError (status "failed") when a recorded loss, or a prior's output, was non-finite."""
+        step = int(self.bad_step)
+        cause = self.prior_report() if self.prior_report is not None else None
+        if step < 0 and cause is None:
+            return
+        last = latest_checkpoint(self.ckpt_dir)
+        what = cause + ";" if cause else f"the loss became {float(self.bad_value)} at step {step};"
+        msg = (f"{what} the run stopped. "
+               + (f"Last good checkpoint: {last}; resume with --resume {self.run_dir} after lowering "
+                  f"the learning rate (--train.lr-scale)." if last else "No checkpoint was written yet."))
+        outputs.set_status(self.run_dir, "failed", max(step, 0), msg)
+        raise RunError(msg)
+
+
+def _cams_to(cams, device: torch.device):
+    """Cameras drawn on the host moved to ``device`` through pinned memory (no host sync; guidance.base.to_device)."""
+    if torch.device(device).type != "cuda":
+        return cams.to(device)
+    from engine.cameras import Cameras
+    from guidance.base import to_device
+    return Cameras(to_device(cams.c2w, device), to_device(cams.fovy, device), cams.width, cams.height,
+                   to_device(cams.azimuth, device), to_device(cams.elevation, device), to_device(cams.distance, device))
+
+
+def _host_logs(logs: dict) -> dict:
+    """``logs`` with every tensor read to a float in one copy per device (one sync), other values as they are."""
+    out = dict(logs)
+    by_device: dict = {}
+    for k, v in logs.items():
+        if isinstance(v, torch.Tensor):
+            by_device.setdefault(v.device, []).append(k)
+    for keys in by_device.values():
+        vals = torch.stack([logs[k].detach().float().reshape(()) for k in keys]).cpu().tolist()
+        out.update(zip(keys, vals))
+    return out
 
 
 def _eval_bg(background: Background) -> torch.Tensor:

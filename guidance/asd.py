@@ -12,6 +12,9 @@ The second term has no CFG and the same view-dependent prompt; w is evaluated at
 term is eps_PN with ScaleDreamer's weights (threestudio's, times 0.5: PerpNegConfig.weight_scale). Loss: the MSE
 trick (batch mean) by default. ScaleDreamer anneals both ends of the t range over the whole run:
 min 0.5 -> 0.02 and max 0.98 -> 0.5.
+
+Without Perp-Neg the three predictions (e_y and e_u at t, e_y at t+) come from one batched prior call of 3B rows, as
+ScaleDreamer batches them (one UNet launch per step instead of two); t+ is computed on the host from the host-drawn t.
 """
 
 from dataclasses import dataclass, field
@@ -27,11 +30,14 @@ from guidance.base import (
     add_noise,
     attach_pixel_clip,
     check_choices,
+    classifier_free_guidance,
+    sample_timesteps,
     surrogate_loss,
+    to_device,
     weight,
 )
 from guidance.perp_neg import PerpNegConfig, guided_eps
-from guidance.priors.base import Prior
+from guidance.priors.base import Cond, Prior
 
 
 @dataclass
@@ -89,19 +95,30 @@ class ASD(Objective):
         ac = prior.alphas_cumprod
         T = ac.shape[0]
         min_step = int(T * cfg.timesteps.range_at(step, self.total_steps)[0])
+        if t is None:  # drawn on the host, as draw_t_noise does, so that t+ is computed there too (no device read)
+            t = sample_timesteps(cfg.timesteps, step, self.total_steps, B, self.gen, T)
+        t_host = t if t.device.type == "cpu" else t.cpu()
         t, noise = self.draw_t_noise(z, step, t, noise)
         if u is None and cfg.plus_random:
             u = torch.rand(B, generator=self.gen)
-        t_plus = shifted_timesteps(t.cpu(), min_step, cfg.plus_ratio, u if cfg.plus_random else None, T).to(z.device)
+        t_plus = to_device(shifted_timesteps(t_host, min_step, cfg.plus_ratio, u if cfg.plus_random else None, T),
+                           z.device)
         with torch.no_grad():
             x_t = add_noise(z.detach(), noise, t, ac)
             x_tp = add_noise(z.detach(), noise, t_plus, ac)
-            eps_hat = guided_eps(prior, x_t, t, prompts, cams, cfg.guidance_scale, "standard", cfg.perp_neg)
-            eps_plus = prior.predict_eps(x_tp, t_plus, prompts.cond(cams), cams)
+            if cfg.perp_neg.enabled:
+                eps_hat = guided_eps(prior, x_t, t, prompts, cams, cfg.guidance_scale, "standard", cfg.perp_neg)
+                eps_plus = prior.predict_eps(x_tp, t_plus, prompts.cond(cams), cams)
+            else:  # ScaleDreamer's single UNet call: the CFG pair at t and the conditional branch at t+
+                cond = prompts.cond(cams)
+                e_y, e_u, eps_plus = prior.predict_eps(torch.cat([x_t, x_t, x_tp]), torch.cat([t, t, t_plus]),
+                                                       Cond.cat([cond, prompts.uncond(B), cond]),
+                                                       Cameras.cat([cams] * 3)).chunk(3)
+                eps_hat = classifier_free_guidance(e_u, e_y, cfg.guidance_scale, "standard")
             w = weight(t, ac, cfg.weighting).view(-1, *([1] * (z.ndim - 1)))
             g = w * (eps_hat - eps_plus)
             if cfg.grad_clip > 0:
                 g = g.clamp(-cfg.grad_clip, cfg.grad_clip)
         loss = surrogate_loss(z, g, cfg.reduction)
-        return GuidanceOutput(loss, {"loss_asd": loss.item(), "grad_norm": g.norm().item(),
-                                     "t": t.float().mean().item(), "t_plus": t_plus.float().mean().item()})
+        return GuidanceOutput(loss, {"loss_asd": loss.detach(), "grad_norm": g.norm().detach(),
+                                     "t": t.float().mean(), "t_plus": t_plus.float().mean()})

@@ -17,10 +17,13 @@ from engine.cameras import Cameras
 
 @dataclass
 class GuidanceOutput:
-    """The objective's scalar loss (its gradient w.r.t. the encoded sample is the update) and float logs."""
+    """The objective's scalar loss (its gradient w.r.t. the encoded sample is the update) and its logs.
+
+    Logs are detached 0-d tensors (or plain floats for values known on the host): reading a CUDA tensor is a host-device
+    sync, so the training loop reads them all at once, only on the steps it logs (``train.log_every``)."""
 
     loss: Tensor
-    logs: dict[str, float] = field(default_factory=dict)
+    logs: dict[str, Tensor | float] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -57,7 +60,20 @@ class Objective:
                                  self.prior.alphas_cumprod.shape[0])
         if noise is None:
             noise = torch.randn(z.shape, generator=self.gen)
-        return t.to(z.device), noise.to(z.device, z.dtype)
+        return to_device(t, z.device), to_device(noise, z.device, z.dtype)
+
+
+def to_device(x: Tensor, device: torch.device | str, dtype: torch.dtype | None = None) -> Tensor:
+    """Move a host-drawn tensor (noise, timesteps from the run's CPU generator) to ``device`` without a host sync.
+
+    A copy from pageable host memory to a GPU waits for the GPU to drain its queue; from pinned memory it is queued
+    like a kernel (non_blocking), and torch's pinned-memory allocator keeps the buffer alive until the copy is done.
+    The values are those of the CPU generator, so a run is the same on any device and resumes exactly.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and x.device.type == "cpu":
+        x = x.pin_memory().to(device, non_blocking=True)
+    return x.to(device, dtype) if dtype is not None else x.to(device)
 
 
 def _bcast(v: Tensor, like: Tensor) -> Tensor:

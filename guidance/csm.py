@@ -43,6 +43,7 @@ from guidance.base import (
     const,
     sample_timesteps,
     surrogate_loss,
+    to_device,
     weight,
 )
 from guidance.ism import ISMConfig, interval, inversion_eps, invert_to_xs_xt, lucid_noise, warmup_rate
@@ -122,7 +123,7 @@ class CSM(Objective):
         ind_s = max(ind_t - interval(cfg, warmup_rate(cfg, step, self.total_steps)), 0)
         if noise is None:
             noise = lucid_noise(z.shape, self.gen, cfg.noise_offset)
-        noise = noise.to(z.device, z.dtype)
+        noise = to_device(noise, z.device, z.dtype)
         tau_t = torch.full((B,), ind_t + off, dtype=torch.int64, device=z.device)
         cond, ref, cond_noimg = self.conditions(prompts, cams)
         with torch.no_grad():
@@ -140,7 +141,8 @@ class CSM(Objective):
             w = weight(tau_t, ac, cfg.weighting).view(-1, *([1] * (z.ndim - 1)))
             g = cfg.lambda_guidance * w * delta
         loss = surrogate_loss(z, g, cfg.reduction)
-        return GuidanceOutput(loss, {"loss_csm": loss.item(), "grad_norm": g.norm().item(), "t": float(ind_t + off)})
+        return GuidanceOutput(loss, {"loss_csm": loss.detach(), "grad_norm": g.norm().detach(),
+                                     "t": float(ind_t + off)})
 
 
 # ---- CSD ----------------------------------------------------------------------------------------------------------
@@ -218,5 +220,5 @@ class CSD(Objective):
             if cfg.grad_clip > 0:
                 g = g.clamp(-cfg.grad_clip, cfg.grad_clip)
         loss = surrogate_loss(z, g, cfg.reduction)
-        return GuidanceOutput(loss, {"loss_csd": loss.item(), "grad_norm": g.norm().item(),
-                                     "t": t.float().mean().item(), **{f"c_{k}": v for k, v in c.items()}})
+        return GuidanceOutput(loss, {"loss_csd": loss.detach(), "grad_norm": g.norm().detach(),
+                                     "t": t.float().mean(), **{f"c_{k}": v for k, v in c.items()}})

@@ -37,6 +37,7 @@ from guidance.base import (
     ddim_move,
     sample_timesteps,
     surrogate_loss,
+    to_device,
     weight,
 )
 from guidance.perp_neg import PerpNegConfig, guided_eps
@@ -182,7 +183,7 @@ class ISM(Objective):
         ind_s = max(ind_t - interval(cfg, wr), 0)
         if noise is None:
             noise = lucid_noise(z.shape, self.gen, cfg.noise_offset)
-        noise = noise.to(z.device, z.dtype)
+        noise = to_device(noise, z.device, z.dtype)
         ac, off = prior.alphas_cumprod, int(prior.steps_offset)
         tau_t = torch.full((B,), ind_t + off, dtype=torch.int64, device=z.device)
         with torch.no_grad():
@@ -202,5 +203,5 @@ class ISM(Objective):
             g = cfg.lambda_guidance * w * (pred - target)
         loss = surrogate_loss(z, g, cfg.reduction)
         name = "tsm" if isinstance(cfg, TSMConfig) else "ism"
-        return GuidanceOutput(loss, {f"loss_{name}": loss.item(), "grad_norm": g.norm().item(), "t": float(ind_t + off),
-                                     "s": float(ind_s + off), "mu": float(ind_mu + off)})
+        return GuidanceOutput(loss, {f"loss_{name}": loss.detach(), "grad_norm": g.norm().detach(),
+                                     "t": float(ind_t + off), "s": float(ind_s + off), "mu": float(ind_mu + off)})

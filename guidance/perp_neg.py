@@ -75,8 +75,8 @@ def lucid_weights(azimuth: float) -> tuple[tuple[str, str, float], tuple[tuple[s
 def perp_neg_conds(prompts, cams: Cameras, cfg: PerpNegConfig) -> tuple[Cond, list[Cond], Tensor]:
     """Positive conds [B], two negative conds (each [B]) and weights [B,2] for a camera batch."""
     pos, negs, ws = [], ([], []), []
-    for i in range(len(cams)):
-        az, el = float(cams.azimuth[i]), float(cams.elevation[i])
+    angles = torch.stack([cams.azimuth, cams.elevation], 1).tolist()  # one host read for the batch, not 2 per camera
+    for az, el in angles:
         if cfg.weights == "threestudio":
             (a, b, r), neg = threestudio_weights(az, el, prompts.thresholds.overhead)
         else:

@@ -7,8 +7,9 @@ guidance-spec §1.3 (three conditions) and §1.6 (view-dependent prompting). Emb
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
-from engine.cameras import Cameras, ViewThresholds, view_labels
+from engine.cameras import Cameras, ViewThresholds
 from guidance.priors.base import Cond, Prior
 
 
@@ -35,6 +36,17 @@ class PromptConfig:
 VIEWS = ("front", "side", "back", "overhead")
 
 
+def view_index(azimuth_deg: Tensor, elevation_deg: Tensor, th: ViewThresholds = ViewThresholds()) -> Tensor:
+    """Index into VIEWS per camera [C] (int64, on the cameras' device): engine.cameras.view_labels' rule (side by
+    default, then front, back, overhead, a later match overriding), as tensor ops, so choosing the view prompts never
+    reads the cameras back to the host."""
+    az = (azimuth_deg + 180.0) % 360.0 - 180.0
+    idx = torch.full(az.shape, VIEWS.index("side"), dtype=torch.int64, device=az.device)
+    idx = torch.where(az.abs() < th.front, VIEWS.index("front"), idx)
+    idx = torch.where(az.abs() > 180.0 - th.back, VIEWS.index("back"), idx)
+    return torch.where(elevation_deg > th.overhead, VIEWS.index("overhead"), idx)
+
+
 class PromptSet:
     """The embedded conditions of one run: prompt y (plain and per view), negative u, null ""."""
 
@@ -56,9 +68,34 @@ class PromptSet:
         if not self.cfg.view_dependent:
             return self.plain.expand(n)
         if self.cfg.mode == "discrete":
-            labels = view_labels(cams.azimuth.cpu(), cams.elevation.cpu(), self.thresholds)
-            return Cond.cat([self.views[lab] for lab in labels])
-        return Cond.cat([self._interpolated(float(a)) for a in cams.azimuth.cpu()])
+            idx = view_index(cams.azimuth, cams.elevation, self.thresholds)
+            stacked = self._stacked()
+            return stacked[idx.to(next(iter(stacked.tensors.values())).device)]
+        return self._interpolated_batch(cams.azimuth)
+
+    def _stacked(self) -> Cond:
+        """The four view conditions in VIEWS order, one row each (built once)."""
+        if not hasattr(self, "_views_stacked"):
+            self._views_stacked = Cond.cat([self.views[v] for v in VIEWS])
+        return self._views_stacked
+
+    def _interpolated_batch(self, azimuth: Tensor) -> Cond:
+        """``_interpolated`` for every camera at once, on the cameras' device (no per-camera host read): the same
+        blend weights, computed in float64 like the scalar rule."""
+        views = {v: self.views[v] for v in ("front", "side", "back")}
+        dev = next(iter(views["front"].tensors.values())).device
+        az = (azimuth.to(dev).double() + 180.0) % 360.0 - 180.0
+        front_half = (az >= -90.0) & (az < 90.0)
+        r = torch.where(front_half, 1.0 - az.abs() / 90.0, 1.0 - (az.abs() - 90.0) / 90.0)
+        out = {}
+        for k in views["front"].tensors:
+            front, side, back = (views[v].tensors[k] for v in ("front", "side", "back"))
+            shape = (-1, *([1] * (front.ndim - 1)))
+            fh = front_half.view(shape)
+            a = torch.where(fh, side, back)
+            b = torch.where(fh, front, side)
+            out[k] = a + r.to(a.dtype).view(shape) * (b - a)
+        return Cond(out)
 
     def _interpolated(self, az: float) -> Cond:
         """LucidDreamer's blend: r = 1 - |az|/90 between front and side, then side and back."""

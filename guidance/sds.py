@@ -82,5 +82,5 @@ class SDS(Objective):
             if cfg.grad_clip > 0:
                 g = g.clamp(-cfg.grad_clip, cfg.grad_clip)
         loss = surrogate_loss(z, g, cfg.reduction)
-        return GuidanceOutput(loss, {"loss_sds": loss.item(), "grad_norm": g.norm().item(),
-                                     "t": t.float().mean().item()})
+        return GuidanceOutput(loss, {"loss_sds": loss.detach(), "grad_norm": g.norm().detach(),
+                                     "t": t.float().mean()})

@@ -80,6 +80,9 @@ class VisualPrompt:
             return VisualPrompt("log_prior", exemplar_image_log_prior(prior, image, cfg.ip_adapter_scale),
                                 torch.zeros(len(prior.tags), device=prior.device), "add")
         if hasattr(prior, "unet") and hasattr(prior, "text_encoder"):
+            check_ip_adapter_fits(getattr(prior, "name", "the prior"), _cross_dim(prior.unet.config),
+                                  type(prior).__name__, cfg.ip_adapter, cfg.ip_adapter_subfolder,
+                                  cfg.ip_adapter_weight_name)
             emb = load_ip_adapter(prior, cfg.ip_adapter, cfg.ip_adapter_subfolder, cfg.ip_adapter_weight_name,
                                   cfg.ip_adapter_scale, image)
             return VisualPrompt("image_embeds", emb, torch.zeros_like(emb), "set")
@@ -130,6 +133,88 @@ def _silhouette_colour_distance(x: Tensor, images: Tensor, chunk: int = 1024) ->
         fg, col = stats(images[i:i + chunk])
         out.append(((fg - fg_x) ** 2).flatten(1).mean(1) + ((col - col_x) ** 2).sum(1) / 4)
     return torch.cat(out)
+
+
+SUPPORTED_PRIORS = ("Stable Diffusion 1.x (768-d cross-attention) with an SD 1.5 IP-Adapter (the default, "
+                    "h94/IP-Adapter models/ip-adapter_sd15.safetensors), or any Stable Diffusion folder whose "
+                    "cross-attention width matches its IP-Adapter's; exemplar priors (shapes) through their "
+                    "nearest-image kernel. Not: SD 2.x (1024-d, no official IP-Adapter), SDXL, DeepFloyd IF")
+"""Which priors take a visual prompt (README, guidance/csm.py)."""
+
+IP_ADAPTER_WIDTHS = {"sd15": 768, "sdxl": 2048}
+"""Cross-attention width by the tag in h94/IP-Adapter's file names, for a weight file not downloaded yet."""
+
+
+def _cross_dim(unet_config) -> int | None:
+    d = unet_config.get("cross_attention_dim") if hasattr(unet_config, "get") else None
+    if isinstance(d, (list, tuple)):
+        d = d[0] if len(set(d)) == 1 else None
+    return int(d) if d is not None else None
+
+
+def ip_adapter_width(source: str, subfolder: str, weight_name: str) -> int | None:
+    """The cross-attention width an IP-Adapter was trained for, read from its safetensors header (no weights are
+    loaded) when the file is on disk, else from its name (…_sd15…: 768, …_sdxl…: 2048); None when unknown."""
+    path = os.path.join(source, subfolder, weight_name)
+    if not os.path.isfile(path) and not os.path.isdir(source):
+        try:
+            from huggingface_hub import hf_hub_download
+            path = hf_hub_download(source, weight_name, subfolder=subfolder or None, local_files_only=True)
+        except Exception:  # noqa: BLE001 - not in the cache (or not a hub id): fall back to the name
+            path = ""
+    if path and os.path.isfile(path) and path.endswith(".safetensors"):
+        from safetensors import safe_open
+        try:
+            with safe_open(path, framework="pt") as f:
+                for key in f.keys():
+                    if key.endswith("to_k_ip.weight"):
+                        return int(f.get_slice(key).get_shape()[1])
+        except Exception:  # noqa: BLE001 - a broken file is reported by the loader itself
+            return None
+    for tag, width in IP_ADAPTER_WIDTHS.items():
+        if tag in weight_name.lower():
+            return width
+    return None
+
+
+def check_ip_adapter_fits(prior_name: str, cross_dim: int | None, prior_kind: str, source: str, subfolder: str,
+                          weight_name: str) -> None:
+    """PriorError, before anything is loaded, when the IP-Adapter cannot go into this prior's UNet: its width differs
+    from the UNet's cross-attention width (SD 2.1's 1024 vs the SD 1.5 adapter's 768), or the prior is not an SD
+    1.x / 2.x one (the adapter is loaded through a StableDiffusionPipeline)."""
+    from guidance.priors.base import PriorError
+    if prior_kind not in ("StableDiffusionPrior", "sd", "ControlNetPrior"):
+        raise PriorError(f"a visual prompt (--image) does not work with the {prior_kind} prior {prior_name!r}. "
+                         f"Supported: {SUPPORTED_PRIORS}")
+    width = ip_adapter_width(source, subfolder, weight_name)
+    if width is not None and cross_dim is not None and width != cross_dim:
+        raise PriorError(f"the IP-Adapter {source!r} ({subfolder}/{weight_name}) is for a {width}-d cross-attention, "
+                         f"but the prior {prior_name!r} has {cross_dim}-d (e.g. SD 2.x is 1024-d, SD 1.5 768-d); "
+                         f"choose a matching --guidance.ip-adapter / --guidance.ip-adapter-weight-name. "
+                         f"Supported: {SUPPORTED_PRIORS}")
+
+
+def check_visual_prompt_prior(prior_name: str, cfg) -> None:
+    """The ``check_ip_adapter_fits`` test from the prior's model_index.json and unet/config.json alone (nothing is
+    loaded): run before the prior is built. Exemplar priors and models that cannot be read yet pass through."""
+    from guidance.priors import prior_family
+    family = prior_family(prior_name)
+    if family is None:
+        return
+    if family != "sd":
+        check_ip_adapter_fits(prior_name, None, family.upper(), cfg.ip_adapter, cfg.ip_adapter_subfolder,
+                              cfg.ip_adapter_weight_name)
+    import json
+
+    from guidance.priors.stable_diffusion import ModelSource
+    folder = ModelSource.resolve(prior_name)
+    config = os.path.join(folder.snapshot or folder.name, "unet", "config.json")
+    cross = None
+    if os.path.isfile(config):
+        with open(config) as f:
+            cross = _cross_dim(json.load(f))
+    check_ip_adapter_fits(prior_name, cross, "sd", cfg.ip_adapter, cfg.ip_adapter_subfolder,
+                          cfg.ip_adapter_weight_name)
 
 
 def load_ip_adapter(prior, source: str, subfolder: str, weight_name: str, scale: float, image: Tensor) -> Tensor:

@@ -85,7 +85,8 @@ class Background(nn.Module):
     def forward(self, cams: Cameras, gen: torch.Generator | None = None, training: bool = True) -> Tensor:
         C, H, W = len(cams), cams.height, cams.width
         if self.cfg.kind == "random" and training:
-            col = torch.rand(C, 1, 1, 3, generator=gen).to(cams.device)
+            from guidance.base import to_device  # pinned copy: no host sync on a GPU
+            col = to_device(torch.rand(C, 1, 1, 3, generator=gen), cams.device)
         else:
             col = torch.sigmoid(self.logit).to(cams.device).view(1, 1, 1, 3).expand(C, 1, 1, 3)
         return col.expand(C, H, W, 3)

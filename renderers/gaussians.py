@@ -151,11 +151,11 @@ def _warn_once(msg: str) -> None:
 
 
 def resolve_splat_backend(name: str) -> str:
-    """renderers.kernels.resolve_backend, then a gsplat check: "auto" falls back to torch (warning once) when
-    gsplat's rasterizer cannot load; "cuda" then raises."""
+    """renderers.kernels.resolve_backend on gsplat's own probe (never nerfacc's), then a gsplat check: "auto" falls
+    back to torch (warning once) when gsplat's rasterizer cannot build; "cuda" then raises."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
-    backend = resolve_backend(name)
+    backend = resolve_backend(name, library="gsplat")
     if backend == "cuda" and not _splat_cuda.available():
         if name == "cuda" or os.environ.get(ENV_VAR) == "cuda":
             raise RuntimeError("backend 'cuda' needs gsplat's CUDA rasterizer, which failed to load")

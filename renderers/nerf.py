@@ -161,7 +161,7 @@ class NeRF(nn.Module):
 
     def __init__(self, cfg: NeRFConfig, gen: torch.Generator, device: torch.device | str = "cpu"):
         super().__init__()
-        self.cfg = dataclasses.replace(cfg, backend=kernels.resolve_backend(cfg.backend))
+        self.cfg = dataclasses.replace(cfg, backend=kernels.resolve_backend(cfg.backend, device, "nerfacc"))
         if self.cfg.backend == "cuda" and cfg.occupancy_resolution < 1:
             raise ValueError("the cuda backend samples through the occupancy grid: set occupancy_resolution > 0")
         self.gen = gen

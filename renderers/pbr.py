@@ -95,9 +95,18 @@ def brdf_integrals(n_dot_v: Tensor, roughness: Tensor, samples: int = 1024) -> t
     return ((1 - fc) * g_vis).mean(-1), (fc * g_vis).mean(-1)
 
 
+_LUT_ON_DEVICE: dict[tuple[int, int, str], Tensor] = {}
+
+
 def brdf_lut(size: int = 32, samples: int = 1024, device="cpu") -> Tensor:
-    """[size, size, 2] (A, B); columns n·v, rows roughness, both at texel centres (computed once per size)."""
-    return _brdf_lut_cpu(size, samples).to(device)
+    """[size, size, 2] (A, B); columns n·v, rows roughness, both at texel centres (computed once per size, and
+    uploaded once per device: ``shade`` asks for it every call, which must not be a host-to-device copy each time).
+    Treat the returned tensor as read-only: it is shared."""
+    key = (size, samples, str(torch.device(device)))
+    lut = _LUT_ON_DEVICE.get(key)
+    if lut is None:
+        lut = _LUT_ON_DEVICE[key] = _brdf_lut_cpu(size, samples).to(device)
+    return lut
 
 
 def lookup_brdf(lut: Tensor, n_dot_v: Tensor, roughness: Tensor) -> tuple[Tensor, Tensor]:

@@ -40,7 +40,18 @@ class PriorConfig:
     """IP-Adapter attention scale."""
     text_encoder_offload: str = "auto"
     """Diffusers priors, after embedding prompts: "keep" the text encoders on the device, move them to "cpu", or
-    "free" them (reloaded from disk only for a new prompt); "auto" frees DeepFloyd IF's T5 and keeps the others."""
+    "free" them (reloaded from disk only for a new prompt); "auto" frees DeepFloyd IF's T5 after each call, and every
+    encoder once the run's prompts are all embedded (the training loop calls ``release_text_encoders``)."""
+    vae: str = ""
+    """Latent priors: a diffusers AutoencoderKL (hub id or folder) to use instead of the model's own VAE, e.g.
+    "madebyollin/sdxl-vae-fp16-fix", SDXL's VAE retrained not to overflow in fp16 (it then runs in the prior's dtype
+    instead of fp32, about half the VAE memory at 1024²)."""
+    vae_dtype: str = "auto"
+    """Latent priors: the VAE's dtype, "auto" (fp32 for SDXL's own VAE, which overflows in fp16; the prior's dtype
+    otherwise), "float16", "bfloat16" (no overflow: bf16 has fp32's range) or "float32"."""
+    fp16_variant: bool = True
+    """Diffusers priors in fp16 / bf16: load the repository's fp16 weight files (variant="fp16") where it has them,
+    half the download and disk (DeepFloyd IF's T5 alone is about 19 GB in fp32)."""
     attention_slicing: bool = False
     """Diffusers priors: sliced attention in the UNet (less memory, slower); otherwise torch SDPA."""
     embed_cache: bool = True
@@ -79,4 +90,21 @@ def build_prior(cfg: PriorConfig, device: torch.device | str = "cpu") -> Prior:
     return prior
 
 
-__all__ = ["Cond", "Prior", "PriorConfig", "PriorError", "build_prior", "cache_dir"]
+FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl", "IFPipeline": "if"}
+"""model_index.json ``_class_name`` -> prior family, which the diffusion preset's defaults depend on."""
+
+
+def prior_family(name: str) -> str | None:
+    """"sd", "sdxl" or "if" for a diffusers prior, read from its model_index.json without loading any weights; None
+    for exemplar priors and for a model that cannot be found yet (building it then gives the clear error)."""
+    name = name.strip()
+    if not name or name == "shapes" or os.path.isfile(os.path.join(name, "exemplars.safetensors")):
+        return None
+    from guidance.priors.stable_diffusion import ModelSource
+    try:
+        return FAMILIES.get(ModelSource.resolve(name).pipeline_class)
+    except PriorError:
+        return None
+
+
+__all__ = ["Cond", "Prior", "PriorConfig", "PriorError", "build_prior", "cache_dir", "prior_family"]

@@ -51,10 +51,13 @@ class Cond:
         return Cond({k: torch.cat([c.tensors[k] for c in conds]) for k in keys})
 
     def lerp(self, other: "Cond", weight: Tensor) -> "Cond":
-        """Row-wise (1 - weight) * self + weight * other, weight [N] (embedding interpolation, guidance-spec §1.6)."""
+        """Row-wise (1 - weight) * self + weight * other, weight [N] (embedding interpolation, guidance-spec §1.6).
+
+        ``weight`` may live anywhere (a CPU tensor from the prompt schedule): it moves to each tensor's device and
+        dtype, so CUDA embeddings never meet a CPU weight."""
         out = {}
         for k, a in self.tensors.items():
-            w = weight.to(a.dtype).view(-1, *([1] * (a.ndim - 1)))
+            w = weight.to(device=a.device, dtype=a.dtype).view(-1, *([1] * (a.ndim - 1)))
             out[k] = a + w * (other.tensors[k] - a)
         return Cond(out)
 

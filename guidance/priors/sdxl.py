@@ -6,7 +6,9 @@ What differs from SD 1.x/2.x (guidance-spec §1.2):
   ``force_zeros_for_empty_prompt`` (the SDXL default) the empty prompt "" is all zeros, as SDXL's unconditional.
 - Micro-conditioning: ``time_ids`` = (original size, crop top-left (0,0), target size), all the prior resolution,
   passed with the pooled embedding as ``added_cond_kwargs``.
-- The VAE always runs in fp32 (the fp16 SDXL VAE overflows to NaN) with its own scaling_factor (0.13025).
+- The VAE runs in fp32 (the fp16 SDXL VAE overflows to NaN) with its own scaling_factor (0.13025), unless
+  ``prior.vae`` names the fp16-fix VAE (madebyollin/sdxl-vae-fp16-fix, then the prior's dtype) or ``prior.vae_dtype``
+  asks for bfloat16 (fp32's range, half the memory at 1024²).
 """
 
 import torch
@@ -29,7 +31,11 @@ class StableDiffusionXLPrior(StableDiffusionPrior):
         self.add_time_ids = self._time_ids()
 
     def _vae_dtype(self) -> torch.dtype:
-        return torch.float32
+        """fp32 for SDXL's own VAE (it overflows to NaN in fp16); the prior's dtype for a replacement VAE (the
+        fp16-fix one, prior.vae); cfg.vae_dtype when set (bfloat16 has fp32's range and does not overflow)."""
+        if self.cfg.vae_dtype != "auto":
+            return super()._vae_dtype()
+        return self.dtype if self.cfg.vae else torch.float32
 
     def _cache_fingerprint(self) -> str:
         return f"{super()._cache_fingerprint()}/zeros={self.force_zeros_for_empty_prompt}"

@@ -31,17 +31,15 @@ ENV_VAR = "ENGINE_BACKEND"
 
 
 @functools.cache
-def _cuda_unavailable_reason() -> str | None:
-    """None when CUDA and the extensions load, else why not. Cached: the first call may JIT-build nerfacc."""
+def _cuda_unavailable_reason(library: str = "nerfacc") -> str | None:
+    """None when CUDA is present and ``library``'s kernels build and run, else why not (renderers/kernels/probe.py:
+    one real compile and tiny op per library, in a child process under a timeout, stale build locks cleared)."""
     if not torch.cuda.is_available():
         return "torch.cuda.is_available() is False"
-    try:
-        from renderers.kernels import volume_cuda  # noqa: PLC0415  (lazy: never imported on CPU)
+    from renderers.kernels.probe import probe  # noqa: PLC0415
 
-        volume_cuda.check_extension()
-    except (ImportError, OSError, RuntimeError) as e:
-        return f"nerfacc's CUDA extension failed to load: {e}"
-    return None
+    result = probe(library)
+    return None if result.ok else f"{library}'s CUDA kernels are unusable: {result.message}"
 
 
 @functools.cache
@@ -49,25 +47,28 @@ def _warn_fallback(reason: str) -> None:
     warnings.warn(f"backend 'auto' falls back to the torch backend ({reason})", stacklevel=3)
 
 
-def resolve_backend(name: str = "auto") -> str:
-    """Resolve a requested backend to "torch" or "cuda".
+def resolve_backend(name: str = "auto", device: torch.device | str | None = None, library: str = "nerfacc") -> str:
+    """Resolve a requested backend to "torch" or "cuda" for a scene on ``device`` using ``library``'s kernels.
 
-    "auto" picks cuda when a GPU and the CUDA extensions are present, and otherwise torch (warning once).
-    "cuda" without them raises RuntimeError. The ``ENGINE_BACKEND`` environment variable, when set, replaces
-    ``name``.
+    "auto" picks cuda when a GPU is present and ``library`` (nerfacc for volume rendering, gsplat for splatting)
+    builds and runs, and otherwise torch (warning once). "cuda" without them raises RuntimeError. A scene on a
+    non-CUDA ``device`` (e.g. a NeRF run rebuilt on the CPU for a mesh's init-from) always gets "torch": CUDA kernels
+    cannot take its tensors. The ``ENGINE_BACKEND`` environment variable, when set, replaces ``name``.
     """
     name = os.environ.get(ENV_VAR) or name
+    if name in BACKENDS and device is not None and torch.device(device).type != "cuda":
+        return "torch"
     match name:
         case "torch":
             return "torch"
         case "cuda":
-            reason = _cuda_unavailable_reason()
+            reason = _cuda_unavailable_reason(library)
             if reason is not None:
                 raise RuntimeError(f"backend 'cuda' was requested but CUDA cannot be used: {reason}. "
                                    "Use backend='torch' (or 'auto') on this machine.")
             return "cuda"
         case "auto":
-            reason = _cuda_unavailable_reason()
+            reason = _cuda_unavailable_reason(library)
             if reason is None:
                 return "cuda"
             _warn_fallback(reason)

@@ -13,14 +13,17 @@ from torch import Tensor
 
 @functools.cache
 def available() -> bool:
-    """True when a CUDA device is present and ``nvdiffrast.torch`` imports."""
+    """True when a CUDA device is present, ``nvdiffrast.torch`` imports and its plugin builds and rasterises a tiny
+    triangle (renderers/kernels/probe.py; the import alone compiles nothing)."""
     if not torch.cuda.is_available():
         return False
     try:
         import nvdiffrast.torch  # noqa: F401, PLC0415
     except (ImportError, OSError, RuntimeError):
         return False
-    return True
+    from renderers.kernels.probe import probe  # noqa: PLC0415
+
+    return probe("nvdiffrast").ok
 
 
 @functools.cache

@@ -1,7 +1,7 @@
 """CUDA splatting through ``gsplat.rasterization`` (imported lazily: importing this module needs no GPU).
 
-gsplat JIT-compiles its extension on first use; on a CPU-only torch build that fails at once, so callers must only
-reach :func:`splat_cuda` when :func:`available` is true (the backend switch guarantees it).
+gsplat JIT-compiles its extension on first use; :func:`available` probes that build once (in a child process, with a
+timeout), so callers must only reach :func:`splat_cuda` when it is true (the backend switch guarantees it).
 """
 
 from functools import lru_cache
@@ -14,16 +14,15 @@ from renderers.kernels.splat_torch import SplatResult
 
 @lru_cache(maxsize=1)
 def available() -> bool:
-    """True when a CUDA device is present and gsplat's rasterizer can be imported."""
+    """True when a CUDA device is present and gsplat's kernels compile and render a tiny splat (renderers/kernels/
+    probe.py: importing gsplat compiles nothing, its PyPI wheel JIT-builds on first use)."""
     import torch
 
     if not torch.cuda.is_available():
         return False
-    try:
-        from gsplat import rasterization  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import failure means "not available"
-        return False
-    return True
+    from renderers.kernels.probe import probe
+
+    return probe("gsplat").ok
 
 
 def splat_cuda(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"], scales: Float[Tensor, "N 3"],
