@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -159,7 +160,7 @@ def _build_config(argv: list[str], where: str) -> GenerateConfig:
     except SystemExit:
         msg = err.getvalue().strip().splitlines()
         line = msg[-1] if msg else "refused"
-        raise BatchError(f"{where}: {line.removeprefix('engine: error: ')}") from None
+        raise BatchError(f"{where}: {re.sub(r'^engine( generate)?: error: ', '', line)}") from None
     return cfg
 
 
@@ -302,7 +303,6 @@ def _prepare_run(run_dir: str, cfg: GenerateConfig) -> tuple[str | None, int]:
     if ckpt is None:
         shutil.rmtree(run_dir, ignore_errors=True)
         return None, 0
-    import re
     return "resume", int(re.search(r"step_(\d+)", os.path.basename(ckpt)).group(1))
 
 
@@ -335,7 +335,8 @@ def run_job(spec: dict, ledger=None) -> dict:
 
     name, cfg = spec["name"], spec["cfg"]
     host = socket.gethostname()
-    attempt = ray.get(ledger.started.remote(name, host, os.getpid())) if ledger is not None else 1
+    if ledger is not None:
+        ray.get(ledger.started.remote(name, host, os.getpid()))
     try:
         torch.set_num_threads(max(1, int(spec.get("cpus") or 1)))
         run_dir = worker_run_dir(spec["checkpoints"], spec["batch_key"], name)
@@ -362,7 +363,7 @@ def run_job(spec: dict, ledger=None) -> dict:
         peak, peak_kind = _peak_memory_mb(device)
         files = _pack(run_dir)
         facts = {"host": host, "node_id": ray.get_runtime_context().get_node_id(), "worker_dir": run_dir,
-                 "attempt": attempt, "resumed_from": from_step if state == "resume" else 0,
+                 "resumed_from": from_step if state == "resume" else 0,
                  "seconds": round(seconds, 2), "peak_mem_mb": None if peak is None else round(peak, 1),
                  "peak_mem_kind": peak_kind, "device": str(device)}
         if not spec["checkpoints"]:  # the worker's temp copy is done with; a user-given path keeps the checkpoints
@@ -444,6 +445,11 @@ def check_address(address: str, timeout: float = 5.0) -> None:
                          f"`ray start --head` or check --address") from None
 
 
+def _ray_log_level(verbose: bool) -> int:
+    import logging
+    return logging.INFO if verbose else logging.ERROR
+
+
 def connect(address: str, verbose: bool) -> bool:
     """Join the cluster at ``address``, or start a local Ray instance sized to this machine. True if started here
     (then the caller shuts it down); False when Ray was already initialised in this process (tests, notebooks)."""
@@ -453,13 +459,13 @@ def connect(address: str, verbose: bool) -> bool:
     check_address(address)
     if address and address != "local":
         try:
-            ray.init(address=address, log_to_driver=verbose)
+            ray.init(address=address, log_to_driver=verbose, logging_level=_ray_log_level(verbose))
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise BatchError(f"cannot join the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
         return True
     import torch
     ray.init(num_cpus=os.cpu_count() or 1, num_gpus=torch.cuda.device_count(), include_dashboard=False,
-             object_store_memory=512 * 2**20, log_to_driver=verbose)
+             object_store_memory=512 * 2**20, log_to_driver=verbose, logging_level=_ray_log_level(verbose))
     return True
 
 
@@ -593,6 +599,11 @@ def run_batch(opts: BatchOptions, echo=print) -> int:
         for line in dry_run_lines(jobs, states, cpus, gpus, [] if opts.address else nodes, where):
             echo(line)
         return 0
+    if all(s == "complete" for s in states.values()):
+        write_report(opts.out, jobs)
+        echo(f"all {len(jobs)} job(s) are complete in {opts.out}; nothing to run")
+        return 0
+    check_address(opts.address)
     os.makedirs(opts.out, exist_ok=True)
     started = connect(opts.address, opts.verbose)
     try:
@@ -614,14 +625,15 @@ def _run_jobs(opts: BatchOptions, jobs: list[Job], states: dict, cpus: float, gp
 
     todo = [j for j in jobs if states[j.name] != "complete"]
     ledger = ray.remote(Ledger).options(num_cpus=0).remote()
-    task = ray.remote(run_job).options(num_cpus=cpus, num_gpus=gpus, max_retries=opts.retries,
-                                       retry_exceptions=True)
+    task = ray.remote(run_job)
     key = batch_key(opts.out)
     refs = {}
     for job in todo:
         spec = {"name": job.name, "cfg": job.cfg, "batch_key": key, "checkpoints": opts.checkpoints, "cpus": cpus,
                 "inputs": job.inputs}
-        refs[task.options(name=f"distillery-batch:{job.name}").remote(spec, ledger)] = job
+        ref = task.options(num_cpus=cpus, num_gpus=gpus, max_retries=opts.retries, retry_exceptions=True,
+                           name=f"distillery-batch:{job.name}").remote(spec, ledger)
+        refs[ref] = job
     done, failed = len(jobs) - len(todo), 0
     bar = tqdm(total=len(jobs), initial=done, desc="batch", unit="job", dynamic_ncols=True)
     bar.set_postfix(done=done, failed=0, running=0)
