@@ -335,8 +335,8 @@ def run_job(spec: dict, ledger=None) -> dict:
 
     name, cfg = spec["name"], spec["cfg"]
     host = socket.gethostname()
-    if ledger is not None:
-        ray.get(ledger.started.remote(name, host, os.getpid()))
+    if ledger is not None:  # not waited on: a task blocked in ray.get lends its CPUs to another task
+        ledger.started.remote(name, host, os.getpid())
     try:
         torch.set_num_threads(max(1, int(spec.get("cpus") or 1)))
         run_dir = worker_run_dir(spec["checkpoints"], spec["batch_key"], name)
@@ -543,6 +543,7 @@ def _install(out: str, job: Job, files: dict[str, bytes], record: dict) -> str:
     final = os.path.join(out, job.name)
     tmp = os.path.join(out, f".{job.name}.incoming")
     shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
     for rel, data in files.items():
         path = os.path.normpath(os.path.join(tmp, rel))
         if not path.startswith(tmp + os.sep):
@@ -655,7 +656,8 @@ def _run_jobs(opts: BatchOptions, jobs: list[Job], states: dict, cpus: float, gp
                     _record_failure(opts.out, job, record["error"], record["attempts"])
                     failed += 1
                 bar.update(1)
-                bar.write(_job_line(job, record, opts.out))
+                with tqdm.external_write_mode():
+                    echo(_job_line(job, record, opts.out))
             running = len([n for n in snap["running"] if n in {j.name for j in refs.values()}])
             bar.set_postfix(done=done, failed=failed, running=running)
     except KeyboardInterrupt:

@@ -2,7 +2,7 @@
 a summary, resume after the driver is killed, retries then a recorded failure, per-row overrides, the
 no-shared-filesystem transfer, and the refusals that come before any job starts.
 
-Jobs are tiny runs on the built-in shapes prior (mesh renderer at tet resolution 16, 4 steps at 24 px, 4 turntable
+Jobs are tiny runs on the built-in shapes prior (mesh renderer at tet resolution 12, a 32 px prior, 4 steps at 24 px,
 frames, 32² export textures) so that a job takes seconds; the batch machinery is what is under test.
 """
 
@@ -21,9 +21,10 @@ import yaml
 from engine.batch import BatchOptions, batch_key, run_batch, worker_run_dir
 from engine.cli import main
 
-TINY = ["--renderer", "mesh", "--renderer.tet-resolution", "16", "--renderer.texture-resolution", "32",
-        "--steps", "4", "--resolution", "24", "--train.video-frames", "4", "--train.video-resolution", "24",
-        "--train.eval-views", "2", "--train.export-texture-size", "32", "--train.preview-every", "0"]
+TINY = ["--renderer", "mesh", "--renderer.tet-resolution", "12", "--renderer.texture-resolution", "32",
+        "--prior.resolution", "32", "--steps", "4", "--resolution", "24", "--train.video-frames", "4",
+        "--train.video-resolution", "24", "--train.eval-views", "2", "--train.export-texture-size", "32",
+        "--train.preview-every", "0"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -108,9 +109,9 @@ def test_no_shared_filesystem_workers_send_their_runs_back(three_prompts, cluste
 def test_kill_the_driver_and_rerun_skips_finished_jobs_and_resumes_the_interrupted_one(cluster, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"prompt": "a red cube"}) + "\n"
-                       + json.dumps({"prompt": "a blue cube", "steps": 40}) + "\n")
+                       + json.dumps({"prompt": "a blue cube", "steps": 16}) + "\n")
     out, ckpts = str(tmp_path / "out"), str(tmp_path / "ckpts")
-    job_args = [*TINY, "--train.no-export", "--train.checkpoint-every", "2"]
+    job_args = [*TINY, "--train.no-export", "--train.checkpoint-every", "4"]
     args = [str(prompts), "--out", out, "--checkpoints", ckpts, "--cpus-per-job", "2", *job_args]
     driver = subprocess.Popen([sys.executable, "-m", "engine.cli", "batch", *args, "--address", cluster["address"]],
                               cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.DEVNULL,
@@ -141,10 +142,10 @@ def test_kill_the_driver_and_rerun_skips_finished_jobs_and_resumes_the_interrupt
     assert after == before  # the finished job was not redone
     rows = _summary(out)
     second = rows["a-blue-cube-seed0"]
-    assert second["state"] == "complete" and second["steps"] == "40"
-    assert int(second["resumed_from"]) >= 2, second  # from its checkpoint, not from step 0
+    assert second["state"] == "complete" and second["steps"] == "16"
+    assert int(second["resumed_from"]) >= 4, second  # from its checkpoint, not from step 0
     metrics = [json.loads(line) for line in open(os.path.join(out, "a-blue-cube-seed0", "metrics.jsonl"))]
-    assert metrics[-1]["step"] == 40
+    assert metrics[-1]["step"] == 16
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +182,7 @@ def test_per_row_overrides_reach_the_run_config(mixed_batch):
     cfg = yaml.safe_load(open(os.path.join(out, "a-red-cube-seed7", "config.yaml")))
     assert cfg["seed"] == 7 and cfg["train"]["steps"] == 3 and cfg["resolution"] == 16
     assert cfg["guidance"]["name"] == "sds" and cfg["guidance"]["guidance_scale"] == 2.5
-    assert cfg["renderer"]["name"] == "mesh" and cfg["renderer"]["tet_resolution"] == 16  # shared options too
+    assert cfg["renderer"]["name"] == "mesh" and cfg["renderer"]["tet_resolution"] == 12  # shared options too
     assert cfg["train"]["lr_scale"] == 1.0  # an empty CSV cell leaves the default
     failed = yaml.safe_load(open(os.path.join(out, "a-green-cone-seed0", "config.yaml")))
     assert failed["train"]["lr_scale"] == 1e30 and failed["seed"] == 0 and failed["train"]["steps"] == 4
