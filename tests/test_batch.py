@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -109,7 +110,7 @@ def test_no_shared_filesystem_workers_send_their_runs_back(three_prompts, cluste
 def test_kill_the_driver_and_rerun_skips_finished_jobs_and_resumes_the_interrupted_one(cluster, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"prompt": "a red cube"}) + "\n"
-                       + json.dumps({"prompt": "a blue cube", "steps": 16}) + "\n")
+                       + json.dumps({"prompt": "a blue cube", "steps": 12}) + "\n")
     out, ckpts = str(tmp_path / "out"), str(tmp_path / "ckpts")
     job_args = [*TINY, "--train.no-export", "--train.checkpoint-every", "4"]
     args = [str(prompts), "--out", out, "--checkpoints", ckpts, "--cpus-per-job", "2", *job_args]
@@ -142,10 +143,39 @@ def test_kill_the_driver_and_rerun_skips_finished_jobs_and_resumes_the_interrupt
     assert after == before  # the finished job was not redone
     rows = _summary(out)
     second = rows["a-blue-cube-seed0"]
-    assert second["state"] == "complete" and second["steps"] == "16"
+    assert second["state"] == "complete" and second["steps"] == "12"
     assert int(second["resumed_from"]) >= 4, second  # from its checkpoint, not from step 0
     metrics = [json.loads(line) for line in open(os.path.join(out, "a-blue-cube-seed0", "metrics.jsonl"))]
-    assert metrics[-1]["step"] == 16
+    assert metrics[-1]["step"] == 12
+
+
+def test_a_worker_killed_mid_job_is_rescheduled_and_resumes(cluster, tmp_path):
+    """Node loss: the job's worker process dies (SIGKILL) after a checkpoint; Ray reschedules the task, which
+    resumes from the checkpoint under --checkpoints, and the batch completes."""
+    import psutil
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red cube\n")
+    out, ckpts = str(tmp_path / "out"), str(tmp_path / "ckpts")
+    opts = BatchOptions(prompts=str(prompts), out=out, checkpoints=ckpts, retries=1, cpus_per_job=2,
+                        generate_args=[*TINY, "--steps", "16", "--train.no-export", "--train.checkpoint-every", "4"])
+    result = {}
+    batch = threading.Thread(target=lambda: result.update(code=run_batch(opts, echo=lambda s: None)))
+    batch.start()
+    ckpt_dir = os.path.join(worker_run_dir(ckpts, batch_key(out), "a-red-cube-seed0"), "ckpts")
+    killed, deadline = None, time.time() + 150
+    while killed is None and time.time() < deadline and batch.is_alive():
+        if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                if "distillery-batch:a-red-cube-seed0" in " ".join(proc.info["cmdline"] or []):
+                    proc.kill()  # Ray titles a busy worker after its task
+                    killed = proc.info["pid"]
+        time.sleep(0.1)
+    batch.join(timeout=200)
+    assert killed is not None, "the job's worker was not found while it ran"
+    assert result.get("code") == 0
+    row = _summary(out)["a-red-cube-seed0"]
+    assert row["state"] == "complete" and row["steps"] == "16" and row["attempts"] == "2", row
+    assert int(row["resumed_from"]) >= 4, row
 
 
 @pytest.fixture(scope="module")
