@@ -26,6 +26,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="engine batch", allow_abbrev=False,
+        usage="engine batch PROMPTS --out DIR [batch options] [generate options]",
         description="Run many prompts (x seeds) as ordinary generate runs on Ray: resume, retry, gather the results. "
                     "Options not listed here are generate options applied to every job (engine generate --help).")
     p.add_argument("--out", required=True, help="the batch folder: one run folder per job, summary, gallery")
@@ -54,7 +55,9 @@ def parse(argv: list[str]):
     """argv after 'batch' -> (BatchOptions, or None when --help was printed). Raises BatchError on bad input."""
     from engine.batch import BatchError, BatchOptions
 
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:
+        raise BatchError("usage: engine batch PROMPTS --out DIR [options] (engine batch --help)")
+    if argv[0] in ("-h", "--help"):
         _parser().print_help()
         return None
     prompts, rest = (argv[0], argv[1:]) if not argv[0].startswith("-") else (None, argv)
