@@ -20,6 +20,7 @@ Layout of DIR:
 
 import contextlib
 import csv
+import fcntl
 import hashlib
 import io
 import json
@@ -337,9 +338,14 @@ def run_job(spec: dict, ledger=None) -> dict:
     host = socket.gethostname()
     if ledger is not None:  # not waited on: a task blocked in ray.get lends its CPUs to another task
         ledger.started.remote(name, host, os.getpid())
+    run_dir = worker_run_dir(spec["checkpoints"], spec["batch_key"], name)
+    os.makedirs(os.path.dirname(run_dir), exist_ok=True)
+    lock = open(f"{run_dir}.lock", "w")
     try:
+        # A worker of a dead driver may still be running this job for a moment: wait for it (the lock goes with
+        # its process) rather than share the folder.
+        fcntl.flock(lock, fcntl.LOCK_EX)
         torch.set_num_threads(max(1, int(spec.get("cpus") or 1)))
-        run_dir = worker_run_dir(spec["checkpoints"], spec["batch_key"], name)
         local_inputs = {}
         for key, (path, data) in spec.get("inputs", {}).items():  # input files become local copies
             local = os.path.join(run_dir, "inputs", key.replace(".", "_") + "_" + os.path.basename(path))
@@ -370,6 +376,7 @@ def run_job(spec: dict, ledger=None) -> dict:
             shutil.rmtree(run_dir, ignore_errors=True)
         return {"files": files, "facts": facts}
     finally:
+        lock.close()
         if ledger is not None:
             ledger.finished.remote(name)
 

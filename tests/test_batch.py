@@ -149,10 +149,23 @@ def test_kill_the_driver_and_rerun_skips_finished_jobs_and_resumes_the_interrupt
     assert metrics[-1]["step"] == 12
 
 
+def _kill_task_worker(task_name: str) -> int | None:
+    """SIGKILL the worker process running the Ray task ``task_name`` (Ray titles a busy worker after its task)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if task_name in cmdline:
+            os.kill(int(pid), signal.SIGKILL)
+            return int(pid)
+    return None
+
+
 def test_a_worker_killed_mid_job_is_rescheduled_and_resumes(cluster, tmp_path):
     """Node loss: the job's worker process dies (SIGKILL) after a checkpoint; Ray reschedules the task, which
     resumes from the checkpoint under --checkpoints, and the batch completes."""
-    import psutil
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red cube\n")
     out, ckpts = str(tmp_path / "out"), str(tmp_path / "ckpts")
@@ -165,10 +178,7 @@ def test_a_worker_killed_mid_job_is_rescheduled_and_resumes(cluster, tmp_path):
     killed, deadline = None, time.time() + 150
     while killed is None and time.time() < deadline and batch.is_alive():
         if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                if "distillery-batch:a-red-cube-seed0" in " ".join(proc.info["cmdline"] or []):
-                    proc.kill()  # Ray titles a busy worker after its task
-                    killed = proc.info["pid"]
+            killed = _kill_task_worker("distillery-batch:a-red-cube-seed0")
         time.sleep(0.1)
     batch.join(timeout=200)
     assert killed is not None, "the job's worker was not found while it ran"
@@ -254,3 +264,24 @@ def test_without_ray_batch_says_how_to_install_it(tmp_path, capsys, monkeypatch)
     assert main(["batch", str(tmp_path / "p.txt"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "pip install 'distillery[batch]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_input_files_are_checked_and_shipped_and_run_names_are_stable(tmp_path):
+    """A row's image is read on the driver (workers may not see its disk) and a missing one is refused with its
+    row; names are <slug>-seed<S>, made unique in file order."""
+    from PIL import Image
+
+    from engine.batch import BatchError, component_names, make_jobs
+    image = tmp_path / "ref.png"
+    Image.new("RGB", (8, 8), "red").save(image)
+    prompts = tmp_path / "p.jsonl"
+    row = json.dumps({"prompt": "a red cube", "image": str(image)})
+    prompts.write_text(f"{row}\n{row}\n")
+    jobs = make_jobs(str(prompts), ["--steps", "3"], [0, 1])
+    assert [j.name for j in jobs] == ["a-red-cube-seed0", "a-red-cube-seed1", "a-red-cube-seed0-2",
+                                      "a-red-cube-seed1-2"]
+    assert jobs[0].inputs == {"guidance.image": (str(image), image.read_bytes())}
+    assert component_names(jobs[0].cfg)[0] == "csm" and jobs[3].cfg.train.steps == 3 and jobs[3].row == 2
+    prompts.write_text(json.dumps({"prompt": "a red cube", "image": str(tmp_path / "gone.png")}) + "\n")
+    with pytest.raises(BatchError, match=r"p\.jsonl row 1: .*gone\.png.*no such file"):
+        make_jobs(str(prompts), [], None)
