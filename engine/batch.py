@@ -20,7 +20,6 @@ Layout of DIR:
 
 import contextlib
 import csv
-import fcntl
 import hashlib
 import io
 import json
@@ -323,12 +322,25 @@ def _pack(run_dir: str) -> dict[str, bytes]:
     return files
 
 
+def _localise_inputs(cfg: GenerateConfig, run_dir: str, inputs: dict) -> dict[str, bytes]:
+    """Point the config's input-file fields at copies under RUN/inputs/; returns {local path: bytes} to write."""
+    local_inputs = {}
+    for key, (path, data) in inputs.items():
+        local = os.path.join(run_dir, "inputs", key.replace(".", "_") + "_" + os.path.basename(path))
+        section, fld = key.split(".")
+        setattr(getattr(cfg, section), fld, local)
+        local_inputs[local] = data
+    return local_inputs
+
+
 def run_job(spec: dict, ledger=None) -> dict:
     """One job, on a worker: run (or resume) generate in the private folder, then return its files and facts.
 
     ``spec``: name, cfg, batch_key, checkpoints (root, "" = worker temp dir), cpus, inputs. Raises what generate
     raises, so that Ray retries it.
     """
+    import fcntl  # POSIX workers
+
     import ray
     import torch
 
@@ -339,19 +351,15 @@ def run_job(spec: dict, ledger=None) -> dict:
     if ledger is not None:  # not waited on: a task blocked in ray.get lends its CPUs to another task
         ledger.started.remote(name, host, os.getpid())
     run_dir = worker_run_dir(spec["checkpoints"], spec["batch_key"], name)
-    os.makedirs(os.path.dirname(run_dir), exist_ok=True)
-    lock = open(f"{run_dir}.lock", "w")
+    lock = None
     try:
+        os.makedirs(os.path.dirname(run_dir), exist_ok=True)
+        lock = open(f"{run_dir}.lock", "w")
         # A worker of a dead driver may still be running this job for a moment: wait for it (the lock goes with
         # its process) rather than share the folder.
         fcntl.flock(lock, fcntl.LOCK_EX)
         torch.set_num_threads(max(1, int(spec.get("cpus") or 1)))
-        local_inputs = {}
-        for key, (path, data) in spec.get("inputs", {}).items():  # input files become local copies
-            local = os.path.join(run_dir, "inputs", key.replace(".", "_") + "_" + os.path.basename(path))
-            section, fld = key.split(".")
-            setattr(getattr(cfg, section), fld, local)
-            local_inputs[local] = data
+        local_inputs = _localise_inputs(cfg, run_dir, spec.get("inputs", {}))
         state, from_step = _prepare_run(run_dir, cfg)
         for local, data in local_inputs.items():
             os.makedirs(os.path.dirname(local), exist_ok=True)
@@ -376,7 +384,8 @@ def run_job(spec: dict, ledger=None) -> dict:
             shutil.rmtree(run_dir, ignore_errors=True)
         return {"files": files, "facts": facts}
     finally:
-        lock.close()
+        if lock is not None:
+            lock.close()
         if ledger is not None:
             ledger.finished.remote(name)
 
