@@ -312,7 +312,7 @@ def _pack(run_dir: str) -> dict[str, bytes]:
     for base, dirs, names in os.walk(run_dir):
         rel_base = os.path.relpath(base, run_dir)
         if rel_base == ".":
-            dirs[:] = [d for d in dirs if d not in STAYS_ON_WORKER and d != "inputs"]
+            dirs[:] = [d for d in dirs if d not in STAYS_ON_WORKER]
         for n in names:
             if n.endswith(".tmp") or ".tmp." in n:
                 continue
@@ -323,10 +323,11 @@ def _pack(run_dir: str) -> dict[str, bytes]:
 
 
 def _localise_inputs(cfg: GenerateConfig, run_dir: str, inputs: dict) -> dict[str, bytes]:
-    """Point the config's input-file fields at copies under RUN/inputs/; returns {local path: bytes} to write."""
+    """Point the config's input-file fields at copies in RUN.inputs/ (beside the run folder, which generate wants
+    new or empty); returns {local path: bytes} to write."""
     local_inputs = {}
     for key, (path, data) in inputs.items():
-        local = os.path.join(run_dir, "inputs", key.replace(".", "_") + "_" + os.path.basename(path))
+        local = os.path.join(f"{run_dir}.inputs", key.replace(".", "_") + "_" + os.path.basename(path))
         section, fld = key.split(".")
         setattr(getattr(cfg, section), fld, local)
         local_inputs[local] = data
@@ -382,6 +383,7 @@ def run_job(spec: dict, ledger=None) -> dict:
                  "peak_mem_kind": peak_kind, "device": str(device)}
         if not spec["checkpoints"]:  # the worker's temp copy is done with; a user-given path keeps the checkpoints
             shutil.rmtree(run_dir, ignore_errors=True)
+            shutil.rmtree(f"{run_dir}.inputs", ignore_errors=True)
         return {"files": files, "facts": facts}
     finally:
         if lock is not None:
