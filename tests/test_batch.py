@@ -190,12 +190,13 @@ def test_a_worker_killed_mid_job_is_rescheduled_and_resumes(cluster, tmp_path):
 
 @pytest.fixture(scope="module")
 def mixed_batch(cluster, tmp_path_factory):
-    """A CSV batch: one row with overrides that runs, one made to fail (its learning rate makes the loss NaN)."""
+    """A CSV batch: one row with overrides that runs, one made to fail on its worker (its prior is a model folder
+    that no worker has, as when a node lacks the weights)."""
     base = tmp_path_factory.mktemp("mixed")
     prompts = base / "prompts.csv"
-    prompts.write_text("prompt,seed,steps,guidance.guidance-scale,resolution,train.lr-scale\n"
+    prompts.write_text("prompt,seed,steps,guidance.guidance-scale,resolution,prior\n"
                        "a red cube,7,3,2.5,16,\n"
-                       "a green cone,,,,,1e30\n")
+                       f"a green cone,,,,,{base / 'no-such-model'}\n")
     out = str(base / "out")
     lines = []
     code = run_batch(BatchOptions(prompts=str(prompts), out=out, retries=1, generate_args=[*TINY, "--train.no-export"]),
@@ -210,10 +211,10 @@ def test_a_failing_job_is_retried_then_reported_failed_while_the_others_finish(m
     ok, bad = rows["a-red-cube-seed7"], rows["a-green-cone-seed0"]
     assert ok["state"] == "complete" and ok["attempts"] == "1"
     assert bad["state"] == "failed" and bad["attempts"] == "2"  # --retries 1: tried twice
-    assert "RunError" in bad["error"] and "nan" in bad["error"]
+    assert bad["error"].startswith("RunError: ") and "no-such-model" in bad["error"]
     assert json.load(open(os.path.join(out, "a-green-cone-seed0", "status.json")))["state"] == "failed"
     page = open(os.path.join(out, "index.html")).read()
-    assert "Not complete" in page and "a green cone" in page and "nan" in page
+    assert "Not complete" in page and "a green cone" in page and "no-such-model" in page
     assert any(line.startswith("failed   a-green-cone-seed0 after 2 attempt(s)") for line in mixed_batch["lines"])
 
 
@@ -223,9 +224,9 @@ def test_per_row_overrides_reach_the_run_config(mixed_batch):
     assert cfg["seed"] == 7 and cfg["train"]["steps"] == 3 and cfg["resolution"] == 16
     assert cfg["guidance"]["name"] == "sds" and cfg["guidance"]["guidance_scale"] == 2.5
     assert cfg["renderer"]["name"] == "mesh" and cfg["renderer"]["tet_resolution"] == 12  # shared options too
-    assert cfg["train"]["lr_scale"] == 1.0  # an empty CSV cell leaves the default
+    assert cfg["prior"]["name"] == "shapes"  # an empty CSV cell leaves the default
     failed = yaml.safe_load(open(os.path.join(out, "a-green-cone-seed0", "config.yaml")))
-    assert failed["train"]["lr_scale"] == 1e30 and failed["seed"] == 0 and failed["train"]["steps"] == 4
+    assert failed["prior"]["name"].endswith("no-such-model") and failed["seed"] == 0 and failed["train"]["steps"] == 4
 
 
 @pytest.mark.parametrize("content, expected", [
