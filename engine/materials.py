@@ -23,6 +23,7 @@ absence means flat. A word outside the vocabulary and the filler list is refused
 ``evaluate`` measures learned maps against the truth: colour clusters, roughness/metallic means, period, seam.
 """
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -113,6 +114,11 @@ def catalogue() -> list[MaterialSpec]:
 # -- ground-truth maps -------------------------------------------------------------------------------------------------
 def pattern_mask(pattern: str, size: int, supersample: int = 4) -> Tensor:
     """[size, size] area-averaged mask of the primary colour (rows = v, columns = u)."""
+    return _pattern_mask(pattern, size, supersample).clone()
+
+
+@functools.lru_cache(maxsize=32)
+def _pattern_mask(pattern: str, size: int, supersample: int) -> Tensor:
     n = size * supersample
     c = (torch.arange(n, dtype=torch.float64) + 0.5) / n
     v, u = torch.meshgrid(c, c, indexing="ij")

@@ -79,7 +79,7 @@ class MaterialConfig:
     """Adam learning rate of the per-texel roughness and metallic grids (their global logits move at global-lr):
     a finish varies slowly across a surface, and a saturated colour under a rough coat can otherwise trade albedo
     for metallic texel by texel."""
-    height_lr: float = 0.01
+    height_lr: float = 0.005
     """Adam learning rate of the height and normal-detail grids."""
     relief_after: int = 100
     """Steps before the height and the normal detail take part: per-texel normal noise mimics roughness (it
