@@ -272,3 +272,32 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, argv, words):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err, err
     assert not out.exists()
+
+
+# -- the app's Material tab -----------------------------------------------------------------------------------------
+def test_material_tab_builds_the_cli_config():
+    from apps.material_tab import MaterialInputError, build_material_config_from_form
+
+    form = {"prompt": PROMPT, "prior": "materials world (CPU)", "guidance": "sds", "size": 256, "tileable": False,
+            "normal_map": "directx", "steps": 12, "seed": 3}
+    cfg = build_material_config_from_form(form)
+    from engine.cli_material import _parser, build_material_config
+    same = build_material_config(_parser().parse_args([PROMPT, "--size", "256", "--no-tileable", "--normal-map",
+                                                       "directx", "--steps", "12", "--seed", "3"]))
+    assert cfg == same
+    assert cfg.prior.name == "materials" and cfg.renderer.tileable is False and cfg.train.export_texture_size == 256
+    with pytest.raises(MaterialInputError, match="--size"):
+        build_material_config_from_form({**form, "size": 0})
+    with pytest.raises(MaterialInputError, match="empty"):
+        build_material_config_from_form({**form, "prompt": " "})
+
+
+def test_material_tab_is_in_the_app(tmp_path):
+    pytest.importorskip("gradio")
+    from apps.gradio_app import App
+
+    app = App(output_dir=str(tmp_path))
+    try:
+        assert "material" in {d.api_name for d in app.demo.fns.values()}
+    finally:
+        app.close()
