@@ -78,6 +78,12 @@ def build_material_config(args: argparse.Namespace):
         _fail('the prompt is empty; e.g. engine material "a glossy red checker material"')
     if not 16 <= args.size <= MAX_SIZE:
         _fail(f"--size must be between 16 and {MAX_SIZE} texels, got {args.size}")
+    import importlib.util
+    missing = [pkg for mod, pkg in (("MaterialX", "materialx"), ("pxr", "usd-core"))
+               if importlib.util.find_spec(mod) is None]
+    if missing:  # the run would end without its material.mtlx / material.usda: refuse before it starts
+        _fail(f"engine material writes MaterialX and USD files and needs {' and '.join(missing)}: "
+              "pip install 'distillery[materialx]'")
     cfg = PRESETS["material"]()
     cfg.prompt = args.prompt.strip()
     cfg.prior.name = args.prior

@@ -339,7 +339,7 @@ class MaterialScene(nn.Module):
 
     def load_state_dict(self, state, strict: bool = True):
         result = super().load_state_dict(state, strict)
-        self._gen.set_state(self.rng_state.clone().to(torch.uint8))
+        self._gen.set_state(self.rng_state.detach().cpu().clone().to(torch.uint8))
         return result
 
     # -- outputs -----------------------------------------------------------------------------------------------------
