@@ -34,7 +34,8 @@ def material_argv(form: dict) -> list[str]:
     if not prior:
         raise MaterialInputError("give a model id for the diffusion prior")
     argv = [prompt, f"--prior={prior}", f"--guidance={form.get('guidance') or 'sds'}",
-            f"--size={int(1024 if form.get('size') is None else form['size'])}", f"--normal-map={form.get('normal_map') or 'opengl'}",
+            f"--size={int(1024 if form.get('size') is None else form['size'])}",
+            f"--normal-map={form.get('normal_map') or 'opengl'}",
             f"--seed={int(form.get('seed') or 0)}"]
     if form.get("steps"):
         argv.append(f"--steps={int(form['steps'])}")

@@ -50,8 +50,17 @@ def run_one(prompt: str, steps: int, supersample: int, size: int, out: str) -> t
     wall = time.perf_counter() - t0
     read = lambda n: np.asarray(Image.open(os.path.join(out, n)))  # noqa: E731
     maps = {"basecolor": read("basecolor.png") / 255.0, "roughness": read("roughness.png") / 255.0,
-            "metallic": read("metallic.png") / 255.0, "height": read("height.png") / 65535.0}
+            "metallic": read("metallic.png") / 255.0, "height": read("height.png") / 65535.0,
+            "normal": read("normal.png") / 255.0 * 2 - 1}
     return materials.evaluate(maps, materials.parse_prompt(prompt)), wall
+
+
+def true_tilt(prompt: str, size: int = 64) -> float:
+    """Mean |n_xy| of the true normals where they tilt (the embossed pattern's edges)."""
+    from engine.materials import gt_height_tensor, parse_prompt
+    from renderers.material import tangent_normals
+    n = tangent_normals(gt_height_tensor(parse_prompt(prompt), size), None, True)[0, :2].norm(dim=0)
+    return float(n[n > 0.1].mean())
 
 
 def main() -> None:
@@ -64,18 +73,21 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}; steps {args.steps}, supersample {args.supersample}, {args.size} texels")
     print("| prompt | colour err | colour spread | roughness (true) | metallic (true) | frequency (true) | period "
-          "| seam ratio | relief (true) | wall s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| seam ratio | height relief (true) | relief in normals: cos, tilt (true) | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     from engine.materials import FINISHES, parse_prompt
     with tempfile.TemporaryDirectory() as tmp:
         for i, prompt in enumerate(args.prompts):
             ev, wall = run_one(prompt, args.steps, args.supersample, args.size, os.path.join(tmp, str(i)))
             r, m = FINISHES[parse_prompt(prompt).finish]
             relief = f"{ev['relief']:.2f} ({ev['true_relief']:.0f})" if "relief" in ev else "-"
+            nrm = (f"{ev['normal_cos_edges']:.3f}, {ev['normal_tilt_edges']:.2f} (1, {true_tilt(prompt):.2f})"
+                   if "normal_cos_edges" in ev else f"flat: tilt {ev.get('normal_tilt_flat', 0):.3f}")
             fmt = lambda f: "none" if f is None else f"{tuple(f)}"  # noqa: E731
             print(f"| {prompt} | {ev['colour_error']:.1f} | {ev['colour_spread']:.1f} | {ev['roughness_mean']:.2f} "
                   f"({r:g}) | {ev['metallic_mean']:.2f} ({m:g}) | {fmt(ev['frequency'])} ({fmt(ev['true_frequency'])}) "
-                  f"| {'ok' if ev['period_ok'] else 'wrong'} | {ev['seam_ratio']:.2f} | {relief} | {wall:.0f} |",
+                  f"| {'ok' if ev['period_ok'] else 'wrong'} | {ev['seam_ratio']:.2f} | {relief} | {nrm} "
+                  f"| {wall:.0f} |",
                   flush=True)
 
 

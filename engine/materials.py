@@ -237,12 +237,27 @@ def evaluate(maps: dict[str, np.ndarray], spec: MaterialSpec) -> dict:
         h = maps["height"].astype(np.float64)
         relief = h[_interior(gt["mask"], 1.0)].mean() - h[_interior(gt["mask"], 0.0)].mean()
         out["relief"], out["true_relief"] = round(float(relief), 3), 1.0 if spec.embossed else 0.0
+    if "normal" in maps:  # the relief in the normal map, where the truth is tilted
+        from renderers.material import tangent_normals
+        true_n = tangent_normals(gt_height_tensor(spec, S), None, True)[0].permute(1, 2, 0).numpy()
+        n = maps["normal"].astype(np.float64)
+        edge = np.linalg.norm(true_n[..., :2], axis=-1) > 0.1
+        tilt = np.linalg.norm(n[..., :2], axis=-1)
+        if edge.any():
+            out["normal_cos_edges"] = round(float((n[edge] * true_n[edge]).sum(-1).mean()), 3)
+        out["normal_tilt_edges"] = round(float(tilt[edge].mean()), 3) if edge.any() else 0.0
+        out["normal_tilt_flat"] = round(float(tilt[~edge].mean()), 3)
     lum = base @ np.array([0.2126, 0.7152, 0.0722])
     found, true = dominant_frequency(lum), dominant_frequency(gt["basecolor"] @ np.array([0.2126, 0.7152, 0.0722]))
     out["frequency"], out["true_frequency"] = found, true
     out["period_ok"] = found == true if true is not None else found is None or _weak_pattern(lum)
     out["seam_ratio"] = round(seam_ratio(maps["basecolor"]), 3)
     return out
+
+
+def gt_height_tensor(spec: MaterialSpec, size: int) -> Tensor:
+    """[1,S,S] true height (units of EMBOSS_HEIGHT)."""
+    return ground_truth(spec, size)["height"][None]
 
 
 def _weak_pattern(lum: np.ndarray) -> bool:

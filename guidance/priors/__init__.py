@@ -64,7 +64,8 @@ def build_prior(cfg: PriorConfig, device: torch.device | str = "cpu") -> Prior:
     name = cfg.name.strip()
     if not name:
         raise PriorError("no prior given; use --prior shapes, a diffusers hub id or a model folder")
-    if cfg.controlnet and (name in ("shapes", "materials") or os.path.isfile(os.path.join(name, "exemplars.safetensors"))):
+    exemplar = name in ("shapes", "materials") or os.path.isfile(os.path.join(name, "exemplars.safetensors"))
+    if cfg.controlnet and exemplar:
         raise PriorError("prior.controlnet needs a diffusers Stable Diffusion prior, not an exemplar prior")
     if name == "shapes":
         from guidance.priors.shapes import ShapesPrior
