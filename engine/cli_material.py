@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="optimisation steps (preset: 300 on materials)")
     p.add_argument("--resolution", type=int, default=None, help="training render side (64 materials, 512 diffusers)")
     p.add_argument("--texels", type=int, default=None,
-                   help="optimised grid side (default min(size, 2 x resolution)); maps are resampled to --size")
+                   help="optimised grid side (default min(size, max(64, resolution))); maps are resampled to --size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="", help="the run folder (default outputs/<prompt>/<timestamp>)")
@@ -98,7 +98,7 @@ def build_material_config(args: argparse.Namespace):
         if args.steps < 1:
             _fail(f"--steps must be >= 1, got {args.steps}")
         cfg.train.steps = args.steps
-    texels = args.texels or min(args.size, max(64, 2 * cfg.resolution))
+    texels = args.texels or min(args.size, max(64, cfg.resolution))
     try:
         cfg.renderer = type(cfg.renderer)(texels=texels, tileable=not args.no_tileable, normal_map=args.normal_map)
     except ValueError as e:

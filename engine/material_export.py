@@ -324,7 +324,7 @@ def write_material(run_dir: str, scene, size: int) -> dict[str, str]:
         Image.fromarray(render_preview(maps, scene.cfg.tileable)).save(target("preview.png"))
         info = {"size": size, "texels": scene.cfg.texels, "tileable": scene.cfg.tileable,
                 "normal_map": scene.cfg.normal_map, "tile_metres": 1.0, "height_png_metres": EMBOSS_HEIGHT}
-        ev = _evaluation(run_dir, maps)
+        ev = _evaluation(run_dir, scene.export_maps(scene.cfg.texels))  # measured at the optimised resolution
         if ev is not None:
             info["eval"] = ev
         with open(target("material.json"), "w") as f:
