@@ -263,6 +263,10 @@ class MaterialScene(nn.Module):
         self.rough = nn.Parameter(torch.full((1, 1, S, S), _logit(cfg.init_roughness), device=device))
         self.metal = nn.Parameter(torch.full((1, 1, S, S), _logit(cfg.init_metallic), device=device))
         self.height = nn.Parameter(torch.zeros(1, S, S, device=device))
+        # coarser height levels (S/2, S/4, S/8; bilinear, periodic): a plateau of relief gets gradient over its whole
+        # area through the coarse texels, not only by diffusion from its edges through the fine ones
+        self.height_levels = nn.ParameterList([nn.Parameter(torch.zeros(1, S >> k, S >> k, device=device))
+                                               for k in (1, 2, 3) if S >> k >= 4])
         self.detail = nn.Parameter(torch.zeros(1, 2, S, S, device=device), requires_grad=cfg.detail)
         # one global logit per map (the 1x1 level of a pyramid): the mean of a map moves at the optimiser's pace
         # instead of waiting for every texel's own, sparse gradient
@@ -277,11 +281,22 @@ class MaterialScene(nn.Module):
         normal (tangent space, OpenGL) [1,3,S,S]."""
         g = self.level0
         relief = int(self.step) >= self.cfg.relief_after
-        height = self.height if relief else self.height.detach()
+        height = self.full_height() if relief else self.full_height().detach()
         detail = (self.detail if relief else self.detail.detach()) if self.cfg.detail else None
         return {"basecolor": torch.sigmoid(self.color + g[:, 0:3]), "roughness": torch.sigmoid(self.rough + g[:, 3:4]),
                 "metallic": torch.sigmoid(self.metal + g[:, 4:5]), "height": height,
                 "normal": tangent_normals(height, detail, self.cfg.tileable)}
+
+    def full_height(self) -> Tensor:
+        """[1,S,S] the fine height plus the coarse levels resampled to S texels."""
+        S = self.cfg.texels
+        c = (torch.arange(S, dtype=torch.float32, device=self.height.device) + 0.5) / S
+        vv, uu = torch.meshgrid(c, c, indexing="ij")
+        uv = torch.stack([uu, vv], -1)
+        h = self.height
+        for level in self.height_levels:
+            h = h + sample_maps(level[:, None], uv, self.cfg.tileable)[..., 0]
+        return h
 
     def stack(self) -> Tensor:
         m = self.maps()
@@ -310,7 +325,7 @@ class MaterialScene(nn.Module):
                   "global": {"params": [self.level0], "lr": self.cfg.global_lr},
                   "roughness": {"params": [self.rough], "lr": self.cfg.finish_lr},
                   "metallic": {"params": [self.metal], "lr": self.cfg.finish_lr},
-                  "height": {"params": [self.height], "lr": self.cfg.height_lr}}
+                  "height": {"params": [self.height, *self.height_levels], "lr": self.cfg.height_lr}}
         if self.cfg.detail:
             groups["detail"] = {"params": [self.detail], "lr": self.cfg.height_lr}
         return groups
