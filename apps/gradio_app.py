@@ -596,6 +596,8 @@ class App:
                 self.manager.end_session(request.session_hash)
 
             demo.unload(unload)
+            from apps.material_tab import add_material_tab  # issue #16: the Material tab
+            add_material_tab(self)
         demo.queue(max_size=2 * limit, default_concurrency_limit=limit)
         return demo
 

@@ -299,7 +299,7 @@ def cmd_generate(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"generate": cmd_generate}
-    for name in ("export", "app", "texture", "batch"):
+    for name in ("export", "app", "texture", "batch", "material"):
         try:
             mod = __import__(f"engine.cli_{name}", fromlist=["main"])
             commands[name] = mod.main

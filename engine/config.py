@@ -152,7 +152,20 @@ def preset_diffusion() -> GenerateConfig:
     )
 
 
-PRESETS = {"shapes": preset_shapes, "diffusion": preset_diffusion}
+# -- material preset (issue #16): `engine material` over the materials world ------------------------------------------
+def preset_material() -> GenerateConfig:
+    """`engine material` on the materials prior: a flat sample (renderers/material.py) seen from grazing (30 degrees)
+    to overhead, windows of about 1.2-1.6 tiles; no turntable; the maps are written at train.export-texture-size."""
+    return GenerateConfig(
+        renderer=RENDERERS["material"](),
+        prior=PriorConfig(name="materials"),
+        cameras=CameraConfig(elevation=(30.0, 89.0), distance=(1.6, 2.2), eval_elevation=50.0),
+        prompts=PromptConfig(view_dependent=False),
+        train=TrainConfig(steps=300, video_frames=0, export_texture_size=1024),
+    )
+
+
+PRESETS = {"shapes": preset_shapes, "diffusion": preset_diffusion, "material": preset_material}
 
 
 # -- the diffusion preset, by prior family and objective (issue 13) --------------------------------------------------

@@ -281,6 +281,8 @@ def export_run(run_dir: str, formats: list[str] | None = None, out: str | None =
 
 def export_finished_run(run_dir: str, scene, texture_size: int = 1024) -> dict[str, str]:
     """The automatic export at the end of `engine generate`: GLB (and PLY for Gaussians) into RUN/export/."""
+    if hasattr(scene, "export_finished"):  # scenes that write their own outputs (renderers/material.py)
+        return scene.export_finished(run_dir, texture_size)
     report = export_run(run_dir, scene=scene, opts=ExportOptions(texture_size=texture_size))
     return {k: os.path.relpath(v, run_dir) for k, v in report["files"].items()}
 

@@ -1,6 +1,7 @@
 """2D priors behind the Prior protocol, chosen by one name: "shapes", an exemplar folder, a hub id or a model folder.
 
 - "shapes": the built-in exemplar prior over renders of coloured primitives (engine/shapes.py).
+- "materials": the built-in prior over the tileable materials world (engine/materials.py, guidance/priors/materials.py).
 - a folder holding ``exemplars.safetensors``: a user's exemplar prior (guidance/priors/exemplar.py).
 - anything else: a diffusers model, by hub id or local folder (guidance/priors/stable_diffusion.py); the pipeline
   class is read from the folder's model_index.json.
@@ -74,11 +75,15 @@ def build_prior(cfg: PriorConfig, device: torch.device | str = "cpu") -> Prior:
     name = cfg.name.strip()
     if not name:
         raise PriorError("no prior given; use --prior shapes, a diffusers hub id or a model folder")
-    if cfg.controlnet and (name == "shapes" or os.path.isfile(os.path.join(name, "exemplars.safetensors"))):
+    exemplar = name in ("shapes", "materials") or os.path.isfile(os.path.join(name, "exemplars.safetensors"))
+    if cfg.controlnet and exemplar:
         raise PriorError("prior.controlnet needs a diffusers Stable Diffusion prior, not an exemplar prior")
     if name == "shapes":
         from guidance.priors.shapes import ShapesPrior
         return ShapesPrior(cfg, device)
+    if name == "materials":  # the materials world (engine/materials.py), issue #16
+        from guidance.priors.materials import MaterialsPrior
+        return MaterialsPrior(cfg, device)
     if os.path.isfile(os.path.join(name, "exemplars.safetensors")):
         from guidance.priors.exemplar import ExemplarPrior
         return ExemplarPrior.from_folder(name, cfg, device)
