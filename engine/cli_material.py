@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", nargs="?", help='the material, e.g. "a glossy red checker material"')
     p.add_argument("--prior", default="materials",
                    help="materials (the built-in world, default), a diffusers hub id or model folder")
+    p.add_argument("--controlnet", default="",
+                   help="diffusers SD priors: DreamMat's light-aware ControlNet (hub id or folder, 22 channels), "
+                        "conditioned on the plane's renders (as --prior.controlnet of engine generate)")
     p.add_argument("--guidance", default="sds", choices=sorted(GUIDANCES), help="the objective (default sds)")
     p.add_argument("--size", type=int, default=1024, help="side of the written maps in texels (default 1024)")
     p.add_argument("--no-tileable", action="store_true", help="one tile, clamped lookups, no wrap-around")
@@ -88,6 +91,9 @@ def build_material_config(args: argparse.Namespace):
     cfg.prompt = args.prompt.strip()
     cfg.prior.name = args.prior
     diffusion = args.prior != "materials"
+    if args.controlnet and not diffusion:
+        _fail("--controlnet needs a diffusers Stable Diffusion --prior (hub id or folder), not the materials world")
+    cfg.prior.controlnet = args.controlnet
     if diffusion:  # real priors: DreamFusion-SD's CFG, as the diffusion preset
         cfg.guidance = PRESETS["diffusion"]().guidance
         cfg.train.steps = 2000

@@ -128,17 +128,29 @@ def _build_scene(cfg: GenerateConfig, gen: torch.Generator, device):
     return Particles([cfg.renderer.build(gen, device) for _ in range(cfg.particles)])
 
 
+CONDITION_RENDERERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "dreammat": ("prior.controlnet", ("mesh", "material")),
+    "material": ("the materials prior", ("material",)),
+}
+"""Per condition kind (a prior's ``condition_kind``): who takes it, and the renderers whose scenes list it in their
+``condition_kinds`` (tests/test_material.py checks the two agree)."""
+
+
 def _wire_condition(prior, scene) -> None:
-    """A prior that takes per-view condition images (the ControlNet prior) gets them from the scene's renders: turn
-    on each scene's ``render_condition``, or refuse a scene that cannot render one."""
+    """A prior that takes per-view condition images (the ControlNet prior, the materials prior) gets them from the
+    scene's renders: set each scene's ``render_condition`` to the prior's declared ``condition_kind``, or refuse a
+    scene whose ``condition_kinds`` lack it (exit 2, before any file is written)."""
     if not getattr(prior, "takes_condition", False):
         return
+    kind = prior.condition_kind
     scenes = getattr(scene, "scenes", [scene])  # Particles holds several
-    if not all(hasattr(s, "render_condition") for s in scenes):
-        raise RunError("prior.controlnet needs the mesh renderer (--renderer mesh), which renders the ControlNet's "
-                       "condition with each training view", code=2)
+    if not all(kind in getattr(s, "condition_kinds", ()) for s in scenes):
+        who, renderers = CONDITION_RENDERERS.get(kind, (f"a prior taking {kind!r} conditions", ()))
+        where = (f"the {' or '.join(renderers)} renderer (--renderer {'|'.join(renderers)})" if renderers
+                 else "a renderer that renders them")
+        raise RunError(f"{who} needs {where}, which renders its condition images with each training view", code=2)
     for s in scenes:
-        s.render_condition = True
+        s.render_condition = kind
 
 
 def _prior_generator(guidance) -> torch.Generator | None:

@@ -7,9 +7,11 @@ the UNet call through the prior's ``unet_kwargs`` hook. Everything else (encode,
 unet, ...) is the wrapped prior's, so every guidance objective works unchanged; VSD, which calls ``prior.unet``
 itself for its LoRA particle score, passes the same residuals there (``residuals`` / ``condition``).
 
-How the condition travels: the mesh scene renders it with each training view when ``render_condition`` is on
-(``RenderOutput.extras["control"]``); the training loop (engine/train.py) turns that on for a prior with
-``takes_condition`` and hands the guidance ``cams.with_condition(out.extras["control"])``. The images ride on the
+How the condition travels: the mesh scene (and the material scene, for its flat sample) renders it with each
+training view when ``render_condition`` is on (``RenderOutput.extras["control"]``); the training loop
+(engine/train.py ``_wire_condition``) turns that on for a prior with ``takes_condition`` whose ``condition_kind``
+("dreammat") is among the scene's ``condition_kinds``, and hands the guidance
+``cams.with_condition(out.extras["control"])``. The images ride on the
 Cameras batch, which objectives re-batch exactly like x_t (``Cameras.cat`` for classifier-free guidance, indexing),
 so every prior row gets its own view's condition.
 
@@ -40,11 +42,16 @@ from engine.cameras import Cameras
 from guidance.priors.base import Cond, PriorError
 
 CONDITION_CHANNELS = 22
+CONDITION_KIND = "dreammat"
+"""The name scenes list in their ``condition_kinds`` when they can render this layout (renderers/mesh.py,
+renderers/material.py)."""
 _OWN = ("prior", "controlnet", "scale", "takes_condition")
 
 
 class ControlNetPrior:
     """A diffusers SD prior whose UNet is steered by a ControlNet on the mesh scene's condition images."""
+
+    condition_kind = CONDITION_KIND  # the layout of the per-view condition images it takes (module docstring)
 
     def __init__(self, prior, controlnet: torch.nn.Module, scale: float = 1.0):
         if not hasattr(prior, "unet_kwargs") or not getattr(prior, "latent", False):
@@ -95,8 +102,8 @@ class ControlNetPrior:
                              f"{None if cams is None else len(cams)}")
         images = cams.condition
         if images is None:
-            raise ValueError("these cameras carry no ControlNet condition: prior.controlnet needs the mesh renderer "
-                             "(--renderer mesh), which renders the condition with each training view")
+            raise ValueError("these cameras carry no ControlNet condition: prior.controlnet needs the mesh or material "
+                             "renderer (--renderer mesh|material), which renders the condition with each training view")
         if images.shape[-1] != CONDITION_CHANNELS:
             raise ValueError(f"condition images must be [B,H,W,{CONDITION_CHANNELS}], got {tuple(images.shape)}")
         x = images.permute(0, 3, 1, 2).float()
@@ -124,4 +131,4 @@ class ControlNetPrior:
             self.prior.unet_kwargs = None
 
 
-__all__ = ["ControlNetPrior", "CONDITION_CHANNELS"]
+__all__ = ["ControlNetPrior", "CONDITION_CHANNELS", "CONDITION_KIND"]

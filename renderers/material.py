@@ -25,11 +25,18 @@ supersampled (``supersample``^2 rays per pixel, box filtered) and tone-mapped wi
 In eval mode (previews) the view uses fixed lighting (studio, no rotation, sun at azimuth 40, elevation 50) and no
 offset, and draws nothing from the scene's generator.
 
-Condition images: with ``render_condition`` on (a prior with ``takes_condition``, e.g. the materials prior), each
-render carries ``extras["control"]`` [C, sH, sW, CONDITION_CHANNELS] holding, per supersampled pixel, the
-unwrapped texture coordinates, the unit view vector, the lighting (environment index, rotation, sun direction and
-irradiance) and the plane coverage, so the prior can shade its own materials exactly as this view is shaded
-(``shade_view``).
+Condition images: the training loop (engine/train.py ``_wire_condition``) sets ``render_condition`` to the
+``condition_kind`` of a prior with ``takes_condition``, one of this scene's ``condition_kinds``:
+
+- "material" (the materials prior; also ``True``): each render carries ``extras["control"]`` [C, sH, sW,
+  CONDITION_CHANNELS] holding, per supersampled pixel, the unwrapped texture coordinates, the unit view vector, the
+  lighting (environment index, rotation, sun direction and irradiance) and the plane coverage, so the prior can
+  shade its own materials exactly as this view is shaded (``shade_view``);
+- "dreammat" (a light-aware ControlNet prior, guidance/controlnet.py): training renders carry DreamMat's 22-channel
+  condition [C, H, W, 22] at the render resolution (``dreammat_condition``, through renderers/mesh.py
+  ``condition_maps``): inverse distance to the plane, the camera-space normal of the *learned* relief (height and
+  normal detail, as this view's shading sees them), and six white-albedo renders for CONTROL_MATERIALS under the
+  view's own lights (exposure-scaled tilted environment plus the sun); 0 off the plane.
 """
 
 import math
@@ -154,10 +161,9 @@ def _sun(azimuth_deg: Tensor, elevation_deg: Tensor) -> Tensor:
     return torch.stack([torch.cos(el) * torch.sin(az), torch.sin(el), torch.cos(el) * torch.cos(az)], -1)
 
 
-def plane_geometry(cams: Cameras, supersample: int, light: Tensor, offset: Tensor, tileable: bool) -> Tensor:
-    """Condition images [C,sH,sW,13] of the plane y = 0 seen by ``cams``: texture coordinates (2), view vector (3),
-    ``light`` [C,6] (env index, rotation, sun direction (3), irradiance), coverage, tileable flag. ``offset`` [C,2]
-    is the texture offset in tiles (unused when not tileable: the tile is centred on the origin)."""
+def _plane_hits(cams: Cameras, supersample: int, offset: Tensor, tileable: bool) -> tuple[Tensor, ...]:
+    """Rays of ``cams`` at ``supersample``^2 per pixel against the plane y = 0: points p [C,sH,sW,3] (0 where
+    missed), unit ray directions d, hit mask [C,sH,sW] and texture coordinates uv [C,sH,sW,2]."""
     s = supersample
     hi = Cameras(cams.c2w.float(), cams.fovy.float(), cams.width * s, cams.height * s, cams.azimuth,
                  cams.elevation, cams.distance)
@@ -168,6 +174,15 @@ def plane_geometry(cams: Cameras, supersample: int, light: Tensor, offset: Tenso
     p = o + t[..., None] * d
     base = offset if tileable else torch.full_like(offset, 0.5)
     uv = torch.stack([p[..., 0], p[..., 2]], -1) / TILE + base[:, None, None, :]
+    return p, d, hit, uv
+
+
+def plane_geometry(cams: Cameras, supersample: int, light: Tensor, offset: Tensor, tileable: bool) -> Tensor:
+    """Condition images [C,sH,sW,13] of the plane y = 0 seen by ``cams``: texture coordinates (2), view vector (3),
+    ``light`` [C,6] (env index, rotation, sun direction (3), irradiance), coverage, tileable flag. ``offset`` [C,2]
+    is the texture offset in tiles (unused when not tileable: the tile is centred on the origin)."""
+    _, d, hit, uv = _plane_hits(cams, supersample, offset, tileable)
+    dy = d[..., 1]
     view = -d
     C, H, W = uv.shape[:3]
     lit = light[:, None, None, :].expand(C, H, W, light.shape[-1])
@@ -187,19 +202,54 @@ def shade_view(stack: Tensor, cond: Tensor, supersample: int, lut: Tensor | None
     nt = F.normalize(m[..., 5:8], dim=-1)
     n = torch.stack([nt[..., 0], nt[..., 2], -nt[..., 1]], -1)  # T = +X, B = -Z, N = +Y
     v = view.expand_as(n)
-    from renderers.mesh import environment
-    env = environment(ENVS[env_index], ENV_HEIGHT).to(stack.device)
-    # the environment is looked up in a frame tilted by ENV_TILT about X: equirect lookups are singular at the pole
-    # (the irradiance of an exactly-up normal depends on the sign of a zero), where a flat sample's normals sit
-    tilt = _tilt_x(ENV_TILT, n)
-    rgb = EXPOSURE * pbr.shade(albedo, rough, metal, n @ tilt.T, v @ tilt.T, env, rotation, lut)["rgb"]
-    rgb = rgb + direct_light(albedo, rough, metal, n, v, sun, irradiance)
+    rgb = view_lighting(albedo, rough, metal, n, v, env_index, rotation, sun, irradiance, lut)
     rgb = rgb * cover[None, ..., None]
     s = supersample
     if s > 1:
         rgb = F.avg_pool2d(rgb.permute(0, 3, 1, 2), s).permute(0, 2, 3, 1)
         cover = F.avg_pool2d(cover[None, None], s)[0, 0]
     return rgb, cover
+
+
+def view_lighting(albedo: Tensor, rough: Tensor, metal: Tensor, n: Tensor, v: Tensor, env_index: int,
+                  rotation: Tensor, sun: Tensor, irradiance: Tensor, lut: Tensor | None = None) -> Tensor:
+    """Linear radiance [...,3] of surface points (albedo [...,3], roughness, metallic [...,1], unit normal n and view
+    v [...,3] in world space) under one view's lights: EXPOSURE x the split-sum environment ENVS[env_index] at
+    ``rotation``, plus the directional light ``sun`` of irradiance ``irradiance`` (module docstring)."""
+    from renderers.mesh import environment
+    env = environment(ENVS[env_index], ENV_HEIGHT).to(n.device)
+    # the environment is looked up in a frame tilted by ENV_TILT about X: equirect lookups are singular at the pole
+    # (the irradiance of an exactly-up normal depends on the sign of a zero), where a flat sample's normals sit
+    tilt = _tilt_x(ENV_TILT, n)
+    rgb = EXPOSURE * pbr.shade(albedo, rough, metal, n @ tilt.T, v @ tilt.T, env, rotation, lut)["rgb"]
+    return rgb + direct_light(albedo, rough, metal, n, v, sun, irradiance)
+
+
+@torch.no_grad()
+def dreammat_condition(cams: Cameras, light: Tensor, offset: Tensor, tileable: bool, normal_ts: Tensor,
+                       lut: Tensor | None = None) -> Tensor:
+    """DreamMat's 22-channel ControlNet condition [C,H,W,22] of the plane seen by ``cams`` (one ray per pixel),
+    made by renderers/mesh.py ``condition_maps`` (guidance/controlnet.py documents the layout): inverse distance,
+    the camera-space normal of the tangent-space normal map ``normal_ts`` [1,3,S,S] (the learned relief) and six
+    white-albedo renders under each view's own lights ``light`` [C,6] (``view_lighting``); 0 off the plane."""
+    from renderers.mesh import condition_maps
+    p, d, hit, uv = _plane_hits(cams, 1, offset, tileable)
+    C, H, W = hit.shape
+    nt = F.normalize(sample_maps(normal_ts.detach(), uv.reshape(C * H, W, 2), tileable)[0], dim=-1)
+    n = torch.stack([nt[..., 0], nt[..., 2], -nt[..., 1]], -1).reshape(C, H, W, 3)  # T = +X, B = -Z, N = +Y
+    out = []
+    for i in range(C):
+        env_index, rotation = int(light[i, 0].round()), light[i, 1]
+        sun, irradiance = light[i, 2:5], light[i, 5]
+
+        def shade(a, r, m, nn_, v):
+            return view_lighting(a, r, m, nn_, v, env_index, rotation, sun, irradiance, lut)
+
+        mask = hit[i].reshape(-1)
+        idx = mask.nonzero()[:, 0]
+        out.append(condition_maps(p[i].reshape(-1, 3)[mask], n[i].reshape(-1, 3)[mask], -d[i].reshape(-1, 3)[mask],
+                                  idx, cams[i], (1, H, W), ENVS[env_index], float(rotation), ENV_HEIGHT, shade=shade))
+    return torch.cat(out)
 
 
 def _tilt_x(deg: float, like: Tensor) -> Tensor:
@@ -252,6 +302,9 @@ def _logit(p: float) -> float:
 class MaterialScene(nn.Module):
     """Tileable PBR texel grids on a flat sample (see the module docstring)."""
 
+    condition_kinds = ("material", "dreammat")
+    """Per-view condition images this scene renders (module docstring; engine/train.py ``_wire_condition``)."""
+
     def __init__(self, cfg: MaterialConfig, gen: torch.Generator, device: torch.device | str = "cpu"):
         super().__init__()
         self.cfg = cfg
@@ -272,7 +325,7 @@ class MaterialScene(nn.Module):
         # instead of waiting for every texel's own, sparse gradient
         self.level0 = nn.Parameter(torch.zeros(1, 5, 1, 1, device=device))
         self.register_buffer("rng_state", self._gen.get_state())
-        self.render_condition = False
+        self.render_condition: bool | str = False  # False, or a kind of condition_kinds (True: "material")
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     # -- maps ------------------------------------------------------------------------------------------------------
@@ -317,7 +370,15 @@ class MaterialScene(nn.Module):
             covers.append(cover)
         alpha = torch.stack(covers)[..., None]
         rgb = pbr.linear_to_srgb(torch.stack(rgbs)) * alpha + (1 - alpha) * background
-        extras = {"control": cond} if self.render_condition else {}
+        kind = "material" if self.render_condition is True else self.render_condition
+        if kind and kind not in self.condition_kinds:
+            raise ValueError(f"the material scene renders {' or '.join(self.condition_kinds)} conditions, not {kind!r}")
+        extras = {}
+        if kind == "material":
+            extras["control"] = cond
+        elif kind == "dreammat" and self.training:  # as the mesh scene: training views only
+            extras["control"] = dreammat_condition(cams, light.to(cams.device), offset.to(cams.device),
+                                                   self.cfg.tileable, stack[:, 5:8], lut)
         return RenderOutput(rgb=rgb, alpha=alpha, extras=extras)
 
     def param_groups(self) -> dict[str, dict]:
@@ -379,4 +440,5 @@ class MaterialScene(nn.Module):
 
 
 __all__ = ["MaterialConfig", "MaterialScene", "sample_maps", "tangent_normals", "material_stack", "plane_geometry",
-           "shade_view", "direct_light", "draw_lighting", "eval_lighting", "ENVS", "TILE", "CONDITION_CHANNELS"]
+           "shade_view", "view_lighting", "dreammat_condition", "direct_light", "draw_lighting", "eval_lighting",
+           "ENVS", "TILE", "CONDITION_CHANNELS"]

@@ -348,6 +348,9 @@ def surface_colour(scene, x: Tensor, n: Tensor, spacing: float, kind: str = "den
 class Mesh(nn.Module):
     """PBR triangle-mesh scene implementing the Scene protocol (renderers/base.py)."""
 
+    condition_kinds = ("dreammat",)
+    """Per-view condition images this scene can render (engine/train.py ``_wire_condition``): DreamMat's 22 channels."""
+
     relightable = True  # albedo without lighting: evaluations light it like their ground truth (engine/outputs.py)
 
     def __init__(self, cfg: MeshConfig, gen: torch.Generator, device: torch.device | str = "cpu",
@@ -714,7 +717,7 @@ CONTROL_CHANNELS = 4 + 3 * len(CONTROL_MATERIALS)
 
 @torch.no_grad()
 def condition_maps(x: Tensor, n: Tensor, view: Tensor, idx: Tensor, cams: Cameras, size: tuple[int, int, int],
-                   env: str, rotation: float, env_height: int = 32) -> Tensor:
+                   env: str, rotation: float, env_height: int = 32, shade=None) -> Tensor:
     """DreamMat's light- and geometry-aware ControlNet condition [C,H,W,22] of the current geometry, channels-last,
     at the render's resolution, every channel in [0,1] and 0 on the background:
 
@@ -724,7 +727,9 @@ def condition_maps(x: Tensor, n: Tensor, view: Tensor, idx: Tensor, cams: Camera
       ``rotation``, for (metallic, roughness) in ``CONTROL_MATERIALS`` order, 3 channels each.
 
     Args: the covered pixels' world points x [P,3], unit normals n [P,3] (facing the camera), unit view vectors
-    [P,3], flat pixel indices idx [P] into C·H·W.
+    [P,3], flat pixel indices idx [P] into C·H·W. ``shade(albedo, roughness, metallic, n, view)`` -> linear RGB [P,3]
+    replaces the environment ``env``/``rotation`` lighting when a scene lights its views otherwise (the material
+    scene: exposure-scaled, tilted environment plus a sun, per view).
     """
     C, H, W = size
     out = x.new_zeros(C * H * W, CONTROL_CHANNELS)
@@ -736,10 +741,12 @@ def condition_maps(x: Tensor, n: Tensor, view: Tensor, idx: Tensor, cams: Camera
     out[idx, 0] = 0.1 + 0.9 * (inv - lo[cam]) / (hi[cam] - lo[cam]).clamp_min(1e-6)
     w2c = torch.linalg.inv(cams.c2w.to(x))[:, :3, :3]
     out[idx, 1:4] = (torch.einsum("pij,pj->pi", w2c[cam], n) + 1) / 2
-    light = environment(env, env_height).to(x.device)
+    if shade is None:
+        light = environment(env, env_height).to(x.device)
+        shade = lambda a, r, m, nn_, v: pbr.shade(a, r, m, nn_, v, light, rotation)["rgb"]  # noqa: E731
     ones = torch.ones_like(x[:, :1])
     for k, (m, r) in enumerate(CONTROL_MATERIALS):
-        lin = pbr.shade(ones.expand(-1, 3), ones * r, ones * m, n, view, light, rotation)["rgb"]
+        lin = shade(ones.expand(-1, 3), ones * r, ones * m, n, view)
         out[idx, 4 + 3 * k:7 + 3 * k] = pbr.linear_to_srgb(lin).clamp(0, 1)
     return out.view(C, H, W, CONTROL_CHANNELS)
 

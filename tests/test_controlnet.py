@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from tiny_models import tiny_sd_path
+from tiny_models import tiny_controlnet_path, tiny_sd_path
 
 from engine.cameras import orbit_cameras
 from guidance.priors import PriorConfig, build_prior
@@ -19,22 +19,8 @@ def tiny_sd(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_controlnet(tmp_path_factory, tiny_sd):
-    """ControlNetModel.from_unet on the tiny SD UNet (22 condition channels), zero convs made random so the
-    residuals are not all zero, saved with save_pretrained."""
-    from diffusers import ControlNetModel, UNet2DConditionModel
-
-    path = tmp_path_factory.getbasetemp() / "tiny_models" / "controlnet"
-    if not (path / "config.json").exists():
-        unet = UNet2DConditionModel.from_pretrained(tiny_sd, subfolder="unet")
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            net = ControlNetModel.from_unet(unet, conditioning_channels=22,
-                                            conditioning_embedding_out_channels=(8, 8, 16, 16))
-            with torch.no_grad():
-                for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
-                    conv.weight.normal_(0, 0.3)
-        net.save_pretrained(path)
-    return str(path)
+    """A tiny random 22-channel ControlNet on the tiny SD UNet (tests/tiny_models.py)."""
+    return tiny_controlnet_path(tmp_path_factory, tiny_sd)
 
 
 def _with_condition(cams, seed=0):

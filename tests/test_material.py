@@ -7,7 +7,9 @@
   with low spread (no baked shading), roughness/metallic means near the truth, the pattern's period, the seam, unit
   normals; the written files: MaterialX validate(), USD material wiring, the Khronos glTF validator on preview.glb;
 - the run-folder life: interrupted + --resume equals an uninterrupted run; files only at completion, all or none;
-- the diffusers prior path on the tiny SD pipeline (2 steps); --no-tileable and --normal-map directx;
+- the diffusers prior path on the tiny SD pipeline (2 steps), with DreamMat's light-aware ControlNet conditioned on
+  the plane's 22-channel renders (engine material --controlnet, engine generate --prior.controlnet); the condition
+  kind is the prior's (materials prior: 13 channels); --no-tileable and --normal-map directx;
 - bad input: unknown word, --size 0 or huge, unwritable --out: one line, exit 2, no folder.
 """
 
@@ -19,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 from test_export import assert_valid_glb
-from tiny_models import tiny_sd_path
+from tiny_models import tiny_controlnet_path, tiny_sd_path
 
 from engine import materials
 from engine.cli import main
@@ -249,6 +251,141 @@ def test_diffusers_prior_path_on_the_tiny_pipeline(tmp_path_factory, tmp_path):
     assert json.load(open(out / "status.json"))["state"] == "complete"
     assert (out / "basecolor.png").is_file() and (out / "preview.glb").is_file()
     assert "eval" not in json.load(open(out / "material.json"))  # no ground truth off the materials world
+
+
+# -- light-aware ControlNet condition ----------------------------------------------------------------------------------
+def _camera_space(cams, n_world):
+    """[C,3] camera-space (OpenGL) directions of a world direction, as (n + 1) / 2."""
+    w2c = torch.linalg.inv(cams.c2w.float())[:, :3, :3]
+    return (w2c @ torch.tensor(n_world, dtype=torch.float32) + 1) / 2
+
+
+def test_scene_renders_the_dreammat_condition_for_the_plane():
+    """DreamMat's 22 channels for the flat sample: in [0,1], 0 off the plane, the plane's camera-space normal (the
+    learned relief's once it has one), six light renders that follow each view's own random lights."""
+    from engine.cameras import Cameras, sample_cameras
+
+    cfg = PRESETS["material"]()
+    cfg.renderer.texels = 32
+    scene = cfg.renderer.build(torch.Generator().manual_seed(0))
+    cams = sample_cameras(cfg.cameras, 24, torch.Generator().manual_seed(3), n=3)
+    cams = Cameras.cat([cams, cams[0]])  # the same camera twice: only the lights differ
+    assert "control" not in scene.render(cams, torch.ones(4, 24, 24, 3)).extras  # only when asked for
+    scene.render_condition = "dreammat"
+    out = scene.render(cams, torch.ones(4, 24, 24, 3))
+    c = out.extras["control"]
+    assert c.shape == (4, 24, 24, 22) and c.min() >= 0 and c.max() <= 1
+    on = c[..., 0] > 0
+    assert torch.all(c[~on] == 0) and c[..., 0][on].min() >= 0.1 - 1e-6
+    a = out.alpha[..., 0]  # coverage of 2x2 rays; the condition's one ray per pixel lies between them (the
+    assert torch.all(on[a == 1]) and not torch.any(on[a == 0]) and (a == 1).any()  # plane is a half-plane in view)
+    for i in range(4):  # flat relief: every covered pixel has the plane's normal +Y, in camera space
+        expect = _camera_space(cams[i], (0.0, 1.0, 0.0))[0]
+        torch.testing.assert_close(c[i][on[i]][:, 1:4], expect.expand(int(on[i].sum()), 3), atol=1e-5, rtol=0)
+    assert (c[0, ..., :4] - c[3, ..., :4]).abs().max() < 1e-6  # same camera: same depth and normals
+    assert (c[0, ..., 4:] - c[3, ..., 4:]).abs().max() > 0.02  # other lights: other renders
+    glossy_metal, rough_dielectric = c[..., 13:16][on], c[..., 10:13][on]
+    assert (glossy_metal - rough_dielectric).abs().mean() > 0.01
+    # a learned relief tilts the normals it hands over
+    with torch.no_grad():
+        x = torch.arange(32, dtype=torch.float32) / 32
+        scene.height.copy_(3 * torch.sin(2 * torch.pi * 4 * x)[None, None, :].expand(1, 32, 32))
+    scene.step.fill_(10**6)
+    bumpy = scene.render(cams, torch.ones(4, 24, 24, 3)).extras["control"]
+    assert (bumpy[..., 1:4] - c[..., 1:4]).abs().amax() > 0.05
+    scene.eval()
+    assert "control" not in scene.render(cams, torch.ones(4, 24, 24, 3)).extras  # training views only
+
+
+def test_the_condition_kind_is_the_priors():
+    """The loop sets the scene's condition kind from the prior's declaration; each table entry of
+    CONDITION_RENDERERS is rendered by the scenes it names."""
+    import guidance.priors.materials as gpm
+    from engine.train import CONDITION_RENDERERS, _wire_condition
+    from guidance.controlnet import CONDITION_KIND, ControlNetPrior
+    from guidance.priors import PriorConfig
+    from renderers.material import MaterialScene
+    from renderers.mesh import Mesh
+
+    assert gpm.MaterialsPrior.condition_kind == "material" and ControlNetPrior.condition_kind == CONDITION_KIND
+    scenes = {"mesh": Mesh, "material": MaterialScene}
+    for kind, (_, renderers) in CONDITION_RENDERERS.items():
+        assert renderers and all(kind in scenes[r].condition_kinds for r in renderers), kind
+    scene = PRESETS["material"]().renderer.build(torch.Generator().manual_seed(0))
+    _wire_condition(gpm.MaterialsPrior(PriorConfig(name="materials")), scene)
+    assert scene.render_condition == "material"
+
+
+@pytest.mark.parametrize("command", ["material", "generate"])
+def test_two_steps_with_a_controlnet_see_the_planes_condition(tmp_path_factory, tmp_path, monkeypatch, command):
+    """engine material --controlnet and engine generate --renderer material --prior.controlnet: the condition
+    reaching the ControlNet has 22 channels in [0,1], 0 off the plane, the plane's normal (flat in 2 steps)."""
+    from guidance.controlnet import ControlNetPrior
+
+    sd = tiny_sd_path(tmp_path_factory)
+    cn = tiny_controlnet_path(tmp_path_factory, sd)
+    seen = []
+    original = ControlNetPrior.condition
+
+    def spy(self, cams, batch):
+        seen.append((cams, cams.condition.clone()))
+        return original(self, cams, batch)
+
+    monkeypatch.setattr(ControlNetPrior, "condition", spy)
+    out = tmp_path / "cn"
+    if command == "material":
+        argv = ["material", "a red checker material", "--prior", sd, "--controlnet", cn, "--size", "32"]
+    else:
+        argv = ["generate", "a red checker material", "--prior", sd, "--renderer", "material", "--prior.controlnet",
+                cn, "--renderer.texels", "32", "--train.no-progress", "--train.video-frames", "0",
+                "--train.export-texture-size", "32"]
+    assert main([*argv, "--steps", "2", "--resolution", "32", "--out", str(out)]) == 0
+    assert json.load(open(out / "status.json"))["state"] == "complete"
+    assert len(seen) >= 2
+    for cams, c in seen:
+        assert c.shape[-1] == 22 and c.shape[1:3] == (32, 32) and c.min() >= 0 and c.max() <= 1
+        on = c[..., 0] > 0
+        assert on.any() and torch.all(c[~on] == 0)
+        for i in range(len(cams)):
+            expect = _camera_space(cams[i], (0.0, 1.0, 0.0))[0]
+            torch.testing.assert_close(c[i][on[i]][:, 1:4], expect.expand(int(on[i].sum()), 3), atol=1e-4, rtol=0)
+
+
+def test_materials_prior_keeps_its_13_channels(tmp_path, monkeypatch):
+    import guidance.priors.materials as gpm
+    from renderers.material import CONDITION_CHANNELS
+
+    seen = []
+    original = gpm.MaterialsPrior.exemplars
+
+    def spy(self, cams, index):
+        seen.append(cams.condition.shape)
+        return original(self, cams, index)
+
+    monkeypatch.setattr(gpm.MaterialsPrior, "exemplars", spy)
+    generate(_small_cfg(tmp_path / "r", steps=2))
+    assert seen and all(s[-1] == CONDITION_CHANNELS == 13 for s in seen)
+
+
+@pytest.mark.parametrize("renderer", ["nerf", "mesh"])
+def test_materials_prior_on_another_renderer_names_the_material_renderer(tmp_path, capsys, renderer):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        raise SystemExit(main(["generate", PROMPT, "--prior", "materials", "--renderer", renderer, "--steps", "2",
+                               "--out", str(out), "--train.no-progress"]))
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # (the preset's note aside)
+    assert e.value.code == 2 and len(err) == 1, err
+    assert "materials prior needs the material renderer" in err[0] and "mesh" not in err[0], err
+    assert not out.exists()
+
+
+def test_controlnet_with_the_materials_world_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        main(["material", PROMPT, "--controlnet", str(tmp_path), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "--controlnet" in err, err
+    assert not out.exists()
 
 
 # -- bad input ------------------------------------------------------------------------------------------------------

@@ -206,3 +206,23 @@ def tiny_sdxl_path(tmp_path_factory) -> str:
 def tiny_if_path(tmp_path_factory) -> str:
     """Build (once per pytest session) and return a tiny DeepFloyd-IF stage-I folder."""
     return make_tiny_if(_session_folder(tmp_path_factory, "if"))
+
+
+def tiny_controlnet_path(tmp_path_factory, sd_path: str) -> str:
+    """Build (once per pytest session) and return a tiny random ControlNet for the tiny SD UNet at ``sd_path``:
+    ControlNetModel.from_unet with DreamMat's 22 condition channels (guidance/controlnet.py), its zero convs made
+    random (seeded) so the residuals are not all zero, saved with save_pretrained."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    path = _session_folder(tmp_path_factory, "controlnet")
+    if not (path / "config.json").exists():
+        unet = UNet2DConditionModel.from_pretrained(sd_path, subfolder="unet")
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            net = ControlNetModel.from_unet(unet, conditioning_channels=22,
+                                            conditioning_embedding_out_channels=(8, 8, 16, 16))
+            with torch.no_grad():
+                for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
+                    conv.weight.normal_(0, 0.3)
+        net.save_pretrained(path)
+    return str(path)

@@ -35,6 +35,7 @@ class MaterialsPrior:
     latent = False
     steps_offset = 0
     takes_condition = True
+    condition_kind = "material"  # renderers/material.py plane_geometry's 13 channels (engine/train.py _wire_condition)
     name = "materials"
 
     def __init__(self, cfg, device: torch.device | str = "cpu"):
