@@ -253,6 +253,31 @@ class Ledger:
         return {"attempts": dict(self.attempts), "running": dict(self.running)}
 
 
+def _count_attempt(run_dir: str) -> int:
+    """This attempt's number on this worker's disk (``<run>.attempts``, read and written under the job's lock).
+
+    The Ledger's count is sent without waiting, so a worker killed early can take its report with it; the file
+    survives the kill, and the driver records the larger of the two."""
+    path = f"{run_dir}.attempts"
+    try:
+        with open(path) as f:
+            n = int(f.read().strip() or 0) + 1
+    except (OSError, ValueError):
+        n = 1
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(str(n))
+    os.replace(tmp, path)
+    return n
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
 def worker_run_dir(root: str, batch_key: str, name: str) -> str:
     """The job's private run folder on the worker: stable, so a retry or a rerun finds its checkpoints."""
     root = root or os.path.join(tempfile.gettempdir(), "distillery-batch")
@@ -359,6 +384,7 @@ def run_job(spec: dict, ledger=None) -> dict:
         # A worker of a dead driver may still be running this job for a moment: wait for it (the lock goes with
         # its process) rather than share the folder.
         fcntl.flock(lock, fcntl.LOCK_EX)
+        attempt = _count_attempt(run_dir)
         torch.set_num_threads(max(1, int(spec.get("cpus") or 1)))
         local_inputs = _localise_inputs(cfg, run_dir, spec.get("inputs", {}))
         state, from_step = _prepare_run(run_dir, cfg)
@@ -380,9 +406,10 @@ def run_job(spec: dict, ledger=None) -> dict:
         facts = {"host": host, "node_id": ray.get_runtime_context().get_node_id(), "worker_dir": run_dir,
                  "resumed_from": from_step if state == "resume" else 0,
                  "seconds": round(seconds, 2), "peak_mem_mb": None if peak is None else round(peak, 1),
-                 "peak_mem_kind": peak_kind, "device": str(device)}
+                 "peak_mem_kind": peak_kind, "device": str(device), "attempt": attempt}
         if not spec["checkpoints"]:  # the worker's temp copy is done with; a user-given path keeps the checkpoints
             shutil.rmtree(run_dir, ignore_errors=True)
+            _remove(f"{run_dir}.attempts")
             shutil.rmtree(f"{run_dir}.inputs", ignore_errors=True)
         return {"files": files, "facts": facts}
     finally:
@@ -664,8 +691,9 @@ def _run_jobs(opts: BatchOptions, jobs: list[Job], states: dict, cpus: float, gp
                 job = refs.pop(ref)
                 try:
                     result = ray.get(ref)
-                    record = _record(job, state="complete", attempts=snap["attempts"].get(job.name, 1),
-                                     **result["facts"])
+                    facts = dict(result["facts"])
+                    attempts = max(snap["attempts"].get(job.name, 1), facts.pop("attempt", 1))
+                    record = _record(job, state="complete", attempts=attempts, **facts)
                     _install(opts.out, job, result["files"], record)
                     done += 1
                 except ray.exceptions.RayError as e:
