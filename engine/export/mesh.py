@@ -67,8 +67,13 @@ def field_kind(scene) -> str:
 
 @torch.no_grad()
 def sample_grid(scene, resolution: int, bound: float, chunk: int = 65536) -> np.ndarray:
-    """query_density on a resolution³ grid of points spanning [-bound, bound]³, indexed [x,y,z]."""
+    """query_density on a resolution³ grid of points spanning [-bound, bound]³, indexed [x,y,z].
+
+    Splat scenes get the whole grid in one call: their query is local (block-wise), and slab-shaped chunks would
+    make every block meet far more splats than a cube of the same volume."""
     device = _scene_device(scene)
+    if field_kind(scene) == "opacity":
+        chunk = resolution ** 3
     axis = torch.linspace(-bound, bound, resolution)
     pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
     out = [scene.query_density(pts[i:i + chunk].to(device)).float().cpu() for i in range(0, pts.shape[0], chunk)]
