@@ -36,6 +36,7 @@ from renderers.base import RenderOutput, composite
 from renderers.kernels import ENV_VAR, resolve_backend, splat
 from renderers.kernels import splat_cuda as _splat_cuda
 from renderers.kernels.splat_torch import SH_C0, covariance, eval_sh, quat_to_rotmat
+from renderers.keylight import LIGHTS, shade_under_key_light
 
 BACKENDS = ("auto", "torch", "cuda")
 INITS = ("random", "coarse_sphere", "file")
@@ -109,6 +110,9 @@ class GaussiansConfig:
     """Largest scale ratio free of the anisotropy penalty."""
     opacity_reg: float = 0.0
     """Weight of mean(opacity) (encourages fewer, more transparent splats)."""
+    light: str = "none"
+    """"none" (the splats' colour is what renders) or "shapes" (every render lit per pixel, from depth normals, by
+    the shapes world's fixed key light: the light of its exemplars, so the colour learns the true albedo)."""
     normals: str = "axis"
     """Normal map source: "axis" (the shortest axis of each Gaussian, composited) or "depth" (from depth)."""
     antialiased: bool = False
@@ -121,7 +125,7 @@ class GaussiansConfig:
     """"auto" (gsplat when CUDA is available, else torch with one warning), "torch" or "cuda"."""
 
     def __post_init__(self) -> None:
-        checks = {"init": (self.init, INITS), "normals": (self.normals, NORMAL_MODES),
+        checks = {"init": (self.init, INITS), "normals": (self.normals, NORMAL_MODES), "light": (self.light, LIGHTS),
                   "backend": (self.backend, BACKENDS)}
         for name, (value, allowed) in checks.items():
             if value not in allowed:
@@ -351,7 +355,10 @@ class Gaussians(nn.Module):
             normal = torch.where(hit, F.normalize(res.render[..., 4:7], dim=-1), torch.zeros_like(res.render[..., 4:7]))
         else:
             normal = normals_from_depth(cams, depth, hit)
-        rgb = composite(res.render[..., :3], alpha, background.to(alpha).expand(C, H, W, 3))
+        colour = res.render[..., :3]
+        if self.cfg.light == "shapes":
+            colour, _ = shade_under_key_light(cams, colour, alpha, depth)
+        rgb = composite(colour, alpha, background.to(alpha).expand(C, H, W, 3))
         extras = {"means2d": res.means2d, "radii": res.radii, "num_gaussians": self.num_gaussians,
                   "image_size": (W, H)}
         return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, normal=normal, extras=extras)

@@ -19,6 +19,7 @@ The true surface is sampled from a fine marching-cubes mesh of the exact SDF who
 zero set (p ← p − sdf(p)·∇sdf(p), twice), so it works for every shape of the world.
 """
 
+import functools
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -78,8 +79,11 @@ def _sdf(shape: str, p: np.ndarray) -> np.ndarray:
     return shapes.sdf(shape, torch.from_numpy(p).double()).numpy()
 
 
-def true_surface_samples(shape: str, n: int, rng: np.random.Generator, resolution: int = 160) -> np.ndarray:
-    """[n,3] points uniform (to the marching-cubes mesh's accuracy) on the analytic surface of ``shape``."""
+@functools.lru_cache(maxsize=16)
+def true_surface_samples(shape: str, n: int, seed: int = 0, resolution: int = 128) -> np.ndarray:
+    """[n,3] points uniform (to the marching-cubes mesh's accuracy) on the analytic surface of ``shape`` (cached;
+    do not modify the returned array)."""
+    rng = np.random.default_rng(seed)
     from skimage.measure import marching_cubes
 
     b = shapes.BOUND_RADIUS
@@ -222,7 +226,7 @@ def score_asset(asset: LoadedAsset, shape: str, colour: str, n: int = DEFAULT_SA
     rng = np.random.default_rng(seed)
     s = sample_surface(asset.vertices, asset.faces, n, rng)
     accuracy = float(np.abs(_sdf(shape, s.points)).mean())
-    truth = true_surface_samples(shape, n, rng)
+    truth = true_surface_samples(shape, n, seed)
     completeness = float(_nearest_distance(truth, s.points).mean())
     share, pieces = largest_piece_share(asset.vertices, asset.faces)
     col = base_colour_at(asset, s)
