@@ -143,17 +143,13 @@ def project(means: Float[Tensor, "N 3"], covars: Float[Tensor, "N 3 3"], viewmat
     return Projection(means2d, conics, tz, radii, opac)
 
 
-_CHUNK = 128  # Gaussians per step of a tile's front-to-back pass
-
-
 def _composite_tile(px: Tensor, py: Tensor, packed: Tensor, n_feat: int) -> tuple[Tensor, Tensor]:
     """Front-to-back compositing of one tile.
 
-    Which (pixel, Gaussian) pairs contribute is decided without autograd, front to back in chunks of the tile's
-    list, stopping once every pixel is saturated; only those pairs (typically 1-20 % of the tile matrix) are then
-    recomputed differentiably, as gsplat's backward pass visits only the contributing pairs. The per-pixel exclusive
-    transmittance is a cumulative sum over a dense [P,S'] matrix (S' the Gaussians visited) into which the pairs'
-    log(1-α) are scattered, so the order of summation is the dense compositor's.
+    Which (pixel, Gaussian) pairs contribute is decided without autograd on the dense [P,S] tile matrix; only those
+    pairs (typically 1-20 % of it) are then recomputed differentiably, as gsplat's backward pass visits only the
+    contributing pairs. The per-pixel exclusive transmittance is a cumulative sum over a dense [P,S] matrix into
+    which the pairs' log(1-α) are scattered, so the order of summation (and the result) is the dense one's.
 
     Args:
         px, py: [P] pixel-centre coordinates.
@@ -164,41 +160,27 @@ def _composite_tile(px: Tensor, py: Tensor, packed: Tensor, n_feat: int) -> tupl
     P, S = px.shape[0], packed.shape[0]
     with torch.no_grad():
         q = packed.detach()
-        log_t_run = px.new_zeros(P)  # inclusive log-transmittance so far (of the sequence before the T cut)
-        pairs, end = [], 0
-        # Front to back in chunks; once every pixel of the tile is saturated the rest cannot contribute (gsplat's
-        # per-tile early exit), which on an opaque surface skips most of the tile's list.
-        for s0 in range(0, S, _CHUNK):
-            qc = q[s0:s0 + _CHUNK]
-            dx = qc[None, :, 0] - px[:, None]
-            dy = qc[None, :, 1] - py[:, None]
-            sigma = 0.5 * (qc[None, :, 2] * dx * dx + qc[None, :, 4] * dy * dy) + qc[None, :, 3] * dx * dy
-            alpha = torch.clamp_max(qc[None, :, 5] * torch.exp(-sigma), ALPHA_MAX)
-            live = (sigma >= 0) & (alpha >= ALPHA_MIN)
-            # Inclusive transmittance of the unmasked sequence: the first Gaussian that would bring T to <= 1e-4
-            # and everything behind it are dropped (T is monotone, so this mask is a prefix).
-            log_t_incl = log_t_run[:, None] + torch.cumsum(torch.log1p(-torch.where(live, alpha, 0.0)), dim=1)
-            live &= log_t_incl > math.log(T_MIN)
-            log_t_run = log_t_incl[:, -1]
-            p_c, s_c = live.nonzero(as_tuple=True)
-            pairs.append((p_c, s_c + s0))
-            end = s0 + qc.shape[0]
-            if bool((log_t_run <= math.log(T_MIN)).all()):
-                break
-        p_idx = torch.cat([p for p, _ in pairs])
-        s_idx = torch.cat([s for _, s in pairs])
+        dx = q[None, :, 0] - px[:, None]
+        dy = q[None, :, 1] - py[:, None]
+        sigma = 0.5 * (q[None, :, 2] * dx * dx + q[None, :, 4] * dy * dy) + q[None, :, 3] * dx * dy
+        alpha = torch.clamp_max(q[None, :, 5] * torch.exp(-sigma), ALPHA_MAX)
+        live = (sigma >= 0) & (alpha >= ALPHA_MIN)
+        # Inclusive transmittance of the unmasked sequence: the first Gaussian that would bring T to <= 1e-4 and
+        # everything behind it are dropped (T is monotone, so this mask is a prefix).
+        log_t_incl = torch.cumsum(torch.log1p(-torch.where(live, alpha, 0.0)), dim=1)
+        live &= log_t_incl > math.log(T_MIN)
+        p_idx, s_idx = live.nonzero(as_tuple=True)
     rows = packed.index_select(0, s_idx)  # [K,6+D], differentiable
     dx = rows[:, 0] - px[p_idx]
     dy = rows[:, 1] - py[p_idx]
     sigma = 0.5 * (rows[:, 2] * dx * dx + rows[:, 4] * dy * dy) + rows[:, 3] * dx * dy
     alpha = torch.clamp_max(rows[:, 5] * torch.exp(-sigma), ALPHA_MAX)
     log_1m = torch.log1p(-alpha)
-    dense = packed.new_zeros(P, end).index_put((p_idx, s_idx), log_1m)
+    dense = packed.new_zeros(P, S).index_put((p_idx, s_idx), log_1m)
     log_t = torch.cumsum(dense, dim=1)
     weights = alpha * torch.exp(log_t[p_idx, s_idx] - log_1m)  # α_i T_i with T_i exclusive
     feats = packed.new_zeros(P, n_feat).index_add(0, p_idx, weights[:, None] * rows[:, 6:6 + n_feat])
-    alpha_px = 1.0 - torch.exp(log_t[:, -1]) if end > 0 else px.new_zeros(P)
-    return feats, alpha_px
+    return feats, 1.0 - torch.exp(log_t[:, -1])
 
 
 def rasterize(means2d: Float[Tensor, "C N 2"], conics: Float[Tensor, "C N 3"], opacities: Float[Tensor, "C N"],
