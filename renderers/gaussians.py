@@ -101,9 +101,9 @@ class GaussiansConfig:
     opacity_reset_every: int = 0
     """Reset opacities to at most 0.01 every N steps while densifying (0: never; SDS pipelines mostly skip it)."""
     max_gaussians: int = 6_000
-    """Hard cap on the number of Gaussians. CPU budget (issue #17): the torch splatter's step cost grows with N
-    (118 ms at 2k, 483 ms at 12k on the demo), and 6k splats already render the shapes world's 64² views better
-    than the NeRF does; raise it for GPU runs and high resolutions (gsplat's default strategy has no cap)."""
+    """Hard cap on the number of Gaussians. A CPU budget (issue #17): the torch splatter's step cost grows with N
+    (118 ms at 2k, 483 ms at 12k on the demo; the uncapped demo reached 12.4k); raise it for GPU runs and high
+    resolutions (gsplat's default strategy has no cap)."""
     prune_isolated: float = 0.1
     """At each densification, prune Gaussians whose 4th-nearest other Gaussian is farther than this many metres
     (and than 5x the median such distance): lone floaters that would become loose fragments of the exported mesh
