@@ -156,9 +156,10 @@ def build_generate_config(argv: list[str]):
         rest = ["--guidance.image", known.image, *rest]
     if known.renderer and type(base.renderer) is not RENDERERS[known.renderer]:
         base.renderer = RENDERERS[known.renderer]()
-    # Issue #17: field scenes on the shapes prior train under its exemplars' own key light (renderers/keylight.py),
-    # so their colour learns the albedo; --renderer.light overrides it.
-    if not known.load_config and base.prior.name == "shapes" and hasattr(base.renderer, "light"):
+    # Issue #17: Gaussians on the shapes prior train under its exemplars' own key light (renderers/keylight.py), so
+    # their colour learns the albedo; --renderer.light overrides it. The NeRF keeps "dreamfusion" unless asked: its
+    # depth-normal shading lost 6.7 dB on the torus (docs/benchmarks.md, "Fidelity").
+    if not known.load_config and base.prior.name == "shapes" and getattr(base.renderer, "light", None) == "none":
         base.renderer.light = "shapes"
     if known.prompt is not None:
         base.prompt = known.prompt

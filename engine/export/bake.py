@@ -204,24 +204,6 @@ def _query(fn, x: np.ndarray, device, chunk: int = 65536, uv: np.ndarray | None 
     return np.concatenate(outs) if outs else np.zeros((0,))
 
 
-def _rendered_albedo(scene, p: np.ndarray, n: np.ndarray, opts: BakeOptions, device, chunk: int = 16384):
-    """Albedo [M,3] that the volume renderer shows at surface points p along their normals n (field scenes).
-
-    Soft fields (SDS NeRFs, splats) put their colour in a shell around the extracted iso-surface, and the colour
-    just inside it is not what any render shows; renderers.mesh.surface_colour composites ``query_albedo`` with
-    ``query_density`` along a short ray through each point (±2 grid steps), as a render of that point would."""
-    from engine.export.mesh import field_kind
-    from renderers.mesh import surface_colour
-
-    kind = field_kind(scene)
-    out = []
-    for i in range(0, p.shape[0], chunk):
-        x = torch.as_tensor(p[i:i + chunk], dtype=torch.float32, device=device)
-        nn_ = torch.as_tensor(n[i:i + chunk], dtype=torch.float32, device=device)
-        out.append(surface_colour(scene, x, nn_, opts.normal_step, kind, samples=16).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 3), dtype=np.float32)
-
-
 def _surface_material(scene, p: np.ndarray, n: np.ndarray, opts: BakeOptions, device, field_normals=None,
                       uv: np.ndarray | None = None) -> dict:
     """Per-point base colour (sRGB), occlusion, roughness, metallic and an optional world shading normal; ``uv``:
@@ -236,7 +218,7 @@ def _surface_material(scene, p: np.ndarray, n: np.ndarray, opts: BakeOptions, de
                "occlusion": np.asarray(mat.get("occlusion", np.ones(m))).reshape(m),
                "normal": mat.get("normal")}
     else:
-        out = {"base_color": _rendered_albedo(scene, p, n, opts, device), "roughness": np.full(m, opts.roughness),
+        out = {"base_color": _query(scene.query_albedo, inward, device), "roughness": np.full(m, opts.roughness),
                "metallic": np.full(m, opts.metallic), "occlusion": np.ones(m), "normal": None}
     if out["normal"] is None and opts.field_normals and field_normals is not None:
         out["normal"] = field_normals(p)
