@@ -117,30 +117,28 @@ def test_gaussian_field_query_is_local_and_exact():
 
 
 # -- what a user downloads, per renderer (one short shapes-world run each) --------------------------------------------
-# Bounds are what the defaults reach (docs/benchmarks.md, "Fidelity"), with a margin; the issue's goals that are not
-# met yet are listed there, not asserted here.
+# "a red cube" with the defaults (400 steps and the automatic export), as `python bench/bench_fidelity.py` runs it.
+# Bounds are what the defaults reach there (docs/benchmarks.md, "Fidelity"), with a margin: they guard against
+# regressions. The issue's goals that are not met (geometry for both, the NeRF's albedo) are listed in that section,
+# not asserted here. Gaussians meet the albedo goals on the cube (chromaticity, luminance).
 RUNS = {
-    # renderer: (prompt, extra argv, {metric: bound})
-    "nerf": ("a red cube", [], {"accuracy": 0.04, "completeness": 0.045, "chroma": 0.06, "lum_low": 0.7,
-                                "spread": 12.0}),
-    "gaussians": ("a red cube", [], {"accuracy": 0.04, "completeness": 0.045, "chroma": 0.06, "lum_low": 0.7,
-                                     "spread": 12.0}),
+    "nerf": {"accuracy": 0.04, "completeness": 0.045, "chroma": 0.04, "lum": (0.35, 1.15), "spread": 30.0},
+    "gaussians": {"accuracy": 0.08, "completeness": 0.04, "chroma": 0.03, "lum": (0.85, 1.15), "spread": 20.0},
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("renderer", sorted(RUNS))
-def test_exported_asset_is_faithful(renderer, tmp_path):
+def test_exported_cube_is_faithful(renderer, tmp_path):
     from engine.cli import main
-    from engine.export import ExportOptions, export_run
 
-    prompt, extra, bound = RUNS[renderer]
+    bound = RUNS[renderer]
     run = tmp_path / renderer
-    assert main(["generate", prompt, "--prior", "shapes", "--renderer", renderer, "--out", str(run),
-                 "--train.no-progress", "--train.video-frames", "0", "--train.no-export", *extra]) == 0
-    report = export_run(str(run), opts=ExportOptions(texture_size=128, max_faces=8000))
-    s = fid.score_glb(report["files"]["glb"], "cube", "red")
+    assert main(["generate", "a red cube", "--prior", "shapes", "--renderer", renderer, "--out", str(run),
+                 "--train.no-progress", "--train.video-frames", "0"]) == 0
+    s = fid.score_glb(str(run / "export" / "model.glb"), "cube", "red")
     assert s.accuracy <= bound["accuracy"] and s.completeness <= bound["completeness"], s
     assert s.largest_piece >= 0.98, s
-    assert s.chromaticity_distance <= bound["chroma"] and bound["lum_low"] <= s.luminance_ratio <= 1.15, s
+    lo, hi = bound["lum"]
+    assert s.chromaticity_distance <= bound["chroma"] and lo <= s.luminance_ratio <= hi, s
     assert s.face_spread <= bound["spread"], s
