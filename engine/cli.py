@@ -194,6 +194,11 @@ def parse_generate_argv(argv: list[str], bounds: dict | None = None):
         base.renderer = RENDERERS[known.renderer]()
     if not known.load_config and (known.preset or "diffusion") == "diffusion" and (known.prior or "shapes") != "shapes":
         _diffusion_defaults(base, rest)  # issue 13: by prior family, objective and device; overrides still win
+    # Issue #17: Gaussians on the shapes prior train under its exemplars' own key light (renderers/keylight.py), so
+    # their colour learns the albedo; --renderer.light overrides it. The NeRF keeps "dreamfusion" unless asked: its
+    # depth-normal shading lost 6.7 dB on the torus (docs/benchmarks.md, "Fidelity").
+    if not known.load_config and base.prior.name == "shapes" and getattr(base.renderer, "light", None) == "none":
+        base.renderer.light = "shapes"
     if known.prompt is not None:
         base.prompt = known.prompt
     if known.steps is not None:

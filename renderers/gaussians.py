@@ -36,6 +36,7 @@ from renderers.base import RenderOutput, composite
 from renderers.kernels import ENV_VAR, resolve_backend, splat
 from renderers.kernels import splat_cuda as _splat_cuda
 from renderers.kernels.splat_torch import SH_C0, covariance, eval_sh, quat_to_rotmat
+from renderers.keylight import LIGHTS, shade_under_key_light
 
 BACKENDS = ("auto", "torch", "cuda")
 INITS = ("random", "coarse_sphere", "file")
@@ -99,8 +100,14 @@ class GaussiansConfig:
     """Prune Gaussians whose largest scale exceeds this many metres."""
     opacity_reset_every: int = 0
     """Reset opacities to at most 0.01 every N steps while densifying (0: never; SDS pipelines mostly skip it)."""
-    max_gaussians: int = 20_000
-    """Hard cap on the number of Gaussians."""
+    max_gaussians: int = 6_000
+    """Hard cap on the number of Gaussians. A CPU budget (issue #17): the torch splatter's step cost grows with N
+    (118 ms at 2k, 483 ms at 12k on the demo; the uncapped demo reached 12.4k); raise it for GPU runs and high
+    resolutions (gsplat's default strategy has no cap)."""
+    prune_isolated: float = 0.1
+    """At each densification, prune Gaussians whose 4th-nearest other Gaussian is farther than this many metres
+    (and than 5x the median such distance): lone floaters that would become loose fragments of the exported mesh
+    (0 disables)."""
     scale_reg: float = 0.0
     """Weight of the regulariser mean(scale) (L1 on activated scales, as gsplat's MCMC preset)."""
     anisotropy_reg: float = 0.0
@@ -109,6 +116,9 @@ class GaussiansConfig:
     """Largest scale ratio free of the anisotropy penalty."""
     opacity_reg: float = 0.0
     """Weight of mean(opacity) (encourages fewer, more transparent splats)."""
+    light: str = "none"
+    """"none" (the splats' colour is what renders) or "shapes" (every render lit per pixel, from depth normals, by
+    the shapes world's fixed key light: the light of its exemplars, so the colour learns the true albedo)."""
     normals: str = "axis"
     """Normal map source: "axis" (the shortest axis of each Gaussian, composited) or "depth" (from depth)."""
     antialiased: bool = False
@@ -121,7 +131,7 @@ class GaussiansConfig:
     """"auto" (gsplat when CUDA is available, else torch with one warning), "torch" or "cuda"."""
 
     def __post_init__(self) -> None:
-        checks = {"init": (self.init, INITS), "normals": (self.normals, NORMAL_MODES),
+        checks = {"init": (self.init, INITS), "normals": (self.normals, NORMAL_MODES), "light": (self.light, LIGHTS),
                   "backend": (self.backend, BACKENDS)}
         for name, (value, allowed) in checks.items():
             if value not in allowed:
@@ -197,6 +207,14 @@ def _knn_scale(points: Tensor, k: int = 3, chunk: int = 2048) -> Tensor:
         d2 = torch.cdist(points[i:i + chunk], points).square()
         out.append(d2.topk(k + 1, largest=False).values[:, 1:].mean(-1).sqrt())
     return torch.cat(out).clamp_min(1e-4)
+
+
+def _knn_distance(points: Tensor, k: int, chunk: int = 2048) -> Tensor:
+    """[N] distance from each point to its k-th nearest other point, chunked to bound memory."""
+    k = min(k, points.shape[0] - 1)
+    out = [torch.cdist(points[i:i + chunk], points).topk(k + 1, largest=False).values[:, k]
+           for i in range(0, points.shape[0], chunk)]
+    return torch.cat(out)
 
 
 def load_point_cloud(path: str | Path) -> tuple[Tensor, Tensor | None]:
@@ -351,7 +369,10 @@ class Gaussians(nn.Module):
             normal = torch.where(hit, F.normalize(res.render[..., 4:7], dim=-1), torch.zeros_like(res.render[..., 4:7]))
         else:
             normal = normals_from_depth(cams, depth, hit)
-        rgb = composite(res.render[..., :3], alpha, background.to(alpha).expand(C, H, W, 3))
+        colour = res.render[..., :3]
+        if self.cfg.light == "shapes":
+            colour, _ = shade_under_key_light(cams, colour, alpha, depth)
+        rgb = composite(colour, alpha, background.to(alpha).expand(C, H, W, 3))
         extras = {"means2d": res.means2d, "radii": res.radii, "num_gaussians": self.num_gaussians,
                   "image_size": (W, H)}
         return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, normal=normal, extras=extras)
@@ -444,6 +465,9 @@ class Gaussians(nn.Module):
         finite = torch.stack([torch.isfinite(p.data.reshape(self.num_gaussians, -1)).all(-1)
                               for p in self._param_dict().values()]).all(0)
         bad = (self.opacities < c.prune_opacity) | (self.scales.amax(-1) > c.prune_scale) | ~finite
+        if c.prune_isolated > 0 and self.num_gaussians > 8:
+            gap = _knn_distance(self.means.data, 4)
+            bad |= gap > max(c.prune_isolated, 5.0 * float(gap.median()))
         if bad.any():
             self._rebuild((~bad).nonzero().squeeze(1), None)
         return int(bad.sum())
@@ -510,26 +534,52 @@ class Gaussians(nn.Module):
 
     # ---------------------------------------------------------------------------------------- field queries
     @torch.no_grad()
-    def _query(self, x: Tensor, with_albedo: bool, chunk: int = 4096) -> tuple[Tensor, Tensor | None]:
-        if self.num_gaussians == 0:
-            return x.new_zeros(x.shape[0]), (x.new_zeros(x.shape[0], 3) if with_albedo else None)
-        covars = covariance(self.quats, self.scales)
-        precis = torch.linalg.inv(covars + 1e-10 * torch.eye(3, device=x.device))
-        reach = 3.33 * self.scales.amax(-1)  # beyond ~3.33σ a Gaussian adds < o/255
-        o = self.opacities
-        albedo = (0.5 + SH_C0 * self.sh_dc).clamp(0, 1)
-        dens, alb = [], []
-        for i in range(0, x.shape[0], chunk):
-            xs = x[i:i + chunk]
-            lo, hi = xs.amin(0), xs.amax(0)
-            near = ((self.means + reach[:, None] >= lo) & (self.means - reach[:, None] <= hi)).all(-1)
-            idx = near.nonzero().squeeze(1)
-            d = xs[:, None, :] - self.means[idx][None]  # [M,S,3]
-            w = o[idx] * torch.exp(-0.5 * torch.einsum("msi,sij,msj->ms", d, precis[idx], d))
-            dens.append(w.sum(-1))
-            if with_albedo:
-                alb.append((w @ albedo[idx]) / w.sum(-1, keepdim=True).clamp_min(1e-8))
-        return torch.cat(dens), (torch.cat(alb) if with_albedo else None)
+    def _query(self, x: Tensor, with_albedo: bool, block: float = 0.15) -> tuple[Tensor, Tensor | None]:
+        """Density (and albedo) at points x [M,3], evaluated locally block by block.
+
+        Points are binned into cubic cells of side ``block``; each cell only meets the Gaussians whose 3.33σ box
+        overlaps it (beyond that a Gaussian adds < o/255). Within a cell the Mahalanobis form is three matmuls in
+        float64 coordinates relative to the cell's centre (no cancellation for small splats):
+        (x−μ)ᵀP(x−μ) = [x², y², z², 2xy, 2xz, 2yz]·[P₀₀, P₁₁, P₂₂, P₀₁, P₀₂, P₁₂] − 2 xᵀ(Pμ) + μᵀPμ.
+        """
+        M, dev = x.shape[0], x.device
+        dens = torch.zeros(M, dtype=torch.float64, device=dev)
+        alb = torch.zeros(M, 3, dtype=torch.float64, device=dev) if with_albedo else None
+        if self.num_gaussians == 0 or M == 0:
+            return dens.to(x.dtype), (None if alb is None else alb.to(x.dtype))
+        mu = self.means.double()
+        P = torch.linalg.inv(covariance(self.quats, self.scales).double()
+                             + 1e-12 * torch.eye(3, dtype=torch.float64, device=dev))
+        reach = 3.33 * self.scales.amax(-1).double()
+        o = self.opacities.double()
+        colour = (0.5 + SH_C0 * self.sh_dc).clamp(0, 1).double()
+        coef = torch.stack([P[:, 0, 0], P[:, 1, 1], P[:, 2, 2], P[:, 0, 1], P[:, 0, 2], P[:, 1, 2]], 0)  # [6,N]
+        xd = x.double()
+        origin = xd.amin(0)
+        dims = (torch.floor((xd.amax(0) - origin) / block).long() + 1).clamp_min(1)
+        pt_cell = torch.floor((xd - origin) / block).long().minimum(dims - 1)
+        pt_key = _cell_key(pt_cell, dims)
+        g_key, g_idx = _splat_cells(mu, reach, origin, block, dims)  # (cell, Gaussian) pairs sorted by cell
+        order = torch.argsort(pt_key)
+        cells, counts = torch.unique_consecutive(pt_key[order], return_counts=True)
+        starts = torch.searchsorted(g_key, cells)
+        ends = torch.searchsorted(g_key, cells, right=True)
+        for idx, s0, s1 in zip(torch.split(order, counts.tolist()), starts.tolist(), ends.tolist()):
+            if s1 == s0:
+                continue
+            near = g_idx[s0:s1]
+            xs = xd[idx]
+            c = 0.5 * (xs.amin(0) + xs.amax(0))
+            xl, ml = xs - c, mu[near] - c
+            Pm = torch.einsum("sij,sj->si", P[near], ml)  # [S,3]
+            mono = torch.stack([xl[:, 0] ** 2, xl[:, 1] ** 2, xl[:, 2] ** 2, 2 * xl[:, 0] * xl[:, 1],
+                                2 * xl[:, 0] * xl[:, 2], 2 * xl[:, 1] * xl[:, 2]], -1)
+            q = mono @ coef[:, near] - 2 * xl @ Pm.T + (ml * Pm).sum(-1)
+            w = o[near] * torch.exp(-0.5 * q.clamp_min(0))
+            dens[idx] = w.sum(-1)
+            if alb is not None:
+                alb[idx] = (w @ colour[near]) / w.sum(-1, keepdim=True).clamp_min(1e-8)
+        return dens.to(x.dtype), (None if alb is None else alb.to(x.dtype))
 
     def query_density(self, x: Float[Tensor, "M 3"]) -> Float[Tensor, "M"]:
         """Σ_i o_i exp(−½ (x−μ_i)ᵀ Σ_i⁻¹ (x−μ_i)) at world points (the field DreamGaussian meshes at level 1)."""
@@ -544,6 +594,30 @@ class Gaussians(nn.Module):
         return {"means": self.means.detach(), "log_scales": self.log_scales.detach(),
                 "quats": self.quats.detach(), "opacity_logits": self.opacity_logits.detach(),
                 "sh_dc": self.sh_dc.detach(), "sh_rest": self.sh_rest.detach()}
+
+
+def _cell_key(cell: Tensor, dims: Tensor) -> Tensor:
+    """Linear index of integer cells [...,3] in a lattice of ``dims`` cells per axis."""
+    return (cell[..., 0] * dims[1] + cell[..., 1]) * dims[2] + cell[..., 2]
+
+
+def _splat_cells(mu: Tensor, reach: Tensor, origin: Tensor, block: float, dims: Tensor) -> tuple[Tensor, Tensor]:
+    """Every (lattice cell, Gaussian) pair whose cell overlaps the Gaussian's box μ ± reach, as (cell keys, Gaussian
+    indices) sorted by cell; Gaussians entirely outside the lattice are left out."""
+    lo = torch.floor((mu - reach[:, None] - origin) / block).long()
+    hi = torch.floor((mu + reach[:, None] - origin) / block).long()
+    inside = ((hi >= 0) & (lo < dims)).all(-1)
+    lo, hi = lo[inside].clamp_min(0), torch.minimum(hi[inside], dims - 1)
+    gid = inside.nonzero().squeeze(1)
+    span = hi - lo + 1  # [G,3]
+    total = span.prod(-1)
+    rep = torch.repeat_interleave(torch.arange(gid.shape[0], device=mu.device), total)
+    k = torch.arange(rep.shape[0], device=mu.device) - torch.repeat_interleave(torch.cumsum(total, 0) - total, total)
+    sx, sy = span[rep, 0], span[rep, 1]
+    cell = lo[rep] + torch.stack([k % sx, (k // sx) % sy, k // (sx * sy)], -1)
+    key = _cell_key(cell, dims)
+    order = torch.argsort(key, stable=True)
+    return key[order], gid[rep[order]]
 
 
 def normals_from_depth(cams: Cameras, depth: Tensor, mask: Tensor) -> Tensor:

@@ -18,6 +18,9 @@ References and notation:
 - Shading (DreamFusion §3.1): a point light at ℓ; with l̂ = (ℓ − x)/‖ℓ − x‖ and k_a = 0.1, k_d = 0.9,
   albedo → a, textureless → k_a + k_d·max(0, n·l̂), lambertian → a·(k_a + k_d·max(0, n·l̂)). Training uses albedo
   for the first ``ambient_only_steps`` steps, then draws a mode per render from ``shading_probs``.
+  ``light="shapes"`` (set by the CLI for the shapes prior) replaces all of this: every render, in training and
+  outside it, is the albedo lit per pixel by the shapes world's own key light (renderers/keylight.py), the light
+  its exemplars are rendered with, so the colour field learns the true albedo (issue #17).
 - Volume rendering (renderers/kernels): w_i = T_i·(1 − exp(−σ_i δ_i)); rgb = Σ w_i c_i + (1 − A)·bg, A = Σ w_i.
 - Regularisers (threestudio): orientation Σ_i sg(w_i)·max(0, n_i·d)² / #rays with A > 0 (Ref-NeRF, arXiv 2112.03907),
   sparsity mean √(A² + 0.01), opacity entropy −mean[A log A + (1 − A) log(1 − A)] ("opaque").
@@ -40,6 +43,7 @@ from renderers import kernels
 from renderers.base import RenderOutput, composite
 from renderers.kernels.hashgrid_torch import HashGrid
 from renderers.kernels.volume_torch import OccupancyGrid
+from renderers.keylight import shade_under_key_light
 
 SHADINGS = ("albedo", "textureless", "lambertian")
 AMBIENT, DIFFUSE = 0.1, 0.9
@@ -99,6 +103,9 @@ class NeRFConfig:
     """Training steps rendered with albedo shading only, before random shading starts."""
     eval_shading: str = "albedo"
     """Shading mode outside training: albedo, textureless or lambertian (light at the camera)."""
+    light: str = "dreamfusion"
+    """"dreamfusion" (the shading modes above) or "shapes" (every render lit by the shapes world's fixed key light,
+    per pixel from depth normals; the prior's exemplars are lit the same way, so the colour field learns albedo)."""
     light_distance: tuple[float, float] = (1.5, 3.0)
     """Range of the training point light's distance from the origin, in metres."""
     light_perturb: float = 1.0
@@ -127,6 +134,8 @@ class NeRFConfig:
             raise ValueError(f"nerf.init_albedo must be grey or random, got {self.init_albedo!r}")
         if self.eval_shading not in SHADINGS:
             raise ValueError(f"nerf.eval_shading must be one of {SHADINGS}, got {self.eval_shading!r}")
+        if self.light not in ("dreamfusion", "shapes"):
+            raise ValueError(f"nerf.light must be dreamfusion or shapes, got {self.light!r}")
         if self.occupancy_every < 1:
             raise ValueError(f"nerf.occupancy_every must be >= 1, got {self.occupancy_every}")
 
@@ -232,6 +241,8 @@ class NeRF(nn.Module):
         self.step = step
 
     def _shading_mode(self) -> str:
+        if self.cfg.light == "shapes":
+            return "albedo"  # lit afterwards, per pixel, by the key light (render)
         if not self.training:
             return self.cfg.eval_shading
         if self.step < self.cfg.ambient_only_steps:
@@ -260,7 +271,8 @@ class NeRF(nn.Module):
         C, H, W = len(cams), cams.height, cams.width
         o, d = (v.reshape(-1, 3) for v in cams.rays())
         mode = self._shading_mode()
-        with_normals = mode != "albedo" or not self.training or self.cfg.orient_always
+        with_normals = mode != "albedo" or (not self.training and self.cfg.light != "shapes") \
+            or self.cfg.orient_always
         samples = kernels.sample_rays(
             self.cfg.backend, o, d, radius=self.cfg.radius, n_samples=self.cfg.samples_per_ray,
             n_importance=self.cfg.importance_samples, occupancy=self.occupancy, density_fn=self._density_nograd,
@@ -291,9 +303,13 @@ class NeRF(nn.Module):
             normal_map = F.normalize(maps[..., 7:10], dim=-1)
             n_dot_d = (normals * d[samples.ray_indices]).sum(-1).clamp_min(0)
             extras["orient"] = (w.detach() * n_dot_d**2).sum() / (alpha.detach() > 0).sum().clamp_min(1)
-        return RenderOutput(rgb=composite(maps[..., 0:3], alpha, background), alpha=alpha,
-                            depth=maps[..., 6:7] / alpha.clamp_min(1e-6), normal=normal_map, albedo=maps[..., 3:6],
-                            extras=extras)
+        depth = maps[..., 6:7] / alpha.clamp_min(1e-6)
+        colour_map = maps[..., 0:3]
+        if self.cfg.light == "shapes":
+            colour_map, depth_normal = shade_under_key_light(cams, maps[..., 3:6], alpha, depth)
+            normal_map = depth_normal if normal_map is None else normal_map
+        return RenderOutput(rgb=composite(colour_map, alpha, background), alpha=alpha, depth=depth,
+                            normal=normal_map, albedo=maps[..., 3:6], extras=extras)
 
     # ---- Scene protocol hooks -----------------------------------------------------------------------------------
 

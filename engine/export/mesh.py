@@ -67,8 +67,13 @@ def field_kind(scene) -> str:
 
 @torch.no_grad()
 def sample_grid(scene, resolution: int, bound: float, chunk: int = 65536) -> np.ndarray:
-    """query_density on a resolution³ grid of points spanning [-bound, bound]³, indexed [x,y,z]."""
+    """query_density on a resolution³ grid of points spanning [-bound, bound]³, indexed [x,y,z].
+
+    Splat scenes get the whole grid in one call: their query is local (block-wise), and slab-shaped chunks would
+    make every block meet far more splats than a cube of the same volume."""
     device = _scene_device(scene)
+    if field_kind(scene) == "opacity":
+        chunk = resolution ** 3
     axis = torch.linspace(-bound, bound, resolution)
     pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
     out = [scene.query_density(pts[i:i + chunk].to(device)).float().cpu() for i in range(0, pts.shape[0], chunk)]
@@ -172,15 +177,24 @@ def marching_cubes(grid: np.ndarray, level: float, bound: float) -> Mesh:
     return mesh
 
 
-def fill_cavities(grid: np.ndarray, level: float) -> tuple[np.ndarray, int]:
+def fill_cavities(grid: np.ndarray, level: float, close: int = 2) -> tuple[np.ndarray, int]:
     """Raise enclosed empty pockets (not connected to the box boundary) above the level, so the object is solid.
 
     SDS-trained fields are often hollow shells: marching cubes would emit an invisible inner surface (wasted faces,
-    a non-solid asset, wrong volume). Returns the grid and the number of voxels filled."""
-    from scipy.ndimage import binary_fill_holes
+    a non-solid asset, wrong volume). Splat clouds also leave inner pockets joined to the outside by channels one or
+    two voxels wide, which a plain hole fill keeps; so the occupancy is first closed morphologically (``close``
+    dilations then erosions), which shuts such channels, and pockets of the closed volume are filled (only voxels
+    empty in the original are raised; concavities wider than ~2·close voxels are untouched). On the Gaussians demo
+    cube this took the exported surface from 5.9 m² (3.84 true) to 4.15 m² and its accuracy from 0.068 m to 0.026 m;
+    NeRF exports were unchanged to 1 mm (docs/benchmarks.md, "Fidelity"). Returns the grid and the voxels filled."""
+    from scipy.ndimage import binary_closing, binary_fill_holes
 
     occ = grid > level
-    cavity = binary_fill_holes(occ) & ~occ
+    solid = occ
+    if close > 0:
+        pad = close + 1  # pad so the closing does not treat the box boundary as occupied
+        solid = binary_closing(np.pad(occ, pad), iterations=close)[pad:-pad, pad:-pad, pad:-pad] | occ
+    cavity = binary_fill_holes(solid) & ~occ
     n = int(cavity.sum())
     if n:
         grid = grid.copy()

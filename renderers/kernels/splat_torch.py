@@ -146,27 +146,40 @@ def project(means: Float[Tensor, "N 3"], covars: Float[Tensor, "N 3 3"], viewmat
 def _composite_tile(px: Tensor, py: Tensor, packed: Tensor, n_feat: int) -> tuple[Tensor, Tensor]:
     """Front-to-back compositing of one tile.
 
+    Which (pixel, Gaussian) pairs contribute is decided without autograd on the dense [P,S] tile matrix; only those
+    pairs (typically 1-20 % of it) are then recomputed differentiably, as gsplat's backward pass visits only the
+    contributing pairs. The per-pixel exclusive transmittance is a cumulative sum over a dense [P,S] matrix into
+    which the pairs' log(1-α) are scattered, so the order of summation (and the result) is the dense one's.
+
     Args:
         px, py: [P] pixel-centre coordinates.
         packed: [S,6+D] depth-sorted rows (μx, μy, a, b, c, opacity, features...).
     Returns:
         premultiplied features [P,D] and alpha [P].
     """
-    dx = packed[None, :, 0] - px[:, None]
-    dy = packed[None, :, 1] - py[:, None]
-    sigma = 0.5 * (packed[None, :, 2] * dx * dx + packed[None, :, 4] * dy * dy) + packed[None, :, 3] * dx * dy
-    alpha = torch.clamp_max(packed[None, :, 5] * torch.exp(-sigma), ALPHA_MAX)
+    P, S = px.shape[0], packed.shape[0]
     with torch.no_grad():
+        q = packed.detach()
+        dx = q[None, :, 0] - px[:, None]
+        dy = q[None, :, 1] - py[:, None]
+        sigma = 0.5 * (q[None, :, 2] * dx * dx + q[None, :, 4] * dy * dy) + q[None, :, 3] * dx * dy
+        alpha = torch.clamp_max(q[None, :, 5] * torch.exp(-sigma), ALPHA_MAX)
         live = (sigma >= 0) & (alpha >= ALPHA_MIN)
         # Inclusive transmittance of the unmasked sequence: the first Gaussian that would bring T to <= 1e-4 and
         # everything behind it are dropped (T is monotone, so this mask is a prefix).
         log_t_incl = torch.cumsum(torch.log1p(-torch.where(live, alpha, 0.0)), dim=1)
         live &= log_t_incl > math.log(T_MIN)
-    alpha = torch.where(live, alpha, torch.zeros_like(alpha))
+        p_idx, s_idx = live.nonzero(as_tuple=True)
+    rows = packed.index_select(0, s_idx)  # [K,6+D], differentiable
+    dx = rows[:, 0] - px[p_idx]
+    dy = rows[:, 1] - py[p_idx]
+    sigma = 0.5 * (rows[:, 2] * dx * dx + rows[:, 4] * dy * dy) + rows[:, 3] * dx * dy
+    alpha = torch.clamp_max(rows[:, 5] * torch.exp(-sigma), ALPHA_MAX)
     log_1m = torch.log1p(-alpha)
-    log_t = torch.cumsum(log_1m, dim=1)
-    weights = alpha * torch.exp(log_t - log_1m)  # α_i T_i with T_i exclusive
-    feats = weights @ packed[:, 6:6 + n_feat]
+    dense = packed.new_zeros(P, S).index_put((p_idx, s_idx), log_1m)
+    log_t = torch.cumsum(dense, dim=1)
+    weights = alpha * torch.exp(log_t[p_idx, s_idx] - log_1m)  # α_i T_i with T_i exclusive
+    feats = packed.new_zeros(P, n_feat).index_add(0, p_idx, weights[:, None] * rows[:, 6:6 + n_feat])
     return feats, 1.0 - torch.exp(log_t[:, -1])
 
 

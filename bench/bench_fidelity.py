@@ -1,0 +1,110 @@
+"""What you download is what you saw (issue #17): train on the shapes world, export, and score the GLB against the
+analytic shapes (engine/shapes.py's SDFs and albedos; never used by training), with engine/export/fidelity.py.
+
+    python bench/bench_fidelity.py [--renderers nerf gaussians mesh] [--shapes cube torus cone] [--steps N]
+                                   [--mesh-steps 100] [--seed 0]
+
+Each run is `engine generate "a <colour> <shape>" --prior shapes --renderer R` with the defaults (400 steps), whose
+automatic export writes RUN/export/model.glb. "mesh" is the coarse-to-fine chain: the NeRF run of the same shape
+(trained first if "nerf" is not in the list), then `--renderer mesh --renderer.init-from NERF_RUN --steps 100`
+(the refinement measured in docs/benchmarks.md, "Mesh and PBR"); its wall time is the refinement's alone.
+Prints one markdown row per run: accuracy and completeness (metres),
+the largest piece's share of the surface area, the mean baseColor (sRGB) against the true albedo, chromaticity
+distance and luminance ratio (linear RGB), the cube's face-to-face spread (sRGB /255), the held-out PSNR/IoU of
+the renders, and the wall time of the whole command and of its export. `--json PATH` also writes the rows.
+"""
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+
+import torch
+
+COLOUR_OF = {"cube": "red", "torus": "blue", "cone": "green", "sphere": "yellow", "cylinder": "orange"}
+
+
+def run_one(renderer: str, shape: str, steps: int | None, seed: int, extra: list[str], folder: str,
+            mesh_steps: int = 100) -> dict:
+    """Train, export and score one (renderer, shape) pair in ``folder``/<renderer>-<shape>; returns the row."""
+    from engine.cli import build_generate_config
+    from engine.export.fidelity import score_glb
+    from engine.train import generate
+
+    colour = COLOUR_OF[shape]
+    out = os.path.join(folder, f"{renderer}-{shape}")
+    argv = [f"a {colour} {shape}", "--prior", "shapes", "--renderer", renderer, "--seed", str(seed),
+            "--out", out, "--train.no-progress"]
+    if renderer == "mesh":
+        source = os.path.join(folder, f"nerf-{shape}")
+        if not os.path.exists(os.path.join(source, "status.json")):
+            run_one("nerf", shape, steps, seed, extra, folder)
+        argv += ["--renderer.init-from", source, "--steps", str(mesh_steps)]
+    elif steps is not None:
+        argv += ["--steps", str(steps)]
+    cfg, _ = build_generate_config(argv + extra)
+    t0 = time.perf_counter()
+    run = generate(cfg)
+    wall = time.perf_counter() - t0
+    glb = os.path.join(run, "export", "model.glb")
+    ev_path = os.path.join(run, "eval.json")
+    ev = json.load(open(ev_path)) if os.path.exists(ev_path) else {}
+    rep_path = os.path.join(run, "export", "model_export.json")
+    export_s = json.load(open(rep_path)).get("seconds") if os.path.exists(rep_path) else None
+    if not os.path.exists(glb):
+        status = json.load(open(os.path.join(run, "status.json")))
+        return {"renderer": renderer, "shape": shape, "colour": colour, "error": status.get("export_error", "?")}
+    fid = score_glb(glb, shape, colour, seed=seed).as_dict()
+    return {"renderer": renderer, "shape": shape, "colour": colour, "steps": cfg.train.steps, "wall_s": wall,
+            "export_s": export_s, "psnr": ev.get("psnr"), "iou": ev.get("iou"), **fid}
+
+
+def format_row(r: dict) -> str:
+    """One markdown table row."""
+    if "error" in r:
+        return f"| a {r['colour']} {r['shape']} | {r['renderer']} | export failed: {r['error']} |"
+    bc = ", ".join(f"{x:.0f}" for x in r["base_colour"])
+    tc = ", ".join(f"{x:.0f}" for x in r["true_colour"])
+    spread = "" if r["face_spread"] is None else f"{r['face_spread']:.1f}"
+    exp = "" if r["export_s"] is None else f"{r['export_s']:.1f}"
+    return (f"| a {r['colour']} {r['shape']} | {r['renderer']} | {r['steps']} | {r['accuracy']:.3f} | "
+            f"{r['completeness']:.3f} | {100 * r['largest_piece']:.1f}% ({r['pieces']}) | ({bc}) vs ({tc}) | "
+            f"{r['chromaticity_distance']:.3f} | {r['luminance_ratio']:.2f} | {spread} | "
+            f"{r['psnr'] or float('nan'):.2f} / {r['iou'] or float('nan'):.3f} | {r['wall_s']:.1f} | {exp} |")
+
+
+HEADER = ("| prompt | renderer | steps | accuracy m | completeness m | largest piece (pieces) | baseColor vs true "
+          "albedo | chroma dist | lum ratio | cube face spread /255 | PSNR dB / IoU | wall s | export s |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--renderers", nargs="+", default=["nerf", "gaussians"], choices=["nerf", "gaussians", "mesh"])
+    ap.add_argument("--shapes", nargs="+", default=["cube", "torus", "cone"], choices=sorted(COLOUR_OF))
+    ap.add_argument("--steps", type=int, default=None, help="training steps (default: the engine's, 400)")
+    ap.add_argument("--mesh-steps", type=int, default=100, help="refinement steps of the mesh chain")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    ap.add_argument("--keep", default=None, help="keep the run folders under this folder")
+    ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `engine generate` arguments")
+    args = ap.parse_args()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+          f"{torch.__version__}, threads {torch.get_num_threads()}")
+    print(HEADER, flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for renderer in args.renderers:
+            for shape in args.shapes:
+                rows.append(run_one(renderer, shape, args.steps, args.seed, args.extra, args.keep or tmp,
+                                    args.mesh_steps))
+                print(format_row(rows[-1]), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Fidelity of an exported asset against the shapes world's analytic ground truth (issue #17).
+
+Everything here reads only the exported file (GLB) and ``engine.shapes``' exact signed distance functions and
+albedos, never the engine's own renders, so it measures what a user downloads:
+
+- accuracy: mean |sdf| of points sampled uniformly (by area) on the exported surface, i.e. the mean distance of the
+  asset's surface to the true surface (metres). A perfect mesh scores 0.
+- completeness: mean distance of points sampled uniformly on the true surface to the nearest of ``n`` points sampled
+  on the exported surface (a one-sided Chamfer term on point samples, as in the DTU/Tanks-and-Temples protocol).
+  Because the asset is represented by ``n`` samples, a perfect mesh scores the sampling floor ≈ 0.5·√(A/n)
+  (A the surface area): 0.013 m for the cube with the default n = 5000.
+- largest piece: share of the exported surface area carried by the largest connected piece, pieces counted by
+  geometry (vertices welded by position first, so UV seams do not split a piece).
+- albedo: the area-weighted mean baseColor (texture x factor) over the surface, compared with the true albedo in
+  linear RGB: chromaticity distance ‖c/Σc − c*/Σc*‖₂ and luminance ratio Y/Y* (Rec. 709 luminance).
+- face spread (cube only): the six faces' mean baseColors (sRGB 0-255); the largest per-channel max-min difference.
+
+The true surface is sampled from a fine marching-cubes mesh of the exact SDF whose points are projected onto the
+zero set (p ← p − sdf(p)·∇sdf(p), twice), so it works for every shape of the world.
+"""
+
+import functools
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from engine import shapes
+
+DEFAULT_SAMPLES = 5000
+
+
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    """sRGB in [0,1] → linear (IEC 61966-2-1)."""
+    c = np.asarray(c, dtype=np.float64)
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def luminance(linear_rgb: np.ndarray) -> np.ndarray:
+    """Rec. 709 relative luminance of linear RGB [...,3]."""
+    return np.asarray(linear_rgb) @ np.array([0.2126, 0.7152, 0.0722])
+
+
+def chromaticity(linear_rgb: np.ndarray) -> np.ndarray:
+    """rgb / (r+g+b) of linear RGB [...,3]."""
+    c = np.asarray(linear_rgb, dtype=np.float64)
+    return c / np.maximum(c.sum(-1, keepdims=True), 1e-12)
+
+
+@dataclass
+class SurfaceSamples:
+    """Points sampled uniformly by area on a triangle mesh: position [n,3], face index [n], barycentrics [n,3]."""
+
+    points: np.ndarray
+    face: np.ndarray
+    bary: np.ndarray
+
+
+def face_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    v = vertices[faces]
+    return 0.5 * np.linalg.norm(np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]), axis=-1)
+
+
+def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int, rng: np.random.Generator) -> SurfaceSamples:
+    """``n`` points uniform in area on the mesh (face ∝ area, then uniform barycentrics)."""
+    area = face_areas(vertices, faces)
+    if not area.sum() > 0:
+        raise ValueError("the mesh has no surface area")
+    face = rng.choice(faces.shape[0], size=n, p=area / area.sum())
+    u, v = rng.random(n), rng.random(n)
+    flip = u + v > 1
+    u, v = np.where(flip, 1 - u, u), np.where(flip, 1 - v, v)
+    bary = np.stack([1 - u - v, u, v], -1)
+    pts = np.einsum("nk,nkd->nd", bary, vertices[faces[face]])
+    return SurfaceSamples(pts, face, bary)
+
+
+def _sdf(shape: str, p: np.ndarray) -> np.ndarray:
+    return shapes.sdf(shape, torch.from_numpy(p).double()).numpy()
+
+
+@functools.lru_cache(maxsize=16)
+def true_surface_samples(shape: str, n: int, seed: int = 0, resolution: int = 128) -> np.ndarray:
+    """[n,3] points uniform (to the marching-cubes mesh's accuracy) on the analytic surface of ``shape`` (cached;
+    do not modify the returned array)."""
+    rng = np.random.default_rng(seed)
+    from skimage.measure import marching_cubes
+
+    b = shapes.BOUND_RADIUS
+    axis = np.linspace(-b, b, resolution)
+    X, Y, Z = np.meshgrid(axis, axis, axis, indexing="ij")
+    grid = _sdf(shape, np.stack([X, Y, Z], -1).reshape(-1, 3)).reshape(X.shape)
+    h = axis[1] - axis[0]
+    verts, faces, _, _ = marching_cubes(grid, level=0.0, spacing=(h, h, h))
+    p = sample_surface(verts - b, faces.astype(np.int64), n, rng).points
+    for _ in range(2):  # project onto the zero set along the SDF's gradient
+        e = 1e-5
+        g = np.stack([_sdf(shape, p + e * d) - _sdf(shape, p - e * d) for d in np.eye(3)], -1) / (2 * e)
+        g /= np.maximum(np.linalg.norm(g, axis=-1, keepdims=True), 1e-12)
+        p = p - _sdf(shape, p)[:, None] * g
+    return p
+
+
+def weld(vertices: np.ndarray, faces: np.ndarray, tol: float = 1e-6) -> np.ndarray:
+    """Faces re-indexed onto vertices merged by position (within ``tol``), so UV seams do not split pieces."""
+    key = np.round(vertices / tol).astype(np.int64)
+    _, label = np.unique(key, axis=0, return_inverse=True)
+    return label.reshape(-1)[faces]
+
+
+def largest_piece_share(vertices: np.ndarray, faces: np.ndarray) -> tuple[float, int]:
+    """(area share of the largest connected piece, number of pieces), pieces counted on welded geometry."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    f = weld(vertices, faces)
+    n = int(f.max()) + 1
+    rows = np.concatenate([f[:, 0], f[:, 1], f[:, 2]])
+    cols = np.concatenate([f[:, 1], f[:, 2], f[:, 0]])
+    n_comp, label = connected_components(coo_matrix((np.ones(rows.shape[0]), (rows, cols)), shape=(n, n)),
+                                         directed=False)
+    area = np.bincount(label[f[:, 0]], weights=face_areas(vertices, faces), minlength=n_comp)
+    used = np.unique(label[f[:, 0]])
+    return float(area.max() / area.sum()), int(used.shape[0])
+
+
+def _nearest_distance(query: np.ndarray, points: np.ndarray) -> np.ndarray:
+    from scipy.spatial import cKDTree
+
+    return cKDTree(points).query(query)[0]
+
+
+@dataclass
+class LoadedAsset:
+    """Geometry and baseColor of a GLB: vertices [V,3], faces [F,3], uv [V,2] (trimesh: bottom-left origin) or None,
+    the baseColor texture [H,W,3] uint8 sRGB or None, and the baseColorFactor (linear RGBA)."""
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    uv: np.ndarray | None
+    texture: np.ndarray | None
+    factor: np.ndarray
+
+
+def load_glb(path: str) -> LoadedAsset:
+    """Read a GLB's single mesh (all primitives concatenated) and its baseColor with trimesh."""
+    import trimesh
+
+    scene = trimesh.load(str(path), force="scene", process=False)
+    meshes = list(scene.dump()) if hasattr(scene, "dump") else [scene]
+    if not meshes:
+        raise ValueError(f"{path} holds no mesh")
+    m = meshes[0] if len(meshes) == 1 else trimesh.util.concatenate(meshes)
+    uv, tex, factor = None, None, np.ones(4)
+    visual = getattr(m, "visual", None)
+    material = getattr(visual, "material", None)
+    if material is not None:
+        if getattr(material, "baseColorFactor", None) is not None:
+            factor = np.asarray(material.baseColorFactor, dtype=np.float64)
+            factor = factor / 255.0 if factor.max() > 1.0 else factor
+        if getattr(material, "baseColorTexture", None) is not None and getattr(visual, "uv", None) is not None:
+            tex = np.asarray(material.baseColorTexture.convert("RGB"))
+            uv = np.asarray(visual.uv, dtype=np.float64)
+    return LoadedAsset(np.asarray(m.vertices, dtype=np.float64), np.asarray(m.faces, dtype=np.int64), uv, tex,
+                       factor)
+
+
+def base_colour_at(asset: LoadedAsset, s: SurfaceSamples) -> np.ndarray:
+    """Linear RGB [n,3] of the baseColor (texture, bilinear, times factor) at surface samples."""
+    lin = np.tile(asset.factor[:3], (s.points.shape[0], 1))
+    if asset.texture is None:
+        return lin
+    uv = np.einsum("nk,nkd->nd", s.bary, asset.uv[asset.faces[s.face]])
+    H, W = asset.texture.shape[:2]
+    x = np.clip(uv[:, 0] * W - 0.5, 0, W - 1)
+    y = np.clip((1 - uv[:, 1]) * H - 0.5, 0, H - 1)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    x1, y1 = np.minimum(x0 + 1, W - 1), np.minimum(y0 + 1, H - 1)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    t = srgb_to_linear(asset.texture.astype(np.float64) / 255.0)
+    c = (t[y0, x0] * (1 - fx) * (1 - fy) + t[y0, x1] * fx * (1 - fy) + t[y1, x0] * (1 - fx) * fy
+         + t[y1, x1] * fx * fy)
+    return c * lin
+
+
+def linear_to_srgb255(c: np.ndarray) -> np.ndarray:
+    c = np.clip(np.asarray(c, dtype=np.float64), 0, 1)
+    return 255 * np.where(c <= 0.0031308, 12.92 * c, 1.055 * c ** (1 / 2.4) - 0.055)
+
+
+@dataclass
+class Fidelity:
+    """Scores of one exported asset (see the module docstring)."""
+
+    accuracy: float
+    completeness: float
+    largest_piece: float
+    pieces: int
+    base_colour: tuple[float, float, float]  # sRGB 0-255 of the mean linear baseColor
+    true_colour: tuple[float, float, float]
+    chromaticity_distance: float
+    luminance_ratio: float
+    face_spread: float | None  # cube only: sRGB 0-255
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def cube_face_spread(points: np.ndarray, colour_linear: np.ndarray) -> float:
+    """Largest per-channel difference (sRGB 0-255) between the six cube faces' mean colours; a sample belongs to the
+    face whose axis has its largest |coordinate|."""
+    axis = np.abs(points).argmax(-1)
+    side = np.sign(points[np.arange(points.shape[0]), axis])
+    means = []
+    for a in range(3):
+        for sgn in (-1, 1):
+            sel = (axis == a) & (side == sgn)
+            if sel.any():
+                means.append(linear_to_srgb255(colour_linear[sel].mean(0)))
+    means = np.stack(means)
+    return float((means.max(0) - means.min(0)).max())
+
+
+def score_asset(asset: LoadedAsset, shape: str, colour: str, n: int = DEFAULT_SAMPLES, seed: int = 0) -> Fidelity:
+    """All the scores of ``asset`` against the canonical ``shape`` with albedo ``colour`` (sRGB from shapes.COLOURS)."""
+    rng = np.random.default_rng(seed)
+    s = sample_surface(asset.vertices, asset.faces, n, rng)
+    accuracy = float(np.abs(_sdf(shape, s.points)).mean())
+    truth = true_surface_samples(shape, n, seed)
+    completeness = float(_nearest_distance(truth, s.points).mean())
+    share, pieces = largest_piece_share(asset.vertices, asset.faces)
+    col = base_colour_at(asset, s)
+    mean_lin = col.mean(0)
+    true_lin = srgb_to_linear(np.asarray(shapes.COLOURS[colour], dtype=np.float64) / 255.0)
+    chroma = float(np.linalg.norm(chromaticity(mean_lin) - chromaticity(true_lin)))
+    lum = float(luminance(mean_lin) / luminance(true_lin))
+    spread = cube_face_spread(s.points, col) if shape == "cube" else None
+    return Fidelity(accuracy, completeness, share, pieces, tuple(float(x) for x in linear_to_srgb255(mean_lin)),
+                    tuple(float(x) for x in shapes.COLOURS[colour]), chroma, lum, spread)
+
+
+def score_glb(path: str, shape: str, colour: str, n: int = DEFAULT_SAMPLES, seed: int = 0) -> Fidelity:
+    """:func:`score_asset` of a GLB file."""
+    return score_asset(load_glb(path), shape, colour, n, seed)
+
+
+__all__ = ["Fidelity", "LoadedAsset", "score_asset", "score_glb", "load_glb", "sample_surface",
+           "true_surface_samples", "largest_piece_share", "cube_face_spread", "chromaticity", "luminance",
+           "srgb_to_linear"]

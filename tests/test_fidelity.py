@@ -1,0 +1,144 @@
+"""Issue #17: the fidelity metrics (engine/export/fidelity.py) against known answers, the shapes key light
+(renderers/keylight.py), the local Gaussian field query, and the bounds an exported asset reaches per renderer."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine import shapes
+from engine.cameras import orbit_cameras
+from engine.export import fidelity as fid
+
+
+def _split_cube(half: float = 0.4) -> tuple[np.ndarray, np.ndarray]:
+    """A 24-vertex cube (each face its own 4 vertices, as a UV-seamed export has), counter-clockwise outside."""
+    verts, faces = [], []
+    for axis in range(3):
+        for sign in (-1.0, 1.0):
+            a1, a2 = [i for i in range(3) if i != axis]
+            base = len(verts)
+            for s1, s2 in [(-1, -1), (1, -1), (1, 1), (-1, 1)]:
+                p = np.zeros(3)
+                p[axis], p[a1], p[a2] = sign * half, s1 * half, s2 * half
+                verts.append(p)
+            quad = [[base, base + 1, base + 2], [base, base + 2, base + 3]]
+            n = np.cross(verts[base + 1] - verts[base], verts[base + 2] - verts[base])
+            faces += quad if n[axis] * sign > 0 else [q[::-1] for q in quad]
+    return np.array(verts), np.array(faces, dtype=np.int64)
+
+
+def _asset(verts, faces, colour="red", scale=1.0) -> fid.LoadedAsset:
+    lin = fid.srgb_to_linear(np.array(shapes.COLOURS[colour]) / 255.0) * scale
+    return fid.LoadedAsset(verts, faces, None, None, np.r_[lin, 1.0])
+
+
+def test_perfect_cube_scores_the_sampling_floor():
+    v, f = _split_cube()
+    s = fid.score_asset(_asset(v, f), "cube", "red")
+    assert s.accuracy < 1e-6
+    assert 0.010 < s.completeness < 0.016  # ≈ 0.5·√(area / 5000) = 0.014: the point-sample floor
+    assert s.largest_piece == 1.0 and s.pieces == 1  # 24 vertices, 6 UV islands, one piece once welded
+    assert s.chromaticity_distance < 1e-9 and abs(s.luminance_ratio - 1) < 1e-9 and s.face_spread < 1e-6
+
+
+def test_metrics_see_a_bigger_shape_a_floater_and_a_darker_colour():
+    v, f = _split_cube()
+    big = fid.score_asset(_asset(v * 1.1, f), "cube", "red")
+    assert 0.04 <= big.accuracy < 0.045  # every point at least 4 cm outside (more near edges and corners)
+    fv, ff = _split_cube(0.1)
+    verts, faces = np.concatenate([v, fv + [0, -0.7, 0]]), np.concatenate([f, ff + len(v)])
+    floater = fid.score_asset(_asset(verts, faces), "cube", "red")
+    assert floater.pieces == 2 and math.isclose(floater.largest_piece, 3.84 / (3.84 + 0.24), rel_tol=1e-6)
+    dark = fid.score_asset(_asset(v, f, scale=0.5), "cube", "red")
+    assert abs(dark.luminance_ratio - 0.5) < 1e-6 and dark.chromaticity_distance < 1e-9
+
+
+def test_true_surface_samples_lie_on_the_surface():
+    for shape in ("cube", "torus", "cone"):
+        p = fid.true_surface_samples(shape, 2000)
+        assert np.abs(fid._sdf(shape, p)).max() < 1e-4
+
+
+def test_face_spread_reads_the_texture_per_face(tmp_path):
+    """A baked GLB round trip: a texture whose top face is lighter shows up as face spread, through UVs."""
+    from engine.export import ExportOptions, export_scene
+
+    class LitCube:  # a cube whose colour carries the key light's shading: what an unlit bake must not export
+        def export_mesh(self):
+            v, f = _split_cube()
+            return {"vertices": torch.tensor(v), "faces": torch.tensor(f)}
+
+        def query_albedo(self, x):
+            alb = torch.tensor(shapes.COLOURS["red"], dtype=torch.float32) / 255
+            n = torch.zeros_like(x).scatter_(1, x.abs().argmax(1, keepdim=True), 1.0) * x.sign()
+            light = torch.tensor(shapes.LIGHT_DIR) / torch.tensor(shapes.LIGHT_DIR).norm()
+            return alb * (shapes.AMBIENT + shapes.DIFFUSE * (n @ light).clamp_min(0))[:, None]
+
+    path = tmp_path / "lit.glb"
+    export_scene(LitCube(), ["glb"], {"glb": str(path)}, ExportOptions(texture_size=64))
+    s = fid.score_glb(str(path), "cube", "red")
+    assert s.face_spread > 30 and s.luminance_ratio < 0.85
+
+
+def _front_camera(res=32):
+    return orbit_cameras(torch.zeros(1), torch.zeros(1), torch.tensor([2.5]), torch.tensor([40.0]), res)
+
+
+def test_key_light_on_a_flat_face_matches_the_ground_truth_shading():
+    from renderers.keylight import depth_normals, key_light_factor
+
+    cams = _front_camera()
+    o, d = cams.rays()
+    depth = ((0.4 - o[..., 2]) / d[..., 2])[..., None]  # the plane z = 0.4 (the cube's front face)
+    n = depth_normals(cams, depth, torch.ones_like(depth))
+    torch.testing.assert_close(n, torch.tensor([0.0, 0.0, 1.0]).expand_as(n), atol=1e-4, rtol=0)
+    light = torch.tensor(shapes.LIGHT_DIR) / torch.tensor(shapes.LIGHT_DIR).norm()
+    expect = shapes.AMBIENT + shapes.DIFFUSE * light[2]
+    torch.testing.assert_close(key_light_factor(n), torch.full_like(depth, float(expect)))
+
+
+def test_gaussian_field_query_is_local_and_exact():
+    """The block-wise query equals the dense sum (up to the 3.33σ cut-off) on a scene of many small splats."""
+    from renderers.gaussians import GaussiansConfig
+    from renderers.kernels.splat_torch import covariance
+
+    g = torch.Generator().manual_seed(0)
+    scene = GaussiansConfig(num_points=1500, init="coarse_sphere", backend="torch").build(g)
+    with torch.no_grad():
+        scene.log_scales.data = torch.log(torch.rand(1500, 3, generator=g) * 0.03 + 0.005)
+        scene.quats.data = torch.randn(1500, 4, generator=g)
+    x = torch.rand(1000, 3, generator=g) * 1.4 - 0.7
+    prec = torch.linalg.inv(covariance(scene.quats, scene.scales)).detach().double()
+    d = x.double()[:, None] - scene.means.detach().double()[None]
+    ref = (scene.opacities.detach().double() * torch.exp(-0.5 * torch.einsum("mni,nij,mnj->mn", d, prec, d))).sum(-1)
+    torch.testing.assert_close(scene.query_density(x).double(), ref, atol=5e-3, rtol=0)
+
+
+# -- what a user downloads, per renderer (one short shapes-world run each) --------------------------------------------
+# "a red cube" with the defaults (400 steps and the automatic export), as `python bench/bench_fidelity.py` runs it.
+# Bounds are what the defaults reach there (docs/benchmarks.md, "Fidelity"), with a margin: they guard against
+# regressions. The issue's goals that are not met (geometry for both, the NeRF's albedo) are listed in that section,
+# not asserted here. Gaussians meet the albedo goals on the cube (chromaticity, luminance).
+RUNS = {
+    "nerf": {"accuracy": 0.04, "completeness": 0.045, "chroma": 0.04, "lum": (0.35, 1.15), "spread": 30.0},
+    "gaussians": {"accuracy": 0.035, "completeness": 0.04, "chroma": 0.03, "lum": (0.85, 1.15), "spread": 20.0},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("renderer", sorted(RUNS))
+def test_exported_cube_is_faithful(renderer, tmp_path):
+    from engine.cli import main
+
+    bound = RUNS[renderer]
+    run = tmp_path / renderer
+    assert main(["generate", "a red cube", "--prior", "shapes", "--renderer", renderer, "--out", str(run),
+                 "--train.no-progress", "--train.video-frames", "0"]) == 0
+    s = fid.score_glb(str(run / "export" / "model.glb"), "cube", "red")
+    assert s.accuracy <= bound["accuracy"] and s.completeness <= bound["completeness"], s
+    assert s.largest_piece >= 0.98, s
+    lo, hi = bound["lum"]
+    assert s.chromaticity_distance <= bound["chroma"] and lo <= s.luminance_ratio <= hi, s
+    assert s.face_spread <= bound["spread"], s
