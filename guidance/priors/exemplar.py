@@ -39,7 +39,28 @@ from guidance.priors.base import Cond, PriorError, scaled_linear_alphas_cumprod
 MASKED = -1.0e4  # log-prior of an excluded exemplar: finite, so conditions can be blended linearly
 
 
-class ExemplarPrior:
+class PixelSpace:
+    """Prompt embedding and sample space shared by the pixel-space exemplar priors (shapes, materials): the prompt's
+    condition is its log prior over the exemplars (``log_prior``), samples are images in [-1,1] at ``size``."""
+
+    device: torch.device
+    size: tuple[int, int]
+
+    def embed(self, prompts: Sequence[str]) -> Cond:
+        return Cond({"log_prior": torch.stack([self.log_prior(p) for p in prompts])})
+
+    def encode(self, rgb: Tensor) -> Tensor:
+        """[B,H,W,3] in [0,1] -> [B,3,h,w] in [-1,1], resized (antialiased bilinear) to the prior's size."""
+        x = rgb.permute(0, 3, 1, 2).to(self.device)
+        if tuple(x.shape[-2:]) != self.size:
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
+        return x * 2.0 - 1.0
+
+    def decode(self, x: Tensor) -> Tensor:
+        return ((x + 1.0) / 2.0).clamp(0, 1).permute(0, 2, 3, 1)
+
+
+class ExemplarPrior(PixelSpace):
     """Closed-form prior over exemplar images x_i [N,3,h,w] in [-1,1] with view directions and tag sets.
 
     A prompt selects the exemplars carrying every vocabulary word it names (extra words are ignored); a prompt
@@ -100,20 +121,6 @@ class ExemplarPrior:
             lp = torch.where(match, 0.0, MASKED)
         self._cache[prompt] = lp
         return lp
-
-    def embed(self, prompts: Sequence[str]) -> Cond:
-        return Cond({"log_prior": torch.stack([self.log_prior(p) for p in prompts])})
-
-    # -- sample space ----------------------------------------------------------------------------------------
-    def encode(self, rgb: Tensor) -> Tensor:
-        """[B,H,W,3] in [0,1] -> [B,3,h,w] in [-1,1], resized (antialiased bilinear) to the exemplar size."""
-        x = rgb.permute(0, 3, 1, 2).to(self.device)
-        if tuple(x.shape[-2:]) != self.size:
-            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
-        return x * 2.0 - 1.0
-
-    def decode(self, x: Tensor) -> Tensor:
-        return ((x + 1.0) / 2.0).clamp(0, 1).permute(0, 2, 3, 1)
 
     # -- denoiser --------------------------------------------------------------------------------------------
     def _active(self, cond: Cond) -> Tensor | None:

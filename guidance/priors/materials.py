@@ -18,18 +18,17 @@ Ground-truth maps are GT_TEXELS texels per tile. Samples live in pixel space ([-
 """
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from engine import materials
 from engine.cameras import Cameras
 from guidance.priors.base import Cond, PriorError, scaled_linear_alphas_cumprod
-from guidance.priors.exemplar import MASKED
+from guidance.priors.exemplar import MASKED, PixelSpace
 
 GT_TEXELS = 128
 
 
-class MaterialsPrior:
+class MaterialsPrior(PixelSpace):
     """Exemplar prior over the materials world, its exemplars shaded per view (see the module docstring)."""
 
     latent = False
@@ -79,20 +78,6 @@ class MaterialsPrior:
                 lp = torch.where(match, 0.0, MASKED)
             self._cache[prompt] = lp
         return self._cache[prompt]
-
-    def embed(self, prompts) -> Cond:
-        return Cond({"log_prior": torch.stack([self.log_prior(p) for p in prompts])})
-
-    # -- sample space ----------------------------------------------------------------------------------------------
-    def encode(self, rgb: Tensor) -> Tensor:
-        """[B,H,W,3] in [0,1] -> [B,3,h,w] in [-1,1] (antialiased bilinear resize to the prior's size)."""
-        x = rgb.permute(0, 3, 1, 2).to(self.device)
-        if tuple(x.shape[-2:]) != self.size:
-            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
-        return x * 2.0 - 1.0
-
-    def decode(self, x: Tensor) -> Tensor:
-        return ((x + 1.0) / 2.0).clamp(0, 1).permute(0, 2, 3, 1)
 
     # -- exemplars ---------------------------------------------------------------------------------------------------
     @torch.no_grad()
