@@ -197,9 +197,9 @@ def cmd_generate(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"generate": cmd_generate}
-    for name in ("export", "app", "texture"):
+    for name in ("export", "app", "texture", "train-prior"):
         try:
-            mod = __import__(f"engine.cli_{name}", fromlist=["main"])
+            mod = __import__(f"engine.cli_{name.replace('-', '_')}", fromlist=["main"])
             commands[name] = mod.main
         except ImportError:
             pass
