@@ -1,6 +1,8 @@
 """2D priors behind the Prior protocol, chosen by one name: "shapes", an exemplar folder, a hub id or a model folder.
 
 - "shapes": the built-in exemplar prior over renders of coloured primitives (engine/shapes.py).
+- "shapes-sd": the built-in learned prior of the same world, a Stable Diffusion folder shipped with the package
+  (guidance/priors/weights/shapes-sd), loaded by the same code as any diffusers folder.
 - a folder holding ``exemplars.safetensors``: a user's exemplar prior (guidance/priors/exemplar.py).
 - anything else: a diffusers model, by hub id or local folder (guidance/priors/stable_diffusion.py); the pipeline
   class is read from the folder's model_index.json.
@@ -19,7 +21,8 @@ class PriorConfig:
     """Which 2D prior guides the run, and how it is loaded."""
 
     name: str = "shapes"
-    """"shapes", a folder with exemplars.safetensors, a diffusers hub id, or a local diffusers folder."""
+    """"shapes", "shapes-sd" (the learned shapes prior), a folder with exemplars.safetensors, a diffusers hub id, or a
+    local diffusers folder."""
     kappa: float = 150.0
     """Exemplar priors: camera-kernel sharpness, log k = kappa * cos(angle between view directions)."""
     data_sigma: float = 0.0
@@ -52,6 +55,18 @@ class PriorConfig:
     """Scale of the ControlNet's residuals (diffusers' conditioning_scale)."""
 
 
+BUILTIN_FOLDERS: dict[str, str] = {
+    "shapes-sd": os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "shapes-sd"),
+}
+"""Priors shipped inside the package as diffusers folders, by name: ``shapes-sd`` is the learned latent diffusion
+model of the shapes world (engine/train_prior.py, docs/learned-prior.md), in Stable Diffusion's layout."""
+
+
+def resolve_prior_folder(name: str) -> str:
+    """The folder a built-in diffusers prior name stands for; any other name unchanged."""
+    return BUILTIN_FOLDERS.get(name.strip(), name)
+
+
 def cache_dir(cfg: PriorConfig) -> str:
     """The cache folder in force for ``cfg``."""
     return cfg.cache_dir or os.environ.get("DISTILLERY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
@@ -71,6 +86,11 @@ def build_prior(cfg: PriorConfig, device: torch.device | str = "cpu") -> Prior:
     if os.path.isfile(os.path.join(name, "exemplars.safetensors")):
         from guidance.priors.exemplar import ExemplarPrior
         return ExemplarPrior.from_folder(name, cfg, device)
+    if name in BUILTIN_FOLDERS:
+        if not os.path.isfile(os.path.join(BUILTIN_FOLDERS[name], "model_index.json")):
+            raise PriorError(f"the built-in prior {name!r} is missing from this install ({BUILTIN_FOLDERS[name]}); "
+                             f"reinstall the package or train it with `engine train-prior shapes --out DIR`")
+        name = BUILTIN_FOLDERS[name]
     from guidance.priors.stable_diffusion import load_diffusers_prior
     prior = load_diffusers_prior(name, cfg, device)
     if cfg.controlnet:
@@ -79,4 +99,5 @@ def build_prior(cfg: PriorConfig, device: torch.device | str = "cpu") -> Prior:
     return prior
 
 
-__all__ = ["Cond", "Prior", "PriorConfig", "PriorError", "build_prior", "cache_dir"]
+__all__ = ["BUILTIN_FOLDERS", "Cond", "Prior", "PriorConfig", "PriorError", "build_prior", "cache_dir",
+           "resolve_prior_folder"]
