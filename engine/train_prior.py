@@ -104,7 +104,8 @@ class TrainPriorConfig:
     empty_caption: float = 0.1
     ema: float = 0.995
     minutes: float = 0.0
-    """Wall-clock cap for the whole run (0: none); the VAE phase gets at most ``vae_share`` of it."""
+    """Wall-clock cap for the whole run (0: none); the VAE phase gets at most ``vae_share`` of what is left after
+    rendering."""
     vae_share: float = 0.2
     checkpoint_every: int = 250
     threads: int = 2
@@ -314,7 +315,7 @@ def train_vae(cfg, data: ShapesData, gen: torch.Generator, work: str, clock: _Cl
         start, losses = st["step"], st["losses"]
         log(f"vae: resumed at step {start}")
     S, N = data.coverage.shape[:2]
-    limit = clock.limit * cfg.vae_share
+    limit = clock.elapsed() + cfg.vae_share * (clock.limit - clock.elapsed())  # a share of what rendering left
     step, t0 = start, time.time()
     vae.train()
     for step in range(start, cfg.vae_steps):
