@@ -156,6 +156,14 @@ def build_generate_config(argv: list[str]):
         rest = ["--guidance.image", known.image, *rest]
     if known.renderer and type(base.renderer) is not RENDERERS[known.renderer]:
         base.renderer = RENDERERS[known.renderer]()
+    if not known.load_config:  # a prior folder's recommended settings (distillery.json); the user's flags win
+        from guidance.priors import apply_prior_defaults
+        try:
+            applied = apply_prior_defaults(base)
+        except ValueError as e:
+            _fail(str(e))
+        if applied and not known.help:
+            print(f"engine: defaults of the prior {base.prior.name}: {', '.join(applied)}", file=sys.stderr)
     if known.prompt is not None:
         base.prompt = known.prompt
     if known.steps is not None:

@@ -117,3 +117,22 @@ def test_shipped_prior_text_conditioning_is_real(monkeypatch):
     for k, img in enumerate(imgs):
         r, g, _ = _foreground_mean(img).tolist()
         assert (r > g + 0.2) if k < len(seeds) else (g > r + 0.2), (prompts[k], r, g)
+
+
+def test_prior_folder_defaults_apply_and_yield_to_flags(tmp_path, capsys):
+    from engine.cli import build_generate_config
+    folder = tmp_path / "prior"
+    folder.mkdir()
+    (folder / "distillery.json").write_text(json.dumps({"defaults": {
+        "train.steps": 123, "guidance.guidance_scale": 7.5, "cameras.elevation": [0, 30],
+        "guidance.not_a_field_of_sds": 1}}))
+    cfg, _ = build_generate_config(["a red cube", "--prior", str(folder)])
+    assert cfg.train.steps == 123 and cfg.guidance.guidance_scale == 7.5 and cfg.cameras.elevation == (0, 30)
+    assert "train.steps=123" in capsys.readouterr().err
+    cfg, _ = build_generate_config(["a red cube", "--prior", str(folder), "--steps", "50",
+                                    "--guidance.guidance-scale", "20"])
+    assert cfg.train.steps == 50 and cfg.guidance.guidance_scale == 20
+    (folder / "distillery.json").write_text(json.dumps({"defaults": {"train.no_such_thing": 1}}))
+    with pytest.raises(SystemExit) as e:
+        build_generate_config(["a red cube", "--prior", str(folder)])
+    assert e.value.code == 2 and "no_such_thing" in capsys.readouterr().err

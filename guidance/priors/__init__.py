@@ -67,6 +67,48 @@ def resolve_prior_folder(name: str) -> str:
     return BUILTIN_FOLDERS.get(name.strip(), name)
 
 
+DEFAULTS_FILE = "distillery.json"
+"""A prior folder's recommended run settings: {"defaults": {"train.steps": 600, "guidance.guidance_scale": 7.5}}."""
+
+
+def apply_prior_defaults(cfg, name: str | None = None) -> list[str]:
+    """Apply the recommended defaults of the prior folder named by ``cfg.prior.name`` (its distillery.json) to the
+    run config ``cfg``, in place; returns "key=value" for each applied one (empty when the folder has none).
+
+    Keys are dotted field paths of the run config. A key whose last field the chosen component lacks (e.g. a CFG
+    scale for an objective without one) is skipped; an unknown path is the folder's error (ValueError).
+    """
+    import dataclasses
+    import json
+
+    folder = resolve_prior_folder(name if name is not None else cfg.prior.name)
+    path = os.path.join(folder, DEFAULTS_FILE)
+    if not os.path.isfile(path):
+        return []
+    try:
+        with open(path) as f:
+            defaults = json.load(f).get("defaults", {})
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(f"cannot read the prior's defaults {path}: {e}") from None
+    applied = []
+    for key, value in defaults.items():
+        *parents, leaf = key.split(".")
+        obj = cfg
+        for part in parents:
+            if not dataclasses.is_dataclass(obj) or not hasattr(obj, part):
+                raise ValueError(f"{path}: unknown setting {key!r}")
+            obj = getattr(obj, part)
+        if not dataclasses.is_dataclass(obj):
+            raise ValueError(f"{path}: unknown setting {key!r}")
+        if leaf not in {f.name for f in dataclasses.fields(obj)}:
+            if parents and parents[0] in ("guidance", "renderer"):
+                continue  # the chosen objective / renderer has no such field
+            raise ValueError(f"{path}: unknown setting {key!r}")
+        setattr(obj, leaf, tuple(value) if isinstance(value, list) else value)
+        applied.append(f"{key}={value}")
+    return applied
+
+
 def cache_dir(cfg: PriorConfig) -> str:
     """The cache folder in force for ``cfg``."""
     return cfg.cache_dir or os.environ.get("DISTILLERY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
@@ -99,5 +141,5 @@ def build_prior(cfg: PriorConfig, device: torch.device | str = "cpu") -> Prior:
     return prior
 
 
-__all__ = ["BUILTIN_FOLDERS", "Cond", "Prior", "PriorConfig", "PriorError", "build_prior", "cache_dir",
-           "resolve_prior_folder"]
+__all__ = ["BUILTIN_FOLDERS", "Cond", "Prior", "PriorConfig", "PriorError", "apply_prior_defaults", "build_prior",
+           "cache_dir", "resolve_prior_folder"]
