@@ -23,7 +23,7 @@ from engine import outputs
 from engine.cameras import sample_cameras
 from engine.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint, step_path
 from engine.config import GenerateConfig, default_run_dir, load_config, save_config
-from guidance.priors import Prior, build_prior
+from guidance.priors import SHAPES_WORLD, Prior, build_prior
 from guidance.prompts import PromptSet
 from renderers.base import Background
 
@@ -198,7 +198,7 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
             logs = {"step": done, "loss": loss.item(), **g.logs,
                     **{f"reg_{k}": v.item() for k, v in regs.items()},
                     "train_s": round(train_s, 3), "it_per_s": (done - start) / max(train_s, 1e-9)}
-            evaluate = tc.eval_every and done % tc.eval_every == 0 and cfg.prior.name == "shapes"
+            evaluate = tc.eval_every and done % tc.eval_every == 0 and cfg.prior.name in SHAPES_WORLD
             if evaluate:
                 ev = outputs.evaluate_shapes(scene, cfg.prompt, cfg.cameras, tc.eval_views, cfg.resolution, device)
                 logs.update({f"eval_{k}": ev[k] for k in ("psnr", "iou") if k in ev})
@@ -248,7 +248,7 @@ def _finish(cfg: GenerateConfig, run_dir: str, scene, background: Background, de
     """Evaluation, video, then the 'complete' status — the status is written last."""
     tc = cfg.train
     result: dict = {}
-    if cfg.prior.name == "shapes" and tc.eval_views > 0:
+    if cfg.prior.name in SHAPES_WORLD and tc.eval_views > 0:
         result = outputs.evaluate_shapes(scene, cfg.prompt, cfg.cameras, tc.eval_views, cfg.resolution, device)
         if result:
             outputs.write_json(os.path.join(run_dir, "eval.json"), result)

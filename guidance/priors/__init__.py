@@ -67,6 +67,9 @@ def resolve_prior_folder(name: str) -> str:
     return BUILTIN_FOLDERS.get(name.strip(), name)
 
 
+SHAPES_WORLD = ("shapes", "shapes-sd")
+"""Prior names that model the built-in shapes world: their runs are evaluated against its ground truth."""
+
 DEFAULTS_FILE = "distillery.json"
 """A prior folder's recommended run settings: {"defaults": {"train.steps": 600, "guidance.guidance_scale": 7.5}}."""
 
@@ -141,5 +144,5 @@ def build_prior(cfg: PriorConfig, device: torch.device | str = "cpu") -> Prior:
     return prior
 
 
-__all__ = ["BUILTIN_FOLDERS", "Cond", "Prior", "PriorConfig", "PriorError", "apply_prior_defaults", "build_prior",
-           "cache_dir", "resolve_prior_folder"]
+__all__ = ["BUILTIN_FOLDERS", "SHAPES_WORLD", "Cond", "Prior", "PriorConfig", "PriorError", "apply_prior_defaults",
+           "build_prior", "cache_dir", "resolve_prior_folder"]
