@@ -86,6 +86,14 @@ class TrainPriorConfig:
     vae_crop: int = 32
     """The VAE trains on random square crops of this side (0: whole images). It is fully convolutional, and SD's
     autoencoder likewise trained on 256 px crops for 512 px use; a 32 px crop costs a quarter of a 64 px image."""
+    vae_stop_at: int = 0
+    """Stop the VAE phase after this many steps of its ``vae_steps`` schedule (0: run it all); replays a run that
+    the time cap cut short."""
+    decoder_steps: int = 0
+    """Then fine-tune the VAE decoder alone, encoder frozen, on whole images (as SD's ft-MSE VAE was): the latent
+    space, and so the UNet's data, stays exactly the same."""
+    decoder_lr: float = 3e-4
+    decoder_batch: int = 8
     text_hidden: int = 64
     text_layers: int = 2
     text_heads: int = 4
@@ -97,6 +105,8 @@ class TrainPriorConfig:
     attention_head_dim: int = 8
     unet_steps: int = 2500
     unet_batch: int = 48
+    unet_stop_at: int = 0
+    """Stop the UNet phase after this many steps of its ``unet_steps`` schedule (0: run it all)."""
     unet_lr: float = 1e-3
     warmup: int = 100
     min_snr_gamma: float = 5.0
@@ -125,7 +135,8 @@ class TrainPriorConfig:
         for name in ("views_per_shape", "vae_batch", "unet_batch", "threads", "text_hidden", "text_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("vae_steps", "unet_steps", "warmup", "checkpoint_every"):
+        for name in ("vae_steps", "unet_steps", "warmup", "checkpoint_every", "vae_stop_at", "unet_stop_at",
+                     "decoder_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("empty_caption", "white_background", "overhead_fraction", "vae_share"):
@@ -318,7 +329,7 @@ def train_vae(cfg, data: ShapesData, gen: torch.Generator, work: str, clock: _Cl
     limit = clock.elapsed() + cfg.vae_share * (clock.limit - clock.elapsed())  # a share of what rendering left
     step, t0 = start, time.time()
     vae.train()
-    for step in range(start, cfg.vae_steps):
+    for step in range(start, cfg.vae_stop_at or cfg.vae_steps):
         if clock.elapsed() > limit:
             log(f"vae: time cap reached at step {step}")
             break
@@ -351,9 +362,64 @@ def train_vae(cfg, data: ShapesData, gen: torch.Generator, work: str, clock: _Cl
             _save_state(ckpt, model=vae.state_dict(), opt=opt.state_dict(), gen=gen.get_state(), step=step + 1,
                         losses=losses)
     else:
-        step = cfg.vae_steps
+        step = cfg.vae_stop_at or cfg.vae_steps
     vae.eval().requires_grad_(False)
     return vae, step, losses
+
+
+def finetune_decoder(cfg, vae, data: ShapesData, gen: torch.Generator, work: str, deadline: float, clock: _Clock,
+                     log) -> tuple[int, list[float]]:
+    """Train the decoder alone on whole images, the encoder frozen (SD's ft-MSE VAE recipe): L1 + MSE between the
+    image and the decoding of a posterior sample of its latent. The encoder, hence the latent space the UNet learned,
+    is untouched. Uses its own generator so it gives the same decoder whether run before or after the UNet."""
+    dec = [p for n, p in vae.named_parameters() if n.startswith(("decoder.", "post_quant_conv."))]
+    vae.requires_grad_(False)
+    for p in dec:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(dec, lr=cfg.decoder_lr, weight_decay=0.0)
+    ckpt = os.path.join(work, "decoder_state.pt")
+    start, losses = 0, []
+    if cfg.resume and os.path.isfile(ckpt):
+        st = torch.load(ckpt, weights_only=False)
+        vae.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        gen.set_state(st["gen"])
+        start, losses = st["step"], st["losses"]
+        log(f"decoder: resumed at step {start}")
+    S, N = data.coverage.shape[:2]
+    step, t0 = start, time.time()
+    for step in range(start, cfg.decoder_steps):
+        if clock.elapsed() > deadline:
+            log(f"decoder: time cap reached at step {step}")
+            break
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, cfg.decoder_steps, min(cfg.warmup, cfg.decoder_steps // 10), cfg.decoder_lr)
+        B = cfg.decoder_batch
+        s = torch.randint(0, S, (B,), generator=gen)
+        v = torch.randint(0, N, (B,), generator=gen)
+        c = torch.randint(0, len(COLOURS), (B,), generator=gen)
+        x = data.images(s, v, c, random_backgrounds(B, cfg.white_background, gen))
+        with torch.no_grad():
+            post = vae.encode(x).latent_dist
+            z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        y = vae.decode(z).sample
+        loss = (y - x).abs().mean() + F.mse_loss(y, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(dec, 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.decoder_steps:
+            recent = sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:])
+            log(f"decoder step {step + 1}/{cfg.decoder_steps} recon {recent:.4f} "
+                f"({(time.time() - t0) / (step + 1 - start):.2f} s/step, {clock.elapsed() / 60:.1f} min)")
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+            _save_state(ckpt, model=vae.state_dict(), opt=opt.state_dict(), gen=gen.get_state(), step=step + 1,
+                        losses=losses)
+    else:
+        step = cfg.decoder_steps
+    vae.eval().requires_grad_(False)
+    return step, losses
 
 
 def encode_latents(cfg, vae, data: ShapesData, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -394,7 +460,7 @@ def train_unet(cfg, mean: Tensor, std: Tensor, labels: Tensor, embeds: Tensor, t
     tw = torch.tensor(TEMPLATE_WEIGHTS)
     step, t0 = start, time.time()
     unet.train()
-    for step in range(start, cfg.unet_steps):
+    for step in range(start, cfg.unet_stop_at or cfg.unet_steps):
         if clock.elapsed() > clock.limit:
             log(f"unet: time cap reached at step {step}")
             break
@@ -433,7 +499,7 @@ def train_unet(cfg, mean: Tensor, std: Tensor, labels: Tensor, embeds: Tensor, t
             _save_state(ckpt, model=unet.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
                         step=step + 1, losses=losses)
     else:
-        step = cfg.unet_steps
+        step = cfg.unet_stop_at or cfg.unet_steps
     return ema.eval(), step, losses
 
 
@@ -484,6 +550,7 @@ def train_prior(cfg: TrainPriorConfig, log=None) -> dict:
         _save_state(data_path, **asdict(data))
     gen_vae = torch.Generator().manual_seed(cfg.seed + 1)
     gen_unet = torch.Generator().manual_seed(cfg.seed + 2)
+    gen_dec = torch.Generator().manual_seed(cfg.seed + 4)
     tokenizer = make_tokenizer(cfg.max_tokens)
     text_encoder = make_text_encoder(cfg, len(tokenizer))
     t_vae = time.time()
@@ -504,8 +571,13 @@ def train_prior(cfg: TrainPriorConfig, log=None) -> dict:
 
     unet, unet_steps, unet_losses = train_unet(cfg, mean, std, labels, embeds, table, scaling, gen_unet, work, clock,
                                                log)
+    dec_steps, dec_losses = (finetune_decoder(cfg, vae, data, gen_dec, work, clock.limit, clock, log)
+                             if cfg.decoder_steps else (0, []))
     record = {"config": asdict(cfg), "vae_steps_run": vae_steps, "unet_steps_run": unet_steps,
-              "complete": vae_steps == cfg.vae_steps and unet_steps == cfg.unet_steps,
+              "decoder_steps_run": dec_steps,
+              "complete": vae_steps == (cfg.vae_stop_at or cfg.vae_steps) and dec_steps == cfg.decoder_steps
+              and unet_steps == (cfg.unet_stop_at or cfg.unet_steps),
+              "decoder_recon_last": _mean(dec_losses, cfg.log_every),
               "scaling_factor": scaling, "captions": len(captions),
               "vae_recon_first": _mean(vae_losses[:cfg.log_every], cfg.log_every),
               "vae_recon_last": _mean(vae_losses, cfg.log_every),
