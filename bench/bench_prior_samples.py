@@ -195,7 +195,7 @@ def save_grid(path: str, images, correct: list[bool], per_row: int) -> None:
             tile[:2], tile[-2:], tile[:, :2], tile[:, -2:] = 0, 0, 0, 0
         r, c = divmod(k, per_row)
         grid[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = tile
-    Image.fromarray(grid).save(path, optimize=True)
+    Image.fromarray(grid).quantize(64).save(path, optimize=True)  # 64 colours keep the grid small for docs/
 
 
 if __name__ == "__main__":
