@@ -7,8 +7,8 @@ Loads the folder with plain ``StableDiffusionPipeline.from_pretrained`` (no Dist
 "a {colour} {shape}" for all 30 pairs of the shapes world x the seeds with DDIM (50 steps, CFG 7.5 by default), and
 classifies every sample against the world's ground-truth renders (engine/shapes.py):
 
-- foreground: pixels farther than ``FG_DISTANCE`` from the background colour, estimated as the median of the image
-  border (the prior was trained on white and on random solid backgrounds);
+- foreground: pixels farther from the background colour (the median of the image border; the prior was trained on
+  white and on random solid backgrounds) than Otsu's threshold on that distance, largest connected component;
 - colour: the albedo whose shaded copy is nearest the median interior foreground colour;
 - shape: the nearest ground-truth shading map (12 azimuths x 7 elevations per shape) to the sample's, both cropped to
   the foreground's bounding square and resized to 32x32, which makes the test independent of distance and fov.
@@ -47,6 +47,17 @@ def _signature(mask: torch.Tensor, value: torch.Tensor) -> torch.Tensor | None:
     return F.interpolate(padded[:, :, top:top + side, left:left + side], (CROP, CROP), mode="area")[0, 0]
 
 
+def _otsu(d: torch.Tensor, bins: int = 64) -> float:
+    """Otsu's threshold of the values d (maximises the between-class variance of the two sides)."""
+    hist = torch.histc(d.flatten(), bins, 0.0, float(d.max()) + 1e-6)
+    centres = (torch.arange(bins) + 0.5) * (float(d.max()) + 1e-6) / bins
+    w0 = hist.cumsum(0)
+    w1 = hist.sum() - w0
+    m0 = (hist * centres).cumsum(0) / w0.clamp_min(1)
+    m1 = ((hist * centres).sum() - (hist * centres).cumsum(0)) / w1.clamp_min(1)
+    return float(centres[int((w0 * w1 * (m0 - m1) ** 2).argmax())])
+
+
 class Classifier:
     """Colour and shape of an image of the shapes world, by comparison with ground-truth renders.
 
@@ -72,11 +83,21 @@ class Classifier:
             self.refs[s] = torch.stack([g for g in sigs if g is not None])
 
     def foreground(self, img: torch.Tensor) -> torch.Tensor:
-        """[H,W,3] in [0,1] -> [H,W] float mask of pixels unlike the border's median colour."""
+        """[H,W,3] in [0,1] -> [H,W] float mask: pixels farther from the border's median colour than Otsu's
+        threshold on that distance (at least FG_DISTANCE), then the largest 4-connected component, so a tinted,
+        blotchy background of a sample does not join the object."""
+        from scipy import ndimage
+
         border = torch.cat([img[:2].reshape(-1, 3), img[-2:].reshape(-1, 3), img[:, :2].reshape(-1, 3),
                             img[:, -2:].reshape(-1, 3)])
         bg = border.median(0).values
-        return ((img - bg).norm(dim=-1) > FG_DISTANCE).float()
+        d = (img - bg).norm(dim=-1)
+        mask = (d > max(FG_DISTANCE, _otsu(d))).numpy()
+        labels, n = ndimage.label(mask)
+        if n > 1:
+            sizes = ndimage.sum(mask, labels, range(1, n + 1))
+            mask = labels == (1 + int(np.argmax(sizes)))
+        return torch.from_numpy(mask).float()
 
     def __call__(self, img: torch.Tensor) -> tuple[str | None, str | None]:
         mask = self.foreground(img)
