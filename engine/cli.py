@@ -199,6 +199,14 @@ def parse_generate_argv(argv: list[str], bounds: dict | None = None):
     # depth-normal shading lost 6.7 dB on the torus (docs/benchmarks.md, "Fidelity").
     if not known.load_config and base.prior.name == "shapes" and getattr(base.renderer, "light", None) == "none":
         base.renderer.light = "shapes"
+    if not known.load_config:  # a prior folder's recommended settings (distillery.json); the user's flags win
+        from guidance.priors import apply_prior_defaults
+        try:
+            applied = apply_prior_defaults(base)
+        except ValueError as e:
+            _fail(str(e))
+        if applied and not known.help:
+            print(f"engine: defaults of the prior {base.prior.name}: {', '.join(applied)}", file=sys.stderr)
     if known.prompt is not None:
         base.prompt = known.prompt
     if known.steps is not None:
@@ -304,9 +312,9 @@ def cmd_generate(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"generate": cmd_generate}
-    for name in ("export", "app", "texture", "batch", "material"):
+    for name in ("export", "app", "texture", "batch", "material", "train-prior"):
         try:
-            mod = __import__(f"engine.cli_{name}", fromlist=["main"])
+            mod = __import__(f"engine.cli_{name.replace('-', '_')}", fromlist=["main"])
             commands[name] = mod.main
         except ImportError:
             pass

@@ -27,7 +27,7 @@ from engine import outputs
 from engine.cameras import sample_cameras
 from engine.checkpoint import latest_checkpoint, load_latest_checkpoint, prune_checkpoints, save_checkpoint, step_path
 from engine.config import GenerateConfig, default_run_dir, load_config, save_config
-from guidance.priors import Prior, build_prior
+from guidance.priors import SHAPES_WORLD, Prior, build_prior
 from guidance.prompts import PromptSet
 from renderers.base import Background
 
@@ -303,7 +303,7 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
             train_s += time.perf_counter() - t_step
             done = step + 1
             logs = {"step": done, "train_s": round(train_s, 3), "it_per_s": (done - start) / max(train_s, 1e-9)}
-            evaluate = tc.eval_every and done % tc.eval_every == 0 and cfg.prior.name == "shapes"
+            evaluate = tc.eval_every and done % tc.eval_every == 0 and cfg.prior.name in SHAPES_WORLD
             log_now = evaluate or done % tc.log_every == 0 or done == tc.steps
             if log_now:  # the step's tensors are read here only: one host-device sync per logged step
                 watch.stop_if_bad()
@@ -445,7 +445,7 @@ def _finish(cfg: GenerateConfig, run_dir: str, scene, background: Background, de
     """Evaluation, video, then the 'complete' status — the status is written last."""
     tc = cfg.train
     result: dict = {}
-    if cfg.prior.name == "shapes" and tc.eval_views > 0:
+    if cfg.prior.name in SHAPES_WORLD and tc.eval_views > 0:
         result = outputs.evaluate_shapes(scene, cfg.prompt, cfg.cameras, tc.eval_views, cfg.resolution, device)
         if result:
             outputs.write_json(os.path.join(run_dir, "eval.json"), result)

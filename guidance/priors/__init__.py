@@ -2,6 +2,8 @@
 
 - "shapes": the built-in exemplar prior over renders of coloured primitives (engine/shapes.py).
 - "materials": the built-in prior over the tileable materials world (engine/materials.py, guidance/priors/materials.py).
+- "shapes-sd": the built-in learned prior of the same world, a Stable Diffusion folder shipped with the package
+  (guidance/priors/weights/shapes-sd), loaded by the same code as any diffusers folder.
 - a folder holding ``exemplars.safetensors``: a user's exemplar prior (guidance/priors/exemplar.py).
 - anything else: a diffusers model, by hub id or local folder (guidance/priors/stable_diffusion.py); the pipeline
   class is read from the folder's model_index.json.
@@ -20,7 +22,8 @@ class PriorConfig:
     """Which 2D prior guides the run, and how it is loaded."""
 
     name: str = "shapes"
-    """"shapes", a folder with exemplars.safetensors, a diffusers hub id, or a local diffusers folder."""
+    """"shapes", "shapes-sd" (the learned shapes prior), a folder with exemplars.safetensors, a diffusers hub id, or a
+    local diffusers folder."""
     kappa: float = 150.0
     """Exemplar priors: camera-kernel sharpness, log k = kappa * cos(angle between view directions)."""
     data_sigma: float = 0.0
@@ -64,6 +67,63 @@ class PriorConfig:
     """Scale of the ControlNet's residuals (diffusers' conditioning_scale)."""
 
 
+BUILTIN_FOLDERS: dict[str, str] = {
+    "shapes-sd": os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "shapes-sd"),
+}
+"""Priors shipped inside the package as diffusers folders, by name: ``shapes-sd`` is the learned latent diffusion
+model of the shapes world (engine/train_prior.py, docs/learned-prior.md), in Stable Diffusion's layout."""
+
+
+def resolve_prior_folder(name: str) -> str:
+    """The folder a built-in diffusers prior name stands for; any other name unchanged."""
+    return BUILTIN_FOLDERS.get(name.strip(), name)
+
+
+SHAPES_WORLD = ("shapes", "shapes-sd")
+"""Prior names that model the built-in shapes world: their runs are evaluated against its ground truth."""
+
+DEFAULTS_FILE = "distillery.json"
+"""A prior folder's recommended run settings: {"defaults": {"train.steps": 600, "guidance.guidance_scale": 7.5}}."""
+
+
+def apply_prior_defaults(cfg, name: str | None = None) -> list[str]:
+    """Apply the recommended defaults of the prior folder named by ``cfg.prior.name`` (its distillery.json) to the
+    run config ``cfg``, in place; returns "key=value" for each applied one (empty when the folder has none).
+
+    Keys are dotted field paths of the run config. A key whose last field the chosen component lacks (e.g. a CFG
+    scale for an objective without one) is skipped; an unknown path is the folder's error (ValueError).
+    """
+    import dataclasses
+    import json
+
+    folder = resolve_prior_folder(name if name is not None else cfg.prior.name)
+    path = os.path.join(folder, DEFAULTS_FILE)
+    if not os.path.isfile(path):
+        return []
+    try:
+        with open(path) as f:
+            defaults = json.load(f).get("defaults", {})
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(f"cannot read the prior's defaults {path}: {e}") from None
+    applied = []
+    for key, value in defaults.items():
+        *parents, leaf = key.split(".")
+        obj = cfg
+        for part in parents:
+            if not dataclasses.is_dataclass(obj) or not hasattr(obj, part):
+                raise ValueError(f"{path}: unknown setting {key!r}")
+            obj = getattr(obj, part)
+        if not dataclasses.is_dataclass(obj):
+            raise ValueError(f"{path}: unknown setting {key!r}")
+        if leaf not in {f.name for f in dataclasses.fields(obj)}:
+            if parents and parents[0] in ("guidance", "renderer"):
+                continue  # the chosen objective / renderer has no such field
+            raise ValueError(f"{path}: unknown setting {key!r}")
+        setattr(obj, leaf, tuple(value) if isinstance(value, list) else value)
+        applied.append(f"{key}={value}")
+    return applied
+
+
 def cache_dir(cfg: PriorConfig) -> str:
     """The cache folder in force for ``cfg``."""
     return cfg.cache_dir or os.environ.get("DISTILLERY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
@@ -87,6 +147,11 @@ def build_prior(cfg: PriorConfig, device: torch.device | str = "cpu") -> Prior:
     if os.path.isfile(os.path.join(name, "exemplars.safetensors")):
         from guidance.priors.exemplar import ExemplarPrior
         return ExemplarPrior.from_folder(name, cfg, device)
+    if name in BUILTIN_FOLDERS:
+        if not os.path.isfile(os.path.join(BUILTIN_FOLDERS[name], "model_index.json")):
+            raise PriorError(f"the built-in prior {name!r} is missing from this install ({BUILTIN_FOLDERS[name]}); "
+                             f"reinstall the package or train it with `engine train-prior shapes --out DIR`")
+        name = BUILTIN_FOLDERS[name]
     from guidance.priors.stable_diffusion import load_diffusers_prior
     prior = load_diffusers_prior(name, cfg, device)
     if cfg.controlnet:
@@ -107,9 +172,10 @@ def prior_family(name: str) -> str | None:
         return None
     from guidance.priors.stable_diffusion import ModelSource
     try:
-        return FAMILIES.get(ModelSource.resolve(name).pipeline_class)
+        return FAMILIES.get(ModelSource.resolve(resolve_prior_folder(name)).pipeline_class)
     except PriorError:
         return None
 
 
-__all__ = ["Cond", "Prior", "PriorConfig", "PriorError", "build_prior", "cache_dir", "prior_family"]
+__all__ = ["BUILTIN_FOLDERS", "SHAPES_WORLD", "Cond", "Prior", "PriorConfig", "PriorError", "apply_prior_defaults",
+           "build_prior", "cache_dir", "prior_family", "resolve_prior_folder"]

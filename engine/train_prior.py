@@ -1,0 +1,612 @@
+"""Train a small latent diffusion model of the shapes world in Stable Diffusion's own architecture (issue #12).
+
+``train_prior(cfg)`` renders the shapes world (engine/shapes.py: 5 shapes x 6 colours, the cameras of the engine's
+``shapes`` and ``diffusion`` presets, white or random solid backgrounds as the engine composites them), then trains,
+with diffusers classes, the three parts of Stable Diffusion (Rombach et al. 2022, "High-Resolution Image Synthesis
+with Latent Diffusion Models"):
+
+1. ``AutoencoderKL``: factor 8 (64 px -> 8x8 latents), 4 latent channels. Loss: L1 + MSE reconstruction plus a
+   small KL to N(0, I) (SD used weight 1e-6 with LPIPS and a patch GAN; the shapes world is flat-shaded, so the
+   pixel losses suffice). ``scaling_factor`` is then measured as SD did: 1 / std of the sampled latents of the
+   training set (SD's 0.18215 came from one batch; we use every training image).
+2. ``CLIPTextModel`` + ``CLIPTokenizer`` over a hand-written byte-level BPE vocabulary (the 512 byte symbols, merges
+   for the world's words, BOS/EOS). The text encoder is **frozen at its seeded random initialisation**. Why: SD
+   itself keeps its text encoder frozen, so the UNet's cross-attention is what learns to read the text; a
+   causal transformer maps distinct token sequences to distinct hidden states (each token's own embedding plus
+   its position survives the residual stream and the final LayerNorm), which is all cross-attention needs over a
+   30-word vocabulary; and a frozen encoder lets every caption be embedded once before training, so the UNet
+   steps spend no time on text. The embedding a user gets at generation time is exactly the one trained with.
+3. ``UNet2DConditionModel`` on the scaled latents, epsilon prediction (DDPM, Ho et al. 2020, Eq. 14) with SD's
+   schedule: betas scaled-linear from 0.00085 to 0.012 over 1000 steps. The per-sample loss is weighted by
+   Min-SNR-gamma (Hang et al. 2023, Eq. 9 for epsilon prediction: w_t = min(SNR_t, gamma) / SNR_t, gamma 5), which
+   only reweights the same objective and converges faster; an EMA of the weights is what gets saved.
+   Captions come from templates ("a red cube", "a DSLR photo of a red cube", "a red cube, side view" with the
+   view label of guidance/prompts.py computed from the camera, partial captions "a cube", "a red object") and
+   ``empty_caption`` (10%) of them are "" so classifier-free guidance (Ho & Salimans 2022) means what it means for SD.
+
+The result is written with ``StableDiffusionPipeline.save_pretrained`` (safetensors, fp16 by default) with SD's DDIM
+scheduler config, so ``StableDiffusionPipeline.from_pretrained(folder)`` samples with no Distillery code. Training
+is deterministic from ``seed`` for a given step count and thread count; ``minutes`` is only a safety cap (if it
+cuts a phase short, training.json says so, with the steps actually run, which reproduce it when passed as steps).
+Checkpoints go to ``<out>.train/`` so a crash loses at most ``checkpoint_every`` steps (``resume`` continues).
+"""
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from engine.cameras import orbit_cameras, view_labels
+from engine.shapes import COLOURS, SHAPES, render_shape
+
+WORDS = ("a", "an", "the", "photo", "of", "dslr", "3d", "render", "object", "shape", "red", "green", "blue", "yellow",
+         "white", "orange", "cube", "sphere", "cylinder", "cone", "torus", "front", "side", "back", "overhead", "view")
+"""Words the hand-written tokenizer knows as single tokens; any other text falls back to byte symbols."""
+
+VIEWS = ("front", "side", "back", "overhead")
+TEMPLATES = ("a {c} {s}", "a DSLR photo of a {c} {s}", "a {c} {s}, {v} view", "a DSLR photo of a {c} {s}, {v} view",
+             "a {s}", "a {s}, {v} view", "a {c} object", "a {c} object, {v} view")
+TEMPLATE_WEIGHTS = (0.16, 0.10, 0.30, 0.14, 0.10, 0.08, 0.07, 0.05)
+"""How often each caption template is drawn for a non-empty caption (view-dependent ones dominate, as in the
+engine, which appends the view to every prompt by default)."""
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+
+
+@dataclass
+class TrainPriorConfig:
+    """Everything that determines a trained shapes prior (training.json records it)."""
+
+    out: str = ""
+    """Output folder (a diffusers StableDiffusionPipeline folder)."""
+    seed: int = 0
+    """Seed of every random choice (cameras, backgrounds, initialisation, batches, noise)."""
+    resolution: int = 64
+    """Image side in pixels (latents are resolution / 8)."""
+    views_per_shape: int = 160
+    """Rendered cameras per shape (each is shown in all six colours)."""
+    overhead_fraction: float = 0.1
+    """Share of cameras above 60 degrees elevation (the "overhead view" captions)."""
+    white_background: float = 0.5
+    """Share of images composited on white (the shapes preset); the rest on a uniform random colour (diffusion)."""
+    vae_channels: tuple[int, ...] = (32, 64, 64, 64)
+    """AutoencoderKL block_out_channels (4 blocks: factor 8)."""
+    vae_norm_groups: int = 8
+    """GroupNorm groups in the VAE. With one channel per group (32 groups on 32 channels) each feature map is
+    normalised on its own, which scales away how strongly each colour channel responds: red, green and blue objects
+    then encode to nearly the same latent (measured on the first run). Several channels per group keep their ratios."""
+    vae_steps: int = 600
+    vae_batch: int = 16
+    vae_lr: float = 1e-3
+    vae_kl: float = 1e-6
+    """KL weight of the VAE (SD's)."""
+    vae_chroma: float = 1.0
+    """Weight of an extra L1 term on chroma (each pixel minus its channel mean), so colour is learned as early as
+    luminance; the world's objects differ mostly by hue."""
+    vae_crop: int = 32
+    """The VAE trains on random square crops of this side (0: whole images). It is fully convolutional, and SD's
+    autoencoder likewise trained on 256 px crops for 512 px use; a 32 px crop costs a quarter of a 64 px image."""
+    vae_stop_at: int = 0
+    """Stop the VAE phase after this many steps of its ``vae_steps`` schedule (0: run it all); replays a run that
+    the time cap cut short."""
+    decoder_steps: int = 0
+    """Then fine-tune the VAE decoder alone, encoder frozen, on whole images (as SD's ft-MSE VAE was): the latent
+    space, and so the UNet's data, stays exactly the same."""
+    decoder_lr: float = 3e-4
+    decoder_batch: int = 8
+    text_hidden: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    max_tokens: int = 32
+    """Tokenizer model_max_length and the text encoder's positions."""
+    unet_channels: tuple[int, ...] = (64, 128, 128)
+    """UNet2DConditionModel block_out_channels (every level has cross-attention)."""
+    unet_layers_per_block: int = 1
+    attention_head_dim: int = 8
+    unet_steps: int = 2500
+    unet_batch: int = 48
+    unet_stop_at: int = 0
+    """Stop the UNet phase after this many steps of its ``unet_steps`` schedule (0: run it all)."""
+    unet_lr: float = 1e-3
+    warmup: int = 100
+    min_snr_gamma: float = 5.0
+    """Min-SNR-gamma loss weighting (0 disables: plain epsilon MSE)."""
+    empty_caption: float = 0.1
+    ema: float = 0.995
+    minutes: float = 0.0
+    """Wall-clock cap for the whole run (0: none); the VAE phase gets at most ``vae_share`` of what is left after
+    rendering."""
+    vae_share: float = 0.2
+    checkpoint_every: int = 250
+    threads: int = 2
+    fp16: bool = True
+    """Save the weights in float16 (SD's "fp16 variant" dtype) to keep the folder small."""
+    resume: bool = False
+    """Continue from ``<out>.train/`` checkpoints."""
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        if self.resolution % 8 or self.resolution < 16:
+            raise ValueError(f"resolution must be a multiple of 8 and at least 16, got {self.resolution}")
+        if self.vae_crop % 8 or self.vae_crop > self.resolution:
+            raise ValueError(f"vae_crop must be a multiple of 8 no larger than the resolution, got {self.vae_crop}")
+        if len(self.vae_channels) != 4:
+            raise ValueError(f"vae_channels needs 4 entries (factor 8), got {self.vae_channels}")
+        for name in ("views_per_shape", "vae_batch", "unet_batch", "threads", "text_hidden", "text_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("vae_steps", "unet_steps", "warmup", "checkpoint_every", "vae_stop_at", "unet_stop_at",
+                     "decoder_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("empty_caption", "white_background", "overhead_fraction", "vae_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.text_hidden % self.text_heads:
+            raise ValueError("text_hidden must be a multiple of text_heads")
+
+
+# -- tokenizer and text encoder -------------------------------------------------------------------------------------
+def _byte_symbols() -> list[str]:
+    """CLIP's byte-level alphabet: printable Latin-1 bytes stand for themselves, the others map to U+0100 upwards."""
+    keep = set(range(ord("!"), ord("~") + 1)) | set(range(ord("¡"), ord("¬") + 1)) | set(range(ord("®"), 256))
+    out, extra = [], 0
+    for b in range(256):
+        if b in keep:
+            out.append(chr(b))
+        else:
+            out.append(chr(256 + extra))
+            extra += 1
+    return out
+
+
+def clip_vocabulary(words=WORDS) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Token -> id and the BPE merges: 256 byte symbols, their end-of-word forms, one merge chain per word
+    (r,e -> re; re,d</w> -> red</w>), then <|startoftext|> and <|endoftext|> last, as CLIP orders them."""
+    base = _byte_symbols()
+    tokens = base + [s + "</w>" for s in base]
+    known = set(tokens)
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        left = parts[0]
+        for right in parts[1:]:
+            if (left, right) not in merges:
+                merges.append((left, right))
+            left = left + right
+            if left not in known:
+                tokens.append(left)
+                known.add(left)
+    tokens += [BOS, EOS]
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
+def make_tokenizer(max_tokens: int):
+    from transformers import CLIPTokenizer
+    vocab, merges = clip_vocabulary()
+    return CLIPTokenizer(vocab=vocab, merges=merges, unk_token=EOS, bos_token=BOS, eos_token=EOS, pad_token=EOS,
+                         model_max_length=max_tokens)
+
+
+def make_text_encoder(cfg: TrainPriorConfig, vocab_size: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+    conf = CLIPTextConfig(vocab_size=vocab_size, hidden_size=cfg.text_hidden, intermediate_size=4 * cfg.text_hidden,
+                          num_attention_heads=cfg.text_heads, num_hidden_layers=cfg.text_layers,
+                          max_position_embeddings=cfg.max_tokens, projection_dim=cfg.text_hidden,
+                          bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
+    return CLIPTextModel(conf).eval().requires_grad_(False)
+
+
+def make_vae(cfg: TrainPriorConfig):
+    from diffusers import AutoencoderKL
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+                         block_out_channels=tuple(cfg.vae_channels), down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=cfg.vae_norm_groups,
+                         sample_size=cfg.resolution)
+
+
+def make_unet(cfg: TrainPriorConfig):
+    from diffusers import UNet2DConditionModel
+    n = len(cfg.unet_channels)
+    return UNet2DConditionModel(sample_size=cfg.resolution // 8, in_channels=4, out_channels=4,
+                                layers_per_block=cfg.unet_layers_per_block, block_out_channels=tuple(cfg.unet_channels),
+                                down_block_types=("CrossAttnDownBlock2D",) * n,
+                                up_block_types=("CrossAttnUpBlock2D",) * n, cross_attention_dim=cfg.text_hidden,
+                                norm_num_groups=32, attention_head_dim=cfg.attention_head_dim)
+
+
+def make_scheduler():
+    """SD's scheduler: scaled-linear betas 0.00085..0.012 over 1000 steps, epsilon prediction (DDIM for sampling)."""
+    from diffusers import DDIMScheduler
+    return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+
+
+# -- the data -------------------------------------------------------------------------------------------------------
+def sample_views(cfg: TrainPriorConfig, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(azimuth, elevation, distance, fovy) [N] covering the engine's camera presets (engine/config.py):
+    ``shapes`` (elevation 0..40, distance 2.5, fov 40), ``diffusion`` (elevation -10..45, distance 2.0..2.6,
+    fov 40..70), plus ``overhead_fraction`` above 60 degrees so "overhead view" captions have images."""
+    n = cfg.views_per_shape
+    u = torch.rand(n, 5, generator=gen)
+    az = -180.0 + 360.0 * u[:, 0]
+    kind = torch.where(u[:, 4] < cfg.overhead_fraction, 2, torch.where(u[:, 4] < 0.5 + cfg.overhead_fraction / 2, 0, 1))
+    el = torch.where(kind == 0, 40.0 * u[:, 1], torch.where(kind == 1, -10.0 + 55.0 * u[:, 1], 60.0 + 25.0 * u[:, 1]))
+    dist = torch.where(kind == 0, torch.full_like(az, 2.5), 2.0 + 0.6 * u[:, 2])
+    fov = torch.where(kind == 0, torch.full_like(az, 40.0), 40.0 + 30.0 * u[:, 3])
+    return az, el, dist, fov
+
+
+@dataclass
+class ShapesData:
+    """Colour-independent renders of every shape: coverage and shading [S,N,H,W], view label index [S,N]."""
+
+    coverage: Tensor
+    shaded: Tensor
+    view: Tensor
+
+    def images(self, shape: Tensor, view: Tensor, colour: Tensor, background: Tensor) -> Tensor:
+        """[B,3,H,W] in [-1,1] for index tensors [B] and backgrounds [B,3] in [0,1]."""
+        albedo = torch.tensor([COLOURS[c] for c in COLOURS], dtype=torch.float32) / 255.0
+        cov = self.coverage[shape, view][:, None]
+        sh = self.shaded[shape, view][:, None]
+        rgb = sh * albedo[colour][:, :, None, None] + (1 - cov) * background[:, :, None, None]
+        return rgb * 2 - 1
+
+
+def render_data(cfg: TrainPriorConfig, gen: torch.Generator, log=print) -> ShapesData:
+    az, el, dist, fov = sample_views(cfg, gen)
+    labels = torch.tensor([VIEWS.index(v) for v in view_labels(az, el)])
+    covs, shades = [], []
+    for s in SHAPES:
+        t0 = time.time()
+        r = render_shape(s, orbit_cameras(az, el, dist, fov, cfg.resolution), chunk=16)
+        covs.append(r.coverage)
+        shades.append(r.shaded)
+        log(f"rendered {len(az)} views of the {s} in {time.time() - t0:.1f} s")
+    return ShapesData(torch.stack(covs), torch.stack(shades), labels.expand(len(SHAPES), -1).clone())
+
+
+def random_backgrounds(n: int, white: float, gen: torch.Generator) -> Tensor:
+    """[n,3] backgrounds: white with probability ``white``, else a uniform random colour (Background "random")."""
+    col = torch.rand(n, 3, generator=gen)
+    is_white = torch.rand(n, generator=gen) < white
+    return torch.where(is_white[:, None], torch.ones_like(col), col)
+
+
+def caption_table() -> tuple[list[str], Tensor]:
+    """Every caption and a table [shape, colour, view, template] -> caption index; index 0 is ""."""
+    captions, index = [""], {"": 0}
+    table = torch.zeros(len(SHAPES), len(COLOURS), len(VIEWS), len(TEMPLATES), dtype=torch.long)
+    for si, s in enumerate(SHAPES):
+        for ci, c in enumerate(COLOURS):
+            for vi, v in enumerate(VIEWS):
+                for ti, tpl in enumerate(TEMPLATES):
+                    text = tpl.format(c=c, s=s, v=v)
+                    if text not in index:
+                        index[text] = len(captions)
+                        captions.append(text)
+                    table[si, ci, vi, ti] = index[text]
+    return captions, table
+
+
+# -- training -------------------------------------------------------------------------------------------------------
+class _Clock:
+    def __init__(self, minutes: float):
+        self.start = time.time()
+        self.limit = minutes * 60.0 if minutes > 0 else math.inf
+
+    def elapsed(self) -> float:
+        return time.time() - self.start
+
+
+def _lr(step: int, total: int, warmup: int, base: float) -> float:
+    """Linear warmup, then cosine decay to 10% of ``base``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+def _save_state(path: str, **state) -> None:
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _chroma(x: Tensor) -> Tensor:
+    return x - x.mean(1, keepdim=True)
+
+
+def train_vae(cfg, data: ShapesData, gen: torch.Generator, work: str, clock: _Clock, log) -> tuple:
+    vae = make_vae(cfg)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    start, losses = 0, []
+    ckpt = os.path.join(work, "vae_state.pt")
+    if cfg.resume and os.path.isfile(ckpt):
+        st = torch.load(ckpt, weights_only=False)
+        vae.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        gen.set_state(st["gen"])
+        start, losses = st["step"], st["losses"]
+        log(f"vae: resumed at step {start}")
+    S, N = data.coverage.shape[:2]
+    limit = clock.elapsed() + cfg.vae_share * (clock.limit - clock.elapsed())  # a share of what rendering left
+    step, t0 = start, time.time()
+    vae.train()
+    for step in range(start, cfg.vae_stop_at or cfg.vae_steps):
+        if clock.elapsed() > limit:
+            log(f"vae: time cap reached at step {step}")
+            break
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, cfg.vae_steps, min(cfg.warmup, cfg.vae_steps // 10), cfg.vae_lr)
+        B = cfg.vae_batch
+        s = torch.randint(0, S, (B,), generator=gen)
+        v = torch.randint(0, N, (B,), generator=gen)
+        c = torch.randint(0, len(COLOURS), (B,), generator=gen)
+        x = data.images(s, v, c, random_backgrounds(B, cfg.white_background, gen))
+        if 0 < cfg.vae_crop < cfg.resolution:
+            k = cfg.vae_crop
+            oy, ox = (torch.randint(0, (cfg.resolution - k) // 8 + 1, (2,), generator=gen) * 8).tolist()
+            x = x[:, :, oy:oy + k, ox:ox + k]
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        y = vae.decode(z).sample
+        rec = (y - x).abs().mean() + F.mse_loss(y, x)
+        loss = rec + cfg.vae_chroma * (_chroma(y) - _chroma(x)).abs().mean() + cfg.vae_kl * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        losses.append(rec.item())
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.vae_steps:
+            recent = sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:])
+            log(f"vae step {step + 1}/{cfg.vae_steps} recon {recent:.4f} ({(time.time() - t0) / (step + 1 - start):.2f}"
+                f" s/step, {clock.elapsed() / 60:.1f} min)")
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+            _save_state(ckpt, model=vae.state_dict(), opt=opt.state_dict(), gen=gen.get_state(), step=step + 1,
+                        losses=losses)
+    else:
+        step = cfg.vae_stop_at or cfg.vae_steps
+    vae.eval().requires_grad_(False)
+    return vae, step, losses
+
+
+def finetune_decoder(cfg, vae, data: ShapesData, gen: torch.Generator, work: str, deadline: float, clock: _Clock,
+                     log) -> tuple[int, list[float]]:
+    """Train the decoder alone on whole images, the encoder frozen (SD's ft-MSE VAE recipe): L1 + MSE between the
+    image and the decoding of a posterior sample of its latent. The encoder, hence the latent space the UNet learned,
+    is untouched. Uses its own generator so it gives the same decoder whether run before or after the UNet."""
+    dec = [p for n, p in vae.named_parameters() if n.startswith(("decoder.", "post_quant_conv."))]
+    vae.requires_grad_(False)
+    for p in dec:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(dec, lr=cfg.decoder_lr, weight_decay=0.0)
+    ckpt = os.path.join(work, "decoder_state.pt")
+    start, losses = 0, []
+    if cfg.resume and os.path.isfile(ckpt):
+        st = torch.load(ckpt, weights_only=False)
+        vae.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        gen.set_state(st["gen"])
+        start, losses = st["step"], st["losses"]
+        log(f"decoder: resumed at step {start}")
+    S, N = data.coverage.shape[:2]
+    step, t0 = start, time.time()
+    for step in range(start, cfg.decoder_steps):
+        if clock.elapsed() > deadline:
+            log(f"decoder: time cap reached at step {step}")
+            break
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, cfg.decoder_steps, min(cfg.warmup, cfg.decoder_steps // 10), cfg.decoder_lr)
+        B = cfg.decoder_batch
+        s = torch.randint(0, S, (B,), generator=gen)
+        v = torch.randint(0, N, (B,), generator=gen)
+        c = torch.randint(0, len(COLOURS), (B,), generator=gen)
+        x = data.images(s, v, c, random_backgrounds(B, cfg.white_background, gen))
+        with torch.no_grad():
+            post = vae.encode(x).latent_dist
+            z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        y = vae.decode(z).sample
+        loss = (y - x).abs().mean() + F.mse_loss(y, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(dec, 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.decoder_steps:
+            recent = sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:])
+            log(f"decoder step {step + 1}/{cfg.decoder_steps} recon {recent:.4f} "
+                f"({(time.time() - t0) / (step + 1 - start):.2f} s/step, {clock.elapsed() / 60:.1f} min)")
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+            _save_state(ckpt, model=vae.state_dict(), opt=opt.state_dict(), gen=gen.get_state(), step=step + 1,
+                        losses=losses)
+    else:
+        step = cfg.decoder_steps
+    vae.eval().requires_grad_(False)
+    return step, losses
+
+
+def encode_latents(cfg, vae, data: ShapesData, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Posterior mean and std [S*N*6,4,h,w] of every (shape, view, colour) on a random background, plus its
+    (shape, colour, view label) indices."""
+    S, N = data.coverage.shape[:2]
+    s, v, c = torch.meshgrid(torch.arange(S), torch.arange(N), torch.arange(len(COLOURS)), indexing="ij")
+    s, v, c = s.reshape(-1), v.reshape(-1), c.reshape(-1)
+    bg = random_backgrounds(len(s), cfg.white_background, gen)
+    means, stds = [], []
+    with torch.no_grad():
+        for i in range(0, len(s), 256):
+            post = vae.encode(data.images(s[i:i + 256], v[i:i + 256], c[i:i + 256], bg[i:i + 256])).latent_dist
+            means.append(post.mean)
+            stds.append(post.std)
+    return torch.cat(means), torch.cat(stds), torch.stack([s, c, data.view[s, v]], 1), bg
+
+
+def train_unet(cfg, mean: Tensor, std: Tensor, labels: Tensor, embeds: Tensor, table: Tensor, scaling: float,
+               gen: torch.Generator, work: str, clock: _Clock, log):
+    unet = make_unet(cfg)
+    ema = make_unet(cfg).requires_grad_(False)
+    ema.load_state_dict(unet.state_dict())
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.0)
+    sched = make_scheduler()
+    abar = sched.alphas_cumprod.float()
+    snr = abar / (1 - abar)
+    start, losses = 0, []
+    ckpt = os.path.join(work, "unet_state.pt")
+    if cfg.resume and os.path.isfile(ckpt):
+        st = torch.load(ckpt, weights_only=False)
+        unet.load_state_dict(st["model"])
+        ema.load_state_dict(st["ema"])
+        opt.load_state_dict(st["opt"])
+        gen.set_state(st["gen"])
+        start, losses = st["step"], st["losses"]
+        log(f"unet: resumed at step {start}")
+    tw = torch.tensor(TEMPLATE_WEIGHTS)
+    step, t0 = start, time.time()
+    unet.train()
+    for step in range(start, cfg.unet_stop_at or cfg.unet_steps):
+        if clock.elapsed() > clock.limit:
+            log(f"unet: time cap reached at step {step}")
+            break
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, cfg.unet_steps, cfg.warmup, cfg.unet_lr)
+        B = cfg.unet_batch
+        idx = torch.randint(0, len(mean), (B,), generator=gen)
+        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scaling
+        t = torch.randint(0, 1000, (B,), generator=gen)
+        noise = torch.randn(z0.shape, generator=gen)
+        a = abar[t].sqrt()[:, None, None, None]
+        sgm = (1 - abar[t]).sqrt()[:, None, None, None]
+        x_t = a * z0 + sgm * noise
+        tpl = torch.multinomial(tw, B, replacement=True, generator=gen)
+        lab = labels[idx]
+        cap = table[lab[:, 0], lab[:, 1], lab[:, 2], tpl]
+        cap = torch.where(torch.rand(B, generator=gen) < cfg.empty_caption, torch.zeros_like(cap), cap)
+        pred = unet(x_t, t, embeds[cap]).sample
+        per = (pred - noise).square().mean((1, 2, 3))
+        w = (snr[t].clamp(max=cfg.min_snr_gamma) / snr[t]) if cfg.min_snr_gamma > 0 else torch.ones_like(per)
+        loss = (w * per).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        decay = min(cfg.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), unet.parameters()):
+                pe.lerp_(p, 1 - decay)
+        losses.append(per.mean().item())
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.unet_steps:
+            recent = sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:])
+            log(f"unet step {step + 1}/{cfg.unet_steps} eps-mse {recent:.4f} "
+                f"({(time.time() - t0) / (step + 1 - start):.2f} s/step, {clock.elapsed() / 60:.1f} min)")
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+            _save_state(ckpt, model=unet.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
+                        step=step + 1, losses=losses)
+    else:
+        step = cfg.unet_stop_at or cfg.unet_steps
+    return ema.eval(), step, losses
+
+
+def build_pipeline(vae, text_encoder, tokenizer, unet):
+    from diffusers import StableDiffusionPipeline
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=make_scheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def save_pipeline(pipe, out: str, fp16: bool) -> None:
+    """save_pretrained into ``out`` atomically (written beside it, then swapped in)."""
+    tmp = out.rstrip("/") + ".saving"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if fp16:
+        pipe.to(torch.float16)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    if fp16:
+        pipe.to(torch.float32)
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def _mean(xs: list[float], n: int) -> float | None:
+    xs = xs[-n:]
+    return round(sum(xs) / len(xs), 5) if xs else None
+
+
+def train_prior(cfg: TrainPriorConfig, log=None) -> dict:
+    """Render, train, save; returns the training record (also written to ``<out>/training.json``)."""
+    if not cfg.out:
+        raise ValueError("an output folder is needed (--out DIR)")
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    torch.set_num_threads(cfg.threads)
+    clock = _Clock(cfg.minutes)
+    work = cfg.out.rstrip("/") + ".train"
+    os.makedirs(work, exist_ok=True)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # module initialisation (text encoder, VAE, UNet) draws from the global generator
+    data_path = os.path.join(work, f"renders_{cfg.seed}_{cfg.resolution}_{cfg.views_per_shape}_"
+                                   f"{cfg.overhead_fraction}.pt")
+    if cfg.resume and os.path.isfile(data_path):
+        data = ShapesData(**torch.load(data_path))
+        log(f"renders: loaded {data_path}")
+    else:
+        data = render_data(cfg, gen, log)
+        _save_state(data_path, **asdict(data))
+    gen_vae = torch.Generator().manual_seed(cfg.seed + 1)
+    gen_unet = torch.Generator().manual_seed(cfg.seed + 2)
+    gen_dec = torch.Generator().manual_seed(cfg.seed + 4)
+    tokenizer = make_tokenizer(cfg.max_tokens)
+    text_encoder = make_text_encoder(cfg, len(tokenizer))
+    t_vae = time.time()
+    vae, vae_steps, vae_losses = train_vae(cfg, data, gen_vae, work, clock, log)
+    t_vae = time.time() - t_vae
+    mean, std, labels, _ = encode_latents(cfg, vae, data, gen_vae)
+    z = mean + std * torch.randn(mean.shape, generator=gen_vae)
+    scaling = float(1.0 / z.std())
+    vae.register_to_config(scaling_factor=scaling)
+    log(f"latents: {len(mean)} images, std {float(z.std()):.4f} -> scaling_factor {scaling:.5f}")
+    captions, table = caption_table()
+    from guidance.priors.stable_diffusion import clip_prompt_ids
+    with torch.no_grad():
+        ids, _ = clip_prompt_ids(tokenizer, captions, torch.device("cpu"))
+        embeds = text_encoder(ids)[0]
+    torch.manual_seed(cfg.seed + 3)
+    t_unet = time.time()
+
+    unet, unet_steps, unet_losses = train_unet(cfg, mean, std, labels, embeds, table, scaling, gen_unet, work, clock,
+                                               log)
+    dec_steps, dec_losses = (finetune_decoder(cfg, vae, data, gen_dec, work, clock.limit, clock, log)
+                             if cfg.decoder_steps else (0, []))
+    record = {"config": asdict(cfg), "vae_steps_run": vae_steps, "unet_steps_run": unet_steps,
+              "decoder_steps_run": dec_steps,
+              "complete": vae_steps == (cfg.vae_stop_at or cfg.vae_steps) and dec_steps == cfg.decoder_steps
+              and unet_steps == (cfg.unet_stop_at or cfg.unet_steps),
+              "decoder_recon_last": _mean(dec_losses, cfg.log_every),
+              "scaling_factor": scaling, "captions": len(captions),
+              "vae_recon_first": _mean(vae_losses[:cfg.log_every], cfg.log_every),
+              "vae_recon_last": _mean(vae_losses, cfg.log_every),
+              "unet_eps_mse_first": _mean(unet_losses[:cfg.log_every], cfg.log_every),
+              "unet_eps_mse_last": _mean(unet_losses, cfg.log_every),
+              "seconds_vae": round(t_vae, 1), "seconds_unet": round(time.time() - t_unet, 1),
+              "seconds_total": round(clock.elapsed(), 1), "torch": torch.__version__, "threads": cfg.threads}
+    pipe = build_pipeline(vae, text_encoder, tokenizer, unet)
+    save_pipeline(pipe, cfg.out, cfg.fp16)
+    with open(os.path.join(cfg.out, "training.json"), "w") as f:
+        json.dump(record, f, indent=1)
+    log(f"saved {cfg.out} ({folder_megabytes(cfg.out):.2f} MB) in {clock.elapsed() / 60:.1f} min")
+    return record
+
+
+def folder_megabytes(path: str) -> float:
+    total = 0
+    for root, _, files in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total / 1e6

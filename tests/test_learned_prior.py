@@ -1,0 +1,142 @@
+"""The learned shapes prior (issue #12): the training command, and the shipped `shapes-sd` folder.
+
+The training test runs `engine train-prior shapes` on a tiny configuration (32 px, two views per shape, a few steps)
+twice and checks it is deterministic and writes a folder that plain diffusers loads offline. The shipped-folder tests
+load guidance/priors/weights/shapes-sd through `--prior shapes-sd` and check its size and its text conditioning.
+"""
+
+import hashlib
+import json
+import os
+
+import pytest
+import torch
+
+from guidance.priors import BUILTIN_FOLDERS, PriorConfig, build_prior
+
+SHIPPED = BUILTIN_FOLDERS["shapes-sd"]
+TINY = ["--resolution", "32", "--views-per-shape", "2", "--vae-steps", "3", "--vae-batch", "2", "--vae-crop", "16",
+        "--unet-steps", "3", "--unet-batch", "4", "--vae-channels", "32", "32", "32", "32",
+        "--unet-channels", "32", "32", "--text-hidden", "32",
+        "--log-every", "1", "--warmup", "1", "--checkpoint-every", "2", "--threads", "1"]
+
+
+def _digest(folder: str) -> dict[str, str]:
+    out = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            if f.endswith(".safetensors"):
+                with open(os.path.join(root, f), "rb") as fh:
+                    out[os.path.relpath(os.path.join(root, f), folder)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def _run(argv):
+    from engine.cli import main
+    return main(["train-prior", *argv])
+
+
+def test_train_prior_is_deterministic_and_loads_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert _run(["shapes", "--out", a, "--seed", "3", *TINY]) == 0
+    assert _run(["shapes", "--out", b, "--seed", "3", *TINY]) == 0
+    da, db = _digest(a), _digest(b)
+    assert set(da) == {"unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                       "text_encoder/model.safetensors"}
+    assert da == db
+    record = json.load(open(os.path.join(a, "training.json")))
+    assert record["complete"] and record["unet_steps_run"] == 3 and record["vae_steps_run"] == 3
+    assert 0.05 < record["scaling_factor"] < 50
+    assert os.path.isdir(a + ".train")  # checkpoints beside the folder
+
+    from diffusers import StableDiffusionPipeline
+    pipe = StableDiffusionPipeline.from_pretrained(a, dtype=torch.float32)
+    assert pipe.vae.config.scaling_factor == pytest.approx(record["scaling_factor"], rel=1e-6)
+    assert pipe.scheduler.config.beta_schedule == "scaled_linear"
+    assert pipe.scheduler.config.beta_start == 0.00085 and pipe.scheduler.config.beta_end == 0.012
+    assert pipe.tokenizer("a red cube").input_ids[1:4] == [pipe.tokenizer.convert_tokens_to_ids(w + "</w>")
+                                                           for w in ("a", "red", "cube")]
+    pipe.set_progress_bar_config(disable=True)
+    img = pipe("a red cube", num_inference_steps=2, height=32, width=32, output_type="np",
+               generator=torch.Generator().manual_seed(0)).images
+    assert img.shape == (1, 32, 32, 3) and torch.isfinite(torch.from_numpy(img)).all()
+
+
+def test_train_prior_refuses_bad_input(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        _run(["castles", "--out", str(tmp_path / "x")])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        _run(["shapes", "--out", str(tmp_path / "y"), "--vae-crop", "12"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "castles" in err[0] and "vae_crop" in err[1]
+    assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "y")
+
+
+def _megabytes(folder: str) -> float:
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(folder) for f in fs) / 1e6
+
+
+def test_shipped_prior_loads_through_its_name():
+    assert _megabytes(SHIPPED) <= 20.0
+    from guidance.priors.stable_diffusion import StableDiffusionPrior
+    prior = build_prior(PriorConfig(name="shapes-sd"))
+    assert type(prior) is StableDiffusionPrior
+    assert prior.native_resolution == 64 and prior.latent
+    from engine.cameras import orbit_cameras
+    from engine.shapes import render_ground_truth
+    x, _ = render_ground_truth("torus", "blue", orbit_cameras([30.0], [20.0], 2.5, 40.0, 64))
+    z = prior.encode(x)
+    assert z.shape == (1, 4, 8, 8)
+    assert 0.5 < z.std().item() < 2.0  # scaling_factor makes the latents about unit variance, as in SD
+    back = prior.decode(z)
+    assert (back - x).abs().mean() < 0.1  # the VAE reconstructs the world
+    assert (back - x).abs().max(-1).values.mean() < 0.15
+
+
+def _foreground_mean(img: torch.Tensor) -> torch.Tensor:
+    border = torch.cat([img[0], img[-1], img[:, 0], img[:, -1]])
+    bg = border.median(0).values
+    fg = (img - bg).norm(dim=-1) > 0.12
+    assert fg.sum() > 20, "the sample shows no object"
+    return img[fg].mean(0)
+
+
+def test_shipped_prior_text_conditioning_is_real(monkeypatch):
+    """Same seed, "a red cube" vs "a green cube": the object's colour follows the text (plain diffusers, DDIM)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    pipe = StableDiffusionPipeline.from_pretrained(SHIPPED, dtype=torch.float32)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    seeds = [0, 1]
+    prompts = ["a red cube"] * len(seeds) + ["a green cube"] * len(seeds)
+    gens = [torch.Generator().manual_seed(s) for s in seeds * 2]
+    imgs = torch.from_numpy(pipe(prompts, num_inference_steps=20, guidance_scale=7.5, generator=gens,
+                                 output_type="np").images)
+    g_minus_r = [(lambda m: m[1] - m[0])(_foreground_mean(img)).item() for img in imgs]
+    for k in range(len(seeds)):
+        red, green = g_minus_r[k], g_minus_r[len(seeds) + k]
+        assert red < 0 < green, (seeds[k], red, green)  # the object is red, then green
+        assert green - red > 0.3, (seeds[k], red, green)
+
+
+def test_prior_folder_defaults_apply_and_yield_to_flags(tmp_path, capsys):
+    from engine.cli import build_generate_config
+    folder = tmp_path / "prior"
+    folder.mkdir()
+    (folder / "distillery.json").write_text(json.dumps({"defaults": {
+        "train.steps": 123, "guidance.guidance_scale": 7.5, "cameras.elevation": [0, 30],
+        "guidance.not_a_field_of_sds": 1}}))
+    cfg, _ = build_generate_config(["a red cube", "--prior", str(folder)])
+    assert cfg.train.steps == 123 and cfg.guidance.guidance_scale == 7.5 and cfg.cameras.elevation == (0, 30)
+    assert "train.steps=123" in capsys.readouterr().err
+    cfg, _ = build_generate_config(["a red cube", "--prior", str(folder), "--steps", "50",
+                                    "--guidance.guidance-scale", "20"])
+    assert cfg.train.steps == 50 and cfg.guidance.guidance_scale == 20
+    (folder / "distillery.json").write_text(json.dumps({"defaults": {"train.no_such_thing": 1}}))
+    with pytest.raises(SystemExit) as e:
+        build_generate_config(["a red cube", "--prior", str(folder)])
+    assert e.value.code == 2 and "no_such_thing" in capsys.readouterr().err
