@@ -243,3 +243,20 @@ def test_shipped_prior_high_cfg_saturates(shipped_prior):
     (low,), (high,) = (_x0_estimates(prior, [("a red cube", "")], s, x_t, t) for s in (7.5, 100.0))
     gain = _saturation(high) - _saturation(low)
     assert (gain > 0.04).all() and gain.mean() > 0.08, gain.tolist()
+
+
+def test_shipped_prior_recommended_defaults_are_applied(capsys):
+    """`--prior shapes-sd` alone gets the folder's distillery.json on top of the diffusion preset: the cameras and
+    white background the model was trained on and CFG 7.5 (docs/learned-prior.md, first 3D measurement); flags win."""
+    from engine.cli import build_generate_config
+    cfg, _ = build_generate_config(["a red cube", "--prior", "shapes-sd", "--guidance", "sds"])
+    assert cfg.guidance.guidance_scale == 7.5 and cfg.guidance.cfg_convention == "standard"
+    assert cfg.cameras.elevation == (0.0, 40.0) and cfg.cameras.distance == (2.5, 2.5)
+    assert cfg.cameras.fovy == (40.0, 40.0)
+    assert cfg.background.kind == "solid" and cfg.background.color == (1.0, 1.0, 1.0)
+    assert "defaults of the prior shapes-sd" in capsys.readouterr().err
+    cfg, _ = build_generate_config(["a red cube", "--prior", "shapes-sd", "--guidance", "vsd"])
+    assert cfg.guidance.guidance_scale == 7.5 and cfg.background.kind == "solid"  # VSD has no cfg_convention: skipped
+    cfg, _ = build_generate_config(["a red cube", "--prior", "shapes-sd", "--guidance.guidance-scale", "100",
+                                    "--background.kind", "random"])
+    assert cfg.guidance.guidance_scale == 100 and cfg.background.kind == "random"
