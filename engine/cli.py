@@ -206,7 +206,8 @@ def parse_generate_argv(argv: list[str], bounds: dict | None = None):
         except ValueError as e:
             _fail(str(e))
         if applied and not known.help:
-            print(f"engine: defaults of the prior {base.prior.name}: {', '.join(applied)}", file=sys.stderr)
+            print(f"engine: defaults of the prior {base.prior.name} (they win over the preset's): "
+                  f"{', '.join(applied)}", file=sys.stderr)
     if known.prompt is not None:
         base.prompt = known.prompt
     if known.steps is not None:
