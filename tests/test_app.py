@@ -246,7 +246,9 @@ def test_concurrent_clients_finish_or_stop_and_never_mix(server):
     app, url = server
     prompts = ["a red cube", "a blue sphere", "a green torus"]
     clients = [_client(url) for _ in prompts]
-    steps = [6, 40, 6]  # the second is stopped early
+    # the second is stopped early: long enough that it cannot finish before the stop lands, however fast the machine
+    # (its progress reaches the server from a worker process, a moment late)
+    steps = [6, 2000, 6]
     renderers = ["nerf", "nerf", "gaussians"]  # the third also exports its splats (PLY)
     subs = [c.submit(*values(prompt=p, steps=n, seed=i, renderer=r), api_name="/generate")
             for i, (c, p, n, r) in enumerate(zip(clients, prompts, steps, renderers))]
@@ -272,7 +274,7 @@ def test_concurrent_clients_finish_or_stop_and_never_mix(server):
         job = by_prompt[p]
         assert r[-1]["job"] == job.id
         assert _sha(_file(r[3])) == _sha(job.files["glb"])  # the GLB this client got is its own job's
-    assert results[1][-1]["step"] < 40 and _file(results[1][3])  # stopped early, exported what it had
+    assert results[1][-1]["step"] < 2000 and _file(results[1][3])  # stopped early, exported what it had
     assert _file(results[0][7]) is None
     with open(_file(results[2][7]), "rb") as f:  # the Gaussians' PLY download
         assert f.read(3) == b"ply"

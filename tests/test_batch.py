@@ -20,6 +20,7 @@ import ray
 import yaml
 
 from engine.batch import BatchOptions, batch_key, run_batch, worker_run_dir
+from engine.checkpoint import latest_checkpoint
 from engine.cli import main
 
 TINY = ["--renderer", "mesh", "--renderer.tet-resolution", "12", "--renderer.texture-resolution", "32",
@@ -122,12 +123,11 @@ def test_kill_the_driver_and_rerun_skips_finished_jobs_and_resumes_the_interrupt
     deadline = time.time() + 150
     try:
         while time.time() < deadline and driver.poll() is None:
-            if os.path.isfile(os.path.join(first, "status.json")) and os.path.isdir(second_ckpts) \
-                    and os.listdir(second_ckpts):
+            if os.path.isfile(os.path.join(first, "status.json")) and latest_checkpoint(second_ckpts) is not None:
                 break
             time.sleep(0.2)
         assert driver.poll() is None, "the driver ended before it could be killed"
-        assert os.listdir(second_ckpts), "no checkpoint of the second job appeared in time"
+        assert latest_checkpoint(second_ckpts), "no whole checkpoint of the second job appeared in time"
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
@@ -177,7 +177,7 @@ def test_a_worker_killed_mid_job_is_rescheduled_and_resumes(cluster, tmp_path):
     ckpt_dir = os.path.join(worker_run_dir(ckpts, batch_key(out), "a-red-cube-seed0"), "ckpts")
     killed, deadline = None, time.time() + 150
     while killed is None and time.time() < deadline and batch.is_alive():
-        if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+        if latest_checkpoint(ckpt_dir) is not None:  # a whole one: a listed file may still be a checkpoint's .tmp
             killed = _kill_task_worker("distillery-batch:a-red-cube-seed0")
         time.sleep(0.1)
     batch.join(timeout=200)
