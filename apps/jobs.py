@@ -470,12 +470,15 @@ def run_isolated(job: Job, device: str, runner, limits: Limits) -> None:
     started, stop_at, timed_out, signalled, heard = time.time() + STARTUP_S, None, False, 0, False
     while True:
         try:
-            if recv.poll(0.2):
+            # take every update waiting, then always go on to the checks below: a worker that reports each step
+            # faster than the poll would otherwise keep a Stop (or the time limit) from ever reaching it
+            waited = 0.2
+            while recv.poll(waited):
                 update = recv.recv()
                 if not heard:
                     heard, started = True, time.time()
                 job.update(**update)
-                continue
+                waited = 0
         except (EOFError, OSError):
             pass  # the worker is gone (its end of the pipe closed)
         if not proc.is_alive():

@@ -170,7 +170,7 @@ def test_a_worker_killed_mid_job_is_rescheduled_and_resumes(cluster, tmp_path):
     prompts.write_text("a red cube\n")
     out, ckpts = str(tmp_path / "out"), str(tmp_path / "ckpts")
     opts = BatchOptions(prompts=str(prompts), out=out, checkpoints=ckpts, retries=1, cpus_per_job=2,
-                        generate_args=[*TINY, "--steps", "16", "--train.no-export", "--train.checkpoint-every", "4"])
+                        generate_args=[*TINY, "--steps", "40", "--train.no-export", "--train.checkpoint-every", "4"])
     result = {}
     batch = threading.Thread(target=lambda: result.update(code=run_batch(opts, echo=lambda s: None)))
     batch.start()
@@ -184,7 +184,7 @@ def test_a_worker_killed_mid_job_is_rescheduled_and_resumes(cluster, tmp_path):
     assert killed is not None, "the job's worker was not found while it ran"
     assert result.get("code") == 0
     row = _summary(out)["a-red-cube-seed0"]
-    assert row["state"] == "complete" and row["steps"] == "16" and row["attempts"] == "2", row
+    assert row["state"] == "complete" and row["steps"] == "40" and row["attempts"] == "2", row
     assert int(row["resumed_from"]) >= 4, row
 
 
