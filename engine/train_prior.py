@@ -274,6 +274,16 @@ def render_data(cfg: TrainPriorConfig, gen: torch.Generator, log=print) -> Shape
     return ShapesData(torch.stack(covs), torch.stack(shades), labels.expand(len(SHAPES), -1).clone())
 
 
+def _draw_images(data, B: int, white_background: float, gen: torch.Generator) -> Tensor:
+    """B training images of random shapes, views and colours over random backgrounds (the autoencoder phases'
+    batch; the draws' order is part of the command's determinism)."""
+    S, N = data.coverage.shape[:2]
+    s = torch.randint(0, S, (B,), generator=gen)
+    v = torch.randint(0, N, (B,), generator=gen)
+    c = torch.randint(0, len(COLOURS), (B,), generator=gen)
+    return data.images(s, v, c, random_backgrounds(B, white_background, gen))
+
+
 def random_backgrounds(n: int, white: float, gen: torch.Generator) -> Tensor:
     """[n,3] backgrounds: white with probability ``white``, else a uniform random colour (Background "random")."""
     col = torch.rand(n, 3, generator=gen)
@@ -337,7 +347,6 @@ def train_vae(cfg, data: ShapesData, gen: torch.Generator, work: str, clock: _Cl
         gen.set_state(st["gen"])
         start, losses = st["step"], st["losses"]
         log(f"vae: resumed at step {start}")
-    S, N = data.coverage.shape[:2]
     limit = clock.elapsed() + cfg.vae_share * (clock.limit - clock.elapsed())  # a share of what rendering left
     step, t0 = start, time.time()
     vae.train()
@@ -348,10 +357,7 @@ def train_vae(cfg, data: ShapesData, gen: torch.Generator, work: str, clock: _Cl
         for g in opt.param_groups:
             g["lr"] = _lr(step, cfg.vae_steps, min(cfg.warmup, cfg.vae_steps // 10), cfg.vae_lr)
         B = cfg.vae_batch
-        s = torch.randint(0, S, (B,), generator=gen)
-        v = torch.randint(0, N, (B,), generator=gen)
-        c = torch.randint(0, len(COLOURS), (B,), generator=gen)
-        x = data.images(s, v, c, random_backgrounds(B, cfg.white_background, gen))
+        x = _draw_images(data, B, cfg.white_background, gen)
         if 0 < cfg.vae_crop < cfg.resolution:
             k = cfg.vae_crop
             oy, ox = (torch.randint(0, (cfg.resolution - k) // 8 + 1, (2,), generator=gen) * 8).tolist()
@@ -398,7 +404,6 @@ def finetune_decoder(cfg, vae, data: ShapesData, gen: torch.Generator, work: str
         gen.set_state(st["gen"])
         start, losses = st["step"], st["losses"]
         log(f"decoder: resumed at step {start}")
-    S, N = data.coverage.shape[:2]
     step, t0 = start, time.time()
     for step in range(start, cfg.decoder_steps):
         if clock.elapsed() > deadline:
@@ -407,10 +412,7 @@ def finetune_decoder(cfg, vae, data: ShapesData, gen: torch.Generator, work: str
         for g in opt.param_groups:
             g["lr"] = _lr(step, cfg.decoder_steps, min(cfg.warmup, cfg.decoder_steps // 10), cfg.decoder_lr)
         B = cfg.decoder_batch
-        s = torch.randint(0, S, (B,), generator=gen)
-        v = torch.randint(0, N, (B,), generator=gen)
-        c = torch.randint(0, len(COLOURS), (B,), generator=gen)
-        x = data.images(s, v, c, random_backgrounds(B, cfg.white_background, gen))
+        x = _draw_images(data, B, cfg.white_background, gen)
         with torch.no_grad():
             post = vae.encode(x).latent_dist
             z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
