@@ -331,6 +331,19 @@ def _save_state(path: str, **state) -> None:
     os.replace(tmp, path)
 
 
+def _report(cfg, phase: str, metric: str, step: int, total: int, start: int, t0: float, clock, losses: list[float],
+            log, ckpt: str, state) -> None:
+    """After a training step of any phase: the log line every ``log_every`` steps (mean of the recent losses, s/step,
+    elapsed minutes) and the resumable checkpoint every ``checkpoint_every`` steps (``state()`` builds its tensors)."""
+    done = step + 1
+    if done % cfg.log_every == 0 or done == total:
+        recent = sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:])
+        log(f"{phase} step {done}/{total} {metric} {recent:.4f} ({(time.time() - t0) / (done - start):.2f} s/step, "
+            f"{clock.elapsed() / 60:.1f} min)")
+    if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
+        _save_state(ckpt, **state(), step=done, losses=losses)
+
+
 def _chroma(x: Tensor) -> Tensor:
     return x - x.mean(1, keepdim=True)
 
@@ -372,13 +385,8 @@ def train_vae(cfg, data: ShapesData, gen: torch.Generator, work: str, clock: _Cl
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         losses.append(rec.item())
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.vae_steps:
-            recent = sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:])
-            log(f"vae step {step + 1}/{cfg.vae_steps} recon {recent:.4f} ({(time.time() - t0) / (step + 1 - start):.2f}"
-                f" s/step, {clock.elapsed() / 60:.1f} min)")
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            _save_state(ckpt, model=vae.state_dict(), opt=opt.state_dict(), gen=gen.get_state(), step=step + 1,
-                        losses=losses)
+        _report(cfg, "vae", "recon", step, cfg.vae_steps, start, t0, clock, losses, log, ckpt,
+                lambda: {"model": vae.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state()})
     else:
         step = cfg.vae_stop_at or cfg.vae_steps
     vae.eval().requires_grad_(False)
@@ -423,13 +431,8 @@ def finetune_decoder(cfg, vae, data: ShapesData, gen: torch.Generator, work: str
         torch.nn.utils.clip_grad_norm_(dec, 1.0)
         opt.step()
         losses.append(loss.item())
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.decoder_steps:
-            recent = sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:])
-            log(f"decoder step {step + 1}/{cfg.decoder_steps} recon {recent:.4f} "
-                f"({(time.time() - t0) / (step + 1 - start):.2f} s/step, {clock.elapsed() / 60:.1f} min)")
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            _save_state(ckpt, model=vae.state_dict(), opt=opt.state_dict(), gen=gen.get_state(), step=step + 1,
-                        losses=losses)
+        _report(cfg, "decoder", "recon", step, cfg.decoder_steps, start, t0, clock, losses, log, ckpt,
+                lambda: {"model": vae.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state()})
     else:
         step = cfg.decoder_steps
     vae.eval().requires_grad_(False)
@@ -505,13 +508,9 @@ def train_unet(cfg, mean: Tensor, std: Tensor, labels: Tensor, embeds: Tensor, t
             for pe, p in zip(ema.parameters(), unet.parameters()):
                 pe.lerp_(p, 1 - decay)
         losses.append(per.mean().item())
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.unet_steps:
-            recent = sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:])
-            log(f"unet step {step + 1}/{cfg.unet_steps} eps-mse {recent:.4f} "
-                f"({(time.time() - t0) / (step + 1 - start):.2f} s/step, {clock.elapsed() / 60:.1f} min)")
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            _save_state(ckpt, model=unet.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
-                        step=step + 1, losses=losses)
+        _report(cfg, "unet", "eps-mse", step, cfg.unet_steps, start, t0, clock, losses, log, ckpt,
+                lambda: {"model": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                         "gen": gen.get_state()})
     else:
         step = cfg.unet_stop_at or cfg.unet_steps
     return ema.eval(), step, losses
