@@ -22,39 +22,11 @@ WORDS = ("a", "red", "cube", "photo", "of", "blue", "torus", "view", "front", "s
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 
-def _byte_symbols() -> list[str]:
-    """The 256 byte-level BPE symbols: printable Latin-1 bytes stand for themselves, the rest map to U+0100 onwards."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    symbols, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            symbols[b] = chr(b)
-        else:
-            symbols[b] = chr(256 + extra)
-            extra += 1
-    return [symbols[b] for b in range(256)]
-
-
 def clip_vocab(words=WORDS) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """A CLIP BPE vocabulary (token -> id) and its merges: byte symbols, their ``</w>`` forms, word merges, specials.
-
-    A word "red" is split into ``r``, ``e``, ``d</w>`` and merged left to right: (r, e) -> re, (re, d</w>) -> red</w>.
-    """
-    base = _byte_symbols()
-    tokens = base + [s + "</w>" for s in base]
-    merges: list[tuple[str, str]] = []
-    for word in words:
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
-        left = parts[0]
-        for right in parts[1:]:
-            merged = left + right
-            if (left, right) not in merges:
-                merges.append((left, right))
-            if merged not in tokens:
-                tokens.append(merged)
-            left = merged
-    tokens += [BOS, EOS]
-    return {t: i for i, t in enumerate(tokens)}, merges
+    """The hand-written CLIP BPE vocabulary of the engine's own learned prior (engine.train_prior.clip_vocabulary)
+    over the tiny models' words."""
+    from engine.train_prior import clip_vocabulary
+    return clip_vocabulary(words)
 
 
 def make_clip_tokenizer(pad_token: str = EOS, max_length: int = 77):
