@@ -20,6 +20,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from tiny_models import split_cube
 
 from engine import shapes
 from engine.cameras import orbit_cameras
@@ -50,22 +51,8 @@ class ShapeScene:
 
 
 def _cube_mesh(half=0.4, with_uv=False):
-    """24-vertex cube (two triangles per face, wound counter-clockwise from outside); optional uv: one cell of a
-    3x2 grid per face."""
-    verts, faces, uvs = [], [], []
-    for k, (axis, sign) in enumerate([(0, 1), (0, -1), (1, 1), (1, -1), (2, 1), (2, -1)]):
-        a1, a2 = [i for i in range(3) if i != axis]
-        base = len(verts)
-        for s1, s2 in [(-1, -1), (1, -1), (1, 1), (-1, 1)]:
-            p = np.zeros(3)
-            p[axis], p[a1], p[a2] = sign * half, s1 * half, s2 * half
-            verts.append(p)
-            uvs.append([((k % 3) + 0.5 + 0.4 * s1) / 3, ((k // 3) + 0.5 - 0.4 * s2) / 2])
-        faces += [[base, base + 1, base + 2], [base, base + 2, base + 3]]
-    verts, faces = np.array(verts), np.array(faces)
-    fn = np.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]])
-    flip = (fn * verts[faces].mean(1)).sum(-1) < 0
-    faces[flip] = faces[flip][:, ::-1]
+    """24-vertex cube (tiny_models.split_cube) as torch tensors; optional uv: one cell of a 3x2 grid per face."""
+    verts, faces, uvs = split_cube(half)
     out = {"vertices": torch.tensor(verts, dtype=torch.float32), "faces": torch.tensor(faces)}
     if with_uv:
         out["uv"] = torch.tensor(uvs, dtype=torch.float32)

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny_models import split_cube
 
 from engine import shapes
 from engine.cameras import orbit_cameras
@@ -14,19 +15,8 @@ from engine.export import fidelity as fid
 
 def _split_cube(half: float = 0.4) -> tuple[np.ndarray, np.ndarray]:
     """A 24-vertex cube (each face its own 4 vertices, as a UV-seamed export has), counter-clockwise outside."""
-    verts, faces = [], []
-    for axis in range(3):
-        for sign in (-1.0, 1.0):
-            a1, a2 = [i for i in range(3) if i != axis]
-            base = len(verts)
-            for s1, s2 in [(-1, -1), (1, -1), (1, 1), (-1, 1)]:
-                p = np.zeros(3)
-                p[axis], p[a1], p[a2] = sign * half, s1 * half, s2 * half
-                verts.append(p)
-            quad = [[base, base + 1, base + 2], [base, base + 2, base + 3]]
-            n = np.cross(verts[base + 1] - verts[base], verts[base + 2] - verts[base])
-            faces += quad if n[axis] * sign > 0 else [q[::-1] for q in quad]
-    return np.array(verts), np.array(faces, dtype=np.int64)
+    verts, faces, _ = split_cube(half)
+    return verts, faces
 
 
 def _asset(verts, faces, colour="red", scale=1.0) -> fid.LoadedAsset:

@@ -198,3 +198,24 @@ def tiny_controlnet_path(tmp_path_factory, sd_path: str) -> str:
                     conv.weight.normal_(0, 0.3)
         net.save_pretrained(path)
     return str(path)
+
+
+def split_cube(half: float = 0.4):
+    """A 24-vertex cube (each face its own 4 vertices, as a UV-seamed export has), two triangles per face wound
+    counter-clockwise from outside, and per-vertex uv (one cell of a 3x2 grid per face): numpy (verts, faces, uvs)."""
+    import numpy as np
+    verts, faces, uvs = [], [], []
+    for k, (axis, sign) in enumerate([(0, 1), (0, -1), (1, 1), (1, -1), (2, 1), (2, -1)]):
+        a1, a2 = [i for i in range(3) if i != axis]
+        base = len(verts)
+        for s1, s2 in [(-1, -1), (1, -1), (1, 1), (-1, 1)]:
+            p = np.zeros(3)
+            p[axis], p[a1], p[a2] = sign * half, s1 * half, s2 * half
+            verts.append(p)
+            uvs.append([((k % 3) + 0.5 + 0.4 * s1) / 3, ((k // 3) + 0.5 - 0.4 * s2) / 2])
+        faces += [[base, base + 1, base + 2], [base, base + 2, base + 3]]
+    verts, faces = np.array(verts), np.array(faces, dtype=np.int64)
+    fn = np.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]])
+    flip = (fn * verts[faces].mean(1)).sum(-1) < 0
+    faces[flip] = faces[flip][:, ::-1]
+    return verts, faces, np.array(uvs)
