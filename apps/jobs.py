@@ -112,7 +112,7 @@ def check_image(path: str | None, limits: Limits) -> str:
 def check_mesh(path: str | None, limits: Limits) -> str:
     """Validate an uploaded mesh by loading it with trimesh; returns a summary. UploadError if unusable."""
     ext = _check_upload(path, MESH_TYPES, limits.max_mesh_bytes, "mesh")
-    from engine.texture import load_trimesh
+    from foundation.meshio import load_trimesh
     try:
         mesh = load_trimesh(path, ext[1:], force="mesh")
     except Exception as e:  # trimesh raises many kinds on malformed files

@@ -1,5 +1,5 @@
 """What you download is what you saw (issue #17): train on the shapes world, export, and score the GLB against the
-analytic shapes (engine/shapes.py's SDFs and albedos; never used by training), with engine/export/fidelity.py.
+analytic shapes (foundation/shapes.py's SDFs and albedos; never used by training), with engine/export/fidelity.py.
 
     python bench/bench_fidelity.py [--renderers nerf gaussians mesh] [--shapes cube torus cone] [--steps N]
                                    [--mesh-steps 100] [--seed 0]

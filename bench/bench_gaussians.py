@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from engine.cameras import orbit_cameras
+from foundation.cameras import orbit_cameras
 from renderers.kernels import splat, splat_cuda
 
 

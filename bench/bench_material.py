@@ -3,7 +3,7 @@
     python bench/bench_material.py [--steps 300] [--supersample 2] [--size 64] [--prompts "a red checker" ...]
 
 Each prompt runs the "material" preset (materials prior, SDS) through engine.train.generate, then the written maps
-are measured by engine.materials.evaluate: colour error and spread of the base-colour clusters (sRGB levels, worst
+are measured by foundation.materials.evaluate: colour error and spread of the base-colour clusters (sRGB levels, worst
 cluster), roughness and metallic means, the dominant frequency vs the true one (the period; for a plain material
 "ok" means no component above 2 sRGB levels), the seam ratio, and the embossed relief. Prints one markdown row
 per prompt (docs/benchmarks.md, "Materials").
@@ -36,9 +36,9 @@ PROMPTS = (
 
 
 def run_one(prompt: str, steps: int, supersample: int, size: int, out: str) -> tuple[dict, float]:
-    from engine import materials
     from engine.config import PRESETS
     from engine.train import generate
+    from foundation import materials
 
     cfg = PRESETS["material"]()
     cfg.prompt, cfg.out = prompt, out
@@ -57,7 +57,7 @@ def run_one(prompt: str, steps: int, supersample: int, size: int, out: str) -> t
 
 def true_tilt(prompt: str, size: int = 64) -> float:
     """Mean |n_xy| of the true normals where they tilt (the embossed pattern's edges)."""
-    from engine.materials import gt_height_tensor, parse_prompt
+    from foundation.materials import gt_height_tensor, parse_prompt
     from renderers.material import tangent_normals
     n = tangent_normals(gt_height_tensor(parse_prompt(prompt), size), None, True)[0, :2].norm(dim=0)
     return float(n[n > 0.1].mean())
@@ -75,7 +75,7 @@ def main() -> None:
     print("| prompt | colour err | colour spread | roughness (true) | metallic (true) | frequency (true) | period "
           "| seam ratio | height relief (true) | relief in normals: cos, tilt (true) | wall s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    from engine.materials import FINISHES, parse_prompt
+    from foundation.materials import FINISHES, parse_prompt
     with tempfile.TemporaryDirectory() as tmp:
         for i, prompt in enumerate(args.prompts):
             ev, wall = run_one(prompt, args.steps, args.supersample, args.size, os.path.join(tmp, str(i)))

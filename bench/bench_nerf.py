@@ -21,7 +21,7 @@ import warnings
 
 import torch
 
-from engine.cameras import orbit_cameras
+from foundation.cameras import orbit_cameras
 from renderers.nerf import NeRFConfig
 
 SHADING_PROBS = {"albedo": (1.0, 0.0, 0.0), "textureless": (0.0, 1.0, 0.0), "lambertian": (0.0, 0.0, 1.0)}

@@ -5,7 +5,7 @@
 
 Loads the folder with plain ``StableDiffusionPipeline.from_pretrained`` (no Distillery code in the sampling), samples
 "a {colour} {shape}" for all 30 pairs of the shapes world x the seeds with DDIM (50 steps, CFG 7.5 by default), and
-classifies every sample against the world's ground-truth renders (engine/shapes.py):
+classifies every sample against the world's ground-truth renders (foundation/shapes.py):
 
 - foreground: pixels farther from the background colour (the median of the image border; the prior was trained on
   white and on random solid backgrounds) than Otsu's threshold on that distance, largest connected component;
@@ -68,8 +68,8 @@ class Classifier:
     """
 
     def __init__(self, resolution: int = 64):
-        from engine.cameras import orbit_cameras
-        from engine.shapes import COLOURS, SHAPES, render_shape
+        from foundation.cameras import orbit_cameras
+        from foundation.shapes import COLOURS, SHAPES, render_shape
 
         self.colours, self.shapes = list(COLOURS), list(SHAPES)
         self.albedo = torch.tensor([COLOURS[c] for c in COLOURS], dtype=torch.float32) / 255.0
@@ -117,8 +117,8 @@ class Classifier:
 
 def check_classifier(clf: Classifier, n: int, resolution: int, seed: int = 0) -> float:
     """Accuracy (colour and shape both right) on ground-truth renders from the training camera distribution."""
-    from engine.cameras import orbit_cameras
-    from engine.shapes import COLOURS, SHAPES, render_shape
+    from foundation.cameras import orbit_cameras
+    from foundation.shapes import COLOURS, SHAPES, render_shape
 
     gen = torch.Generator().manual_seed(seed)
     right = total = 0
@@ -151,7 +151,7 @@ def main() -> None:
 
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from engine.shapes import COLOURS, SHAPES
+    from foundation.shapes import COLOURS, SHAPES
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads "
           f"{torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}")

@@ -31,7 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from engine.config import GenerateConfig, slug
+from engine.config import GenerateConfig, component_names, slug
 
 # Keys a prompts-file row may carry besides generate's dotted options (e.g. "train.lr-scale", "guidance.image").
 ROW_SHORTCUTS = ("prompt", "seed", "guidance", "renderer", "steps", "prior", "image", "preset")
@@ -167,7 +167,7 @@ def _build_config(argv: list[str], where: str) -> GenerateConfig:
 def _check_prompt(cfg: GenerateConfig, where: str) -> None:
     """The shapes prior's vocabulary is known up front; refuse a prompt it cannot serve before any job starts."""
     if cfg.prior.name == "shapes":
-        from engine.shapes import parse_prompt
+        from foundation.shapes import parse_prompt
         try:
             parse_prompt(cfg.prompt)
         except ValueError as e:
@@ -224,13 +224,6 @@ def fingerprint(cfg: GenerateConfig) -> str:
     d["out"] = ""
     d["train"].pop("progress", None)
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def component_names(cfg: GenerateConfig) -> tuple[str, str]:
-    from engine.config import component_name
-    from guidance import GUIDANCES
-    from renderers import RENDERERS
-    return component_name(cfg.guidance, GUIDANCES), component_name(cfg.renderer, RENDERERS)
 
 
 # -- the worker side (runs inside a Ray task) -----------------------------------------------------------------------

@@ -54,7 +54,7 @@ def _last_metrics(run_dir: str) -> dict:
 
 def job_row(out: str, job) -> dict:
     """One summary row: the job's config, its status, what the worker reported (batch.json) and its files."""
-    from engine.batch import component_names
+    from engine.config import component_names
     run = os.path.join(out, job.name)
     status = read_status(run)
     try:

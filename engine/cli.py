@@ -235,7 +235,7 @@ def check_generate_config(cfg, bounds: dict | None = None) -> None:
         raise UsageError('the prompt is empty; e.g. engine generate "a red cube"')
     image = getattr(cfg.guidance, "image", "")
     if image:
-        from guidance.visual_prompt import load_image
+        from guidance.priors.visual_prompt import load_image
         try:
             load_image(image)
         except ValueError as e:

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError):
         ev = None
     if ev:
-        from engine.materials import describe
+        from foundation.materials import describe
         print("vs ground truth: " + describe(ev))
     return 0
 

@@ -17,7 +17,7 @@ from typing import Any, Union
 
 import yaml
 
-from engine.cameras import CameraConfig
+from foundation.cameras import CameraConfig
 from guidance import GUIDANCES
 from guidance.priors import PriorConfig
 from guidance.prompts import PromptConfig
@@ -122,6 +122,11 @@ def component_name(obj: Any, registry: dict[str, type]) -> str:
         if type(obj) is cls:
             return name
     raise ValueError(f"{type(obj).__name__} is not registered (known: {', '.join(registry)})")
+
+
+def component_names(cfg: "GenerateConfig") -> tuple[str, str]:
+    """The registry keys of a run config's objective and renderer."""
+    return component_name(cfg.guidance, GUIDANCES), component_name(cfg.renderer, RENDERERS)
 
 
 def slug(text: str, limit: int = 48) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.materials import EMBOSS_HEIGHT
+from foundation.materials import EMBOSS_HEIGHT
 
 PREVIEW_SIZE = (384, 256)
 
@@ -288,7 +288,7 @@ def _run_config(run_dir: str) -> dict:
 
 def _evaluation(run_dir: str, maps: dict[str, np.ndarray]) -> dict | None:
     """The maps against the materials world's truth, when the run used that prior on a complete prompt."""
-    from engine import materials
+    from foundation import materials
     cfg = _run_config(run_dir)
     if (cfg.get("prior") or {}).get("name") != "materials":
         return None

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from engine import shapes
-from engine.cameras import CameraConfig, Cameras, turntable
+from foundation import shapes
+from foundation.cameras import CameraConfig, Cameras, turntable
 
 
 @contextmanager

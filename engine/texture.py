@@ -24,123 +24,20 @@ row 0 is the top, which is how trimesh writes them into the GLB.
 import dataclasses
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from foundation.meshio import FolderResolver, LoadedMesh, MeshError, load_mesh, load_trimesh  # noqa: F401
+
 TRAIN_ENVS = ("studio", "sky", "rgb")
 HELD_OUT_ENV = "sunset"
 
 
-class TextureError(ValueError):
-    """The input cannot be textured; the message is meant for the user."""
-
-
-@dataclass
-class LoadedMesh:
-    """A mesh in normalised coordinates plus what undoes the normalisation (world = v·scale + centre)."""
-
-    vertices: np.ndarray  # [V,3] float32, normalised
-    faces: np.ndarray  # [F,3] int64
-    uv: np.ndarray | None  # [V,2] OBJ-style, or None
-    centre: np.ndarray
-    scale: float
-    repairs: list[str] = field(default_factory=list)
-
-
-class FolderResolver:
-    """A trimesh resolver that serves the files of one folder, by plain name only: an OBJ's ``mtllib ../../x`` or an
-    absolute texture path is refused whatever trimesh's own resolver allows in the installed version (issue #18)."""
-
-    def __init__(self, folder: str):
-        self.folder = os.path.realpath(folder)
-
-    def _path(self, name: str) -> str:
-        name = str(name).strip()
-        path = os.path.realpath(os.path.join(self.folder, name))
-        if os.path.isabs(name) or os.path.dirname(path) != self.folder or not os.path.isfile(path):
-            raise FileNotFoundError(f"{name}: not a file beside the mesh")
-        return path
-
-    def get(self, name: str) -> bytes:
-        with open(self._path(name), "rb") as f:
-            return f.read()
-
-    def __getitem__(self, name: str) -> bytes:
-        return self.get(name)
-
-    def __contains__(self, name: str) -> bool:
-        try:
-            self._path(name)
-            return True
-        except FileNotFoundError:
-            return False
-
-    def keys(self):
-        return sorted(os.listdir(self.folder))
-
-    def namespaced(self, namespace: str) -> "FolderResolver":
-        return self  # sub-folders are not served
-
-    def write(self, name: str, data) -> None:
-        raise PermissionError("reading a mesh writes nothing")
-
-
-def load_trimesh(path: str, file_type: str | None = None, **kw):
-    """trimesh.load of a file with its companion files (OBJ materials, glTF buffers) taken from its own folder
-    only (FolderResolver)."""
-    import trimesh
-
-    ext = (file_type or os.path.splitext(path)[1].lstrip(".")).lower()
-    with open(path, "rb") as f:
-        return trimesh.load(f, file_type=ext, resolver=FolderResolver(os.path.dirname(os.path.abspath(path))), **kw)
-
-
-def load_mesh(path: str, size: float = 0.8) -> LoadedMesh:
-    """Load, repair (see the module docstring) and normalise a mesh file."""
-    import trimesh
-
-    if not os.path.isfile(path):
-        raise TextureError(f"{path}: no such file")
-    try:
-        m = load_trimesh(path, force="mesh", process=False)
-    except Exception as e:  # trimesh raises many types on malformed files
-        raise TextureError(f"{path}: cannot read it as a mesh ({type(e).__name__}: {e})") from None
-    if not isinstance(m, trimesh.Trimesh) or len(getattr(m, "faces", [])) == 0:
-        raise TextureError(f"{path}: holds no triangles (a point cloud or an empty scene cannot be textured)")
-    v = np.asarray(m.vertices, dtype=np.float64)
-    f = np.asarray(m.faces, dtype=np.int64)
-    uv = None
-    vis_uv = getattr(m.visual, "uv", None)
-    if vis_uv is not None and len(vis_uv) == len(v):
-        uv = np.asarray(vis_uv, dtype=np.float32)
-    repairs = []
-    bad_v = ~np.isfinite(v).all(1)
-    keep = ~bad_v[f].any(1) & (f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])
-    vv = np.nan_to_num(v)
-    area = np.linalg.norm(np.cross(vv[f[:, 1]] - vv[f[:, 0]], vv[f[:, 2]] - vv[f[:, 0]]), axis=1)
-    keep &= area > 1e-12 * max(1.0, float(np.abs(vv).max()) ** 2)
-    if (~keep).any():
-        repairs.append(f"dropped {int((~keep).sum())} degenerate or non-finite faces")
-    f = f[keep]
-    if len(f) == 0:
-        raise TextureError(f"{path}: every face is degenerate or has non-finite vertices")
-    used = np.unique(f)
-    if len(used) < len(v):
-        remap = -np.ones(len(v), dtype=np.int64)
-        remap[used] = np.arange(len(used))
-        f, v = remap[f], v[used]
-        uv = uv[used] if uv is not None else None
-        repairs.append(f"dropped {int(len(remap) - len(used))} unreferenced vertices")
-    lo, hi = v.min(0), v.max(0)
-    extent = float((hi - lo).max())
-    if extent <= 0:
-        raise TextureError(f"{path}: the mesh has zero size")
-    centre = (lo + hi) / 2
-    scale = extent / size
-    return LoadedMesh(((v - centre) / scale).astype(np.float32), f, uv, centre, scale, repairs)
+# The mesh reader lives on the ground floor (foundation/meshio.py); its error keeps this module's name for callers.
+TextureError = MeshError
 
 
 def unwrap(mesh: LoadedMesh) -> LoadedMesh:
@@ -180,8 +77,8 @@ class TextureConfig:
     device: str = "auto"
     """"auto" (cuda when available), "cpu" or "cuda[:N]", as for `engine generate`."""
     controlnet: str = ""
-    """Diffusers SD priors: DreamMat's light-aware ControlNet (hub id or folder; guidance/controlnet.py), conditioned
-    on the mesh's geometry and lighting renders under the same environment as the shading; "" means none."""
+    """Diffusers SD priors: DreamMat's light-aware ControlNet (hub id or folder; guidance/priors/controlnet.py),
+    conditioned on the mesh's geometry and lighting renders under the same environment as the shading; "" means none."""
 
 
 def _uv_sample_coords(uv: np.ndarray) -> torch.Tensor:
@@ -234,8 +131,8 @@ def guidance_config(name: str, scale: float, shapes: bool):
 
 def optimise(scene, cfg: TextureConfig, gen: torch.Generator, log=None) -> list[float]:
     """The SDS loop over materials; returns the loss per step."""
-    from engine import shapes
-    from engine.cameras import CameraConfig, sample_cameras
+    from foundation import shapes
+    from foundation.cameras import CameraConfig, sample_cameras
     from guidance.priors.shapes import lighting_word
     from guidance.prompts import PromptSet
 
@@ -346,8 +243,8 @@ def write_asset(out_dir: str, mesh: LoadedMesh, tex: dict[str, np.ndarray]) -> s
 def material_report(scene, mesh: LoadedMesh, cfg: TextureConfig) -> dict:
     """Albedo statistics per surface orientation group (±X, ±Y, ±Z by dominant normal axis), how differently those
     groups are lit, and a relighting check under a held-out environment against a uniform-albedo reference."""
-    from engine import shapes
-    from engine.cameras import orbit_cameras
+    from foundation import shapes
+    from foundation.cameras import orbit_cameras
     from renderers.mesh import compose_dielectric, environment, render_constant_dielectric
     from renderers.pbr import linear_to_srgb, srgb_to_linear
 
@@ -416,8 +313,8 @@ def _resolve_device(name: str) -> str:
 
 def texture_mesh(cfg: TextureConfig, log=None) -> dict:
     """The whole command: returns the report (also written to <out>/report.json)."""
-    from engine.cameras import orbit_cameras
     from engine.outputs import save_png, write_json
+    from foundation.cameras import orbit_cameras
 
     cfg = dataclasses.replace(cfg, device=_resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)

@@ -24,9 +24,9 @@ from typing import Callable
 import torch
 
 from engine import outputs
-from engine.cameras import sample_cameras
 from engine.checkpoint import latest_checkpoint, load_latest_checkpoint, prune_checkpoints, save_checkpoint, step_path
 from engine.config import GenerateConfig, default_run_dir, load_config, save_config
+from foundation.cameras import sample_cameras
 from guidance.priors import SHAPES_WORLD, Prior, build_prior
 from guidance.prompts import PromptSet
 from renderers.base import Background
@@ -107,7 +107,7 @@ def _prepare(cfg: GenerateConfig, device: torch.device) -> tuple[Prior, PromptSe
     """Everything that can reject the input, done before any file is written."""
     try:
         if getattr(cfg.guidance, "image", ""):  # a visual prompt's IP-Adapter must fit the prior: say so before loading
-            from guidance.visual_prompt import check_visual_prompt_prior
+            from guidance.priors.visual_prompt import check_visual_prompt_prior
             check_visual_prompt_prior(cfg.prior.name, cfg.guidance)
         prior = build_prior(cfg.prior, device)
         prompts = PromptSet(prior, cfg.prompt, cfg.negative_prompt, cfg.prompts)
@@ -288,7 +288,8 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
             cams = _cams_to(sample_cameras(cfg.cameras, cfg.resolution, gen), device)
             bg = background(cams, gen)
             out = scene.render(cams, bg)
-            if "control" in out.extras:  # per-view condition images ride with their cameras (guidance/controlnet.py)
+            # per-view condition images ride with their cameras (guidance/priors/controlnet.py)
+            if "control" in out.extras:
                 cams = cams.with_condition(out.extras["control"])
             g = guidance(out.rgb, prompts, cams, step)
             regs = scene.regularizers(out, step)
@@ -413,8 +414,8 @@ def _cams_to(cams, device: torch.device):
     """Cameras drawn on the host moved to ``device`` through pinned memory (no host sync; guidance.base.to_device)."""
     if torch.device(device).type != "cuda":
         return cams.to(device)
-    from engine.cameras import Cameras
-    from guidance.base import to_device
+    from foundation.cameras import Cameras
+    from foundation.device import to_device
     return Cameras(to_device(cams.c2w, device), to_device(cams.fovy, device), cams.width, cams.height,
                    to_device(cams.azimuth, device), to_device(cams.elevation, device), to_device(cams.distance, device))
 

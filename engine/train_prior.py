@@ -1,6 +1,6 @@
 """Train a small latent diffusion model of the shapes world in Stable Diffusion's own architecture (issue #12).
 
-``train_prior(cfg)`` renders the shapes world (engine/shapes.py: 5 shapes x 6 colours, the cameras of the engine's
+``train_prior(cfg)`` renders the shapes world (foundation/shapes.py: 5 shapes x 6 colours, the cameras of the engine's
 ``shapes`` and ``diffusion`` presets, white or random solid backgrounds as the engine composites them), then trains,
 with diffusers classes, the three parts of Stable Diffusion (Rombach et al. 2022, "High-Resolution Image Synthesis
 with Latent Diffusion Models"):
@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.cameras import orbit_cameras, view_labels
-from engine.shapes import COLOURS, SHAPES, render_shape
+from foundation.cameras import orbit_cameras, view_labels
+from foundation.shapes import COLOURS, SHAPES, render_shape
 
 WORDS = ("a", "an", "the", "photo", "of", "dslr", "3d", "render", "object", "shape", "red", "green", "blue", "yellow",
          "white", "orange", "cube", "sphere", "cylinder", "cone", "torus", "front", "side", "back", "overhead", "view")

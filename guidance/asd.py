@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from engine.cameras import Cameras
+from foundation.cameras import Cameras
 from guidance.base import (
     GuidanceOutput,
     Objective,

@@ -12,7 +12,9 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from engine.cameras import Cameras
+from foundation.cameras import Cameras
+from foundation.device import to_device  # noqa: F401  (objectives import it from here)
+from guidance.priors.conversions import _bcast, add_noise, ddim_move, from_eps, to_eps, training_target, x0_hat  # noqa: F401  (the objectives' shared math)
 
 
 @dataclass
@@ -61,87 +63,6 @@ class Objective:
         if noise is None:
             noise = torch.randn(z.shape, generator=self.gen)
         return to_device(t, z.device), to_device(noise, z.device, z.dtype)
-
-
-def to_device(x: Tensor, device: torch.device | str, dtype: torch.dtype | None = None) -> Tensor:
-    """Move a host-drawn tensor (noise, timesteps from the run's CPU generator) to ``device`` without a host sync.
-
-    A copy from pageable host memory to a GPU waits for the GPU to drain its queue; from pinned memory it is queued
-    like a kernel (non_blocking), and torch's pinned-memory allocator keeps the buffer alive until the copy is done.
-    The values are those of the CPU generator, so a run is the same on any device and resumes exactly.
-    """
-    device = torch.device(device)
-    if device.type == "cuda" and x.device.type == "cpu":
-        x = x.pin_memory().to(device, non_blocking=True)
-    return x.to(device, dtype) if dtype is not None else x.to(device)
-
-
-def _bcast(v: Tensor, like: Tensor) -> Tensor:
-    return v.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
-
-
-def add_noise(x: Tensor, eps: Tensor, t: Tensor, alphas_cumprod: Tensor) -> Tensor:
-    """x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps, per-sample integer t [B]."""
-    abar = _bcast(alphas_cumprod[t], x)
-    return abar.sqrt() * x + (1 - abar).sqrt() * eps
-
-
-def x0_hat(x_t: Tensor, eps: Tensor, abar: Tensor) -> Tensor:
-    """Predicted clean sample (x_t - sqrt(1 - abar) eps) / sqrt(abar); abar [B]."""
-    a = _bcast(abar, x_t)
-    return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
-
-
-def ddim_move(x: Tensor, eps: Tensor, abar_from: Tensor, abar_to: Tensor) -> Tensor:
-    """Deterministic DDIM (eta = 0) move between noise levels, in either direction (guidance-spec §1.1).
-
-    DDIM(x, e, a -> b) = sqrt(abar_b) x0hat(x, e, a) + sqrt(1 - abar_b) e. Moving to more noise is inversion.
-    """
-    b = _bcast(abar_to, x)
-    return b.sqrt() * x0_hat(x, eps, abar_from) + (1 - b).sqrt() * eps
-
-
-def to_eps(out: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction_type: str) -> Tensor:
-    """Model output -> epsilon: v gives sigma x_t + alpha v; x0 ("sample") gives (x_t - alpha x0) / sigma."""
-    abar = _bcast(alphas_cumprod[t], out)
-    match prediction_type:
-        case "epsilon":
-            return out
-        case "v_prediction":
-            return (1 - abar).sqrt() * x_t + abar.sqrt() * out
-        case "sample":
-            return (x_t - abar.sqrt() * out) / (1 - abar).sqrt()
-        case _:
-            raise ValueError(f"unsupported prediction_type {prediction_type!r}")
-
-
-def from_eps(eps: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction_type: str) -> Tensor:
-    """Epsilon -> model output, the inverse of ``to_eps``: v = (eps - sigma x_t) / alpha, x0 = (x_t - sigma eps) /
-    alpha."""
-    abar = _bcast(alphas_cumprod[t], eps)
-    match prediction_type:
-        case "epsilon":
-            return eps
-        case "v_prediction":
-            return (eps - (1 - abar).sqrt() * x_t) / abar.sqrt()
-        case "sample":
-            return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
-        case _:
-            raise ValueError(f"unsupported prediction_type {prediction_type!r}")
-
-
-def training_target(x0: Tensor, noise: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction_type: str) -> Tensor:
-    """The diffusion loss target: n (epsilon), alpha n - sigma x0 (v), or x0 (sample)."""
-    abar = _bcast(alphas_cumprod[t], x0)
-    match prediction_type:
-        case "epsilon":
-            return noise
-        case "v_prediction":
-            return abar.sqrt() * noise - (1 - abar).sqrt() * x0
-        case "sample":
-            return x0
-        case _:
-            raise ValueError(f"unsupported prediction_type {prediction_type!r}")
 
 
 WEIGHTINGS = ("sds", "uniform", "fantasia3d", "ism")

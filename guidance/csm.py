@@ -23,7 +23,7 @@ CSM here is a reconstruction; every choice is a config field, and these are the 
 VPCSM: with an image prompt I (``image``), the conditional branch sees (y, I) and the unconditional branch
 (null, no image): g = lambda w s (e(x_t; y, I) - e(x_t; null, 0_img)) + lambda w s_img (e(y, I) - e(y, 0_img)), the
 second term optional (``image_guidance_scale``, 0 by default). Diffusers priors condition on I through an IP-Adapter
-(guidance/visual_prompt.py); exemplar priors (shapes) through the exemplars nearest to I.
+(guidance/priors/visual_prompt.py); exemplar priors (shapes) through the exemplars nearest to I.
 """
 
 from dataclasses import dataclass, field
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from engine.cameras import Cameras
+from foundation.cameras import Cameras
 from guidance.base import (
     GuidanceOutput,
     LinearRamp,
@@ -82,7 +82,7 @@ class CSMConfig(ISMConfig):
         if self.uncond not in ("null", "negative"):
             raise ValueError(f"guidance.uncond must be null or negative, got {self.uncond!r}")
         if self.image:
-            from guidance.visual_prompt import check_image_file
+            from guidance.priors.visual_prompt import check_image_file
             check_image_file(self.image)
 
     def build(self, prior: Prior, gen: torch.Generator, total_steps: int) -> "CSM":
@@ -96,7 +96,7 @@ class CSM(Objective):
         super().__init__(cfg, prior, gen, total_steps)
         self.visual = None
         if cfg.image:
-            from guidance.visual_prompt import VisualPrompt
+            from guidance.priors.visual_prompt import VisualPrompt
             self.visual = VisualPrompt.build(prior, cfg.image, cfg)
 
     def conditions(self, prompts, cams: Cameras) -> tuple[Cond, Cond, Cond | None]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.cameras import Cameras, view_labels
+from foundation.cameras import Cameras, view_labels
 from guidance.base import classifier_free_guidance
 from guidance.priors.base import Cond, Prior
 

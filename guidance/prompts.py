@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.cameras import Cameras, ViewThresholds
+from foundation.cameras import Cameras, ViewThresholds
 from guidance.priors.base import Cond, Prior
 
 
@@ -37,7 +37,7 @@ VIEWS = ("front", "side", "back", "overhead")
 
 
 def view_index(azimuth_deg: Tensor, elevation_deg: Tensor, th: ViewThresholds = ViewThresholds()) -> Tensor:
-    """Index into VIEWS per camera [C] (int64, on the cameras' device): engine.cameras.view_labels' rule (side by
+    """Index into VIEWS per camera [C] (int64, on the cameras' device): foundation.cameras.view_labels' rule (side by
     default, then front, back, overhead, a later match overriding), as tensor ops, so choosing the view prompts never
     reads the cameras back to the host."""
     az = (azimuth_deg + 180.0) % 360.0 - 180.0

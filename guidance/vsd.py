@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from engine.cameras import Cameras
+from foundation.cameras import Cameras
 from guidance.base import (
     GuidanceOutput,
     Objective,
@@ -242,7 +242,7 @@ class LoRAParticleScore(nn.Module):
             cams: Cameras | None = None) -> Tensor:
         """The LoRA UNet's raw output (``cams`` unused: the camera enters through ``cam``); ``control`` [B,K,H,W]:
         the ControlNet prior's condition images, whose residuals steer this UNet call as they steer the pretrained
-        one (guidance/controlnet.py)."""
+        one (guidance/priors/controlnet.py)."""
         prior = self.prior[0]
         unet = prior.unet
         added = prior._added_cond(cond, x_t) if hasattr(prior, "_added_cond") else {}

@@ -10,7 +10,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from engine.cameras import Cameras
+from foundation.cameras import Cameras
 
 
 @dataclass
@@ -85,7 +85,7 @@ class Background(nn.Module):
     def forward(self, cams: Cameras, gen: torch.Generator | None = None, training: bool = True) -> Tensor:
         C, H, W = len(cams), cams.height, cams.width
         if self.cfg.kind == "random" and training:
-            from guidance.base import to_device  # pinned copy: no host sync on a GPU
+            from foundation.device import to_device  # pinned copy: no host sync on a GPU
             col = to_device(torch.rand(C, 1, 1, 3, generator=gen), cams.device)
         else:
             col = torch.sigmoid(self.logit).to(cams.device).view(1, 1, 1, 3).expand(C, 1, 1, 3)

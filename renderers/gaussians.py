@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from engine.cameras import Cameras
+from foundation.cameras import Cameras
 from renderers.base import RenderOutput, composite
 from renderers.kernels import ENV_VAR, resolve_backend, splat
 from renderers.kernels import splat_cuda as _splat_cuda

@@ -1,6 +1,6 @@
 """The shapes world's fixed key light, applied to a render's albedo so that training sees what the exemplars show.
 
-The shapes prior's exemplars (engine/shapes.py) are shaded: pixel = albedo·(k_a + k_d·max(0, n·l)) with k_a = 0.6,
+The shapes prior's exemplars (foundation/shapes.py) are shaded: pixel = albedo·(k_a + k_d·max(0, n·l)) with k_a = 0.6,
 k_d = 0.4 and a fixed directional light l. A scene trained on them with albedo-only renders must bake that shading
 into its colour field, and the exported baseColor then carries it (issue #17: darker, and a lighter bottom face).
 Rendering every view under the same light makes the true albedo the only colour that explains every view (the
@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from engine import shapes
-from engine.cameras import Cameras
+from foundation import shapes
+from foundation.cameras import Cameras
 
 LIGHTS = ("none", "shapes")
 

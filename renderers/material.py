@@ -32,8 +32,8 @@ Condition images: the training loop (engine/train.py ``_wire_condition``) sets `
   CONDITION_CHANNELS] holding, per supersampled pixel, the unwrapped texture coordinates, the unit view vector, the
   lighting (environment index, rotation, sun direction and irradiance) and the plane coverage, so the prior can
   shade its own materials exactly as this view is shaded (``shade_view``);
-- "dreammat" (a light-aware ControlNet prior, guidance/controlnet.py): training renders carry DreamMat's 22-channel
-  condition [C, H, W, 22] at the render resolution (``dreammat_condition``, through renderers/mesh.py
+- "dreammat" (a light-aware ControlNet prior, guidance/priors/controlnet.py): training renders carry DreamMat's
+  22-channel condition [C, H, W, 22] at the render resolution (``dreammat_condition``, through renderers/mesh.py
   ``condition_maps``): inverse distance to the plane, the camera-space normal of the *learned* relief (height and
   normal detail, as this view's shading sees them), and six white-albedo renders for CONTROL_MATERIALS under the
   view's own lights (exposure-scaled tilted environment plus the sun); 0 off the plane.
@@ -47,13 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.cameras import Cameras
-from engine.materials import EMBOSS_HEIGHT
+from foundation.cameras import Cameras
+from foundation.materials import EMBOSS_HEIGHT, TILE, tangent_normals  # noqa: F401  (part of this module's API)
 from renderers import pbr
 from renderers.base import RenderOutput
 
-TILE = 1.0
-"""Side of one tile in metres."""
 ENVS = ("studio", "sky", "rgb", "sunset")
 ENV_HEIGHT = 32
 SUN_ELEVATION = (15.0, 80.0)
@@ -130,25 +128,6 @@ def sample_maps(maps: Tensor, uv: Tensor, tileable: bool) -> Tensor:
     grid = g.reshape(1, *uv.shape).expand(K, *uv.shape).to(maps.dtype)
     out = F.grid_sample(padded, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return out.permute(0, 2, 3, 1)
-
-
-def tangent_normals(height: Tensor, detail: Tensor | None, tileable: bool) -> Tensor:
-    """Tangent-space unit normals [K,3,S,S] (OpenGL convention, see the module docstring) of heights [K,S,S]
-    (units of EMBOSS_HEIGHT) plus an optional detail [K,2,S,S]."""
-    S = height.shape[-1]
-    h = height * EMBOSS_HEIGHT
-    scale = S / (2.0 * TILE)  # central difference over two texels, per metre
-    if tileable:
-        dx = (torch.roll(h, -1, -1) - torch.roll(h, 1, -1)) * scale
-        dz = (torch.roll(h, -1, -2) - torch.roll(h, 1, -2)) * scale
-    else:
-        p = F.pad(h[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
-        dx = (p[:, 1:-1, 2:] - p[:, 1:-1, :-2]) * scale
-        dz = (p[:, 2:, 1:-1] - p[:, :-2, 1:-1]) * scale
-    n = torch.stack([-dx, dz, torch.ones_like(dx)], 1)
-    if detail is not None:
-        n = n + F.pad(detail, (0, 0, 0, 0, 0, 1))
-    return F.normalize(n, dim=1)
 
 
 def material_stack(basecolor: Tensor, roughness: Tensor, metallic: Tensor, normal_ts: Tensor) -> Tensor:
@@ -229,7 +208,7 @@ def view_lighting(albedo: Tensor, rough: Tensor, metal: Tensor, n: Tensor, v: Te
 def dreammat_condition(cams: Cameras, light: Tensor, offset: Tensor, tileable: bool, normal_ts: Tensor,
                        lut: Tensor | None = None) -> Tensor:
     """DreamMat's 22-channel ControlNet condition [C,H,W,22] of the plane seen by ``cams`` (one ray per pixel),
-    made by renderers/mesh.py ``condition_maps`` (guidance/controlnet.py documents the layout): inverse distance,
+    made by renderers/mesh.py ``condition_maps`` (guidance/priors/controlnet.py documents the layout): inverse distance,
     the camera-space normal of the tangent-space normal map ``normal_ts`` [1,3,S,S] (the learned relief) and six
     white-albedo renders under each view's own lights ``light`` [C,6] (``view_lighting``); 0 off the plane."""
     from renderers.mesh import condition_maps

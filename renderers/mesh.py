@@ -22,8 +22,8 @@ OETF, composited over the background and antialiased (silhouette gradients). ``s
 environment (the light-aware shapes prior and the ControlNet condition use the same one). Normals are per corner:
 the smooth vertex normal, or the face normal where they differ by more than ``crease_angle`` (hard edges).
 
-Camera: the OpenGL c2w of engine/cameras.py, perspective with near 0.05 m / far 50 m, and P[1,1] negated so image row
-0 is the top (nvdiffrast's clip y = −1 is row 0).
+Camera: the OpenGL c2w of foundation/cameras.py, perspective with near 0.05 m / far 50 m, and P[1,1] negated so image
+row 0 is the top (nvdiffrast's clip y = −1 is row 0).
 """
 
 import dataclasses
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.cameras import Cameras
+from foundation.cameras import Cameras
 from renderers import dmtet, envmaps, pbr
 from renderers.base import RenderOutput
 from renderers.kernels import raster as K
@@ -93,7 +93,7 @@ class MeshConfig:
     """Rows of the equirect maps after loading (the pre-filtered levels are built from it)."""
     eval_shading: str = "pbr"
     """Shading outside training: "pbr", "albedo" (sRGB albedo, unlit) or "shapes" (the shapes world's own light,
-    engine/shapes.py: sRGB albedo x (0.6 + 0.4 max(0, n.l)); what its ground truth is rendered with, so an
+    foundation/shapes.py: sRGB albedo x (0.6 + 0.4 max(0, n.l)); what its ground truth is rendered with, so an
     evaluation against it compares geometry and albedo, not lighting models)."""
     crease_angle: float = 45.0
     """Corners whose smooth normal differs from the face normal by more than this use the face normal (degrees)."""
@@ -150,7 +150,7 @@ class MeshConfig:
         if self.mode == "fixed":
             if not self.mesh_path:
                 raise ValueError("mesh.mode fixed needs --renderer.mesh-path (or use engine texture)")
-            from engine.texture import load_mesh  # noqa: PLC0415
+            from foundation.meshio import load_mesh  # noqa: PLC0415
 
             m = load_mesh(self.mesh_path)
             return Mesh.from_arrays(self, m.vertices, m.faces, m.uv, gen, device)
@@ -230,7 +230,7 @@ RAY_TARGET_WEIGHT = 0.05
 def init_cameras(radius: float, resolution: int = 64) -> Cameras:
     """16 orbit views (azimuth every 45°, elevation 0° and 30°, fovy 40°, distance 3.2·radius: the engine's 2.5 m
     orbit for the default 0.8 m box) on which a mesh's silhouette is matched to its source scene's."""
-    from engine.cameras import orbit_cameras  # noqa: PLC0415
+    from foundation.cameras import orbit_cameras  # noqa: PLC0415
 
     az = torch.arange(-180.0, 180.0, 45.0).repeat(2)
     el = torch.tensor([0.0, 30.0]).repeat_interleave(8)
@@ -360,7 +360,7 @@ class Mesh(nn.Module):
         self.gen = gen
         self._lighting: tuple[str, float] | None = None
         # training renders also return the ControlNet condition in extras["control"]; the training loop turns this
-        # on when the prior takes a condition (guidance/controlnet.py documents the layout)
+        # on when the prior takes a condition (guidance/priors/controlnet.py documents the layout)
         self.render_condition = False
         if fixed is not None:
             v, f, uv = fixed
@@ -395,7 +395,7 @@ class Mesh(nn.Module):
     # ---- geometry ------------------------------------------------------------------------------------------------
 
     def _initial_sdf(self, grid: Tensor) -> Tensor:
-        from engine import shapes  # noqa: PLC0415
+        from foundation import shapes  # noqa: PLC0415
 
         return _nudge(shapes.sdf(self.cfg.init_shape, grid).float(), self.cfg.radius / self.cfg.tet_resolution)
 
@@ -641,7 +641,7 @@ class Mesh(nn.Module):
             env = environment(env_name, self.cfg.env_height).to(v.device)
             lin = pbr.shade(mat["albedo"], mat["roughness"], mat["metallic"], n, view, env, rot)["rgb"]
         elif shading == "shapes":
-            from engine.shapes import LIGHT_DIR  # noqa: PLC0415
+            from foundation.shapes import LIGHT_DIR  # noqa: PLC0415
 
             light = F.normalize(torch.tensor(LIGHT_DIR, dtype=n.dtype, device=n.device), dim=0)
             shade = 0.6 + 0.4 * (n * light).sum(-1, keepdim=True).clamp_min(0)
@@ -771,7 +771,7 @@ def mesh_smoothness(v: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
 
 def primitive_mesh(shape: str) -> tuple[Tensor, Tensor]:
     """Triangle mesh (vertices [V,3], faces [F,3]) of a shapes-world primitive at its canonical size and pose
-    (engine/shapes.py: Y-up, centred at the origin)."""
+    (foundation/shapes.py: Y-up, centred at the origin)."""
     import numpy as np  # noqa: PLC0415
     import trimesh  # noqa: PLC0415
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from engine.cameras import Cameras
+from foundation.cameras import Cameras
 from renderers import kernels
 from renderers.base import RenderOutput, composite
 from renderers.kernels.hashgrid_torch import HashGrid

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.cameras import Cameras
+from foundation.cameras import Cameras
 from renderers.base import RenderOutput
 
 

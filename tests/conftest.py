@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from engine.cameras import orbit_cameras  # noqa: E402
+from foundation.cameras import orbit_cameras  # noqa: E402
 from guidance.priors.base import Cond, scaled_linear_alphas_cumprod  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))

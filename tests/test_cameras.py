@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from engine.cameras import (
+from foundation.cameras import (
     CameraConfig,
     Cameras,
     look_at,

@@ -1,4 +1,4 @@
-"""Light-aware ControlNet guidance (guidance/controlnet.py): a tiny random ControlNet matching the tiny SD UNet,
+"""Light-aware ControlNet guidance (guidance/priors/controlnet.py): a tiny random ControlNet matching the tiny SD UNet,
 saved with save_pretrained and loaded offline; the mesh scene's 22-channel condition; residuals reach eps; no
 gradient reaches the ControlNet; two CLI steps end to end."""
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny_models import tiny_controlnet_path, tiny_sd_path
 
-from engine.cameras import orbit_cameras
+from foundation.cameras import orbit_cameras
 from guidance.priors import PriorConfig, build_prior
 
 
@@ -71,8 +71,8 @@ def test_residuals_change_eps_and_no_gradient_reaches_the_controlnet(tiny_sd, ti
 def test_missing_condition_and_wrong_channels_are_clear_errors(tiny_sd, tiny_controlnet):
     from diffusers import ControlNetModel
 
-    from guidance.controlnet import ControlNetPrior
     from guidance.priors.base import PriorError
+    from guidance.priors.controlnet import ControlNetPrior
 
     prior = build_prior(PriorConfig(name=tiny_sd, controlnet=tiny_controlnet))
     cams = orbit_cameras([123.0], [-7.0], 2.5, 40.0, 32)

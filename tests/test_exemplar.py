@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from engine import shapes
-from engine.cameras import orbit_cameras
+from foundation import shapes
+from foundation.cameras import orbit_cameras
 from guidance.priors.base import PriorError
 from guidance.priors.exemplar import ExemplarPrior
 

@@ -6,7 +6,7 @@
   the GLB's own TANGENT attribute;
 - the shapes world: the GLB of a red cube *is* the cube (volume IoU from the GLB alone) and red, and a ray-cast
   render of the reloaded GLB through the engine's cameras matches the ground-truth render (frame, scale, up).
-Scenes are analytic (smooth occupancy of engine.shapes.sdf), a hand-built Gaussians scene, a PBR mesh scene with
+Scenes are analytic (smooth occupancy of foundation.shapes.sdf), a hand-built Gaussians scene, a PBR mesh scene with
 export_mesh/query_material, and a NeRF run folder for the CLI and the end-of-run export.
 """
 
@@ -22,11 +22,11 @@ import pytest
 import torch
 from tiny_models import split_cube
 
-from engine import shapes
-from engine.cameras import orbit_cameras
 from engine.export import ExportOptions, bake_scene, export_scene
 from engine.export.bake import linear_to_srgb
 from engine.export.gltf import read_glb_json
+from foundation import shapes
+from foundation.cameras import orbit_cameras
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -163,7 +163,7 @@ def raycast_cameras(vertices, faces, cams, tile=8):
 
 
 def voxel_iou(vertices, faces, shape, n=64, extent=0.6):
-    """Volume IoU of a closed mesh against engine.shapes.inside on an n³ grid of cell centres.
+    """Volume IoU of a closed mesh against foundation.shapes.inside on an n³ grid of cell centres.
 
     Inside-ness from the GLB alone: a sample is inside when a +Z ray from below crosses the surface an odd number of
     times before reaching it (columns are processed in 8x8 tiles against the triangles overlapping the tile).
@@ -279,7 +279,7 @@ def test_red_cube_glb_is_the_cube_and_red(red_cube):
 
 
 def test_rendered_glb_matches_the_ground_truth_render(red_cube):
-    """A ray-cast of the *reloaded* GLB through the engine's own cameras vs engine.shapes' render: same frame,
+    """A ray-cast of the *reloaded* GLB through the engine's own cameras vs foundation.shapes' render: same frame,
     scale and up (no rotation surprises), same colour."""
     _, paths, _ = red_cube
     mesh = load_glb(paths["glb"])

@@ -8,9 +8,9 @@ import pytest
 import torch
 from tiny_models import split_cube
 
-from engine import shapes
-from engine.cameras import orbit_cameras
 from engine.export import fidelity as fid
+from foundation import shapes
+from foundation.cameras import orbit_cameras
 
 
 def _split_cube(half: float = 0.4) -> tuple[np.ndarray, np.ndarray]:

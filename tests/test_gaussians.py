@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.cameras import orbit_cameras
+from foundation.cameras import orbit_cameras
 from renderers.gaussians import Gaussians, GaussiansConfig, resolve_splat_backend
 from renderers.kernels.splat_torch import (
     ALPHA_MAX,

@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from tiny_models import tiny_sd_path  # noqa: E402
 
-from engine.cameras import orbit_cameras  # noqa: E402
+from foundation.cameras import orbit_cameras  # noqa: E402
 from guidance.priors import PriorConfig, build_prior  # noqa: E402
 from guidance.prompts import PromptSet  # noqa: E402
 
@@ -409,7 +409,7 @@ def test_asd_makes_one_batched_prior_call(toy_prior, cams4):
 
 
 def test_view_prompts_are_chosen_on_the_device_and_match_the_scalar_rule(toy_prior):
-    from engine.cameras import view_labels
+    from foundation.cameras import view_labels
     from guidance.prompts import VIEWS, PromptConfig, view_index
 
     az = torch.tensor([-179.0, -135.5, -90.0, -44.9, 0.0, 30.0, 45.0, 89.9, 90.0, 134.0, 136.0, 180.0, 10.0])
@@ -550,7 +550,7 @@ def test_visual_prompt_with_a_mismatched_ip_adapter_fails_before_loading(tiny_sd
     from engine.config import GenerateConfig
     from engine.train import RunError, _prepare
     from guidance.csm import CSMConfig
-    from guidance.visual_prompt import check_visual_prompt_prior, ip_adapter_width
+    from guidance.priors.visual_prompt import check_visual_prompt_prior, ip_adapter_width
 
     adapter = tmp_path / "ipa"
     (adapter / "models").mkdir(parents=True)
@@ -578,7 +578,7 @@ def test_visual_prompt_refuses_sdxl_before_loading(tmp_path_factory, tmp_path):
 
     from guidance.csm import CSMConfig
     from guidance.priors.base import PriorError
-    from guidance.visual_prompt import check_visual_prompt_prior
+    from guidance.priors.visual_prompt import check_visual_prompt_prior
 
     png = tmp_path / "ref.png"
     from PIL import Image

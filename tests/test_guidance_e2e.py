@@ -226,7 +226,7 @@ def proof_argv(name: str, prompt: str, out: str, steps: int = PROOF_STEPS, seed:
 
 
 def nearest_colour(rgb) -> str:
-    from engine import shapes
+    from foundation import shapes
     return min(shapes.COLOURS, key=lambda c: sum((a - b / 255 * 0.8) ** 2 for a, b in zip(rgb, shapes.COLOURS[c])))
 
 

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from engine.cameras import orbit_cameras
+from foundation.cameras import orbit_cameras
 from guidance.base import TimestepConfig, add_noise, clip_grad_per_pixel, dreamtime_timestep, sample_timesteps
 from guidance.perp_neg import PerpNegConfig, lucid_weights, perpendicular, threestudio_weights
 from guidance.prompts import PromptConfig, PromptSet

@@ -85,8 +85,8 @@ def test_shipped_prior_loads_through_its_name():
     prior = build_prior(PriorConfig(name="shapes-sd"))
     assert type(prior) is StableDiffusionPrior
     assert prior.native_resolution == 64 and prior.latent
-    from engine.cameras import orbit_cameras
-    from engine.shapes import render_ground_truth
+    from foundation.cameras import orbit_cameras
+    from foundation.shapes import render_ground_truth
     x, _ = render_ground_truth("torus", "blue", orbit_cameras([30.0], [20.0], 2.5, 40.0, 64))
     z = prior.encode(x)
     assert z.shape == (1, 4, 8, 8)
@@ -145,8 +145,8 @@ def test_prior_folder_defaults_apply_and_yield_to_flags(tmp_path, capsys):
 def test_vsd_lora_learns_on_the_shipped_prior():
     """VSD's particle LoRA trains through shapes-sd: after a few steps every LoRA tensor has moved (B starts at 0),
     and the particle's epsilon for a fixed (x_t, t) has changed and differs from the frozen prior's (LoRA off)."""
-    from engine.cameras import orbit_cameras
-    from engine.shapes import render_ground_truth
+    from foundation.cameras import orbit_cameras
+    from foundation.shapes import render_ground_truth
     from guidance.base import add_noise
     from guidance.prompts import PromptSet
     from guidance.vsd import VSDConfig, camera_vector
@@ -229,8 +229,8 @@ def test_shipped_prior_high_cfg_saturates(shipped_prior):
     estimate is more saturated in every one of four views (measured: +0.08 to +0.21, mean +0.15 in max - min
     channel), the usual over-saturation of large CFG scales (DreamFusion's 100 included). Its redness does not rise
     with it (measured 0.065 at 100 against 0.086 at 7.5): the extra chroma is not all the prompt's colour."""
-    from engine.cameras import orbit_cameras
-    from engine.shapes import render_ground_truth
+    from foundation.cameras import orbit_cameras
+    from foundation.shapes import render_ground_truth
     from guidance.base import add_noise
     prior = shipped_prior
     cams = orbit_cameras(torch.tensor([0.0, 60.0, 120.0, 200.0]), 20.0, 2.5, 40.0, 64)

@@ -23,10 +23,10 @@ from PIL import Image
 from test_export import assert_valid_glb
 from tiny_models import tiny_controlnet_path, tiny_sd_path
 
-from engine import materials
 from engine.cli import main
 from engine.config import PRESETS
 from engine.train import Hooks, generate
+from foundation import materials
 
 PROMPT = "a glossy red checker material"
 STEPS = 300
@@ -78,7 +78,7 @@ def test_the_truth_is_the_priors_exemplar_in_every_view():
     """The materials prior shades its exemplars with each view's own condition images: at the true maps the render
     equals the exemplar (so the truth is a fixed point of the guidance), under every random light and offset."""
     import guidance.priors.materials as gpm
-    from engine.cameras import sample_cameras
+    from foundation.cameras import sample_cameras
     from guidance.priors import PriorConfig
 
     spec = materials.MaterialSpec("orange", "dots", "metallic", True)
@@ -95,7 +95,7 @@ def test_the_truth_is_the_priors_exemplar_in_every_view():
 
 
 def test_gradients_reach_every_map_and_cross_the_seam():
-    from engine.cameras import sample_cameras
+    from foundation.cameras import sample_cameras
 
     cfg, scene = _scene_with_truth(materials.MaterialSpec("green", "stripes", "glossy", True), texels=32)
     cams = sample_cameras(cfg.cameras, 32, torch.Generator().manual_seed(0), n=3)
@@ -263,7 +263,7 @@ def _camera_space(cams, n_world):
 def test_scene_renders_the_dreammat_condition_for_the_plane():
     """DreamMat's 22 channels for the flat sample: in [0,1], 0 off the plane, the plane's camera-space normal (the
     learned relief's once it has one), six light renders that follow each view's own random lights."""
-    from engine.cameras import Cameras, sample_cameras
+    from foundation.cameras import Cameras, sample_cameras
 
     cfg = PRESETS["material"]()
     cfg.renderer.texels = 32
@@ -302,8 +302,8 @@ def test_the_condition_kind_is_the_priors():
     CONDITION_RENDERERS is rendered by the scenes it names."""
     import guidance.priors.materials as gpm
     from engine.train import CONDITION_RENDERERS, _wire_condition
-    from guidance.controlnet import CONDITION_KIND, ControlNetPrior
     from guidance.priors import PriorConfig
+    from guidance.priors.controlnet import CONDITION_KIND, ControlNetPrior
     from renderers.material import MaterialScene
     from renderers.mesh import Mesh
 
@@ -320,7 +320,7 @@ def test_the_condition_kind_is_the_priors():
 def test_two_steps_with_a_controlnet_see_the_planes_condition(tmp_path_factory, tmp_path, monkeypatch, command):
     """engine material --controlnet and engine generate --renderer material --prior.controlnet: the condition
     reaching the ControlNet has 22 channels in [0,1], 0 off the plane, the plane's normal (flat in 2 steps)."""
-    from guidance.controlnet import ControlNetPrior
+    from guidance.priors.controlnet import ControlNetPrior
 
     sd = tiny_sd_path(tmp_path_factory)
     cn = tiny_controlnet_path(tmp_path_factory, sd)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from engine.cameras import orbit_cameras
+from foundation.cameras import orbit_cameras
 from renderers import dmtet
 from renderers.mesh import Mesh, MeshConfig, primitive_mesh, projection
 
@@ -138,7 +138,7 @@ class _AnalyticDensity:
         self.shape, self.rgb = shape, torch.tensor(rgb)
 
     def query_density(self, x):
-        from engine import shapes
+        from foundation import shapes
 
         return 40.0 * torch.sigmoid(-shapes.sdf(self.shape, x).float() / 0.02)
 
@@ -146,7 +146,7 @@ class _AnalyticDensity:
         return self.rgb.expand(x.shape[0], 3)
 
     def render(self, cams, background):
-        from engine import shapes
+        from foundation import shapes
         from renderers.base import RenderOutput
 
         a = shapes.render_shape(self.shape, cams).coverage[..., None]
@@ -157,8 +157,8 @@ class _AnalyticDensity:
 def test_init_from_density_matches_the_shape(shape):
     """The init-from transfer (iso-level matched to the source's silhouettes, sub-cell SDF, albedo from renders):
     held-out silhouettes of the initial mesh match the shape (IoU >= 0.9) and its colour is the source's."""
-    from engine import shapes
-    from engine.cameras import orbit_cameras
+    from foundation import shapes
+    from foundation.cameras import orbit_cameras
 
     scene = MeshConfig(tet_resolution=16, envs=("white",), eval_env="white", eval_shading="albedo").build(
         torch.Generator().manual_seed(0))
@@ -240,7 +240,7 @@ def test_shapes_evaluation_lights_a_mesh_like_its_ground_truth():
     """A cube mesh with the world's red albedo scores high against the shaded ground truth only when lit like it
     (engine.outputs.ground_truth_light); the scene's own eval shading is restored afterwards."""
     from engine import outputs, shapes
-    from engine.cameras import CameraConfig
+    from foundation.cameras import CameraConfig
     from renderers import pbr
 
     v, f = primitive_mesh("cube")

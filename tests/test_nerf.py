@@ -9,7 +9,7 @@ import pytest
 import torch
 from jaxtyping import TypeCheckError
 
-from engine.cameras import orbit_cameras
+from foundation.cameras import orbit_cameras
 from renderers import kernels
 from renderers.base import Scene
 from renderers.kernels import volume_torch

@@ -182,7 +182,7 @@ def tiny_if_path(tmp_path_factory) -> str:
 
 def tiny_controlnet_path(tmp_path_factory, sd_path: str) -> str:
     """Build (once per pytest session) and return a tiny random ControlNet for the tiny SD UNet at ``sd_path``:
-    ControlNetModel.from_unet with DreamMat's 22 condition channels (guidance/controlnet.py), its zero convs made
+    ControlNetModel.from_unet with DreamMat's 22 condition channels (guidance/priors/controlnet.py), its zero convs made
     random (seeded) so the residuals are not all zero, saved with save_pretrained."""
     from diffusers import ControlNetModel, UNet2DConditionModel
 

@@ -1,6 +1,6 @@
 """Fidelity of an exported asset against the shapes world's analytic ground truth (issue #17).
 
-Everything here reads only the exported file (GLB) and ``engine.shapes``' exact signed distance functions and
+Everything here reads only the exported file (GLB) and ``foundation.shapes``' exact signed distance functions and
 albedos, never the engine's own renders, so it measures what a user downloads:
 
 - accuracy: mean |sdf| of points sampled uniformly (by area) on the exported surface, i.e. the mean distance of the
@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from engine import shapes
+from foundation import shapes
 
 DEFAULT_SAMPLES = 5000
 

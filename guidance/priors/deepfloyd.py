@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from guidance.priors import PriorConfig
 from guidance.priors.base import Cond, PriorError
+from guidance.priors.config import PriorConfig
 from guidance.priors.stable_diffusion import DiffusersPrior, ModelSource
 
 

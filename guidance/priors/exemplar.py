@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.cameras import Cameras
+from foundation.cameras import Cameras
 from guidance.priors.base import Cond, PriorError, scaled_linear_alphas_cumprod
 
 MASKED = -1.0e4  # log-prior of an excluded exemplar: finite, so conditions can be blended linearly

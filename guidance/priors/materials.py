@@ -1,4 +1,4 @@
-"""The built-in materials prior: the exemplar denoiser over the materials world (engine/materials.py), with its
+"""The built-in materials prior: the exemplar denoiser over the materials world (foundation/materials.py), with its
 exemplars rendered for each training view under that view's own lights (issue #16).
 
 The exemplar prior (guidance/priors/exemplar.py) is the exact posterior mean of an empirical image set,
@@ -20,8 +20,8 @@ Ground-truth maps are GT_TEXELS texels per tile. Samples live in pixel space ([-
 import torch
 from torch import Tensor
 
-from engine import materials
-from engine.cameras import Cameras
+from foundation import materials
+from foundation.cameras import Cameras
 from guidance.priors.base import Cond, PriorError, scaled_linear_alphas_cumprod
 from guidance.priors.exemplar import MASKED, PixelSpace
 

@@ -14,8 +14,8 @@ What differs from SD 1.x/2.x (guidance-spec §1.2):
 import torch
 from torch import Tensor
 
-from guidance.priors import PriorConfig
 from guidance.priors.base import Cond, PriorError
+from guidance.priors.config import PriorConfig
 from guidance.priors.stable_diffusion import ModelSource, StableDiffusionPrior, clip_prompt_ids
 
 

@@ -1,4 +1,4 @@
-"""The built-in shapes prior: an exemplar prior over renders of the shapes world (engine/shapes.py).
+"""The built-in shapes prior: an exemplar prior over renders of the shapes world (foundation/shapes.py).
 
 Exemplar views: azimuth every 10 degrees x elevation {0, 10, 20, 30, 40} at distance 2.5 m with a 40 degree
 vertical field of view, the orbit the "shapes" preset trains on: 180 views of each of the 5 shapes in each of the 6
@@ -11,8 +11,8 @@ import os
 
 import torch
 
-from engine import shapes
-from engine.cameras import orbit_cameras
+from foundation import shapes
+from foundation.cameras import orbit_cameras
 from guidance.priors.base import PriorError
 from guidance.priors.exemplar import ExemplarPrior
 
@@ -51,7 +51,7 @@ class ShapesPrior(ExemplarPrior):
     """Exemplar prior over every (colour, shape) of the shapes world, tagged with its colour and shape words."""
 
     def __init__(self, cfg, device="cpu"):
-        from guidance.priors import cache_dir
+        from guidance.priors.config import cache_dir
         res = cfg.resolution or 64
         cams = exemplar_cameras(res)
         images, dirs, tags = [], [], []

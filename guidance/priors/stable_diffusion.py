@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.cameras import Cameras
-from guidance.base import to_eps
-from guidance.priors import PriorConfig, cache_dir
+from foundation.cameras import Cameras
 from guidance.priors.base import Cond, PriorError
+from guidance.priors.config import PriorConfig, cache_dir
+from guidance.priors.conversions import to_eps
 
 SUPPORTED: dict[str, tuple[str, str]] = {
     "StableDiffusionPipeline": ("guidance.priors.stable_diffusion", "StableDiffusionPrior"),
@@ -244,10 +244,6 @@ def check_finite(what: str, x: Tensor, hint: str = "") -> Tensor:
     return x
 
 
-def _bcast(v: Tensor, like: Tensor) -> Tensor:
-    return v.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
-
-
 
 class EmbedCache:
     """Text embeddings on disk, one safetensors file per (model fingerprint, prompt), written atomically."""
@@ -332,7 +328,7 @@ class DiffusersPrior:
         self.cross_attention_kwargs: dict[str, Any] | None = None
         self.unet_kwargs: Callable[[Tensor, Tensor, Cond], dict[str, Any]] | None = None
         """Optional provider of extra UNet keyword arguments, called as (x_t, t, cond) before each UNet call
-        (e.g. a ControlNet's down/mid residuals, guidance/controlnet.py)."""
+        (e.g. a ControlNet's down/mid residuals, guidance/priors/controlnet.py)."""
         self.generator = torch.Generator(device=device).manual_seed(0)
         self._nonfinite: dict[str, tuple[Tensor, tuple, torch.dtype, str]] = {}
         self.defer_checks = device.type == "cuda"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.cameras import Cameras
+from foundation.cameras import Cameras
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (200, 30, 30),

@@ -1,6 +1,6 @@
 """The built-in materials world: tileable PBR materials with canonical, documented ground truth (issue #16).
 
-As engine/shapes.py is for objects, this is the world `engine material` runs and is *measured* on with
+As foundation/shapes.py is for objects, this is the world `engine material` runs and is *measured* on with
 ``--prior materials``. Everything here is independent of the renderers, so a result can be checked against it.
 
 A material is one tile (texture coordinates u, v in [0,1), u to the right, v down, glTF's convention) made of:
@@ -9,7 +9,7 @@ A material is one tile (texture coordinates u, v in [0,1), u to the right, v dow
   - checker: 4x4 cells per tile, m = 1 where floor(4u) + floor(4v) is even;
   - stripes: 4 stripes per tile along v (they vary with u), m = 1 where frac(4u) < 1/2;
   - dots: a 4x4 grid, one disc of radius 0.3 cell (0.075 tile) centred in each cell;
-- a primary colour from the shapes world's six (engine/shapes.py COLOURS, sRGB) on white (sRGB 245, 245, 245);
+- a primary colour from the shapes world's six (foundation/shapes.py COLOURS, sRGB) on white (sRGB 245, 245, 245);
 - a finish, uniform over the tile: matte (roughness 0.8, metallic 0), glossy (roughness 0.15, metallic 0),
   metallic (roughness 0.3, metallic 1);
 - "embossed": the pattern is raised by EMBOSS_HEIGHT in the height map (0 elsewhere, edges softened by a one-cell
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.shapes import COLOURS
+from foundation.shapes import COLOURS
 
 PATTERNS = ("plain", "checker", "stripes", "dots")
 FINISHES: dict[str, tuple[float, float]] = {"matte": (0.8, 0.0), "glossy": (0.15, 0.0), "metallic": (0.3, 1.0)}
@@ -238,7 +238,6 @@ def evaluate(maps: dict[str, np.ndarray], spec: MaterialSpec) -> dict:
         relief = h[_interior(gt["mask"], 1.0)].mean() - h[_interior(gt["mask"], 0.0)].mean()
         out["relief"], out["true_relief"] = round(float(relief), 3), 1.0 if spec.embossed else 0.0
     if "normal" in maps:  # the relief in the normal map, where the truth is tilted
-        from renderers.material import tangent_normals
         true_n = tangent_normals(gt_height_tensor(spec, S), None, True)[0].permute(1, 2, 0).numpy()
         n = maps["normal"].astype(np.float64)
         edge = np.linalg.norm(true_n[..., :2], axis=-1) > 0.1
@@ -276,3 +275,26 @@ def describe(result: dict) -> str:
 
 __all__ = ["PATTERNS", "FINISHES", "WHITE", "EMBOSS_HEIGHT", "MaterialSpec", "parse_prompt", "catalogue",
            "pattern_mask", "ground_truth", "evaluate", "dominant_frequency", "seam_ratio", "describe"]
+
+
+TILE = 1.0
+"""Side of one tile in metres."""
+
+
+def tangent_normals(height: Tensor, detail: Tensor | None, tileable: bool) -> Tensor:
+    """Tangent-space unit normals [K,3,S,S] (OpenGL convention, see the module docstring) of heights [K,S,S]
+    (units of EMBOSS_HEIGHT) plus an optional detail [K,2,S,S]."""
+    S = height.shape[-1]
+    h = height * EMBOSS_HEIGHT
+    scale = S / (2.0 * TILE)  # central difference over two texels, per metre
+    if tileable:
+        dx = (torch.roll(h, -1, -1) - torch.roll(h, 1, -1)) * scale
+        dz = (torch.roll(h, -1, -2) - torch.roll(h, 1, -2)) * scale
+    else:
+        p = F.pad(h[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
+        dx = (p[:, 1:-1, 2:] - p[:, 1:-1, :-2]) * scale
+        dz = (p[:, 2:, 1:-1] - p[:, :-2, 1:-1]) * scale
+    n = torch.stack([-dx, dz, torch.ones_like(dx)], 1)
+    if detail is not None:
+        n = n + F.pad(detail, (0, 0, 0, 0, 0, 1))
+    return F.normalize(n, dim=1)

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.cameras import Cameras
+from foundation.cameras import Cameras
 from guidance.priors.base import Cond, PriorError
 
 CONDITION_CHANNELS = 22

@@ -25,7 +25,8 @@ class Cameras:
         width, height: image size in pixels.
         azimuth, elevation, distance: [C] orbit parameters (degrees, degrees, metres) the cameras were made from.
         condition: optional [C,H,W,K] per-view condition images rendered with these views (the mesh scene's
-            ControlNet condition, guidance/controlnet.py). The training loop attaches them with ``with_condition``;
+            ControlNet condition, guidance/priors/controlnet.py). The training loop attaches them with
+            ``with_condition``;
             they follow every re-batching (indexing, ``cat``, ``to``), so an objective that repeats the cameras for
             classifier-free guidance hands each prior row its own view's condition.
     """
