@@ -159,11 +159,15 @@ def evaluate_shapes(scene, prompt: str, cam_cfg: CameraConfig, n: int, resolutio
     with ground_truth_light(scene):
         rgb, alpha = render_views(scene, cams.to(device), white)
     ref = shapes.render_shape(shape, cams)
-    candidates = [colour] if colour else list(shapes.COLOURS)
-    scores = {c: shapes.psnr(rgb, ref.colourise(c)) for c in candidates}
-    best = max(scores, key=scores.get)
+    scores = {c: shapes.psnr(rgb, ref.colourise(c)) for c in shapes.COLOURS}
+    best = colour or max(scores, key=scores.get)
     mask = ref.coverage > 0.5
     mean_rgb = (rgb[mask].mean(0) if mask.any() else rgb.reshape(-1, 3).mean(0)).tolist()
+    # Which world object the result is closest to (what "the right shape and colour" means, issue #12): the shape
+    # whose silhouettes overlap it most, and the colour whose ground truth (on the prompted shape) it matches best.
+    iou_by_shape = {s: round(shapes.mask_iou(alpha[..., 0], (ref if s == shape else shapes.render_shape(s, cams))
+                                             .coverage), 4) for s in shapes.SHAPES}
     return {"psnr": scores[best], "iou": shapes.mask_iou(alpha[..., 0], ref.coverage), "colour": best,
             "mean_rgb_in_mask": [round(v, 4) for v in mean_rgb], "views": n, "resolution": resolution,
-            "shape": shape}
+            "shape": shape, "closest_colour": max(scores, key=scores.get),
+            "closest_shape": max(iou_by_shape, key=iou_by_shape.get), "iou_by_shape": iou_by_shape}

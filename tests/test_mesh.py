@@ -239,7 +239,8 @@ def test_mesh_scene_exports_its_surface_and_the_perturbed_normal_map():
 def test_shapes_evaluation_lights_a_mesh_like_its_ground_truth():
     """A cube mesh with the world's red albedo scores high against the shaded ground truth only when lit like it
     (engine.outputs.ground_truth_light); the scene's own eval shading is restored afterwards."""
-    from engine import outputs, shapes
+    from engine import outputs
+    from foundation import shapes
     from foundation.cameras import CameraConfig
     from renderers import pbr
 
@@ -256,3 +257,27 @@ def test_shapes_evaluation_lights_a_mesh_like_its_ground_truth():
     flat = outputs.evaluate_shapes(scene, "a red cube", CameraConfig(), 4, 64, "cpu")
     assert lit["psnr"] > 30 and lit["iou"] > 0.97, lit
     assert lit["psnr"] > flat["psnr"] + 5, (lit, flat)
+
+
+def test_shapes_evaluation_names_the_closest_world_object():
+    """eval.json says which of the world's objects a result is closest to (issue #12's "right shape and colour"):
+    the red cube mesh is closest to the cube (by silhouette IoU) and to red (by PSNR on the prompted shape), and a
+    prompt naming another shape and colour does not change what it is closest to."""
+    from engine import outputs
+    from foundation import shapes
+    from foundation.cameras import CameraConfig
+    from renderers import pbr
+
+    v, f = primitive_mesh("cube")
+    scene = Mesh.from_arrays(MeshConfig(eval_shading="albedo"), v, f, None, torch.Generator().manual_seed(0))
+    lin = pbr.srgb_to_linear(torch.tensor(shapes.COLOURS["red"]) / 255.0)
+    with torch.no_grad():
+        scene.mlp[2].weight.zero_()
+        scene.mlp[2].bias[:3] = torch.logit(lin)
+    scene.eval()
+    ev = outputs.evaluate_shapes(scene, "a red cube", CameraConfig(), 4, 64, "cpu")
+    assert ev["closest_shape"] == "cube" and ev["closest_colour"] == "red", ev
+    ious = ev["iou_by_shape"]
+    assert set(ious) == set(shapes.SHAPES) and ious["cube"] == max(ious.values()), ious
+    other = outputs.evaluate_shapes(scene, "a green cube", CameraConfig(), 4, 64, "cpu")
+    assert other["colour"] == "green" and other["closest_colour"] == "red" and other["psnr"] < ev["psnr"] - 5, other
