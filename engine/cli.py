@@ -17,10 +17,12 @@ import os
 import re
 import sys
 
+from engine.compose import Choices, ConfigError, check_generate_config, check_out_dir  # noqa: F401 (re-exported)
+
 USAGE_ERROR = 2
 
 
-class UsageError(ValueError):
+class UsageError(ConfigError):
     """Refused command-line input; its message is one plain line for the user."""
 
 
@@ -132,6 +134,7 @@ def _pre_parser(guidances, renderers, presets) -> argparse.ArgumentParser:
     p.add_argument("--prior")
     p.add_argument("--steps", type=int)
     p.add_argument("--image")
+    p.add_argument("--device")
     p.add_argument("--resume")
     p.add_argument("--load-config")
     p.add_argument("-h", "--help", action="store_true")
@@ -142,145 +145,63 @@ def build_generate_config(argv: list[str]):
     """argv (after 'generate') -> (GenerateConfig | None, resume_dir | None). Exits 2 on bad input (one line)."""
     try:
         return parse_generate_argv(argv)
-    except UsageError as e:
+    except ConfigError as e:
         _fail(str(e))
 
 
-def parse_generate_argv(argv: list[str], bounds: dict | None = None):
-    """build_generate_config that raises UsageError (one line) instead of exiting: the web app's entry point.
-    ``bounds`` tightens engine.config.BOUNDS (the app's limits)."""
-    from engine.config import PRESETS, GenerateConfig, load_config
+def split_generate_argv(argv: list[str]):
+    """argv (after 'generate') -> (Choices, the typed overrides' tokens, --help asked, --resume folder or None).
+
+    The prompt is the first argument when it is not an option; taking it here (not as an argparse positional) keeps
+    the values of typed overrides such as `--seed 9` from being read as the prompt."""
+    from engine.config import PRESETS
     from guidance import GUIDANCES
     from renderers import RENDERERS
 
     pre = _pre_parser(GUIDANCES, RENDERERS, PRESETS)
-    # The prompt is the first argument when it is not an option; taking it here (not as an argparse positional)
-    # keeps the values of typed overrides such as `--seed 9` from being read as the prompt.
     prompt = argv[0] if argv and not argv[0].startswith("-") else None
     known, rest = pre.parse_known_args(argv[1:] if prompt is not None else argv)
-    known.prompt = prompt
-    if known.resume:
-        if rest or known.prompt or known.guidance or known.renderer or known.load_config or known.image:
-            _usage("--resume continues a run with its saved config; it takes no other options")
-        if not os.path.isfile(os.path.join(known.resume, "config.yaml")):
-            _usage(f"{known.resume} is not a run folder (no config.yaml)")
-        try:  # the saved config gets the same typed and bounded checks as the command line
-            load_config(os.path.join(known.resume, "config.yaml"))
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-        return None, known.resume
-    if known.load_config:
-        try:
-            base = load_config(known.load_config)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-    else:
-        prior_name = known.prior or "shapes"
-        preset = known.preset or ("shapes" if prior_name == "shapes" else "diffusion")
-        base = PRESETS[preset]()
-    if known.prior:
-        base.prior.name = known.prior
-    if known.image is not None and not known.guidance and not hasattr(base.guidance, "image"):
-        known.guidance = "csm"  # the objective with visual prompts
-    if known.guidance and type(base.guidance) is not GUIDANCES[known.guidance]:
-        base.guidance = GUIDANCES[known.guidance]()
-    if known.image is not None:
-        if not hasattr(base.guidance, "image"):
-            with_image = [n for n, c in GUIDANCES.items() if "image" in c.__dataclass_fields__]
-            _usage(f"--image (a visual prompt) works with --guidance {' or '.join(with_image)}, "
-                  f"not {type(base.guidance).__name__.removesuffix('Config').lower()}")
-        rest = ["--guidance.image", known.image, *rest]
-    if known.renderer and type(base.renderer) is not RENDERERS[known.renderer]:
-        base.renderer = RENDERERS[known.renderer]()
-    if not known.load_config and (known.preset or "diffusion") == "diffusion" and (known.prior or "shapes") != "shapes":
-        _diffusion_defaults(base, rest)  # issue 13: by prior family, objective and device; overrides still win
-    # Issue #17: Gaussians on the shapes prior train under its exemplars' own key light (renderers/keylight.py), so
-    # their colour learns the albedo; --renderer.light overrides it. The NeRF keeps "dreamfusion" unless asked: its
-    # depth-normal shading lost 6.7 dB on the torus (docs/benchmarks.md, "Fidelity").
-    if not known.load_config and base.prior.name == "shapes" and getattr(base.renderer, "light", None) == "none":
-        base.renderer.light = "shapes"
-    if not known.load_config:  # a prior folder's recommended settings (distillery.json); the user's flags win
-        from guidance.priors import apply_prior_defaults
-        try:
-            applied = apply_prior_defaults(base)
-        except ValueError as e:
-            _fail(str(e))
-        if applied and not known.help:
-            print(f"engine: defaults of the prior {base.prior.name} (they win over the preset's): "
-                  f"{', '.join(applied)}", file=sys.stderr)
-    if known.prompt is not None:
-        base.prompt = known.prompt
-    if known.steps is not None:
-        base.train.steps = known.steps
-    if known.help:
-        rest = rest + ["--help"]
+    choices = Choices(prompt=prompt, guidance=known.guidance, renderer=known.renderer, prior=known.prior,
+                      preset=known.preset, steps=known.steps, image=known.image, device=known.device,
+                      load_config=known.load_config)
+    return choices, rest, known.help, known.resume
+
+
+def typed_overrides(rest: list[str], help_asked: bool = False):
+    """The command line's typed overrides (`--guidance.lora-lr 1e-4`) as compose's ``parse`` step: tyro over
+    ``rest`` with the config built so far as its default, so --help shows the chosen components' fields only."""
+    from engine.config import PRESETS, GenerateConfig
+    from guidance import GUIDANCES
+    from renderers import RENDERERS
+
     desc = (f"Generate a 3D asset from a prompt. Guidance choices: {', '.join(GUIDANCES)}; renderer choices: "
             f"{', '.join(RENDERERS)}; presets: {', '.join(PRESETS)}. Choose them with --guidance/--renderer/"
-            f"--preset before the typed overrides below.")
-    cfg = parse_dataclass(GenerateConfig, base, rest, prog="engine generate", description=desc)
-    check_generate_config(cfg, bounds)
-    return cfg, None
+            f"--preset/--prior/--device before the typed overrides below.")
+    args = rest + ["--help"] if help_asked else rest
+    if not args:
+        return None
+    return lambda base: parse_dataclass(GenerateConfig, base, args, prog="engine generate", description=desc)
 
 
-def check_generate_config(cfg, bounds: dict | None = None) -> None:
-    """Everything about a parsed config that can be refused before a run folder exists: the bounds of every field
-    (engine.config.check_config), the prompt, the image prompt (fully decoded), the output folder. UsageError."""
-    from engine.config import check_config
+def parse_generate_argv(argv: list[str], bounds: dict | None = None):
+    """build_generate_config that raises ConfigError (one line) instead of exiting: argv mapped to engine.compose.
+    ``bounds`` tightens engine.config.BOUNDS."""
+    from engine.config import load_config
 
-    try:
-        check_config(cfg, bounds)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    if not cfg.prompt.strip():
-        raise UsageError('the prompt is empty; e.g. engine generate "a red cube"')
-    image = getattr(cfg.guidance, "image", "")
-    if image:
-        from guidance.priors.visual_prompt import load_image
-        try:
-            load_image(image)
+    choices, rest, help_asked, resume = split_generate_argv(argv)
+    if resume:
+        if rest or choices.prompt or choices.guidance or choices.renderer or choices.load_config or choices.image:
+            _usage("--resume continues a run with its saved config; it takes no other options")
+        if not os.path.isfile(os.path.join(resume, "config.yaml")):
+            _usage(f"{resume} is not a run folder (no config.yaml)")
+        try:  # the saved config gets the same typed and bounded checks as the command line
+            load_config(os.path.join(resume, "config.yaml"))
         except ValueError as e:
             raise UsageError(str(e)) from None
-    if cfg.out:
-        check_out_dir(cfg.out)
-
-
-def check_out_dir(out: str) -> None:
-    """--out must be a new or empty folder somewhere writable: never a file, a read-only place, nor another program's
-    folder (engine.train.check_new_run_dir; a run folder is refused there too, with the --resume hint)."""
-    from engine.train import RunError, check_new_run_dir
-
-    if os.path.isfile(os.path.join(out, "config.yaml")):
-        return  # a run folder: generate refuses it with the --resume hint
-    try:
-        check_new_run_dir(out)
-    except RunError as e:
-        raise UsageError(str(e)) from None
-    parent = os.path.abspath(out)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise UsageError(f"--out {out}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {out}: {parent} is not writable")
-
-
-def _diffusion_defaults(base, rest: list[str]) -> None:
-    """The diffusion preset's prior- and objective-dependent values (engine/config.py ``tune_diffusion``), printed."""
-    import torch
-
-    from engine.config import tune_diffusion
-    from guidance.priors import prior_family
-
-    if os.path.isfile(os.path.join(base.prior.name, "exemplars.safetensors")):
-        return  # an exemplar prior (a CPU-world denoiser): nothing here applies
-    device = base.device
-    for i, a in enumerate(rest):  # the typed --device override, read ahead of tyro (which parses it later)
-        if a == "--device" and i + 1 < len(rest):
-            device = rest[i + 1]
-        elif a.startswith("--device="):
-            device = a.split("=", 1)[1]
-    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    print(f"engine: {tune_diffusion(base, prior_family(base.prior.name), cuda)}", file=sys.stderr)
+        return None, resume
+    from engine.compose import compose
+    say = None if help_asked else (lambda line: print(f"engine: {line}", file=sys.stderr))
+    return compose(choices, parse=typed_overrides(rest, help_asked), bounds=bounds, say=say), None
 
 
 def cmd_generate(argv: list[str]) -> int:
