@@ -167,14 +167,14 @@ def _tune(cfg: "GenerateConfig", choices: Choices, say: Callable[[str], None] | 
 def _diffusion_defaults(cfg: "GenerateConfig") -> str:
     """The diffusion preset's prior- and objective-dependent values (engine.config.tune_diffusion) for the device
     the run will use; "" for an exemplar prior (a CPU-world denoiser: nothing here applies)."""
-    import torch
-
     from engine.config import tune_diffusion
+    from foundation.backend import no_cuda_device
     from guidance.priors import prior_family
 
     if os.path.isfile(os.path.join(cfg.prior.name, "exemplars.safetensors")):
         return ""
-    cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    # the device engine.train.resolve_device will pick (an explicit cuda without a GPU is refused there)
+    cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and no_cuda_device() is None)
     return tune_diffusion(cfg, prior_family(cfg.prior.name), cuda)
 
 
