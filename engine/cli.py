@@ -91,11 +91,13 @@ def _collapse(text: str) -> str:
     return " ".join(" ".join(lines).split()) or "the options were refused"
 
 
-def parse_dataclass(cls, default, args: list[str], prog: str, description: str):
+def parse_dataclass(cls, default, args: list[str], prog: str, description: str, command: bool = False):
     """tyro.cli over `args` with errors as UsageError (one line), never tyro's box-drawn text on stderr.
 
     tyro >= 1.0 reports every refusal (unknown flag, bad value, a config's own ValueError) through a parse-error
     hook, which we raise from; older tyro prints a box, which is captured and collapsed to one line instead.
+    ``command``: the layout of the other commands (parse_command): required fields are positional arguments and
+    nested configs' fields are flags without their prefix.
     """
     import contextlib
     import io
@@ -114,8 +116,10 @@ def parse_dataclass(cls, default, args: list[str], prog: str, description: str):
     help_asked = "--help" in args or "-h" in args
     try:
         with hooked, (contextlib.nullcontext() if help_asked else contextlib.redirect_stderr(buf)):
+            layout = (tyro.conf.OmitArgPrefixes, tyro.conf.PositionalRequiredArgs,
+                      tyro.conf.PositionalMetavarFromFieldName) if command else ()
             return tyro.cli(cls, default=default, args=args, prog=prog, description=description,
-                            config=(tyro.conf.AvoidSubcommands,))
+                            config=(tyro.conf.AvoidSubcommands, *layout))
     except _Refused as e:
         raise UsageError(str(e)) from None
     except ValueError as e:  # a config's own validation, when tyro lets it through
@@ -124,6 +128,40 @@ def parse_dataclass(cls, default, args: list[str], prog: str, description: str):
         if help_asked or not e.code:
             raise
         raise UsageError(_collapse(buf.getvalue())) from None
+
+
+def parse_command(cls, args: list[str], prog: str, description: str, aliases: dict[str, str] | None = None):
+    """A command's options parsed from its dataclass ``cls``, so that the defaults live once, in the dataclass:
+    fields without a default are positional arguments, every other field (nested configs' too, unprefixed) is a
+    typed flag with its docstring as help. ``aliases`` maps a short flag to a field's own (``--faces`` ->
+    ``--max-faces``). Refusals are UsageError (one line); --help prints and exits 0."""
+    aliases = aliases or {}
+
+    def canonical(tok: str) -> str:
+        flag, eq, value = tok.partition("=")
+        return aliases[flag] + eq + value if flag in aliases else tok
+
+    try:
+        return parse_dataclass(cls, None, [canonical(a) for a in args], prog, description, command=True)
+    except UsageError as e:
+        raise UsageError(_as_flags(str(e), cls, {v: k for k, v in aliases.items() if k in args})) from None
+
+
+def _as_flags(message: str, cls, renamed: dict[str, str]) -> str:
+    """A config's own refusal ("texture_size must be ...") names the flag the user typed ("--texture-size ...")."""
+    import dataclasses
+    import typing
+
+    head = message.split(" ", 1)[0]
+    for f in dataclasses.fields(cls):
+        t = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(t):
+            message = _as_flags(message, t, renamed)
+        elif head == f.name:
+            message = "--" + f.name.replace("_", "-") + message[len(head):]
+    for long, short in renamed.items():
+        message = message.replace(long, short)
+    return message
 
 
 def _pre_parser(guidances, renderers, presets) -> argparse.ArgumentParser:
@@ -233,13 +271,14 @@ def cmd_generate(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    import importlib
+    import importlib.util
+
     commands = {"generate": cmd_generate}
     for name in ("export", "app", "texture", "batch", "material", "train-prior"):
-        try:
-            mod = __import__(f"engine.cli_{name.replace('-', '_')}", fromlist=["main"])
-            commands[name] = mod.main
-        except ImportError:
-            pass
+        module = f"engine.cli_{name.replace('-', '_')}"
+        if importlib.util.find_spec(module) is not None:  # imported when run: a command may load torch at import
+            commands[name] = lambda a, m=module: importlib.import_module(m).main(a)
     commands["doctor"] = lambda a: __import__("engine.doctor", fromlist=["main"]).main(a)  # GPU, versions, kernels
     if argv and argv[0] not in commands and argv[0] not in ("-h", "--help"):
         print(f"engine: error: unknown command {argv[0]!r}; choose from {', '.join(commands)} (see engine --help)",
