@@ -87,6 +87,10 @@ def test_the_raster_backend_without_nvdiffrast_on_a_gpu(monkeypatch):
         kernels.resolve_raster_backend("cuda")
     monkeypatch.setattr(raster_cuda, "available", lambda: True)
     assert kernels.resolve_raster_backend("cuda") == "cuda"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert kernels.resolve_raster_backend("auto", device="cpu") == "torch"  # a mesh on the CPU: no warning
+        assert kernels.resolve_raster_backend("cuda", device="cpu") == "torch"
 
 
 def test_a_scene_on_the_cpu_renders_with_torch(monkeypatch):

@@ -15,17 +15,24 @@ from renderers.kernels import raster_torch
 from renderers.kernels.raster_torch import edge_topology
 
 
-def resolve_raster_backend(name: str = "auto") -> str:
-    """"torch" or "cuda" (= nvdiffrast) for the raster ops, by foundation.backend.resolve (module docstring)."""
+def resolve_raster_backend(name: str = "auto", device=None) -> str:
+    """"torch" or "cuda" (= nvdiffrast) for the raster ops of a mesh on ``device``, by foundation.backend.resolve
+    (module docstring); a mesh on a non-CUDA device rasterises with torch, as renderers.kernels.resolve_backend."""
+    import torch  # noqa: PLC0415
+
     from renderers.kernels import raster_cuda  # noqa: PLC0415  (imports nothing of nvdiffrast by itself)
 
     if name not in ("auto", "torch", "cuda"):
         raise ValueError(f"unknown backend {name!r}; expected one of auto, torch, cuda")
+    on_cuda = device is None or torch.device(device).type == "cuda"
+    if name == "auto" and not on_cuda:
+        return "torch"
 
     def why_not() -> str | None:
         return no_cuda_device() or (None if raster_cuda.available() else "nvdiffrast is not importable")
 
-    return "cuda" if resolve(name, why_not, what="mesh raster backend", hint="backend 'torch'") else "torch"
+    cuda = resolve(name, why_not, what="mesh raster backend", hint="backend 'torch'")
+    return "cuda" if cuda and on_cuda else "torch"
 
 
 def _check(pos: Tensor, tri: Tensor) -> None:
