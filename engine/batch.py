@@ -421,8 +421,11 @@ class BatchOptions:
     """Everything `engine batch` takes besides the generate options."""
 
     prompts: str
+    """The prompts file: one prompt a line, or JSONL/CSV rows with a 'prompt' and per-job overrides."""
     out: str
+    """The batch folder: one run folder per job, summary, gallery (required)."""
     generate_args: list[str] = field(default_factory=list)
+    """Generate options applied to every job (engine generate --help)."""
     address: str = ""
     """"" starts a local Ray instance sized to this machine; "auto", HOST:PORT or ray://HOST:PORT joins a cluster."""
     gpus_per_job: float | None = None
@@ -430,10 +433,13 @@ class BatchOptions:
     cpus_per_job: float | None = None
     """None: 1 for GPU jobs; for CPU jobs, half a node's cores (1 to 4), so that jobs do not thrash the cores."""
     seeds: list[int] | None = None
+    """Every prompt runs once per seed (a row's own seed wins); on the command line, comma-separated: 0,1,2."""
     retries: int = 2
+    """Tries after the first for a job that raised or whose worker died."""
     checkpoints: str = ""
     """Where workers keep their run folders and checkpoints ("" = each worker's temp dir)."""
     dry_run: bool = False
+    """Print the jobs and the resources asked of Ray; run nothing."""
     verbose: bool = False
     """Forward the workers' output to this terminal."""
 

@@ -68,7 +68,7 @@ def _event_line(event) -> str:
     kind = type(event).__name__
     flag = _flag_name(getattr(event, "argument", None))
     if kind == "InstantiationFailure":
-        msg = str(getattr(event, "message", "")).strip()
+        msg = " ".join(str(getattr(event, "message", "")).split())  # one line, whatever the config wrote
         return f"{flag}: {msg}" if flag and flag not in msg else msg
     if kind == "InvalidChoice":
         return f"{flag}: {event.value!r} is not one of {', '.join(event.choices)}"
@@ -91,14 +91,38 @@ def _collapse(text: str) -> str:
     return " ".join(" ".join(lines).split()) or "the options were refused"
 
 
-def parse_dataclass(cls, default, args: list[str], prog: str, description: str, command: bool = False):
+def _hiding(cls, hidden: tuple[str, ...]):
+    """A subclass of the dataclass ``cls`` whose ``hidden`` fields are not options (tyro.conf.Suppress): values the
+    command takes otherwise (a positional argument, the pass-through options), kept from the default instance."""
+    import dataclasses
+    import typing
+    from typing import Annotated
+
+    import tyro
+
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = [(f.name, Annotated[hints[f.name], tyro.conf.Suppress] if f.name in hidden else hints[f.name], f)
+              for f in dataclasses.fields(cls)]
+    return dataclasses.make_dataclass(cls.__name__, fields, bases=(cls,))
+
+
+def parse_dataclass(cls, default, args: list[str], prog: str, description: str, command: bool = False,
+                    hidden: tuple[str, ...] = ()):
     """tyro.cli over `args` with errors as UsageError (one line), never tyro's box-drawn text on stderr.
 
     tyro >= 1.0 reports every refusal (unknown flag, bad value, a config's own ValueError) through a parse-error
     hook, which we raise from; older tyro prints a box, which is captured and collapsed to one line instead.
     ``command``: the layout of the other commands (parse_command): required fields are positional arguments and
-    nested configs' fields are flags without their prefix.
+    nested configs' fields are flags without their prefix. ``hidden``: fields that are not options (their values
+    come from ``default``).
     """
+    if hidden:
+        import dataclasses
+
+        shown = _hiding(cls, hidden)
+        got = parse_dataclass(shown, shown(**{f.name: getattr(default, f.name) for f in dataclasses.fields(cls)}),
+                              args, prog, description, command)
+        return cls(**{f.name: getattr(got, f.name) for f in dataclasses.fields(cls)})
     import contextlib
     import io
 
