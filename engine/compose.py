@@ -186,15 +186,16 @@ def _flag(path: str) -> str:
 def set_field(cfg: Any, key: str, value: Any) -> None:
     """Set the dotted field ``key`` of the dataclass ``cfg`` to ``value``, typed and checked like the command line:
     the value is read as the field's annotation (a string as a number, a boolean or whitespace-separated items) and
-    each enclosing dataclass is rebuilt so its own checks run. ConfigError (naming the flag) otherwise."""
+    each enclosing dataclass's own checks (``__post_init__``) run again, as tyro's instantiation runs them.
+    ConfigError (naming the flag) otherwise."""
     path = key.strip().lstrip("-").replace("-", "_").split(".")
     if not all(path):
         raise ConfigError(f"{key!r} is not a field name")
     _set(cfg, path, value, "")
 
 
-def _set(obj: Any, path: list[str], value: Any, where: str) -> Any:
-    """``obj`` with the field at ``path`` set (dataclasses rebuilt on the way back up, in place at the top)."""
+def _set(obj: Any, path: list[str], value: Any, where: str) -> None:
+    """Set the field at ``path`` of ``obj`` in place, then re-check ``obj`` (innermost first, on the way back up)."""
     head, rest = path[0], path[1:]
     fields = {f.name: f for f in dataclasses.fields(obj)}
     if head not in fields and not rest and head.startswith("no_") and head[3:] in fields and value is True:
@@ -216,13 +217,12 @@ def _set(obj: Any, path: list[str], value: Any, where: str) -> Any:
     else:
         new = _read(value, ftype, _flag(here))
     setattr(obj, head, new)
-    check = getattr(obj, "__post_init__", None)  # the enclosing config's own checks, as tyro's instantiation runs
+    check = getattr(obj, "__post_init__", None)
     try:
         if check is not None:
             check()
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return obj
 
 
 def _read(value: Any, ftype: Any, flag: str) -> Any:
