@@ -1,7 +1,7 @@
 """The web front end (`engine app`): type a prompt, watch it form, stop it, view it in 3D, download it.
 
-It holds no generation logic (style.md §4.5): the widgets are turned into the `engine generate` command line and
-parsed by the CLI's own ``build_generate_config``, so the app and the CLI build the same typed ``GenerateConfig``;
+It holds no generation logic (style.md §4.5): the widgets map directly to ``engine.compose`` (named choices plus
+dotted overrides), the one builder the CLI also uses, so the app and the CLI build the same typed ``GenerateConfig``;
 jobs run ``engine.train.generate`` in apps/jobs.py (one per device, FIFO, clean stop) and their files come from the
 run folder and ``engine.export``. Each browser session gets its own folder, deleted after ``session_ttl_s`` idle.
 """
@@ -15,7 +15,6 @@ import re
 import secrets
 import shlex
 import tempfile
-import threading
 import time
 import typing
 
@@ -72,27 +71,22 @@ def check_app_bounds(values: dict, bounds: dict, what: str) -> None:
         v = values.get(key)
         if not isinstance(v, (int, float)) or not lo <= v <= hi:
             raise InputError(f"{what} {key.replace('_', ' ')} must be in {lo}..{hi}, got {v}")
-_BUILD_LOCK = threading.Lock()
 
 
 class InputError(ValueError):
     """Bad input from the form; the message is shown to the user."""
 
 
-# -- widgets -> the CLI's GenerateConfig -------------------------------------------------------------------------------
-def build_config(argv: list[str]):
-    """GenerateConfig from `engine generate` argv via the CLI's own parser and checks (engine.cli
-    parse_generate_argv, with the app's tighter APP_BOUNDS); InputError with its one-line message if refused."""
-    from engine.cli import UsageError, parse_generate_argv
+# -- widgets -> engine.compose ----------------------------------------------------------------------------------------
+def build_config(choices, overrides: dict | None = None):
+    """GenerateConfig of named choices and dotted overrides through engine.compose (the CLI's own rules and checks,
+    with the app's tighter APP_BOUNDS); InputError with its one-line message if refused."""
+    from engine.compose import ConfigError, compose
 
     try:
-        with _BUILD_LOCK:  # tyro's parse swaps sys.stderr for its capture; one parse at a time
-            cfg, _ = parse_generate_argv(argv, APP_BOUNDS)
-    except UsageError as e:
+        return compose(choices, overrides, bounds=APP_BOUNDS)
+    except ConfigError as e:
         raise InputError(str(e)) from None
-    except SystemExit:  # --help, which the overrides refuse before it gets here
-        raise InputError("the settings were refused") from None
-    return cfg
 
 
 def _flag(path: str) -> str:
@@ -193,39 +187,51 @@ def check_model_id(name: str, allow_local: bool) -> str:
     return name
 
 
-def form_argv(form: dict, allow_local_models: bool = False) -> list[str]:
-    """The `engine generate` argv equivalent to the form (keys as in ``App.inputs``)."""
+def form_request(form: dict, allow_local_models: bool = False):
+    """(engine.compose.Choices, dotted overrides) of the form (keys as in ``App.inputs``): the widgets map to
+    compose's choices and fields directly; the free-form overrides field is checked against its allow-list."""
+    from engine.compose import Choices, flag_overrides
+    from guidance import GUIDANCES
+
     prompt = (form.get("prompt") or "").strip()
     if not prompt:
         raise InputError('the prompt is empty; describe the object, e.g. "a red cube"')
     guidance, renderer = form["guidance"], form["renderer"]
     prior = "shapes" if form["prior"] == PRIOR_SHAPES else check_model_id(form.get("model_id"), allow_local_models)
-    # as typed on the command line: the prompt first (argparse reads a token with a space as positional)
-    argv = [f"--prompt={prompt}" if prompt.startswith("-") and " " not in prompt else prompt,
-            f"--negative-prompt={form.get('negative_prompt') or ''}",
-            f"--guidance={guidance}", f"--renderer={renderer}", f"--prior={prior}",
-            f"--steps={int(form['steps'])}", f"--seed={int(form['seed'])}", f"--resolution={int(form['resolution'])}"]
-    from guidance import GUIDANCES
-    fields = {f.replace("_", "-") for f in GUIDANCES[guidance].__dataclass_fields__}
-    if form.get("cfg_scale") is not None and "guidance-scale" in fields:
-        argv.append(f"--guidance.guidance-scale={float(form['cfg_scale'])}")
+    choices = Choices(prompt=prompt, guidance=guidance, renderer=renderer, prior=prior, steps=int(form["steps"]))
+    overrides = {"negative_prompt": form.get("negative_prompt") or "", "seed": int(form["seed"]),
+                 "resolution": int(form["resolution"])}
+    if form.get("cfg_scale") is not None and "guidance_scale" in GUIDANCES[guidance].__dataclass_fields__:
+        overrides["guidance.guidance_scale"] = float(form["cfg_scale"])
     every = int(form.get("preview_every") or 0) or max(1, int(form["steps"]) // 10)
-    argv += [f"--train.preview-every={every}", "--train.no-progress", "--train.no-export"]
+    overrides.update({"train.preview_every": every, "train.progress": False, "train.export": False})
     if form.get("lr_scale") is not None:
-        argv.append(f"--train.lr-scale={float(form['lr_scale'])}")
+        overrides["train.lr_scale"] = float(form["lr_scale"])
     if form.get("video_frames") is not None:
-        argv.append(f"--train.video-frames={int(form['video_frames'])}")
+        overrides["train.video_frames"] = int(form["video_frames"])
     if form.get("image"):
         if guidance != "csm":
             raise InputError("an image prompt is used by the csm guidance; choose csm or remove the image")
-        argv.append(f"--guidance.image={form['image']}")
-    return argv + check_overrides(form.get("overrides") or "", guidance, renderer)
+        choices.image = form["image"]
+    tokens = check_overrides(form.get("overrides") or "", guidance, renderer)
+    try:  # after the widgets: a field typed here wins, as it would later on a command line
+        overrides.update(flag_overrides(tokens))
+    except ValueError as e:
+        raise InputError(f"advanced overrides: {e}") from None
+    return choices, overrides
+
+
+def form_config(form: dict, allow_local_models: bool = False):
+    """The GenerateConfig of the form (form_request through engine.compose); InputError if refused."""
+    return build_config(*form_request(form, allow_local_models))
 
 
 def component_defaults(guidance: str, prior_kind: str, model_id: str) -> dict:
     """Steps and CFG scale the CLI would use for these choices (its presets), for the form's sliders."""
+    from engine.compose import Choices
+
     prior = "shapes" if prior_kind == PRIOR_SHAPES else (model_id or DEFAULT_MODEL)
-    cfg = build_config(["--prompt=x", f"--guidance={guidance}", f"--prior={prior}"])
+    cfg = build_config(Choices(prompt="x", guidance=guidance, prior=prior))
     return {"steps": cfg.train.steps, "cfg_scale": getattr(cfg.guidance, "guidance_scale", None),
             "resolution": cfg.resolution}
 
@@ -407,7 +413,7 @@ class App:
             else:
                 if form.get("image"):
                     form["image"] = keep_upload(form["image"], uploads, "image_prompt")
-                cfg = build_config(form_argv(form, self.allow_local_models))
+                cfg = form_config(form, self.allow_local_models)
                 export = {"texture_size": int(form.get("texture_size") or 512),
                           "resolution": int(form.get("mesh_resolution") or 128)}
                 check_app_bounds(export, APP_EXPORT_BOUNDS, "export")

@@ -1,13 +1,12 @@
 """The app's Material tab (issue #16): a tileable PBR material from a prompt, as `engine material` makes it.
 
-It holds no generation logic (style.md §4.5): the widgets become the `engine material` command line, parsed by
-that command's own parser and ``build_material_config``, so the tab and the CLI build the same GenerateConfig; the
+It holds no generation logic (style.md §4.5): the widgets become the `engine material` command's options
+(``MaterialCommand``), built by that command's own ``build_material_config`` (engine.compose underneath), so the
+tab and the CLI build the same GenerateConfig; the
 run is engine.train.generate in a worker thread, with its progress streamed and a Stop that checkpoints.
 ``add_material_tab(app)`` is called inside the app's Blocks (apps/gradio_app.py).
 """
 
-import contextlib
-import io
 import os
 import secrets
 import threading
@@ -24,38 +23,34 @@ class MaterialInputError(ValueError):
     """A refused form; the message is one line for the user."""
 
 
-def material_argv(form: dict) -> list[str]:
-    """The `engine material` argv equivalent to the form (keys: prompt, prior, model_id, guidance, size, tileable,
-    normal_map, steps, seed)."""
+def material_command(form: dict):
+    """The `engine material` options of the form (keys: prompt, prior, model_id, guidance, size, tileable,
+    normal_map, steps, seed), as the command's own dataclass (engine.cli_material.MaterialCommand)."""
+    from engine.cli_material import MaterialCommand
+
     prompt = (form.get("prompt") or "").strip()
     if not prompt:
         raise MaterialInputError('the prompt is empty; e.g. "a glossy red checker material"')
     prior = "materials" if form.get("prior", PRIOR_WORLD) == PRIOR_WORLD else (form.get("model_id") or "").strip()
     if not prior:
         raise MaterialInputError("give a model id for the diffusion prior")
-    argv = [prompt, f"--prior={prior}", f"--guidance={form.get('guidance') or 'sds'}",
-            f"--size={int(1024 if form.get('size') is None else form['size'])}",
-            f"--normal-map={form.get('normal_map') or 'opengl'}",
-            f"--seed={int(form.get('seed') or 0)}"]
-    if form.get("steps"):
-        argv.append(f"--steps={int(form['steps'])}")
-    if not form.get("tileable", True):
-        argv.append("--no-tileable")
-    return argv
+    return MaterialCommand(prompt=prompt, prior=prior, guidance=form.get("guidance") or None,
+                           size=None if form.get("size") is None else int(form["size"]),
+                           tileable=bool(form.get("tileable", True)), normal_map=form.get("normal_map") or None,
+                           steps=int(form["steps"]) if form.get("steps") else None,
+                           seed=int(form.get("seed") or 0))
 
 
 def build_material_config_from_form(form: dict):
-    """GenerateConfig of the form, through the CLI's parser; MaterialInputError (one line) when refused."""
-    from engine.cli_material import _parser, build_material_config
+    """GenerateConfig of the form, through the material command's own builder (engine.compose underneath);
+    MaterialInputError (one line) when refused."""
+    from engine.cli import UsageError
+    from engine.cli_material import build_material_config
 
-    buf = io.StringIO()
-    with contextlib.redirect_stderr(buf), contextlib.redirect_stdout(buf):
-        try:
-            return build_material_config(_parser().parse_args(material_argv(form)))
-        except SystemExit:
-            lines = buf.getvalue().strip().splitlines()
-            raise MaterialInputError(lines[-1].removeprefix("engine material: error: ") if lines
-                                     else "the material settings were refused") from None
+    try:
+        return build_material_config(material_command(form))
+    except UsageError as e:
+        raise MaterialInputError(str(e)) from None
 
 
 def zip_maps(run_dir: str) -> str | None:
@@ -159,5 +154,5 @@ def add_material_tab(app) -> None:
         halt.click(halt_, None, None, api_name="material_stop", concurrency_limit=None)
 
 
-__all__ = ["add_material_tab", "material_argv", "build_material_config_from_form", "zip_maps", "run_material",
+__all__ = ["add_material_tab", "material_command", "build_material_config_from_form", "zip_maps", "run_material",
            "MaterialInputError"]

@@ -1,8 +1,8 @@
 """`engine batch`: many ordinary generate runs, spread over a Ray cluster (or a local Ray instance).
 
-Each job is one prompt x seed, configured exactly as `engine generate` would configure it (engine/cli.py
-``build_generate_config``) and run by ``engine.train.generate``. Ray does the scheduling: every job is a Ray task
-asking for ``--cpus-per-job`` / ``--gpus-per-job``; Ray retries a task that raised or whose worker died
+Each job is one prompt x seed, configured exactly as `engine generate` would configure it (engine.compose, the
+shared options parsed by engine/cli.py) and run by ``engine.train.generate``. Ray does the scheduling: every job is a
+Ray task asking for ``--cpus-per-job`` / ``--gpus-per-job``; Ray retries a task that raised or whose worker died
 (``max_retries`` with ``retry_exceptions``), and a small ``Ledger`` actor counts attempts and running jobs for the
 progress bar.
 
@@ -112,56 +112,58 @@ def _csv_rows(path: str, text: str) -> list[tuple[int, dict]]:
     return rows
 
 
-def row_arguments(row: dict, where: str) -> tuple[str, int | None, list[str]]:
-    """(prompt, seed or None, generate argv of the row's overrides). Raises BatchError naming ``where``."""
+def row_arguments(row: dict, where: str) -> tuple[dict, dict]:
+    """(named choices, dotted overrides) of one row: the shortcuts (guidance, renderer, steps, prior, image, preset;
+    seed is an override) and any generate option such as ``train.lr-scale``. Raises BatchError naming ``where``."""
     fields = set(GenerateConfig.__dataclass_fields__)
-    prompt, seed, argv = row.get("prompt"), None, []
+    prompt = row.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise BatchError(f"{where}: no prompt")
+    choices: dict = {"prompt": prompt.strip()}
+    overrides: dict = {}
     for key, value in row.items():
         key = str(key).strip()
         if key == "prompt" or value is None:
             continue
         if key == "seed":
             try:
-                seed = int(value)
+                overrides["seed"] = int(value)
             except (TypeError, ValueError):
                 raise BatchError(f"{where}: seed must be an integer, got {value!r}") from None
             continue
-        head = key.split(".")[0].replace("-", "_")
-        if key not in ROW_SHORTCUTS and head not in fields:
+        if key == "steps":
+            try:
+                choices["steps"] = int(value)
+            except (TypeError, ValueError):
+                raise BatchError(f"{where}: steps must be an integer, got {value!r}") from None
+            continue
+        if key in ROW_SHORTCUTS:
+            if not isinstance(value, str):
+                raise BatchError(f"{where}: {key} must be a name, got {value!r}")
+            choices[key] = value
+            continue
+        if key.split(".")[0].replace("-", "_") not in fields:
             raise BatchError(f"{where}: unknown override key {key!r} (use {', '.join(ROW_SHORTCUTS)}, or a generate "
                              f"option such as train.lr-scale or guidance.guidance-scale)")
-        argv += _option_tokens(key, value)
-    return prompt.strip(), seed, argv
+        overrides[key] = value
+    return choices, overrides
 
 
-def _option_tokens(key: str, value) -> list[str]:
-    """`--key value` tokens for one override; booleans become tyro's --x / --no-x flags, lists several values."""
-    flag = key.replace("_", "-")
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        value = value.lower() == "true"
-    if isinstance(value, bool):
-        parent, _, leaf = flag.rpartition(".")
-        return [f"--{flag}"] if value else [f"--{parent + '.' if parent else ''}no-{leaf}"]
-    if isinstance(value, list):
-        return [f"--{flag}", *map(str, value)]
-    return [f"--{flag}", str(value)]
+def _build_config(generate_args: list[str], choices: dict, overrides: dict, where: str) -> GenerateConfig:
+    """The job's config through engine.compose, as `engine generate` builds it: the shared options' choices with
+    the row's shortcuts over them, the shared typed options, then the row's overrides. Refusals are BatchError."""
+    import dataclasses
 
+    from engine.cli import split_generate_argv, typed_overrides
+    from engine.compose import ConfigError, compose
 
-def _build_config(argv: list[str], where: str) -> GenerateConfig:
-    """build_generate_config (exactly as `engine generate`), its one-line refusals turned into BatchError."""
-    from engine.cli import build_generate_config
-
-    err = io.StringIO()
     try:
-        with contextlib.redirect_stderr(err):
-            cfg, _ = build_generate_config(argv)
-    except SystemExit:
-        msg = err.getvalue().strip().splitlines()
-        line = msg[-1] if msg else "refused"
-        raise BatchError(f"{where}: {re.sub(r'^engine( generate)?: error: ', '', line)}") from None
-    return cfg
+        shared, rest, _, _ = split_generate_argv(generate_args)
+        if shared.prompt is not None:  # split_generate_argv read a stray first word as the prompt
+            raise ConfigError(f"unexpected argument {shared.prompt!r} among the generate options")
+        return compose(dataclasses.replace(shared, **choices), overrides, parse=typed_overrides(rest), say=None)
+    except ConfigError as e:
+        raise BatchError(f"{where}: {e}") from None
 
 
 def _check_prompt(cfg: GenerateConfig, where: str) -> None:
@@ -193,14 +195,15 @@ def make_jobs(path: str, generate_args: list[str], seeds: list[int] | None) -> l
     rows = read_rows(path)
     first_prompt = rows[0][1].get("prompt")
     if isinstance(first_prompt, str) and first_prompt.strip():  # errors in the shared options, named as such
-        _build_config([first_prompt.strip(), *generate_args], "generate options")
+        _build_config(generate_args, {"prompt": first_prompt.strip()}, {}, "generate options")
     jobs: list[Job] = []
     for row, data in rows:
         where = f"{path} row {row}"
-        prompt, row_seed, row_argv = row_arguments(data, where)
+        choices, overrides = row_arguments(data, where)
+        row_seed = overrides.pop("seed", None)
         for seed in [row_seed] if row_seed is not None else (seeds or [None]):
-            argv = [prompt, *generate_args, *row_argv] + (["--seed", str(seed)] if seed is not None else [])
-            cfg = _build_config(argv, where)
+            seeded = {**overrides, "seed": seed} if seed is not None else overrides
+            cfg = _build_config(generate_args, choices, seeded, where)
             _check_prompt(cfg, where)
             cfg.train.progress = False  # the batch draws one bar for all jobs
             cfg.out = ""
@@ -418,8 +421,11 @@ class BatchOptions:
     """Everything `engine batch` takes besides the generate options."""
 
     prompts: str
+    """The prompts file: one prompt a line, or JSONL/CSV rows with a 'prompt' and per-job overrides."""
     out: str
+    """The batch folder: one run folder per job, summary, gallery (required)."""
     generate_args: list[str] = field(default_factory=list)
+    """Generate options applied to every job (engine generate --help)."""
     address: str = ""
     """"" starts a local Ray instance sized to this machine; "auto", HOST:PORT or ray://HOST:PORT joins a cluster."""
     gpus_per_job: float | None = None
@@ -427,10 +433,13 @@ class BatchOptions:
     cpus_per_job: float | None = None
     """None: 1 for GPU jobs; for CPU jobs, half a node's cores (1 to 4), so that jobs do not thrash the cores."""
     seeds: list[int] | None = None
+    """Every prompt runs once per seed (a row's own seed wins); on the command line, comma-separated: 0,1,2."""
     retries: int = 2
+    """Tries after the first for a job that raised or whose worker died."""
     checkpoints: str = ""
     """Where workers keep their run folders and checkpoints ("" = each worker's temp dir)."""
     dry_run: bool = False
+    """Print the jobs and the resources asked of Ray; run nothing."""
     verbose: bool = False
     """Forward the workers' output to this terminal."""
 

@@ -17,10 +17,12 @@ import os
 import re
 import sys
 
+from engine.compose import Choices, ConfigError, check_generate_config, check_out_dir  # noqa: F401 (re-exported)
+
 USAGE_ERROR = 2
 
 
-class UsageError(ValueError):
+class UsageError(ConfigError):
     """Refused command-line input; its message is one plain line for the user."""
 
 
@@ -66,7 +68,7 @@ def _event_line(event) -> str:
     kind = type(event).__name__
     flag = _flag_name(getattr(event, "argument", None))
     if kind == "InstantiationFailure":
-        msg = str(getattr(event, "message", "")).strip()
+        msg = " ".join(str(getattr(event, "message", "")).split())  # one line, whatever the config wrote
         return f"{flag}: {msg}" if flag and flag not in msg else msg
     if kind == "InvalidChoice":
         return f"{flag}: {event.value!r} is not one of {', '.join(event.choices)}"
@@ -89,12 +91,38 @@ def _collapse(text: str) -> str:
     return " ".join(" ".join(lines).split()) or "the options were refused"
 
 
-def parse_dataclass(cls, default, args: list[str], prog: str, description: str):
+def _hiding(cls, hidden: tuple[str, ...]):
+    """A subclass of the dataclass ``cls`` whose ``hidden`` fields are not options (tyro.conf.Suppress): values the
+    command takes otherwise (a positional argument, the pass-through options), kept from the default instance."""
+    import dataclasses
+    import typing
+    from typing import Annotated
+
+    import tyro
+
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = [(f.name, Annotated[hints[f.name], tyro.conf.Suppress] if f.name in hidden else hints[f.name], f)
+              for f in dataclasses.fields(cls)]
+    return dataclasses.make_dataclass(cls.__name__, fields, bases=(cls,))
+
+
+def parse_dataclass(cls, default, args: list[str], prog: str, description: str, command: bool = False,
+                    hidden: tuple[str, ...] = ()):
     """tyro.cli over `args` with errors as UsageError (one line), never tyro's box-drawn text on stderr.
 
     tyro >= 1.0 reports every refusal (unknown flag, bad value, a config's own ValueError) through a parse-error
     hook, which we raise from; older tyro prints a box, which is captured and collapsed to one line instead.
+    ``command``: the layout of the other commands (parse_command): required fields are positional arguments and
+    nested configs' fields are flags without their prefix. ``hidden``: fields that are not options (their values
+    come from ``default``).
     """
+    if hidden:
+        import dataclasses
+
+        shown = _hiding(cls, hidden)
+        got = parse_dataclass(shown, shown(**{f.name: getattr(default, f.name) for f in dataclasses.fields(cls)}),
+                              args, prog, description, command)
+        return cls(**{f.name: getattr(got, f.name) for f in dataclasses.fields(cls)})
     import contextlib
     import io
 
@@ -112,8 +140,10 @@ def parse_dataclass(cls, default, args: list[str], prog: str, description: str):
     help_asked = "--help" in args or "-h" in args
     try:
         with hooked, (contextlib.nullcontext() if help_asked else contextlib.redirect_stderr(buf)):
+            layout = (tyro.conf.OmitArgPrefixes, tyro.conf.PositionalRequiredArgs,
+                      tyro.conf.PositionalMetavarFromFieldName) if command else ()
             return tyro.cli(cls, default=default, args=args, prog=prog, description=description,
-                            config=(tyro.conf.AvoidSubcommands,))
+                            config=(tyro.conf.AvoidSubcommands, *layout))
     except _Refused as e:
         raise UsageError(str(e)) from None
     except ValueError as e:  # a config's own validation, when tyro lets it through
@@ -124,6 +154,40 @@ def parse_dataclass(cls, default, args: list[str], prog: str, description: str):
         raise UsageError(_collapse(buf.getvalue())) from None
 
 
+def parse_command(cls, args: list[str], prog: str, description: str, aliases: dict[str, str] | None = None):
+    """A command's options parsed from its dataclass ``cls``, so that the defaults live once, in the dataclass:
+    fields without a default are positional arguments, every other field (nested configs' too, unprefixed) is a
+    typed flag with its docstring as help. ``aliases`` maps a short flag to a field's own (``--faces`` ->
+    ``--max-faces``). Refusals are UsageError (one line); --help prints and exits 0."""
+    aliases = aliases or {}
+
+    def canonical(tok: str) -> str:
+        flag, eq, value = tok.partition("=")
+        return aliases[flag] + eq + value if flag in aliases else tok
+
+    try:
+        return parse_dataclass(cls, None, [canonical(a) for a in args], prog, description, command=True)
+    except UsageError as e:
+        raise UsageError(_as_flags(str(e), cls, {v: k for k, v in aliases.items() if k in args})) from None
+
+
+def _as_flags(message: str, cls, renamed: dict[str, str]) -> str:
+    """A config's own refusal ("texture_size must be ...") names the flag the user typed ("--texture-size ...")."""
+    import dataclasses
+    import typing
+
+    head = message.split(" ", 1)[0]
+    for f in dataclasses.fields(cls):
+        t = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(t):
+            message = _as_flags(message, t, renamed)
+        elif head == f.name:
+            message = "--" + f.name.replace("_", "-") + message[len(head):]
+    for long, short in renamed.items():
+        message = message.replace(long, short)
+    return message
+
+
 def _pre_parser(guidances, renderers, presets) -> argparse.ArgumentParser:
     p = _RaisingParser(prog="engine generate", add_help=False, allow_abbrev=False)
     p.add_argument("--guidance", choices=sorted(guidances))
@@ -132,6 +196,7 @@ def _pre_parser(guidances, renderers, presets) -> argparse.ArgumentParser:
     p.add_argument("--prior")
     p.add_argument("--steps", type=int)
     p.add_argument("--image")
+    p.add_argument("--device")
     p.add_argument("--resume")
     p.add_argument("--load-config")
     p.add_argument("-h", "--help", action="store_true")
@@ -142,145 +207,63 @@ def build_generate_config(argv: list[str]):
     """argv (after 'generate') -> (GenerateConfig | None, resume_dir | None). Exits 2 on bad input (one line)."""
     try:
         return parse_generate_argv(argv)
-    except UsageError as e:
+    except ConfigError as e:
         _fail(str(e))
 
 
-def parse_generate_argv(argv: list[str], bounds: dict | None = None):
-    """build_generate_config that raises UsageError (one line) instead of exiting: the web app's entry point.
-    ``bounds`` tightens engine.config.BOUNDS (the app's limits)."""
-    from engine.config import PRESETS, GenerateConfig, load_config
+def split_generate_argv(argv: list[str]):
+    """argv (after 'generate') -> (Choices, the typed overrides' tokens, --help asked, --resume folder or None).
+
+    The prompt is the first argument when it is not an option; taking it here (not as an argparse positional) keeps
+    the values of typed overrides such as `--seed 9` from being read as the prompt."""
+    from engine.config import PRESETS
     from guidance import GUIDANCES
     from renderers import RENDERERS
 
     pre = _pre_parser(GUIDANCES, RENDERERS, PRESETS)
-    # The prompt is the first argument when it is not an option; taking it here (not as an argparse positional)
-    # keeps the values of typed overrides such as `--seed 9` from being read as the prompt.
     prompt = argv[0] if argv and not argv[0].startswith("-") else None
     known, rest = pre.parse_known_args(argv[1:] if prompt is not None else argv)
-    known.prompt = prompt
-    if known.resume:
-        if rest or known.prompt or known.guidance or known.renderer or known.load_config or known.image:
-            _usage("--resume continues a run with its saved config; it takes no other options")
-        if not os.path.isfile(os.path.join(known.resume, "config.yaml")):
-            _usage(f"{known.resume} is not a run folder (no config.yaml)")
-        try:  # the saved config gets the same typed and bounded checks as the command line
-            load_config(os.path.join(known.resume, "config.yaml"))
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-        return None, known.resume
-    if known.load_config:
-        try:
-            base = load_config(known.load_config)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-    else:
-        prior_name = known.prior or "shapes"
-        preset = known.preset or ("shapes" if prior_name == "shapes" else "diffusion")
-        base = PRESETS[preset]()
-    if known.prior:
-        base.prior.name = known.prior
-    if known.image is not None and not known.guidance and not hasattr(base.guidance, "image"):
-        known.guidance = "csm"  # the objective with visual prompts
-    if known.guidance and type(base.guidance) is not GUIDANCES[known.guidance]:
-        base.guidance = GUIDANCES[known.guidance]()
-    if known.image is not None:
-        if not hasattr(base.guidance, "image"):
-            with_image = [n for n, c in GUIDANCES.items() if "image" in c.__dataclass_fields__]
-            _usage(f"--image (a visual prompt) works with --guidance {' or '.join(with_image)}, "
-                  f"not {type(base.guidance).__name__.removesuffix('Config').lower()}")
-        rest = ["--guidance.image", known.image, *rest]
-    if known.renderer and type(base.renderer) is not RENDERERS[known.renderer]:
-        base.renderer = RENDERERS[known.renderer]()
-    if not known.load_config and (known.preset or "diffusion") == "diffusion" and (known.prior or "shapes") != "shapes":
-        _diffusion_defaults(base, rest)  # issue 13: by prior family, objective and device; overrides still win
-    # Issue #17: Gaussians on the shapes prior train under its exemplars' own key light (renderers/keylight.py), so
-    # their colour learns the albedo; --renderer.light overrides it. The NeRF keeps "dreamfusion" unless asked: its
-    # depth-normal shading lost 6.7 dB on the torus (docs/benchmarks.md, "Fidelity").
-    if not known.load_config and base.prior.name == "shapes" and getattr(base.renderer, "light", None) == "none":
-        base.renderer.light = "shapes"
-    if not known.load_config:  # a prior folder's recommended settings (distillery.json); the user's flags win
-        from guidance.priors import apply_prior_defaults
-        try:
-            applied = apply_prior_defaults(base)
-        except ValueError as e:
-            _fail(str(e))
-        if applied and not known.help:
-            print(f"engine: defaults of the prior {base.prior.name} (they win over the preset's): "
-                  f"{', '.join(applied)}", file=sys.stderr)
-    if known.prompt is not None:
-        base.prompt = known.prompt
-    if known.steps is not None:
-        base.train.steps = known.steps
-    if known.help:
-        rest = rest + ["--help"]
+    choices = Choices(prompt=prompt, guidance=known.guidance, renderer=known.renderer, prior=known.prior,
+                      preset=known.preset, steps=known.steps, image=known.image, device=known.device,
+                      load_config=known.load_config)
+    return choices, rest, known.help, known.resume
+
+
+def typed_overrides(rest: list[str], help_asked: bool = False):
+    """The command line's typed overrides (`--guidance.lora-lr 1e-4`) as compose's ``parse`` step: tyro over
+    ``rest`` with the config built so far as its default, so --help shows the chosen components' fields only."""
+    from engine.config import PRESETS, GenerateConfig
+    from guidance import GUIDANCES
+    from renderers import RENDERERS
+
     desc = (f"Generate a 3D asset from a prompt. Guidance choices: {', '.join(GUIDANCES)}; renderer choices: "
             f"{', '.join(RENDERERS)}; presets: {', '.join(PRESETS)}. Choose them with --guidance/--renderer/"
-            f"--preset before the typed overrides below.")
-    cfg = parse_dataclass(GenerateConfig, base, rest, prog="engine generate", description=desc)
-    check_generate_config(cfg, bounds)
-    return cfg, None
+            f"--preset/--prior/--device before the typed overrides below.")
+    args = rest + ["--help"] if help_asked else rest
+    if not args:
+        return None
+    return lambda base: parse_dataclass(GenerateConfig, base, args, prog="engine generate", description=desc)
 
 
-def check_generate_config(cfg, bounds: dict | None = None) -> None:
-    """Everything about a parsed config that can be refused before a run folder exists: the bounds of every field
-    (engine.config.check_config), the prompt, the image prompt (fully decoded), the output folder. UsageError."""
-    from engine.config import check_config
+def parse_generate_argv(argv: list[str], bounds: dict | None = None):
+    """build_generate_config that raises ConfigError (one line) instead of exiting: argv mapped to engine.compose.
+    ``bounds`` tightens engine.config.BOUNDS."""
+    from engine.config import load_config
 
-    try:
-        check_config(cfg, bounds)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    if not cfg.prompt.strip():
-        raise UsageError('the prompt is empty; e.g. engine generate "a red cube"')
-    image = getattr(cfg.guidance, "image", "")
-    if image:
-        from guidance.priors.visual_prompt import load_image
-        try:
-            load_image(image)
+    choices, rest, help_asked, resume = split_generate_argv(argv)
+    if resume:
+        if rest or choices.prompt or choices.guidance or choices.renderer or choices.load_config or choices.image:
+            _usage("--resume continues a run with its saved config; it takes no other options")
+        if not os.path.isfile(os.path.join(resume, "config.yaml")):
+            _usage(f"{resume} is not a run folder (no config.yaml)")
+        try:  # the saved config gets the same typed and bounded checks as the command line
+            load_config(os.path.join(resume, "config.yaml"))
         except ValueError as e:
             raise UsageError(str(e)) from None
-    if cfg.out:
-        check_out_dir(cfg.out)
-
-
-def check_out_dir(out: str) -> None:
-    """--out must be a new or empty folder somewhere writable: never a file, a read-only place, nor another program's
-    folder (engine.train.check_new_run_dir; a run folder is refused there too, with the --resume hint)."""
-    from engine.train import RunError, check_new_run_dir
-
-    if os.path.isfile(os.path.join(out, "config.yaml")):
-        return  # a run folder: generate refuses it with the --resume hint
-    try:
-        check_new_run_dir(out)
-    except RunError as e:
-        raise UsageError(str(e)) from None
-    parent = os.path.abspath(out)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise UsageError(f"--out {out}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {out}: {parent} is not writable")
-
-
-def _diffusion_defaults(base, rest: list[str]) -> None:
-    """The diffusion preset's prior- and objective-dependent values (engine/config.py ``tune_diffusion``), printed."""
-    import torch
-
-    from engine.config import tune_diffusion
-    from guidance.priors import prior_family
-
-    if os.path.isfile(os.path.join(base.prior.name, "exemplars.safetensors")):
-        return  # an exemplar prior (a CPU-world denoiser): nothing here applies
-    device = base.device
-    for i, a in enumerate(rest):  # the typed --device override, read ahead of tyro (which parses it later)
-        if a == "--device" and i + 1 < len(rest):
-            device = rest[i + 1]
-        elif a.startswith("--device="):
-            device = a.split("=", 1)[1]
-    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    print(f"engine: {tune_diffusion(base, prior_family(base.prior.name), cuda)}", file=sys.stderr)
+        return None, resume
+    from engine.compose import compose
+    say = None if help_asked else (lambda line: print(f"engine: {line}", file=sys.stderr))
+    return compose(choices, parse=typed_overrides(rest, help_asked), bounds=bounds, say=say), None
 
 
 def cmd_generate(argv: list[str]) -> int:
@@ -312,13 +295,14 @@ def cmd_generate(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    import importlib
+    import importlib.util
+
     commands = {"generate": cmd_generate}
     for name in ("export", "app", "texture", "batch", "material", "train-prior"):
-        try:
-            mod = __import__(f"engine.cli_{name.replace('-', '_')}", fromlist=["main"])
-            commands[name] = mod.main
-        except ImportError:
-            pass
+        module = f"engine.cli_{name.replace('-', '_')}"
+        if importlib.util.find_spec(module) is not None:  # imported when run: a command may load torch at import
+            commands[name] = lambda a, m=module: importlib.import_module(m).main(a)
     commands["doctor"] = lambda a: __import__("engine.doctor", fromlist=["main"]).main(a)  # GPU, versions, kernels
     if argv and argv[0] not in commands and argv[0] not in ("-h", "--help"):
         print(f"engine: error: unknown command {argv[0]!r}; choose from {', '.join(commands)} (see engine --help)",

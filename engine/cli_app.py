@@ -4,39 +4,55 @@ localhost by default. Ctrl-C (or SIGTERM) stops the running jobs and waits for t
 
 import os
 import sys
+from dataclasses import dataclass
 
-from engine.cli import OneLineParser
+from apps.jobs import Limits
+from engine.cli import UsageError, parse_command
 
 USAGE_ERROR = 2
 
 
-def _parser() -> OneLineParser:
-    p = OneLineParser(prog="engine app", description="Serve the Distillery web app (Gradio).")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-    p.add_argument("--output-dir", default=None, help="where session folders go (default: <tmp>/distillery-app)")
-    p.add_argument("--session-ttl", type=float, default=60.0,
-                   help="minutes after its last use before a session's files are deleted (default 60)")
-    p.add_argument("--max-queue", type=int, default=16, help="jobs allowed to wait at once (default 16)")
-    p.add_argument("--job-timeout", type=float, default=360.0,
-                   help="minutes a job may run before it is stopped and its worker ended (default 360)")
-    p.add_argument("--model", default=None, help="default diffusion model id shown in the form")
-    p.add_argument("--allow-local-models", action="store_true",
-                   help="let users name model folders on this machine (off by default)")
-    return p
+@dataclass
+class AppCommand:
+    """Serve the Distillery web app (Gradio)."""
+
+    host: str = "127.0.0.1"
+    """Address to bind (127.0.0.1: this machine only)."""
+    port: int = 7860
+    """Port to serve on."""
+    share: bool = False
+    """Also open a public gradio.live link."""
+    output_dir: str | None = None
+    """Where session folders go (None: <tmp>/distillery-app)."""
+    session_ttl: float = Limits.session_ttl_s / 60
+    """Minutes after its last use before a session's files are deleted."""
+    max_queue: int = Limits.max_queue
+    """Jobs allowed to wait at once."""
+    job_timeout: float = Limits.job_timeout_s / 60
+    """Minutes a job may run before it is stopped and its worker ended."""
+    model: str | None = None
+    """Default diffusion model id shown in the form."""
+    allow_local_models: bool = False
+    """Let users name model folders on this machine (off by default)."""
+
+    def __post_init__(self) -> None:
+        for name, ok, rule in (("session_ttl", 0 < self.session_ttl < 1e6, "> 0"),
+                               ("job_timeout", 0 < self.job_timeout < 1e6, "> 0"),
+                               ("max_queue", 1 <= self.max_queue <= 10_000, "in 1..10000"),
+                               ("port", 0 < self.port < 65536, "in 1..65535")):
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = _parser().parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0) and USAGE_ERROR
-    if not (0 < args.session_ttl < 1e6 and 1 <= args.max_queue <= 10_000 and 0 < args.port < 65536
-            and 0 < args.job_timeout < 1e6):
-        print("engine app: error: --session-ttl and --job-timeout must be > 0, --max-queue in 1..10000 and --port "
-              "in 1..65535", file=sys.stderr)
+        args = parse_command(AppCommand, list(sys.argv[1:] if argv is None else argv), "engine app",
+                             AppCommand.__doc__)
+    except UsageError as e:
+        print(f"engine app: error: {e}", file=sys.stderr)
         return USAGE_ERROR
+    except SystemExit as e:  # --help
+        return int(e.code or 0) and USAGE_ERROR
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         import gradio  # noqa: F401

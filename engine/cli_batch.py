@@ -8,42 +8,17 @@ train.lr-scale). Exit codes: 0 all jobs complete, 1 some failed, 2 bad input (on
 starts), 130 interrupted (rerun the same command to resume).
 """
 
-import argparse
+import dataclasses
 import sys
+import typing
 
 USAGE_ERROR = 2
 INSTALL_HINT = "Ray is not installed; install it with: pip install 'distillery[batch]' (or: pip install 'ray[default]')"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose refusals raise (one line, reported by main) instead of printing usage and exiting."""
-
-    def error(self, message: str):
-        from engine.batch import BatchError
-        raise BatchError(message)
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="engine batch", allow_abbrev=False,
-        usage="engine batch PROMPTS --out DIR [batch options] [generate options]",
-        description="Run many prompts (x seeds) as ordinary generate runs on Ray: resume, retry, gather the results. "
-                    "Options not listed here are generate options applied to every job (engine generate --help).")
-    p.add_argument("--out", required=True, help="the batch folder: one run folder per job, summary, gallery")
-    p.add_argument("--address", default="", help="join a Ray cluster: auto, HOST:PORT or ray://HOST:PORT "
-                   "(default: start a local Ray instance sized to this machine)")
-    p.add_argument("--gpus-per-job", type=float, default=None, help="GPUs per job (default 1 if there are GPUs)")
-    p.add_argument("--cpus-per-job", type=float, default=None,
-                   help="CPUs per job, also its torch threads (default 1 for GPU jobs, else half a node's cores, 1-4)")
-    p.add_argument("--seeds", default=None, help="comma-separated seeds: every prompt runs once per seed "
-                   "(a row's own seed wins)")
-    p.add_argument("--retries", type=int, default=2, help="tries after the first for a job that raised or whose "
-                   "worker died (default 2)")
-    p.add_argument("--checkpoints", default="", help="where workers keep run folders and checkpoints for resume, "
-                   "e.g. a shared mount (default: each worker's temp dir, removed when the job completes)")
-    p.add_argument("--dry-run", action="store_true", help="print the jobs and the resources asked of Ray; run nothing")
-    p.add_argument("--verbose", action="store_true", help="show the workers' own output")
-    return p
+HIDDEN = ("prompts", "generate_args")
+"""Fields of BatchOptions that are not batch options: the first argument, and the generate options for every job."""
+DESCRIPTION = ("engine batch PROMPTS --out DIR [batch options] [generate options]. Run many prompts (x seeds) as "
+               "ordinary generate runs on Ray: resume, retry, gather the results. "
+               "Options not listed here are generate options applied to every job (engine generate --help).")
 
 
 def _fail(msg: str) -> int:
@@ -51,36 +26,85 @@ def _fail(msg: str) -> int:
     return USAGE_ERROR
 
 
+def _batch_flags() -> dict[str, bool]:
+    """{--flag: takes no value} for the fields of engine.batch.BatchOptions that are batch options."""
+    from engine.batch import BatchOptions
+
+    hints = typing.get_type_hints(BatchOptions)
+    return {"--" + f.name.replace("_", "-"): hints[f.name] is bool for f in dataclasses.fields(BatchOptions)
+            if f.name not in HIDDEN}
+
+
+def split_argv(rest: list[str]) -> tuple[list[str], list[str]]:
+    """(batch option tokens, generate option tokens): the flags of BatchOptions' fields and their values go to the
+    batch, everything else to every job; ``--seeds 0,1,2`` becomes the list ``--seeds 0 1 2``."""
+    flags = _batch_flags()
+    batch: list[str] = []
+    generate: list[str] = []
+    i = 0
+    while i < len(rest):
+        flag, eq, value = rest[i].partition("=")
+        bare = flag.replace("--no-", "--", 1)
+        if flag not in flags and not (flags.get(bare) and flag.startswith("--no-")):
+            generate.append(rest[i])
+            i += 1
+            continue
+        if flags.get(bare):  # a boolean: no value
+            batch.append(rest[i])
+            i += 1
+            continue
+        if not eq:
+            if i + 1 >= len(rest):
+                from engine.batch import BatchError
+                raise BatchError(f"{flag} needs a value")
+            value, i = rest[i + 1], i + 1
+        if flag == "--seeds":
+            seeds = [v.strip() for v in value.split(",") if v.strip()]
+            from engine.batch import BatchError
+            if not seeds:
+                raise BatchError("--seeds is empty")
+            if not all(v.lstrip("-").isdigit() for v in seeds):
+                raise BatchError(f"--seeds takes comma-separated integers, got {value!r}")
+            batch += [flag, *seeds]
+        else:
+            batch += [flag, value]
+        i += 1
+    return batch, generate
+
+
 def parse(argv: list[str]):
-    """argv after 'batch' -> (BatchOptions, or None when --help was printed). Raises BatchError on bad input."""
+    """argv after 'batch' -> (BatchOptions, or None when --help was printed). Raises BatchError on bad input.
+
+    The batch options are the fields of engine.batch.BatchOptions (their defaults live there), parsed like every
+    command's (engine.cli.parse_dataclass); the other options are generate options for every job."""
     from engine.batch import BatchError, BatchOptions
+    from engine.cli import UsageError, parse_dataclass
 
     if not argv:
         raise BatchError("usage: engine batch PROMPTS --out DIR [options] (engine batch --help)")
     if argv[0] in ("-h", "--help"):
-        _parser().print_help()
-        return None
+        try:
+            parse_dataclass(BatchOptions, BatchOptions(prompts="PROMPTS", out=""), ["--help"], "engine batch",
+                            DESCRIPTION, hidden=HIDDEN)
+        except SystemExit:
+            return None
     prompts, rest = (argv[0], argv[1:]) if not argv[0].startswith("-") else (None, argv)
-    args, generate_args = _parser().parse_known_args(rest)
+    batch, generate_args = split_argv(rest)
     if prompts is None:
         raise BatchError("the first argument is the prompts file, e.g. engine batch prompts.txt --out DIR")
     if any(a in ("-h", "--help") for a in generate_args):
         raise BatchError("--help goes first: engine batch --help (engine generate --help lists the job options)")
-    if "--out" in generate_args or "--resume" in generate_args or "--load-config" in generate_args:
+    if "--resume" in generate_args or "--load-config" in generate_args:
         raise BatchError("--out is the batch folder; --resume/--load-config are not batch options (rerunning the "
                          "same command resumes)")
-    seeds = None
-    if args.seeds is not None:
-        try:
-            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        except ValueError:
-            raise BatchError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
-        if not seeds:
-            raise BatchError("--seeds is empty")
-    return BatchOptions(prompts=prompts, out=args.out, generate_args=generate_args, address=args.address,
-                        gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job, seeds=seeds,
-                        retries=args.retries, checkpoints=args.checkpoints, dry_run=args.dry_run,
-                        verbose=args.verbose)
+    try:
+        opts = parse_dataclass(BatchOptions, BatchOptions(prompts=prompts, out=""), batch, "engine batch",
+                               DESCRIPTION, hidden=HIDDEN)
+    except UsageError as e:
+        raise BatchError(str(e)) from None
+    if not opts.out:
+        raise BatchError("the following arguments are required: --out")
+    return dataclasses.replace(opts, prompts=prompts, generate_args=generate_args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,64 +7,62 @@ to export (one line on stderr), 1 unexpected failure.
 """
 
 import sys
+from dataclasses import dataclass, field
 
-from engine.cli import OneLineParser, UsageError, check_range
+from engine.cli import UsageError, check_range, parse_command
+from engine.export import ExportOptions
 
 USAGE_ERROR = 2
 MAX_EXPORT_FACES = 1_000_000
 """--faces above this is refused: the UV unwrap (xatlas) of a bigger mesh takes too long or crashes (issue #18)."""
+BOUNDS = {"max_faces": ("--faces", 1, MAX_EXPORT_FACES),  # 0 used to turn decimation off silently
+          "texture_size": ("--texture-size", 8, 16384), "resolution": ("--resolution", 16, 1024),
+          "roughness": ("--roughness", 0.0, 1.0), "metallic": ("--metallic", 0.0, 1.0)}
+"""Ranges of the export options (field -> flag, low, high), checked before the run folder is read."""
 
 
-def _parser() -> OneLineParser:
-    from engine.export import FORMATS
+@dataclass
+class ExportCommand:
+    """Export a run folder's newest checkpoint (mesh formats baked with PBR textures; ply for Gaussians)."""
 
-    p = OneLineParser(prog="engine export", description=__doc__.split("\n\n")[0].split(": ", 1)[-1])
-    p.add_argument("run_dir", help="a run folder (config.yaml + ckpts/)")
-    p.add_argument("--format", default=None,
-                   help=f"one of {', '.join(FORMATS)}, or a comma-separated list (default: glb; glb,ply for Gaussians)")
-    p.add_argument("--out", default=None, help="output file (one format) or folder (default: RUN_DIR/export/)")
-    p.add_argument("--texture-size", type=int, default=1024, help="side of the baked textures (default 1024)")
-    p.add_argument("--faces", type=int, default=30000,
-                   help=f"face budget of the mesh, 1..{MAX_EXPORT_FACES} (default 30000)")
-    p.add_argument("--up", choices=("y", "z"), default="y", help="up axis of the exported file (default y, glTF)")
-    p.add_argument("--normal-map", choices=("opengl", "directx"), default="opengl",
-                   help="normal-map convention: opengl (green up, glTF; default) or directx (green down)")
-    p.add_argument("--resolution", type=int, default=128, help="marching-cubes grid per axis (default 128)")
-    p.add_argument("--threshold", default="auto", help="density iso-level, or auto (default)")
-    p.add_argument("--roughness", type=float, default=0.9, help="roughness for runs without materials")
-    p.add_argument("--metallic", type=float, default=0.0, help="metallic for runs without materials")
-    p.add_argument("--name", default="model", help="file stem (default model)")
-    p.add_argument("--device", default="cpu", help="device to rebuild the scene on (default cpu)")
-    return p
+    run_dir: str
+    """A run folder (config.yaml + ckpts/)."""
+    format: str = ""
+    """One of glb, obj, usd, usdz, ply, or a comma-separated list ("": glb, plus ply for Gaussian runs)."""
+    out: str = ""
+    """Output file (one format) or folder ("": RUN_DIR/export/)."""
+    device: str = "cpu"
+    """Device to rebuild the scene on."""
+    options: ExportOptions = field(default_factory=ExportOptions)
+    """What the exporter does (engine.export.ExportOptions; --faces is short for --max-faces)."""
+
+
+def parse(argv: list[str]) -> ExportCommand:
+    """argv after 'export' -> ExportCommand, bounds checked; UsageError (one line) when refused."""
+    cmd = parse_command(ExportCommand, argv, "engine export", __doc__.split("\n\n")[0].split(": ", 1)[-1],
+                        aliases={"--faces": "--max-faces"})
+    for name, (flag, lo, hi) in BOUNDS.items():
+        check_range(flag, getattr(cmd.options, name), lo, hi)
+    return cmd
 
 
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from engine.export import ExportError, ExportOptions, export_run, load_run_scene
+    from engine.export import ExportError, export_run, load_run_scene
 
     try:
-        args = _parser().parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0) and USAGE_ERROR
-    try:
-        check_range("--faces", args.faces, 1, MAX_EXPORT_FACES)  # 0 used to turn decimation off silently
-        check_range("--texture-size", args.texture_size, 8, 16384)
-        check_range("--resolution", args.resolution, 16, 1024)
-        check_range("--roughness", args.roughness, 0.0, 1.0)
-        check_range("--metallic", args.metallic, 0.0, 1.0)
+        cmd = parse(list(sys.argv[1:] if argv is None else argv))
     except UsageError as e:
         print(f"engine export: error: {e}", file=sys.stderr)
         return USAGE_ERROR
-    formats = [f.strip().lower() for f in args.format.split(",") if f.strip()] if args.format else None
+    except SystemExit as e:  # --help
+        return int(e.code or 0) and USAGE_ERROR
+    formats = [f.strip().lower() for f in cmd.format.split(",") if f.strip()] or None
     try:
-        threshold = args.threshold if args.threshold == "auto" else float(args.threshold)
-        opts = ExportOptions(texture_size=args.texture_size, max_faces=args.faces, up=args.up,
-                             normal_map=args.normal_map, resolution=args.resolution, threshold=threshold,
-                             roughness=args.roughness, metallic=args.metallic, name=args.name)
         torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
-        scene, _ = load_run_scene(args.run_dir, args.device)
-        report = export_run(args.run_dir, formats, args.out, opts, scene=scene)
+        scene, _ = load_run_scene(cmd.run_dir, cmd.device)
+        report = export_run(cmd.run_dir, formats, cmd.out or None, cmd.options, scene=scene)
     except (ExportError, ValueError) as e:
         print(f"engine export: error: {e}", file=sys.stderr)
         return USAGE_ERROR

@@ -8,44 +8,57 @@ preview.png are written into the run folder when the run completes (engine/mater
 Exit codes: 0 done, 2 bad input (one line on stderr: unknown word, --size out of range, unwritable --out, ...).
 """
 
-import argparse
 import json
 import os
 import sys
-import tempfile
+from dataclasses import dataclass
+
+from engine.cli import UsageError, parse_command
 
 MAX_SIZE = 8192
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2
-        print(f"engine material: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
+@dataclass
+class MaterialCommand:
+    """A tileable PBR material from text; None takes the material preset's value (engine/config.py)."""
+
+    prompt: str = ""
+    """The material, e.g. "a glossy red checker material" (the first argument)."""
+    prior: str | None = None
+    """materials (the built-in world, the preset's), a diffusers hub id or model folder."""
+    controlnet: str = ""
+    """Diffusers SD priors: DreamMat's light-aware ControlNet (hub id or folder, 22 channels), conditioned on the
+    plane's renders (as --prior.controlnet of engine generate)."""
+    guidance: str | None = None
+    """The objective (a key of guidance.GUIDANCES; the preset's: sds)."""
+    size: int | None = None
+    """Side of the written maps in texels (the preset's train.export-texture-size)."""
+    tileable: bool = True
+    """Wrap-around lookups; --no-tileable: one tile, clamped lookups."""
+    normal_map: str | None = None
+    """normal.png convention: opengl or directx (the material renderer's)."""
+    steps: int | None = None
+    """Optimisation steps (the preset's on the materials world, 2000 on a diffusers prior)."""
+    resolution: int | None = None
+    """Training render side (64 on the materials world, 512 on a diffusers prior)."""
+    texels: int | None = None
+    """Optimised grid side (default min(size, max(64, resolution))); the maps are resampled to --size."""
+    seed: int | None = None
+    """The run's seed (the preset's)."""
+    device: str | None = None
+    """auto, cpu or cuda[:N] (the preset's: auto)."""
+    out: str = ""
+    """The run folder (default outputs/<prompt>/<timestamp>)."""
+    resume: str = ""
+    """Continue a material run folder from its last checkpoint."""
 
 
-def _parser() -> argparse.ArgumentParser:
-    from guidance import GUIDANCES
-
-    p = _Parser(prog="engine material", description=__doc__.splitlines()[0])
-    p.add_argument("prompt", nargs="?", help='the material, e.g. "a glossy red checker material"')
-    p.add_argument("--prior", default="materials",
-                   help="materials (the built-in world, default), a diffusers hub id or model folder")
-    p.add_argument("--controlnet", default="",
-                   help="diffusers SD priors: DreamMat's light-aware ControlNet (hub id or folder, 22 channels), "
-                        "conditioned on the plane's renders (as --prior.controlnet of engine generate)")
-    p.add_argument("--guidance", default="sds", choices=sorted(GUIDANCES), help="the objective (default sds)")
-    p.add_argument("--size", type=int, default=1024, help="side of the written maps in texels (default 1024)")
-    p.add_argument("--no-tileable", action="store_true", help="one tile, clamped lookups, no wrap-around")
-    p.add_argument("--normal-map", default="opengl", choices=("opengl", "directx"), help="normal.png convention")
-    p.add_argument("--steps", type=int, default=None, help="optimisation steps (preset: 300 on materials)")
-    p.add_argument("--resolution", type=int, default=None, help="training render side (64 materials, 512 diffusers)")
-    p.add_argument("--texels", type=int, default=None,
-                   help="optimised grid side (default min(size, max(64, resolution))); maps are resampled to --size")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default="", help="the run folder (default outputs/<prompt>/<timestamp>)")
-    p.add_argument("--resume", default="", help="continue a material run folder from its last checkpoint")
-    return p
+def parse(argv: list[str]) -> MaterialCommand:
+    """argv after 'material' -> MaterialCommand (the prompt is the first argument when it is not an option);
+    UsageError (one line) when refused, SystemExit(0) after --help."""
+    if argv and not argv[0].startswith("-"):
+        argv = ["--prompt", argv[0], *argv[1:]]
+    return parse_command(MaterialCommand, argv, "engine material", __doc__.splitlines()[0])
 
 
 def _fail(msg: str) -> None:
@@ -53,69 +66,61 @@ def _fail(msg: str) -> None:
     raise SystemExit(2)
 
 
-def check_writable(out: str) -> None:
-    """Refuse an --out that cannot become a run folder (a file, or under an unwritable or non-folder parent),
-    by creating and removing a probe file in the nearest existing folder."""
-    path = os.path.abspath(out)
-    if os.path.exists(path) and not os.path.isdir(path):
-        _fail(f"--out {out} exists and is not a folder")
-    probe = path
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        _fail(f"--out {out} cannot be created: {probe} is not a folder")
-    try:
-        fd, name = tempfile.mkstemp(dir=probe, prefix=".engine-probe-")
-        os.close(fd)
-        os.remove(name)
-    except OSError as e:
-        _fail(f"--out {out} is not writable ({probe}: {e.strerror})")
-
-
-def build_material_config(args: argparse.Namespace):
-    """The GenerateConfig of a material run from parsed arguments (the app's tab builds the same)."""
-    from engine.config import PRESETS
-    from guidance import GUIDANCES
-
-    if not args.prompt or not args.prompt.strip():
-        _fail('the prompt is empty; e.g. engine material "a glossy red checker material"')
-    if not 16 <= args.size <= MAX_SIZE:
-        _fail(f"--size must be between 16 and {MAX_SIZE} texels, got {args.size}")
+def build_material_config(cmd: MaterialCommand):
+    """The GenerateConfig of a material run (the app's tab builds the same): the material preset through
+    engine.compose, with the command's own mapping (a diffusers prior gets the diffusion preset's objective, 2000
+    steps and 512 px renders; --size is the written maps' side). UsageError (one line) when refused."""
     import importlib.util
+
+    from engine.compose import Choices, ConfigError, compose
+    from engine.config import PRESETS
+
+    if not cmd.prompt.strip():
+        raise UsageError('the prompt is empty; e.g. engine material "a glossy red checker material"')
+    preset = PRESETS["material"]()
+    size = preset.train.export_texture_size if cmd.size is None else cmd.size
+    if not 16 <= size <= MAX_SIZE:
+        raise UsageError(f"--size must be between 16 and {MAX_SIZE} texels, got {size}")
     missing = [pkg for mod, pkg in (("MaterialX", "materialx"), ("pxr", "usd-core"))
                if importlib.util.find_spec(mod) is None]
     if missing:  # the run would end without its material.mtlx / material.usda: refuse before it starts
-        _fail(f"engine material writes MaterialX and USD files and needs {' and '.join(missing)}: "
-              "pip install 'distillery[materialx]'")
-    cfg = PRESETS["material"]()
-    cfg.prompt = args.prompt.strip()
-    cfg.prior.name = args.prior
-    diffusion = args.prior != "materials"
-    if args.controlnet and not diffusion:
-        _fail("--controlnet needs a diffusers Stable Diffusion --prior (hub id or folder), not the materials world")
-    cfg.prior.controlnet = args.controlnet
-    if diffusion:  # real priors: DreamFusion-SD's CFG, as the diffusion preset
-        cfg.guidance = PRESETS["diffusion"]().guidance
-        cfg.train.steps = 2000
-    if args.guidance != "sds":
-        cfg.guidance = GUIDANCES[args.guidance]()
-    cfg.resolution = args.resolution or (512 if diffusion else 64)
-    if args.steps is not None:
-        if args.steps < 1:
-            _fail(f"--steps must be >= 1, got {args.steps}")
-        cfg.train.steps = args.steps
-    texels = args.texels or min(args.size, max(64, cfg.resolution))
+        raise UsageError(f"engine material writes MaterialX and USD files and needs {' and '.join(missing)}: "
+                         "pip install 'distillery[materialx]'")
+    diffusion = cmd.prior is not None and cmd.prior != preset.prior.name
+    if cmd.controlnet and not diffusion:
+        raise UsageError("--controlnet needs a diffusers Stable Diffusion --prior (hub id or folder), not the "
+                         "materials world")
+    if cmd.steps is not None and cmd.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {cmd.steps}")
+    resolution = cmd.resolution or (512 if diffusion else preset.resolution)
+    renderer = {"tileable": cmd.tileable, "texels": cmd.texels or min(size, max(64, resolution))}
+    if cmd.normal_map is not None:
+        renderer["normal_map"] = cmd.normal_map
+    overrides = {"prior.controlnet": cmd.controlnet, "resolution": resolution, "train.export_texture_size": size,
+                 "out": cmd.out, **{f"renderer.{k}": v for k, v in renderer.items()}}
+    overrides.update({k: v for k, v in (("seed", cmd.seed), ("device", cmd.device)) if v is not None})
+
+    if diffusion and cmd.guidance in (None, "sds"):  # real priors: DreamFusion-SD's CFG, as the diffusion preset
+        sds = PRESETS["diffusion"]().guidance
+        overrides.update({"guidance.guidance_scale": sds.guidance_scale, "guidance.cfg_convention": sds.cfg_convention})
+    steps = cmd.steps if cmd.steps is not None else (2000 if diffusion else None)
+    choices = Choices(prompt=cmd.prompt.strip(), preset="material", prior=cmd.prior, guidance=cmd.guidance,
+                      steps=steps)
     try:
-        cfg.renderer = type(cfg.renderer)(texels=texels, tileable=not args.no_tileable, normal_map=args.normal_map)
-    except ValueError as e:
-        _fail(str(e))
-    cfg.train.export_texture_size = args.size
-    cfg.seed, cfg.device, cfg.out = args.seed, args.device, args.out
-    return cfg
+        return compose(choices, overrides, say=None)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = parse(list(sys.argv[1:] if argv is None else argv))
+        if not args.resume:
+            cfg = build_material_config(args)
+    except UsageError as e:
+        _fail(str(e))
+    except SystemExit as e:  # --help
+        return int(e.code or 0) and 2
     from engine.train import RunError, generate
 
     if args.resume:
@@ -123,9 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             _fail(f"{args.resume} is not a run folder (no config.yaml)")
         cfg, resume = None, args.resume
     else:
-        cfg, resume = build_material_config(args), None
-        if args.out:
-            check_writable(args.out)
+        resume = None
     try:
         run_dir = generate(cfg, resume=resume) if resume else generate(cfg)
     except RunError as e:

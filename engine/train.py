@@ -26,6 +26,8 @@ import torch
 from engine import outputs
 from engine.checkpoint import latest_checkpoint, load_latest_checkpoint, prune_checkpoints, save_checkpoint, step_path
 from engine.config import GenerateConfig, default_run_dir, load_config, save_config
+from foundation.backend import CudaUnavailable, no_cuda_device
+from foundation.backend import resolve as resolve_cuda
 from foundation.cameras import sample_cameras
 from guidance.priors import SHAPES_WORLD, Prior, build_prior
 from guidance.prompts import PromptSet
@@ -96,11 +98,13 @@ class Hooks:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RunError("device cuda was asked for, but torch sees no CUDA GPU (use --device cpu)", code=2)
-    return torch.device(name)
+    """The run's device by the one rule of foundation.backend.resolve: "auto" is cuda when torch sees a GPU, else
+    cpu with one warning; an explicit cuda[:N] without a GPU is a RunError (exit code 2, one line)."""
+    try:
+        cuda = resolve_cuda(name, no_cuda_device, what="device", fallback="cpu", hint="--device cpu")
+    except (CudaUnavailable, ValueError) as e:
+        raise RunError(str(e), code=2) from None
+    return torch.device(("cuda" if name == "auto" else name) if cuda else "cpu")
 
 
 def _prepare(cfg: GenerateConfig, device: torch.device) -> tuple[Prior, PromptSet]:

@@ -20,7 +20,6 @@ non-finite Gaussians are pruned, all under a hard cap. It changes the number of 
 """
 
 import math
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +32,7 @@ from torch import Tensor, nn
 
 from foundation.cameras import Cameras
 from renderers.base import RenderOutput, composite
-from renderers.kernels import ENV_VAR, resolve_backend, splat
-from renderers.kernels import splat_cuda as _splat_cuda
+from renderers.kernels import resolve_backend, splat
 from renderers.kernels.splat_torch import SH_C0, covariance, eval_sh, quat_to_rotmat
 from renderers.keylight import LIGHTS, shade_under_key_light
 
@@ -160,18 +158,10 @@ def _warn_once(msg: str) -> None:
         warnings.warn(msg, stacklevel=3)
 
 
-def resolve_splat_backend(name: str) -> str:
-    """renderers.kernels.resolve_backend on gsplat's own probe (never nerfacc's), then a gsplat check: "auto" falls
-    back to torch (warning once) when gsplat's rasterizer cannot build; "cuda" then raises."""
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
-    backend = resolve_backend(name, library="gsplat")
-    if backend == "cuda" and not _splat_cuda.available():
-        if name == "cuda" or os.environ.get(ENV_VAR) == "cuda":
-            raise RuntimeError("backend 'cuda' needs gsplat's CUDA rasterizer, which failed to load")
-        _warn_once("gaussians: gsplat's CUDA rasterizer failed to load, using the torch splat backend")
-        return "torch"
-    return backend
+def resolve_splat_backend(name: str, device: torch.device | str | None = None) -> str:
+    """renderers.kernels.resolve_backend on gsplat's own probe (never nerfacc's): "auto" falls back to torch
+    (warning once) when gsplat's rasterizer cannot build and run, an explicit "cuda" then raises."""
+    return resolve_backend(name, device, library="gsplat")
 
 
 class _InwardClamp(torch.autograd.Function):
@@ -272,11 +262,7 @@ class Gaussians(nn.Module):
     def __init__(self, cfg: GaussiansConfig, gen: torch.Generator, device: torch.device = torch.device("cpu")):
         super().__init__()
         self.cfg = cfg
-        self.backend = resolve_splat_backend(cfg.backend)
-        if self.backend == "cuda" and device.type != "cuda":
-            if cfg.backend == "cuda":
-                raise RuntimeError(f"backend 'cuda' needs a CUDA device, got {device}")
-            self.backend = "torch"
+        self.backend = resolve_splat_backend(cfg.backend, device)  # once per scene
         pts, cols = _initial_points(cfg, gen)
         n = pts.shape[0]
         scale = torch.full((n,), cfg.init_scale) if cfg.init_scale > 0 else _knn_scale(pts)

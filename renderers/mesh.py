@@ -356,7 +356,7 @@ class Mesh(nn.Module):
     def __init__(self, cfg: MeshConfig, gen: torch.Generator, device: torch.device | str = "cpu",
                  fixed: tuple[Tensor, Tensor, Tensor | None] | None = None):
         super().__init__()
-        self.cfg = dataclasses.replace(cfg, backend=K.resolve_raster_backend(cfg.backend))
+        self.cfg = dataclasses.replace(cfg, backend=K.resolve_raster_backend(cfg.backend, device))  # once
         self.gen = gen
         self._lighting: tuple[str, float] | None = None
         # training renders also return the ControlNet condition in extras["control"]; the training loop turns this

@@ -21,10 +21,10 @@ from apps.gradio_app import (  # noqa: E402
     PRIOR_MODEL,
     PRIOR_SHAPES,
     InputError,
-    build_config,
     check_model_id,
     check_overrides,
-    form_argv,
+    form_config,
+    form_request,
     status_html,
 )
 from apps.jobs import JobManager, Limits, UploadError, check_image, check_mesh  # noqa: E402
@@ -56,27 +56,27 @@ def test_form_builds_the_same_config_as_the_cli():
                                     "--train.preview-every", "2", "--train.no-progress", "--train.no-export",
                                     "--train.video-frames", "4", "--cameras.elevation", "0", "30",
                                     "--train.eval-views", "2"])
-    app = build_config(form_argv(form(cfg_scale=2.5, overrides="--cameras.elevation 0 30 --train.eval-views 2")))
+    app = form_config(form(cfg_scale=2.5, overrides="--cameras.elevation 0 30 --train.eval-views 2"))
     assert app == cli
 
 
 def test_form_refuses_bad_input_with_a_message():
     with pytest.raises(InputError, match="prompt is empty"):
-        form_argv(form(prompt="  "))
+        form_request(form(prompt="  "))
     with pytest.raises(InputError, match="csm"):
-        form_argv(form(image="/tmp/x.png"))
+        form_request(form(image="/tmp/x.png"))
     for bad in ("--out /tmp/x", "--prior.cache-dir=/etc", "--guidance.image /etc/passwd", "--load-config a.yaml",
                 "--device cuda", "--help"):
         with pytest.raises(InputError, match="cannot be set here"):
             check_overrides(bad)
     assert check_overrides("--cameras.elevation 0 30") == ["--cameras.elevation", "0", "30"]
     with pytest.raises(InputError, match="Unrecognized"):
-        build_config(form_argv(form(overrides="--no-such-field 3")))
+        form_config(form(overrides="--no-such-field 3"))
     for bad in ("/etc", "../models/x", "~/sd", "not a hub id"):
         with pytest.raises(InputError, match="hub id"):
             check_model_id(bad, allow_local=False)
     assert check_model_id("stabilityai/stable-diffusion-2-1-base", allow_local=False)
-    assert "--prior=org/model" in form_argv(form(prior=PRIOR_MODEL))
+    assert form_request(form(prior=PRIOR_MODEL))[0].prior == "org/model"  # was: "--prior=org/model" in its argv
 
 
 def test_status_shows_queue_position_and_progress():
@@ -138,7 +138,7 @@ def _fake_runner(job, device):
 
 
 def test_queue_runs_one_job_per_device_in_order_and_stops_cleanly(tmp_path):
-    cfg = build_config(form_argv(form()))
+    cfg = form_config(form())
     mgr = JobManager(str(tmp_path), devices=["cpu"], limits=Limits(max_queue=2), runner=_fake_runner)
     try:
         sessions = [mgr.session(f"s{i}") for i in range(4)]
@@ -397,11 +397,11 @@ def test_overrides_are_an_allow_list_with_bounds():
     assert check_overrides("--cameras.elevation -10 30 --guidance.guidance-scale 3 --train.eval-views 2")
     # values are bounded by the app's limits, tighter than the CLI's
     with pytest.raises(InputError, match="max-gaussians must be in"):
-        build_config(form_argv(form(renderer="gaussians", overrides="--renderer.max-gaussians 10000000")))
+        form_config(form(renderer="gaussians", overrides="--renderer.max-gaussians 10000000"))
     with pytest.raises(InputError, match="steps must be in"):
-        build_config(form_argv(form(steps=10**6)))
+        form_config(form(steps=10**6))
     with pytest.raises(InputError, match="resolution must be in"):
-        build_config(form_argv(form(resolution=100000)))
+        form_config(form(resolution=100000))
 
 
 def test_sessions_are_private_bound_to_their_client_and_cleaned_at_start(tmp_path):
@@ -430,7 +430,7 @@ def test_sessions_are_private_bound_to_their_client_and_cleaned_at_start(tmp_pat
 
 
 def test_one_client_cannot_fill_the_queue(tmp_path):
-    cfg = build_config(form_argv(form()))
+    cfg = form_config(form())
     mgr = JobManager(str(tmp_path), devices=["cpu"], limits=Limits(max_queue=6, max_queue_per_client=2),
                      runner=_fake_runner)
     try:
@@ -457,7 +457,7 @@ def test_a_crashing_or_hanging_job_fails_alone_and_the_app_keeps_serving(tmp_pat
 
     import job_runners
 
-    cfg = build_config(form_argv(form()))
+    cfg = form_config(form())
     mgr = JobManager(str(tmp_path), devices=["cpu"], limits=Limits(job_timeout_s=4, stop_grace_s=1),
                      runner=job_runners.crash_hang_or_finish, isolate=True)
     try:
@@ -483,7 +483,7 @@ def test_closing_the_app_waits_for_the_worker_to_save(tmp_path):
 
     from engine.outputs import read_status
 
-    cfg = build_config(form_argv(form(steps=20000)))
+    cfg = form_config(form(steps=20000))
     mgr = JobManager(str(tmp_path), devices=["cpu"], limits=Limits(stop_grace_s=120))
     s = mgr.session("s", "10.0.0.1")
     job = mgr.submit(s, dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, video_frames=0)),

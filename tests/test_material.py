@@ -418,9 +418,9 @@ def test_material_tab_builds_the_cli_config():
     form = {"prompt": PROMPT, "prior": "materials world (CPU)", "guidance": "sds", "size": 256, "tileable": False,
             "normal_map": "directx", "steps": 12, "seed": 3}
     cfg = build_material_config_from_form(form)
-    from engine.cli_material import _parser, build_material_config
-    same = build_material_config(_parser().parse_args([PROMPT, "--size", "256", "--no-tileable", "--normal-map",
-                                                       "directx", "--steps", "12", "--seed", "3"]))
+    from engine.cli_material import build_material_config, parse
+    same = build_material_config(parse([PROMPT, "--size", "256", "--no-tileable", "--normal-map",
+                                        "directx", "--steps", "12", "--seed", "3"]))
     assert cfg == same
     assert cfg.prior.name == "materials" and cfg.renderer.tileable is False and cfg.train.export_texture_size == 256
     with pytest.raises(MaterialInputError, match="--size"):

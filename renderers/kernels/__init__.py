@@ -15,12 +15,12 @@ Op families:
 
 import functools
 import os
-import warnings
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from foundation import backend as backend_rule
 from renderers.kernels import splat_torch, volume_torch
 from renderers.kernels.splat_torch import SplatResult
 from renderers.kernels.volume_torch import OccupancyGrid, RaySamples
@@ -42,39 +42,29 @@ def _cuda_unavailable_reason(library: str = "nerfacc") -> str | None:
     return None if result.ok else f"{library}'s CUDA kernels are unusable: {result.message}"
 
 
-@functools.cache
-def _warn_fallback(reason: str) -> None:
-    warnings.warn(f"backend 'auto' falls back to the torch backend ({reason})", stacklevel=3)
+_warn_fallback = backend_rule._warn_once
+"""The shared once-per-message warning of foundation.backend (tests clear it to see the warning again)."""
 
 
 def resolve_backend(name: str = "auto", device: torch.device | str | None = None, library: str = "nerfacc") -> str:
-    """Resolve a requested backend to "torch" or "cuda" for a scene on ``device`` using ``library``'s kernels.
+    """Resolve a requested backend to "torch" or "cuda" for a scene on ``device`` using ``library``'s kernels, by
+    the one rule of foundation.backend.resolve.
 
     "auto" picks cuda when a GPU is present and ``library`` (nerfacc for volume rendering, gsplat for splatting)
-    builds and runs, and otherwise torch (warning once). "cuda" without them raises RuntimeError. A scene on a
-    non-CUDA ``device`` (e.g. a NeRF run rebuilt on the CPU for a mesh's init-from) always gets "torch": CUDA kernels
-    cannot take its tensors. The ``ENGINE_BACKEND`` environment variable, when set, replaces ``name``.
+    builds and runs, and otherwise torch (warning once); "cuda" without them raises CudaUnavailable (a RuntimeError).
+    A scene on a non-CUDA ``device`` renders with torch: "auto" then needs no probe and no warning (the device was
+    resolved already, by the same rule, in engine.train), and an explicit "cuda" is still checked against the
+    machine, then served by torch for that scene (a GPU run's saved config rebuilt on the CPU for export or a mesh's
+    init-from). The ``ENGINE_BACKEND`` environment variable, when set, replaces ``name``.
     """
     name = os.environ.get(ENV_VAR) or name
-    if name in BACKENDS and device is not None and torch.device(device).type != "cuda":
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
+    on_cuda = device is None or torch.device(device).type == "cuda"
+    if name == "auto" and not on_cuda:
         return "torch"
-    match name:
-        case "torch":
-            return "torch"
-        case "cuda":
-            reason = _cuda_unavailable_reason(library)
-            if reason is not None:
-                raise RuntimeError(f"backend 'cuda' was requested but CUDA cannot be used: {reason}. "
-                                   "Use backend='torch' (or 'auto') on this machine.")
-            return "cuda"
-        case "auto":
-            reason = _cuda_unavailable_reason(library)
-            if reason is None:
-                return "cuda"
-            _warn_fallback(reason)
-            return "torch"
-        case _:
-            raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
+    cuda = backend_rule.resolve(name, lambda: _cuda_unavailable_reason(library), what="backend", fallback="torch")
+    return "cuda" if cuda and on_cuda else "torch"
 
 
 def _check_rays(rays_o: Tensor, rays_d: Tensor) -> None:

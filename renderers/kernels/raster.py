@@ -3,43 +3,36 @@
 ``uv_derivatives`` (screen-space uv derivatives for mip-mapped ``texture``) is analytic tensor math from the
 rasteriser's output, shared by both backends.
 
-``resolve_raster_backend`` is ``resolve_backend`` plus an nvdiffrast check: nvdiffrast is never required, so
-"auto" on a GPU without it uses the torch ops (on the GPU, warning once) and an explicit "cuda" does the same with a
-warning rather than failing — the torch ops are exact, only slower. Re-exported by ``renderers.kernels``.
+``resolve_raster_backend`` follows the one rule of foundation.backend.resolve, CUDA meaning a GPU *and* nvdiffrast:
+nvdiffrast is never required, so "auto" without it uses the torch ops (on the GPU if there is one, warning once) —
+they are exact, only slower — while an explicit "cuda" without it is an error. Re-exported by ``renderers.kernels``.
 """
-
-import functools
-import warnings
 
 from torch import Tensor
 
+from foundation.backend import no_cuda_device, resolve
 from renderers.kernels import raster_torch
 from renderers.kernels.raster_torch import edge_topology
 
 
-@functools.cache
-def _warn(msg: str) -> None:
-    warnings.warn(msg, stacklevel=3)
-
-
-def resolve_raster_backend(name: str = "auto") -> str:
-    """"torch" or "cuda" (= nvdiffrast) for the raster ops; see the module docstring."""
+def resolve_raster_backend(name: str = "auto", device=None) -> str:
+    """"torch" or "cuda" (= nvdiffrast) for the raster ops of a mesh on ``device``, by foundation.backend.resolve
+    (module docstring); a mesh on a non-CUDA device rasterises with torch, as renderers.kernels.resolve_backend."""
     import torch  # noqa: PLC0415
 
     from renderers.kernels import raster_cuda  # noqa: PLC0415  (imports nothing of nvdiffrast by itself)
 
     if name not in ("auto", "torch", "cuda"):
         raise ValueError(f"unknown backend {name!r}; expected one of auto, torch, cuda")
-    if name == "torch":
+    on_cuda = device is None or torch.device(device).type == "cuda"
+    if name == "auto" and not on_cuda:
         return "torch"
-    if not torch.cuda.is_available():
-        if name == "cuda":
-            raise RuntimeError("backend 'cuda' was requested but torch sees no CUDA GPU; use backend='torch'")
-        return "torch"
-    if raster_cuda.available():
-        return "cuda"
-    _warn("mesh raster: nvdiffrast is not importable, using the pure-torch rasteriser on the GPU")
-    return "torch"
+
+    def why_not() -> str | None:
+        return no_cuda_device() or (None if raster_cuda.available() else "nvdiffrast is not importable")
+
+    cuda = resolve(name, why_not, what="mesh raster backend", hint="backend 'torch'")
+    return "cuda" if cuda and on_cuda else "torch"
 
 
 def _check(pos: Tensor, tri: Tensor) -> None:

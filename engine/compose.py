@@ -1,0 +1,329 @@
+"""One way to build a run's ``GenerateConfig`` (issue #14, item 4): named choices plus overrides -> a checked config.
+
+Every front end goes through ``compose``: the ``engine generate`` command line (engine/cli.py maps argv to
+``Choices`` and its typed overrides), the web app (apps/gradio_app.py maps its widgets to ``Choices`` and dotted
+overrides directly) and ``engine batch`` (the shared options and each row's overrides). The rules that decide a
+config beyond the dataclass defaults all live here, applied in this order:
+
+1. the base: a saved config (``load_config``) or a preset (``shapes`` for the built-in prior, ``diffusion`` for any
+   other prior, unless one is named);
+2. the components: ``prior``, ``guidance`` (an image prompt alone selects csm), ``renderer``, ``device``;
+3. the diffusion preset's values by prior family, objective and device (engine.config.tune_diffusion, issue 13);
+4. Gaussians on the shapes prior train under its exemplars' key light (issue #17);
+5. the prior folder's recommended settings (distillery.json, guidance.priors.apply_prior_defaults);
+6. ``prompt`` and ``steps``;
+7. the command line's typed overrides (``parse``: tyro, in engine/cli.py), then the dotted ``overrides``;
+8. the checks that come before any run folder exists: every bound (engine.config.check_config, tightened by
+   ``bounds``), the prompt, the image prompt (decoded), the output folder.
+
+Rules 3-5 are skipped for a saved config (it already holds its choices). Any refusal is a ``ConfigError``: a
+ValueError whose message is one line for the user. The engine's modules (torch, the registries) are imported when
+``compose`` runs, not with this module, so that the ``engine`` command starts without them.
+"""
+
+import dataclasses
+import os
+import sys
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.config import GenerateConfig
+
+
+class ConfigError(ValueError):
+    """A refused choice or override; its message is one plain line for the user."""
+
+
+@dataclass
+class Choices:
+    """The named choices of a run (the command line's shortcuts, the app's main widgets); None leaves the preset's."""
+
+    prompt: str | None = None
+    guidance: str | None = None
+    """A key of guidance.GUIDANCES."""
+    renderer: str | None = None
+    """A key of renderers.RENDERERS."""
+    prior: str | None = None
+    """"shapes", a diffusers hub id or a model folder (sets prior.name)."""
+    preset: str | None = None
+    """A key of engine.config.PRESETS; default "shapes" for the shapes prior, else "diffusion"."""
+    steps: int | None = None
+    image: str | None = None
+    """A visual prompt (csm); alone it selects the csm objective."""
+    device: str | None = None
+    """auto, cpu, cuda or cuda:N; known before the diffusion preset sizes the run for it."""
+    load_config: str | None = None
+    """A saved config.yaml as the base instead of a preset."""
+
+
+def _say(line: str) -> None:
+    print(f"engine: {line}", file=sys.stderr)
+
+
+def compose(choices: Choices, overrides: Mapping[str, Any] | None = None, *,
+            parse: "Callable[[GenerateConfig], GenerateConfig] | None" = None, bounds: dict | None = None,
+            say: Callable[[str], None] | None = _say) -> "GenerateConfig":
+    """The checked GenerateConfig of ``choices`` plus overrides (the module docstring lists the rules in order).
+
+    Args:
+        choices: the named choices.
+        overrides: dotted field paths (``"train.lr_scale"``, dashes or underscores, ``--`` optional) to values;
+            strings are read as the field's type (CSV cells), ``"x.no-flag": True`` sets the boolean ``x.flag`` off.
+        parse: the command line's typed overrides, applied to the config built so far (tyro, in engine/cli.py).
+        bounds: ranges that tighten engine.config.BOUNDS (the app's limits).
+        say: where the preset's announcements go (None: nowhere).
+
+    Raises:
+        ConfigError: one line naming the refused choice, field or value.
+    """
+    cfg = _base(choices)
+    _components(cfg, choices)
+    if choices.load_config is None:
+        _tune(cfg, choices, say)
+    if choices.prompt is not None:
+        cfg.prompt = choices.prompt
+    if choices.steps is not None:
+        set_field(cfg, "train.steps", choices.steps)
+    if parse is not None:
+        cfg = parse(cfg)
+    for key, value in (overrides or {}).items():
+        set_field(cfg, key, value)
+    check_generate_config(cfg, bounds)
+    return cfg
+
+
+def _base(choices: Choices) -> "GenerateConfig":
+    from engine.config import PRESETS, load_config
+
+    if choices.load_config is not None:
+        try:
+            return load_config(choices.load_config)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    preset = choices.preset or ("shapes" if (choices.prior or "shapes") == "shapes" else "diffusion")
+    _known("preset", preset, PRESETS)
+    return PRESETS[preset]()
+
+
+def _known(what: str, name: str, registry: Mapping) -> None:
+    if name not in registry:
+        raise ConfigError(f"--{what}: {name!r} is not one of {', '.join(sorted(registry))}")
+
+
+def _components(cfg: "GenerateConfig", choices: Choices) -> None:
+    """Rule 2: the prior, the objective (csm for an image prompt alone), the renderer and the device."""
+    from guidance import GUIDANCES
+    from renderers import RENDERERS
+
+    if choices.prior is not None:
+        if not choices.prior.strip():
+            raise ConfigError("--prior is empty; give shapes, a hub id or a model folder")
+        cfg.prior.name = choices.prior
+    guidance = choices.guidance
+    if choices.image is not None and guidance is None and not hasattr(cfg.guidance, "image"):
+        guidance = "csm"  # the objective with visual prompts
+    if guidance is not None:
+        _known("guidance", guidance, GUIDANCES)
+        if type(cfg.guidance) is not GUIDANCES[guidance]:
+            cfg.guidance = GUIDANCES[guidance]()
+    if choices.image is not None:
+        if not hasattr(cfg.guidance, "image"):
+            with_image = [n for n, c in GUIDANCES.items() if "image" in c.__dataclass_fields__]
+            raise ConfigError(f"--image (a visual prompt) works with --guidance {' or '.join(with_image)}, "
+                              f"not {type(cfg.guidance).__name__.removesuffix('Config').lower()}")
+        set_field(cfg, "guidance.image", choices.image)
+    if choices.renderer is not None:
+        _known("renderer", choices.renderer, RENDERERS)
+        if type(cfg.renderer) is not RENDERERS[choices.renderer]:
+            cfg.renderer = RENDERERS[choices.renderer]()
+    if choices.device is not None:
+        set_field(cfg, "device", choices.device)
+
+
+def _tune(cfg: "GenerateConfig", choices: Choices, say: Callable[[str], None] | None) -> None:
+    """Rules 3-5, for a config built from a preset."""
+    if (choices.preset or "diffusion") == "diffusion" and (choices.prior or "shapes") != "shapes":
+        line = _diffusion_defaults(cfg)
+        if line and say is not None:
+            say(line)
+    # Issue #17: Gaussians on the shapes prior train under its exemplars' own key light (renderers/keylight.py), so
+    # their colour learns the albedo; renderer.light overrides it. The NeRF keeps "dreamfusion" unless asked: its
+    # depth-normal shading lost 6.7 dB on the torus (docs/benchmarks.md, "Fidelity").
+    if cfg.prior.name == "shapes" and getattr(cfg.renderer, "light", None) == "none":
+        cfg.renderer.light = "shapes"
+    from guidance.priors import apply_prior_defaults
+    try:
+        applied = apply_prior_defaults(cfg)  # a prior folder's recommended settings; the user's overrides win
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if applied and say is not None:
+        say(f"defaults of the prior {cfg.prior.name} (they win over the preset's): {', '.join(applied)}")
+
+
+def _diffusion_defaults(cfg: "GenerateConfig") -> str:
+    """The diffusion preset's prior- and objective-dependent values (engine.config.tune_diffusion) for the device
+    the run will use; "" for an exemplar prior (a CPU-world denoiser: nothing here applies)."""
+    from engine.config import tune_diffusion
+    from foundation.backend import no_cuda_device
+    from guidance.priors import prior_family
+
+    if os.path.isfile(os.path.join(cfg.prior.name, "exemplars.safetensors")):
+        return ""
+    # the device engine.train.resolve_device will pick (an explicit cuda without a GPU is refused there)
+    cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and no_cuda_device() is None)
+    return tune_diffusion(cfg, prior_family(cfg.prior.name), cuda)
+
+
+# -- dotted overrides -----------------------------------------------------------------------------------------------
+def _flag(path: str) -> str:
+    return "--" + path.replace("_", "-")
+
+
+def set_field(cfg: Any, key: str, value: Any) -> None:
+    """Set the dotted field ``key`` of the dataclass ``cfg`` to ``value``, typed and checked like the command line:
+    the value is read as the field's annotation (a string as a number, a boolean or whitespace-separated items) and
+    each enclosing dataclass's own checks (``__post_init__``) run again, as tyro's instantiation runs them.
+    ConfigError (naming the flag) otherwise."""
+    path = key.strip().lstrip("-").replace("-", "_").split(".")
+    if not all(path):
+        raise ConfigError(f"{key!r} is not a field name")
+    _set(cfg, path, value, "")
+
+
+def _set(obj: Any, path: list[str], value: Any, where: str) -> None:
+    """Set the field at ``path`` of ``obj`` in place, then re-check ``obj`` (innermost first, on the way back up)."""
+    head, rest = path[0], path[1:]
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    if head not in fields and not rest and head.startswith("no_") and head[3:] in fields and value is True:
+        head, value = head[3:], False  # tyro's --x.no-flag
+    here = f"{where}{head}"
+    if head not in fields:
+        raise ConfigError(f"unrecognised option {_flag(f'{where}{path[0]}')} (see engine generate --help for "
+                          f"the fields)")
+    ftype = typing.get_type_hints(type(obj))[head]
+    current = getattr(obj, head)
+    if rest and dataclasses.is_dataclass(current):
+        _set(current, rest, value, f"{here}.")
+        new = current
+    elif rest and typing.get_origin(ftype) is dict and len(rest) == 1:
+        new = {**current, rest[0]: _read(value, typing.get_args(ftype)[1], _flag(f"{here}.{rest[0]}"))}
+    elif rest:
+        raise ConfigError(f"unrecognised option {_flag(here + '.' + '.'.join(rest))} (see engine generate --help "
+                          f"for the fields)")
+    else:
+        new = _read(value, ftype, _flag(here))
+    setattr(obj, head, new)
+    check = getattr(obj, "__post_init__", None)
+    try:
+        if check is not None:
+            check()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _read(value: Any, ftype: Any, flag: str) -> Any:
+    """``value`` as the annotation ``ftype``; strings (CSV cells, the app's text field) are parsed first."""
+    from engine.config import _check_value
+
+    if isinstance(value, str) and ftype is not str:
+        value = _parse_text(value, ftype)
+    try:
+        return _check_value(value, ftype, flag)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _parse_text(text: str, ftype: Any) -> Any:
+    """A string in the form the annotation wants, where it is unambiguous; otherwise the string itself (which the
+    type check then refuses with the field's name)."""
+    args = [a for a in typing.get_args(ftype) if a is not type(None)]
+    if typing.get_origin(ftype) in (typing.Union, types.UnionType) and len(args) == 1:
+        if text.strip().lower() in ("none", ""):
+            return None
+        return _parse_text(text, args[0])
+    if typing.get_origin(ftype) is tuple:
+        items = text.replace(",", " ").split()
+        inner = [args[0]] * len(items) if len(args) == 2 and args[1] is Ellipsis else args
+        return [_parse_text(t, a) for t, a in zip(items, inner)] if len(inner) == len(items) else items
+    word = text.strip()
+    if ftype is bool and word.lower() in ("true", "false"):
+        return word.lower() == "true"
+    for kind in (int, float):
+        if ftype is kind or (kind is int and ftype is float):
+            try:
+                return kind(word)
+            except ValueError:
+                continue
+    return text
+
+
+def flag_overrides(tokens: list[str]) -> dict[str, Any]:
+    """``--a.b 1 2 --c.no-d`` -> {"a.b": ["1", "2"], "c.no-d": True}: command-line-style tokens as dotted
+    overrides for ``compose`` (a flag without values is True; a number such as -10 is a value, not a flag)."""
+    out: dict[str, Any] = {}
+    key = None
+    for tok in tokens:
+        if tok.startswith("--") and not _is_number(tok):
+            name, eq, val = tok[2:].partition("=")
+            key = name
+            out[key] = [val] if eq else True
+        elif key is None:
+            raise ConfigError(f"{tok!r} is not an option (options start with --)")
+        else:
+            out[key] = [tok] if out[key] is True else [*out[key], tok]
+    return {k: v if v is True else (v[0] if len(v) == 1 else " ".join(v)) for k, v in out.items()}
+
+
+def _is_number(tok: str) -> bool:
+    try:
+        float(tok)
+        return True
+    except ValueError:
+        return False
+
+
+# -- the checks before any run folder exists ------------------------------------------------------------------------
+def check_generate_config(cfg: "GenerateConfig", bounds: dict | None = None) -> None:
+    """Everything about a config that can be refused before a run folder exists: the bounds of every field
+    (engine.config.check_config), the prompt, the image prompt (fully decoded), the output folder. ConfigError."""
+    from engine.config import check_config
+
+    try:
+        check_config(cfg, bounds)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if not cfg.prompt.strip():
+        raise ConfigError('the prompt is empty; e.g. engine generate "a red cube"')
+    image = getattr(cfg.guidance, "image", "")
+    if image:
+        from guidance.priors.visual_prompt import load_image
+        try:
+            load_image(image)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if cfg.out:
+        check_out_dir(cfg.out)
+
+
+def check_out_dir(out: str) -> None:
+    """--out must be a new or empty folder somewhere writable: never a file, a read-only place, nor another program's
+    folder (engine.train.check_new_run_dir; a run folder is refused there too, with the --resume hint)."""
+    from engine.train import RunError, check_new_run_dir
+
+    if os.path.isfile(os.path.join(out, "config.yaml")):
+        return  # a run folder: generate refuses it with the --resume hint
+    try:
+        check_new_run_dir(out)
+    except RunError as e:
+        raise ConfigError(str(e)) from None
+    parent = os.path.abspath(out)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"--out {out}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: {parent} is not writable")

@@ -1,0 +1,100 @@
+"""engine.compose (issue #14, item 4): one builder for every front end's GenerateConfig -- named choices, then the
+command line's typed overrides, then dotted overrides -- with one ConfigError (a one-line ValueError)."""
+
+import pytest
+
+from engine.cli import build_generate_config
+from engine.compose import Choices, ConfigError, compose, flag_overrides, set_field
+
+
+def test_choices_and_dotted_overrides_build_what_the_command_line_builds():
+    cli, _ = build_generate_config(["a red cube", "--renderer", "mesh", "--steps", "5", "--seed", "4",
+                                    "--cameras.elevation", "-10", "30", "--renderer.no-mipmap",
+                                    "--train.lr-scale", "0.5"])
+    composed = compose(Choices(prompt="a red cube", renderer="mesh", steps=5),
+                       {"seed": 4, "cameras.elevation": [-10, 30], "renderer.mipmap": False,
+                        "--train.lr-scale": 0.5})
+    assert composed == cli
+    # strings (CSV cells, the app's text field) are read as the field's type; "x.no-flag": True is tyro's --no-flag
+    from_text = compose(Choices(prompt="a red cube", renderer="mesh", steps=5),
+                        {"seed": "4", "cameras.elevation": "-10 30", "renderer.no-mipmap": True,
+                         "train.lr_scale": "0.5"})
+    assert from_text == cli
+    tokens = flag_overrides(["--cameras.elevation", "-10", "30", "--renderer.no-mipmap", "--seed=4"])
+    assert tokens == {"cameras.elevation": "-10 30", "renderer.no-mipmap": True, "seed": "4"}
+
+
+def test_the_rules_are_applied_in_one_place(capsys, monkeypatch):
+    import torch
+
+    # the shapes prior's Gaussians train under the exemplars' key light; the NeRF keeps its shading
+    assert compose(Choices(prompt="a red cube", renderer="gaussians")).renderer.light == "shapes"
+    assert compose(Choices(prompt="a red cube", renderer="gaussians"), {"renderer.light": "none"}).renderer.light \
+        == "none"
+    # a diffusion prior selects the diffusion preset, sized by the device chosen up front (no GPU here: CPU sizes)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpu = compose(Choices(prompt="a red cube", prior="some/model", guidance="vsd"))
+    assert cpu.resolution == 64 and cpu.train.steps == 10000
+    assert "diffusion preset" in capsys.readouterr().err
+    gpu = compose(Choices(prompt="a red cube", prior="some/model", guidance="vsd", device="cuda"), say=None)
+    assert gpu.resolution == 512 and gpu.device == "cuda"
+    assert capsys.readouterr().err == ""  # say=None: nothing printed
+    # overrides win over every rule
+    assert compose(Choices(prompt="a red cube", prior="some/model", device="cuda"), {"resolution": 96},
+                   say=None).resolution == 96
+    # the command line's typed overrides come before the dotted ones
+    seen = []
+
+    def parse(cfg):
+        seen.append(cfg.train.steps)
+        cfg.seed = 1
+        return cfg
+
+    assert compose(Choices(prompt="x", steps=3), {"seed": 2}, parse=parse).seed == 2 and seen == [3]
+
+
+@pytest.mark.parametrize("choices, overrides, message", [
+    (Choices(prompt="a red cube", guidance="nope"), {}, "--guidance: 'nope' is not one of"),
+    (Choices(prompt="a red cube", renderer="voxels"), {}, "--renderer: 'voxels' is not one of"),
+    (Choices(prompt="a red cube", preset="fast"), {}, "--preset: 'fast' is not one of"),
+    (Choices(prompt="a red cube", image="x.png"), {}, "no such file"),
+    (Choices(prompt="a red cube", guidance="sds", image="x.png"), {}, "--image (a visual prompt) works with"),
+    (Choices(prompt="  "), {}, "the prompt is empty"),
+    (Choices(prompt="a red cube", steps=-3), {}, "train.steps must be >= 0"),
+    (Choices(prompt="a red cube", device="tpu"), {}, "device must be auto, cpu or cuda"),
+    (Choices(prompt="a red cube"), {"no_such": 1}, "unrecognised option --no-such"),
+    (Choices(prompt="a red cube"), {"renderer.no_such": 1}, "unrecognised option --renderer.no-such"),
+    (Choices(prompt="a red cube"), {"guidance.guidance_scale": "abc"}, "--guidance.guidance-scale: expected a number"),
+    (Choices(prompt="a red cube"), {"train.progress": "maybe"}, "--train.progress: expected true or false"),
+    (Choices(prompt="a red cube"), {"cameras.elevation": "0"}, "--cameras.elevation: expected 2 values"),
+    (Choices(prompt="a red cube"), {"resolution": 4}, "resolution must be at least 8"),
+    (Choices(prompt="a red cube"), {"resolution": 100000}, "resolution must be in 8..2048"),
+    (Choices(prompt="a red cube"), {"seed": 1.5}, "--seed: expected an integer"),
+])
+def test_bad_input_is_one_clear_line(choices, overrides, message):
+    with pytest.raises(ConfigError) as e:
+        compose(choices, overrides, say=None)
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert isinstance(e.value, ValueError)
+
+
+def test_bounds_tighten_and_set_field_checks_the_enclosing_config():
+    with pytest.raises(ConfigError, match="resolution must be in 16..32"):
+        compose(Choices(prompt="a red cube"), {"resolution": 64}, bounds={"resolution": (16, 32)})
+    cfg = compose(Choices(prompt="a red cube"))
+    set_field(cfg, "train.steps", "12")
+    assert cfg.train.steps == 12
+    with pytest.raises(ConfigError, match="train.steps must be >= 0"):
+        set_field(cfg, "train.steps", -1)
+
+
+def test_a_saved_config_is_a_base_without_the_preset_rules(tmp_path):
+    from engine.config import save_config
+
+    cfg = compose(Choices(prompt="a red cube", renderer="gaussians"), {"renderer.light": "none", "seed": 5})
+    path = str(tmp_path / "config.yaml")
+    save_config(cfg, path)
+    back = compose(Choices(load_config=path), {"seed": 6})
+    assert back.renderer.light == "none" and back.seed == 6  # the key-light rule is not re-applied
+    with pytest.raises(ConfigError, match="cannot read config"):
+        compose(Choices(load_config=str(tmp_path / "missing.yaml")))
