@@ -245,8 +245,8 @@ def material_report(scene, mesh: LoadedMesh, cfg: TextureConfig) -> dict:
     groups are lit, and a relighting check under a held-out environment against a uniform-albedo reference."""
     from foundation import shapes
     from foundation.cameras import orbit_cameras
-    from renderers.mesh import compose_dielectric, environment, render_constant_dielectric
-    from renderers.pbr import linear_to_srgb, srgb_to_linear
+    from renderers.pbr import environment, linear_to_srgb, srgb_to_linear
+    from renderers.reference import compose_dielectric, render_constant_dielectric
 
     v = torch.from_numpy(mesh.vertices)
     f = torch.from_numpy(mesh.faces)

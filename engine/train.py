@@ -23,9 +23,9 @@ from typing import Callable
 
 import torch
 
-from engine import outputs
-from engine.checkpoint import latest_checkpoint, load_latest_checkpoint, prune_checkpoints, save_checkpoint, step_path
-from engine.config import GenerateConfig, default_run_dir, load_config, save_config
+from engine import init_from, outputs, runfolder
+from engine.checkpoint import latest_checkpoint, prune_checkpoints, save_checkpoint, step_path
+from engine.config import GenerateConfig, default_run_dir, save_config
 from foundation.cameras import sample_cameras
 from guidance.priors import SHAPES_WORLD, Prior, build_prior
 from guidance.prompts import PromptSet
@@ -118,14 +118,16 @@ def _prepare(cfg: GenerateConfig, device: torch.device) -> tuple[Prior, PromptSe
     return prior, prompts
 
 
-def _build_scene(cfg: GenerateConfig, gen: torch.Generator, device):
-    """The run's scene; with particles > 1, a Particles wrapper over that many independently initialised scenes."""
-    if cfg.particles == 1:
-        return cfg.renderer.build(gen, device)
-    from renderers.particles import Particles
-    if cfg.cameras.batch_size % cfg.particles:
+def _build_scene(cfg: GenerateConfig, gen: torch.Generator, device, new: bool):
+    """The run's scene (engine/runfolder.py; with particles > 1, a Particles wrapper over that many independently
+    initialised scenes, and a camera batch that is a multiple of them). A new run's mesh is initialised from its
+    ``init_from`` run (engine/init_from.py); a resumed one's state is the checkpoint's."""
+    if cfg.particles > 1 and cfg.cameras.batch_size % cfg.particles:
         cfg.cameras.batch_size = cfg.particles * max(1, cfg.cameras.batch_size // cfg.particles)
-    return Particles([cfg.renderer.build(gen, device) for _ in range(cfg.particles)])
+    scene = runfolder.build_scene(cfg, gen, device, restore=not new)
+    if new:
+        init_from.initialise(scene, cfg.renderer)
+    return scene
 
 
 CONDITION_RENDERERS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -182,12 +184,16 @@ def _make_optimizer(cfg: GenerateConfig, scene, guidance, background) -> torch.o
 def generate(cfg: GenerateConfig, resume: str | None = None, hooks: Hooks | None = None) -> str:
     """Run text-to-3D and return the run folder. ``resume`` continues a run folder from its last checkpoint."""
     hooks = hooks or Hooks()
-    if resume:
+    run = None
+    if resume:  # config and newest whole checkpoint (a truncated newest one falls back to the one before)
         try:
-            cfg = load_config(os.path.join(resume, "config.yaml"))
+            run = runfolder.load_run(resume, scene=False,
+                                     warn=lambda m: print(f"engine: warning: {m}", file=sys.stderr))
+        except runfolder.NoCheckpoint:
+            raise RunError(f"{resume} has no checkpoint to resume from", code=2) from None
         except ValueError as e:
             raise RunError(str(e), code=2) from None
-        run_dir = resume
+        cfg, run_dir = run.config, resume
     else:
         run_dir = cfg.out or default_run_dir(cfg.prompt)
         if cfg.out:
@@ -198,23 +204,15 @@ def generate(cfg: GenerateConfig, resume: str | None = None, hooks: Hooks | None
     prior, prompts = _prepare(cfg, device)
 
     try:  # a config the scene or the objective refuses (a backend name, an image prompt...) is bad input
-        scene = _build_scene(cfg, gen, device)
+        scene = _build_scene(cfg, gen, device, new=run is None)
         guidance = cfg.guidance.build(prior, gen, cfg.train.steps)
     except ValueError as e:
         raise RunError(str(e), code=2) from None
     _wire_condition(prior, scene)
     background = Background(cfg.background).to(device)
     start = 0
-    ckpt = None
-    if resume:  # the newest checkpoint that reads back whole (a truncated newest one falls back to the one before)
-        try:
-            found = load_latest_checkpoint(os.path.join(run_dir, "ckpts"),
-                                           warn=lambda m: print(f"engine: warning: {m}", file=sys.stderr))
-        except ValueError as e:
-            raise RunError(str(e), code=2) from None
-        if found is None:
-            raise RunError(f"{run_dir} has no checkpoint to resume from", code=2)
-        ckpt, state = found
+    ckpt = run is not None
+    state = run.state if run is not None else {}
     if ckpt:
         scene.load_state_dict(state["scene"])
         if state["guidance"]:

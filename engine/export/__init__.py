@@ -228,30 +228,20 @@ def export_scene(scene, formats: list[str], paths: dict[str, str], opts: ExportO
 
 # -- run folders ----------------------------------------------------------------------------------------------------
 def load_run_scene(run_dir: str, device: str = "cpu"):
-    """Rebuild the scene of a run folder from config.yaml and its newest checkpoint: (scene, GenerateConfig)."""
+    """Rebuild the scene of a run folder from config.yaml and its newest checkpoint: (scene, GenerateConfig)
+    (engine/runfolder.py, with this command's wording)."""
     import sys
 
-    from engine.checkpoint import load_latest_checkpoint
-    from engine.config import load_config
+    from engine import runfolder
 
-    cfg_path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(cfg_path):
-        raise ExportError(f"{run_dir} is not a run folder (no config.yaml)")
-    cfg = load_config(cfg_path)
-    found = load_latest_checkpoint(os.path.join(run_dir, "ckpts"), device,
-                                   warn=lambda m: print(f"engine export: warning: {m}", file=sys.stderr))
-    if found is None:
-        raise ExportError(f"{run_dir} has no checkpoint (ckpts/step_*.safetensors) to export")
-    gen = torch.Generator().manual_seed(cfg.seed)
-    if getattr(cfg, "particles", 1) > 1:
-        from renderers.particles import Particles
-        scene = Particles([cfg.renderer.build(gen, device) for _ in range(cfg.particles)])
-    else:
-        scene = cfg.renderer.build(gen, device)
-    scene.load_state_dict(found[1]["scene"])
-    if hasattr(scene, "eval"):
-        scene.eval()
-    return scene, cfg
+    try:
+        run = runfolder.load_run(run_dir, device,
+                                 warn=lambda m: print(f"engine export: warning: {m}", file=sys.stderr))
+    except runfolder.NoCheckpoint:
+        raise ExportError(f"{run_dir} has no checkpoint (ckpts/step_*.safetensors) to export") from None
+    except runfolder.NotARunFolder as e:
+        raise ExportError(str(e)) from None
+    return run.scene, run.config
 
 
 def default_formats(scene) -> list[str]:
@@ -281,8 +271,12 @@ def export_run(run_dir: str, formats: list[str] | None = None, out: str | None =
 
 def export_finished_run(run_dir: str, scene, texture_size: int = 1024) -> dict[str, str]:
     """The automatic export at the end of `engine generate`: GLB (and PLY for Gaussians) into RUN/export/."""
-    if hasattr(scene, "export_finished"):  # scenes that write their own outputs (renderers/material.py)
-        return scene.export_finished(run_dir, texture_size)
+    from renderers.material import MaterialScene
+
+    if isinstance(scene, MaterialScene):  # a material run's files: maps, MaterialX, USD, preview (not a mesh)
+        from engine.material_export import write_material
+
+        return write_material(run_dir, scene, texture_size)
     report = export_run(run_dir, scene=scene, opts=ExportOptions(texture_size=texture_size))
     return {k: os.path.relpath(v, run_dir) for k, v in report["files"].items()}
 

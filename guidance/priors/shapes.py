@@ -99,8 +99,8 @@ class LightAwareShapesPrior(ExemplarPrior):
 
     def __init__(self, cfg, envs=("studio", "sky", "rgb", "sunset"), rotations: int = 4,
                  shapes_subset: tuple[str, ...] | None = None, device="cpu"):
-        from renderers.mesh import compose_dielectric, primitive_mesh, render_constant_dielectric
         from renderers.pbr import srgb_to_linear
+        from renderers.reference import compose_dielectric, primitive_mesh, render_constant_dielectric
 
         res = cfg.resolution or 64
         az = torch.arange(0.0, 360.0, LIGHT_AZIMUTH_STEP)
