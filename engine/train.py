@@ -26,10 +26,13 @@ import torch
 from engine import init_from, outputs, runfolder
 from engine.checkpoint import latest_checkpoint, prune_checkpoints, save_checkpoint, step_path
 from engine.config import GenerateConfig, default_run_dir, save_config
+from foundation import shapes
 from foundation.cameras import sample_cameras
 from guidance.priors import SHAPES_WORLD, Prior, build_prior
+from guidance.priors.shapes import LIGHT_AWARE, LightAwareShapesPrior
 from guidance.prompts import PromptSet
 from renderers.base import Background
+from renderers.mesh import MeshConfig
 
 
 class RunError(Exception):
@@ -109,13 +112,29 @@ def _prepare(cfg: GenerateConfig, device: torch.device) -> tuple[Prior, PromptSe
         if getattr(cfg.guidance, "image", ""):  # a visual prompt's IP-Adapter must fit the prior: say so before loading
             from guidance.priors.visual_prompt import check_visual_prompt_prior
             check_visual_prompt_prior(cfg.prior.name, cfg.guidance)
-        prior = build_prior(cfg.prior, device)
+        prior = _build_prior(cfg, device)
         prompts = PromptSet(prior, cfg.prompt, cfg.negative_prompt, cfg.prompts)
     except ValueError as e:  # PriorError is a ValueError
         raise RunError(str(e), code=2) from None
     if hasattr(prior, "release_text_encoders"):  # every prompt of the run is embedded: free the encoders' memory
         prior.release_text_encoders()
     return prior, prompts
+
+
+def _build_prior(cfg: GenerateConfig, device: torch.device) -> Prior:
+    """``build_prior``, except for the light-aware shapes prior (the texture preset's), which is built for the mesh
+    renderer's training environments and rotations and the prompt's shape: its exemplars are lit as the renders are
+    (guidance/priors/shapes.py ``LightAwareShapesPrior``). ValueError (one line) when the two do not fit."""
+    if cfg.prior.name.strip() != LIGHT_AWARE:
+        return build_prior(cfg.prior, device)
+    r = cfg.renderer
+    if not isinstance(r, MeshConfig) or r.env_rotations <= 0:
+        raise ValueError(f"prior {LIGHT_AWARE} needs --renderer mesh with renderer.env-rotations > 0 (as engine "
+                         f"texture sets them)")
+    if cfg.prior.controlnet:
+        raise ValueError("prior.controlnet needs a diffusers Stable Diffusion prior, not an exemplar prior")
+    _, shape = shapes.parse_prompt(cfg.prompt)
+    return LightAwareShapesPrior(cfg.prior, r.envs, r.env_rotations, (shape,) if shape else None, device)
 
 
 def _build_scene(cfg: GenerateConfig, gen: torch.Generator, device, new: bool):
@@ -133,6 +152,7 @@ def _build_scene(cfg: GenerateConfig, gen: torch.Generator, device, new: bool):
 CONDITION_RENDERERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "dreammat": ("prior.controlnet", ("mesh", "material")),
     "material": ("the materials prior", ("material",)),
+    "lighting": (f"prior {LIGHT_AWARE}", ("mesh",)),
 }
 """Per condition kind (a prior's ``condition_kind``): who takes it, and the renderers whose scenes list it in their
 ``condition_kinds`` (tests/test_material.py checks the two agree)."""

@@ -7,7 +7,10 @@ Geometry, two modes:
   Gaussians run folder) the engine loads that run's scene and sets the SDF and the material field from it
   (engine/init_from.py): a scene never reads run folders. Regularisers: normal consistency
   (1 − cos between adjacent face normals), uniform Laplacian, DMTet's SDF sign BCE.
-- "fixed": a user's mesh (vertices, faces, optional UVs), materials only (``Mesh.from_arrays``, engine/texture.py).
+- "fixed": a user's mesh (vertices, faces, optional UVs), materials only (``Mesh.from_arrays``; ``mesh_path``, the
+  `engine texture` preset). A mesh read from ``mesh_path`` is centred and scaled to ``mesh_size``
+  (foundation/meshio.py); ``export_mesh`` hands the exporter that ``placement``, so the asset keeps the user's own
+  placement and units.
 
 Materials (linear albedo k_d, perceptual roughness r, metallic m; conventions.md §3.1):
 - "field": a small hash grid + MLP over world position → sigmoid heads: albedo 3, r ∈ [r_min, r_max], m ∈ [0, m_max]
@@ -56,7 +59,9 @@ class MeshConfig:
     init_from: str = ""
     """Deformable mode: a NeRF or Gaussians run folder whose density (and albedo) initialise the mesh."""
     mesh_path: str = ""
-    """Fixed mode: OBJ/GLB/PLY to load (normalised like engine texture does)."""
+    """Fixed mode: OBJ/GLB/PLY to load, centred and scaled to ``mesh_size`` (its placement is restored on export)."""
+    mesh_size: float = 0.8
+    """Fixed mode: longest bounding-box side of the loaded mesh in the scene, in metres (the shapes world's cube)."""
     tet_resolution: int = 32
     """DMTet grid cells per side."""
     radius: float = 0.8
@@ -150,8 +155,12 @@ class MeshConfig:
         if self.mode == "fixed":
             if not self.mesh_path:
                 raise ValueError("mesh.mode fixed needs --renderer.mesh-path (or use engine texture)")
-            m = load_mesh(self.mesh_path)
-            return Mesh.from_arrays(self, m.vertices, m.faces, m.uv, gen, device)
+            m = load_mesh(self.mesh_path, self.mesh_size)
+            uv = None if m.uv is None else torch.from_numpy(m.uv).float() * torch.tensor([1.0, -1.0]) + torch.tensor(
+                [0.0, 1.0])  # OBJ-style (v up) -> the glTF convention the scene samples with: (u, 1 - v)
+            mesh = Mesh.from_arrays(self, m.vertices, m.faces, uv, gen, device)
+            mesh.placement = (float(m.scale), tuple(float(c) for c in m.centre))
+            return mesh
         if self.init_from and not os.path.isfile(os.path.join(self.init_from, "config.yaml")):
             # only a check of the path, so that a typo fails before anything is built: the engine reads the run
             # folder and initialises the new scene from it (engine/init_from.py)
@@ -230,8 +239,10 @@ def vertex_normals(v: Tensor, f: Tensor) -> Tensor:
 class Mesh(nn.Module):
     """PBR triangle-mesh scene implementing the Scene protocol (renderers/base.py)."""
 
-    condition_kinds = ("dreammat",)
-    """Per-view condition images this scene can render (engine/train.py ``_wire_condition``): DreamMat's 22 channels."""
+    condition_kinds = ("dreammat", "lighting")
+    """Per-view conditions this scene can render (engine/train.py ``_wire_condition``): DreamMat's 22 channels, or
+    "lighting", the (environment index in ``envs``, rotation index) each training view was lit with [C,2] (the
+    light-aware shapes prior, guidance/priors/shapes.py; needs ``env_rotations`` > 0)."""
 
     relightable = True  # albedo without lighting: evaluations light it like their ground truth (engine/outputs.py)
 
@@ -243,7 +254,9 @@ class Mesh(nn.Module):
         self._lighting: tuple[str, float] | None = None
         # training renders also return the ControlNet condition in extras["control"]; the training loop turns this
         # on when the prior takes a condition (guidance/priors/controlnet.py documents the layout)
-        self.render_condition = False
+        self.render_condition: bool | str = False  # False, or a kind of condition_kinds (True: "dreammat")
+        self.placement: tuple[float, tuple[float, float, float]] | None = None
+        """(scale, centre): the mesh file's own frame is scene * scale + centre (fixed meshes read from a file)."""
         if fixed is not None:
             v, f, uv = fixed
             self.register_buffer("vertices", v.float())
@@ -370,12 +383,15 @@ class Mesh(nn.Module):
 
     def export_mesh(self) -> dict[str, Tensor]:
         """Exporter hook (engine/export): the current surface {"vertices" [V,3], "faces" [F,3], "normals" [V,3]
-        smooth, and "uv" [V,2] (glTF convention, (0,0) = first texel row) for a fixed mesh with UVs}."""
+        smooth, "uv" [V,2] (glTF convention, (0,0) = first texel row) for a fixed mesh with UVs, and "placement"
+        (scale, centre) for one read from a file: the exporter writes vertices * scale + centre}."""
         with torch.no_grad():
             v, f = (t.detach() for t in self.geometry())
             out = {"vertices": v, "faces": f, "normals": vertex_normals(v, f)}
             if self.uv.shape[0] == v.shape[0]:
                 out["uv"] = self.uv
+            if self.placement is not None:
+                out["placement"] = self.placement
         return out
 
     def query_albedo(self, x: Tensor) -> Tensor:
@@ -387,6 +403,14 @@ class Mesh(nn.Module):
     def set_lighting(self, env: str | None, rotation: float = 0.0) -> None:
         """Pin the environment (name or file) and its rotation (radians) for the following renders; None unpins."""
         self._lighting = None if env is None else (env, float(rotation))
+
+    def lighting_condition(self, env: str, rotation: float, views: int) -> Tensor:
+        """[views,2] (index of ``env`` in ``envs``, index of ``rotation`` among ``env_rotations`` even steps)."""
+        k = self.cfg.env_rotations
+        if k <= 0 or env not in self.cfg.envs:
+            raise ValueError("the lighting condition needs mesh.env-rotations > 0 and a training environment")
+        r = round(rotation / (2 * math.pi / k)) % k
+        return torch.tensor([[float(self.cfg.envs.index(env)), float(r)]]).expand(views, 2)
 
     def _choose_lighting(self) -> tuple[str, float]:
         if self._lighting is not None:
@@ -473,7 +497,9 @@ class Mesh(nn.Module):
         if "perturb" in mat:
             d = mat["perturb"]
             extras["normal_perturbation"] = (d - (d * n_geo).sum(-1, keepdim=True) * n_geo).square().sum(-1).mean()
-        if self.training and self.render_condition:
+        if self.training and self.render_condition == "lighting":
+            extras["control"] = self.lighting_condition(env_name, rot, C).to(v.device)
+        elif self.training and self.render_condition:
             with torch.no_grad():
                 extras["control"] = condition_maps(x, n_geo, view, idx, cams, (C, H, W), env_name, rot,
                                                    self.cfg.env_height)

@@ -80,3 +80,48 @@ def test_cli_rejects_bad_mesh_and_prompt(tmp_path, capsys):
     src = str(tmp_path / "cube.obj")
     _cube(src)
     assert main(["texture", src, "a purple teapot", "--steps", "1", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_texture_is_a_generate_run_with_a_validated_normal_mapped_glb(tmp_path):
+    """`engine texture` runs the generate pipeline (issue #14): its folder is a run folder (config.yaml of the
+    texture preset, checkpoints, status complete), its GLB passes the Khronos validator with tangents and a
+    tangent-space normal map, the user's placement is restored, and `engine texture --resume` continues it."""
+    from engine import runfolder
+    from engine.cli import main
+    from engine.export.gltf import read_glb_json
+    from renderers.mesh import MeshConfig
+    from tests.test_export import assert_valid_glb
+
+    src = str(tmp_path / "cube.obj")
+    _cube(src, size=0.5, offset=(0.0, 1.0, 0.0))
+    out = tmp_path / "run"
+    args = ["--steps", "2", "--resolution", "16", "--texture-resolution", "16", "--envs", "studio", "--out", str(out)]
+    assert main(["texture", src, "a red cube", *args]) == 0
+    run = runfolder.load_run(str(out))
+    r = run.config.renderer
+    assert isinstance(r, MeshConfig) and r.mode == "fixed" and r.mesh_path == os.path.abspath(src)
+    assert r.envs == ("studio",) and r.eval_env == "sunset" and r.mesh_size == 0.8
+    assert run.config.prior.name == "shapes-light" and run.state["step"] == 2
+    assert json.load(open(out / "status.json"))["state"] == "complete"
+    glb = out / "textured.glb"
+    assert_valid_glb(glb)
+    doc = read_glb_json(str(glb))
+    assert "TANGENT" in doc["meshes"][0]["primitives"][0]["attributes"]
+    assert "normalTexture" in doc["materials"][0]
+    for name in ("albedo", "roughness", "metallic", "normal", "orm"):
+        assert os.path.isfile(out / f"{name}.png"), name
+    back = trimesh.load(str(glb), force="mesh")
+    np.testing.assert_allclose(back.bounds, [[-0.25, 0.75, -0.25], [0.25, 1.25, 0.25]], atol=1e-4)
+    # resume: two more steps of the same run, from its checkpoint, through the same pipeline
+    cfg = open(out / "config.yaml").read().replace("steps: 2\n", "steps: 4\n", 1)
+    (out / "config.yaml").write_text(cfg)
+    assert main(["texture", "--resume", str(out)]) == 0
+    assert json.load(open(out / "report.json"))["steps"] == 4
+    assert_valid_glb(glb)
+
+
+def test_texture_resume_refuses_other_runs(tmp_path, capsys):
+    from engine.cli import main
+
+    assert main(["texture", "--resume", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
