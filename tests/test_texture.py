@@ -1,6 +1,7 @@
 """engine texture: loading and repairs, UV handling, the CLI end to end (tiny), and clear errors."""
 
 import json
+import math
 import os
 
 import numpy as np
@@ -125,3 +126,33 @@ def test_texture_resume_refuses_other_runs(tmp_path, capsys):
 
     assert main(["texture", "--resume", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_the_light_aware_prior_follows_each_views_lighting():
+    """The mesh scene's lighting condition ([C,2]: environment index, rotation index) restricts each prior row to the
+    exemplars lit like its view: the same denoiser as a prompt naming that lighting word (the old texture loop)."""
+    import torch
+
+    from foundation.cameras import orbit_cameras
+    from guidance.priors import PriorConfig
+    from guidance.priors.shapes import LightAwareShapesPrior, lighting_word
+    from renderers.mesh import Mesh, MeshConfig
+    from renderers.reference import primitive_mesh
+
+    envs = ("studio", "sky")
+    v, f = primitive_mesh("cube")
+    scene = Mesh.from_arrays(MeshConfig(envs=envs, env_rotations=2), v, f, None, torch.Generator().manual_seed(0))
+    scene.render_condition = "lighting"
+    cams = orbit_cameras([0.0, 90.0], [20.0, 20.0], 2.5, 40.0, 16)
+    scene.set_lighting("sky", math.pi)  # rotation index 1 of 2
+    out = scene.render(cams, torch.ones(2, 16, 16, 3))
+    assert out.extras["control"].tolist() == [[1.0, 1.0], [1.0, 1.0]]
+    prior = LightAwareShapesPrior(PriorConfig(resolution=16), envs=envs, rotations=2, shapes_subset=("cube",))
+    lit = cams.with_condition(torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+    x_t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([300, 600])
+    got = prior.denoise(x_t, t, prior.embed(["a red cube"] * 2), lit)
+    words = [lighting_word("sky", 1), lighting_word("studio", 0)]
+    ref = prior.denoise(x_t, t, prior.embed([f"a red cube {w}" for w in words]), cams)
+    torch.testing.assert_close(got, ref)
+    assert (got - prior.denoise(x_t, t, prior.embed(["a red cube"] * 2), cams)).abs().max() > 1e-3

@@ -136,7 +136,7 @@ class LightAwareShapesPrior(ExemplarPrior):
                                         device=self.device)
 
     def condition(self, cams: Cameras | None, batch: int) -> None:
-        """No condition images: the lighting acts on the exemplar weights (``posterior_weights``)."""
+        """No condition images: the lighting acts on the exemplar weights (``denoise``)."""
         return None
 
     def lighting_log_prior(self, cams: Cameras | None, batch: int) -> torch.Tensor | None:
@@ -150,12 +150,13 @@ class LightAwareShapesPrior(ExemplarPrior):
         match = self.light_index[None, :] == row.to(self.device)[:, None]
         return torch.where(match, 0.0, MASKED)
 
-    def posterior_weights(self, x_t, t, cond: Cond, cams: Cameras | None = None, active=None):
+    def denoise(self, x_t, t, cond: Cond, cams: Cameras | None = None):
+        """The exemplar posterior mean, each row restricted to the exemplars lit like its view (the lighting joins the
+        prompt's log prior before the active exemplars are chosen, so the others cost nothing)."""
         light = self.lighting_log_prior(cams, x_t.shape[0])
         if light is not None:
-            lp = cond.tensors["log_prior"].to(self.device)
-            cond = Cond({**cond.tensors, "log_prior": lp + light})  # [B,N]; the base class takes the active subset
-        return super().posterior_weights(x_t, t, cond, cams, active)
+            cond = Cond({**cond.tensors, "log_prior": cond.tensors["log_prior"].to(self.device) + light})
+        return super().denoise(x_t, t, cond, cams)
 
     def log_prior(self, prompt: str):
         if prompt.strip():
