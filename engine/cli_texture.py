@@ -1,5 +1,7 @@
-"""`engine texture MESH PROMPT [options]`: relightable PBR materials for a user's mesh (engine/texture.py), a preset
-of `engine generate`; `engine texture --resume RUN` continues one from its last checkpoint.
+"""`engine texture MESH PROMPT [options]`: relightable PBR materials for a user's mesh (engine/texture.py).
+
+A preset of `engine generate` (the same loop, run folder and exporter); `engine texture --resume RUN` continues one
+from its last checkpoint.
 
 Exit codes: 0 done, 2 bad input (one line on stderr: unreadable/degenerate mesh, unknown prompt words, ...), 1 a run
 that failed (status.json says why).

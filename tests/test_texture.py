@@ -156,3 +156,15 @@ def test_the_light_aware_prior_follows_each_views_lighting():
     ref = prior.denoise(x_t, t, prior.embed([f"a red cube {w}" for w in words]), cams)
     torch.testing.assert_close(got, ref)
     assert (got - prior.denoise(x_t, t, prior.embed(["a red cube"] * 2), cams)).abs().max() > 1e-3
+
+
+def test_the_texture_preset_is_a_generate_preset():
+    """`engine generate --preset texture --renderer.mesh-path MESH` is the same run as `engine texture`."""
+    from engine.cli import build_generate_config
+    from engine.texture import TextureConfig, texture_config
+
+    cfg, _ = build_generate_config(["a red cube", "--preset", "texture", "--renderer.mesh-path", "/m.obj"])
+    via_texture = texture_config(TextureConfig(mesh="/m.obj", prompt="a red cube"), has_uv=False)
+    assert cfg.renderer == via_texture.renderer and cfg.prior == via_texture.prior
+    assert cfg.guidance == via_texture.guidance and cfg.cameras == via_texture.cameras
+    assert cfg.renderer.mode == "fixed" and cfg.prior.name == "shapes-light" and cfg.renderer.eval_env == "sunset"

@@ -88,7 +88,7 @@ def lighting_word(env: str, rotation_index: int) -> str:
 
 
 class LightAwareShapesPrior(ExemplarPrior):
-    """Shapes-world exemplars rendered with the engine's PBR mesh renderer (renderers/mesh.py) under the procedural
+    """Shapes-world exemplars rendered with the engine's PBR shading (renderers/reference.py) under the procedural
     environments, each tagged with its colour, shape and lighting word (``lighting_word``).
 
     The exemplar material is a constant dielectric (the world's albedo, roughness 0.7, metallic 0), rendered
