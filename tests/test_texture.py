@@ -168,3 +168,22 @@ def test_the_texture_preset_is_a_generate_preset():
     assert cfg.renderer == via_texture.renderer and cfg.prior == via_texture.prior
     assert cfg.guidance == via_texture.guidance and cfg.cameras == via_texture.cameras
     assert cfg.renderer.mode == "fixed" and cfg.prior.name == "shapes-light" and cfg.renderer.eval_env == "sunset"
+
+
+def test_a_users_uvs_come_back_in_the_glb(tmp_path):
+    """A mesh with UVs is textured texel for texel and its GLB carries the same (position, uv) pairs as the file."""
+    from engine.cli import main
+
+    src = str(tmp_path / "uvcube.obj")
+    trimesh.creation.box(extents=(1, 1, 1)).unwrap().export(src)
+    before = trimesh.load(src, force="mesh", process=False)
+    out = tmp_path / "out"
+    assert main(["texture", src, "a red cube", "--steps", "1", "--resolution", "16", "--texture-resolution", "16",
+                 "--envs", "studio", "--out", str(out)]) == 0
+    assert json.load(open(out / "report.json"))["kept_user_uvs"] is True
+    after = trimesh.load(str(out / "textured.glb"), force="mesh", process=False)
+
+    def pairs(m):
+        return {(tuple(np.round(p, 4)), tuple(np.round(t, 4))) for p, t in zip(m.vertices, m.visual.uv)}
+
+    assert pairs(after) == pairs(before)
