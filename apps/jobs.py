@@ -621,6 +621,7 @@ class _StopRequested(Exception):
 def run_texture_job(job: Job, device: str) -> None:
     """engine.texture.texture_mesh on the user's mesh, with progress; stopping abandons it (it writes at the end)."""
     from engine.texture import texture_mesh
+    from engine.train import RunError
 
     cfg = dataclasses.replace(job.cfg, device=device)
     on_step = progress_hook(job)
@@ -636,7 +637,7 @@ def run_texture_job(job: Job, device: str) -> None:
         job.update(state=STOPPED, message=f"stopped at step {job.step}; texturing writes its textured mesh only at "
                                           f"the end, so nothing was kept", finished=time.time())
         return
-    except ValueError as e:  # TextureError and PriorError are ValueErrors with user-facing messages
+    except (ValueError, RunError) as e:  # TextureError, PriorError and the run's own failures: user-facing messages
         job.update(state=FAILED, message=str(e), finished=time.time())
         return
     out = job.run_dir

@@ -49,6 +49,7 @@ def main() -> None:
 
     from engine import outputs
     from engine.config import load_config
+    from engine.init_from import initialise
     from renderers.mesh import MeshConfig
 
     src, src_s = _generate([args.prompt, "--prior", "shapes", "--renderer", args.source, "--steps",
@@ -57,7 +58,9 @@ def main() -> None:
     rows = [(f"{args.source} source, {args.source_steps} steps", "0", ev["psnr"], ev["iou"], src_s)]
     cfg = load_config(os.path.join(src, "config.yaml"))
     t0 = time.perf_counter()
-    mesh = MeshConfig(init_from=src).build(torch.Generator().manual_seed(0))
+    mcfg = MeshConfig(init_from=src)
+    mesh = mcfg.build(torch.Generator().manual_seed(0))
+    initialise(mesh, mcfg)
     mesh.eval()
     ev0 = outputs.evaluate_shapes(mesh, args.prompt, cfg.cameras, 8, cfg.resolution, "cpu")
     rows.append(("mesh at the transfer (step 0)", "0", ev0["psnr"], ev0["iou"], time.perf_counter() - t0))

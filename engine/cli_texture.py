@@ -1,6 +1,10 @@
 """`engine texture MESH PROMPT [options]`: relightable PBR materials for a user's mesh (engine/texture.py).
 
-Exit codes: 0 done, 2 bad input (one line on stderr: unreadable/degenerate mesh, unknown prompt words, ...).
+A preset of `engine generate` (the same loop, run folder and exporter); `engine texture --resume RUN` continues one
+from its last checkpoint.
+
+Exit codes: 0 done, 2 bad input (one line on stderr: unreadable/degenerate mesh, unknown prompt words, ...), 1 a run
+that failed (status.json says why).
 """
 
 import sys
@@ -22,8 +26,9 @@ def _parser() -> OneLineParser:
     from engine.texture import HELD_OUT_ENV, TRAIN_ENVS
 
     p = OneLineParser(prog="engine texture", description=__doc__.splitlines()[0])
-    p.add_argument("mesh", help="OBJ, GLB or PLY file")
-    p.add_argument("prompt", help='what the surface should look like, e.g. "a red cube"')
+    p.add_argument("mesh", nargs="?", help="OBJ, GLB or PLY file")
+    p.add_argument("prompt", nargs="?", help='what the surface should look like, e.g. "a red cube"')
+    p.add_argument("--resume", default="", metavar="RUN", help="continue a texture run folder from its last checkpoint")
     p.add_argument("--prior", default="shapes", help="shapes (light-aware), a diffusers hub id or model folder")
     p.add_argument("--guidance", default="sds", help="guidance objective name (default sds)")
     p.add_argument("--guidance-scale", type=float, default=0.0, help="CFG scale (0: the preset's)")
@@ -36,7 +41,7 @@ def _parser() -> OneLineParser:
     p.add_argument("--envs", nargs="+", default=list(TRAIN_ENVS),
                    help="training environments: procedural names or equirect .hdr/.exr/.png files")
     p.add_argument("--held-out-env", default=HELD_OUT_ENV)
-    p.add_argument("--out", default="", help="output folder (default outputs/texture/<mesh name>)")
+    p.add_argument("--out", default="", help="the run folder (default outputs/texture/<mesh name>)")
     p.add_argument("--device", default="auto", help="auto (cuda when available, as generate), cpu or cuda[:N]")
     p.add_argument("--controlnet", default="",
                    help="diffusers SD priors: DreamMat's light-aware ControlNet (hub id or folder, 22 channels)")
@@ -45,14 +50,21 @@ def _parser() -> OneLineParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = _parser().parse_args(argv)
+        parser = _parser()
+        args = parser.parse_args(argv)
+        if args.resume and (args.mesh or args.prompt):
+            parser.error("--resume continues a run with its saved config; it takes no MESH or PROMPT")
+        if not args.resume and (args.mesh is None or args.prompt is None):
+            parser.error("the following arguments are required: " + ", ".join(
+                n for n in ("mesh", "prompt") if getattr(args, n) is None))
         check_texture_args(vars(args))
     except SystemExit as e:
         return int(e.code or 0) and 2
     except UsageError as e:
         print(f"engine texture: error: {e}", file=sys.stderr)
         return 2
-    from engine.texture import TextureConfig, TextureError, texture_mesh
+    from engine.texture import TextureConfig, TextureError, resume_texture, texture_mesh
+    from engine.train import RunError
     from guidance import GUIDANCES
     from guidance.priors.base import PriorError
 
@@ -66,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
                         envs=tuple(args.envs), held_out_env=args.held_out_env, out=args.out, device=args.device,
                         controlnet=args.controlnet)
     try:
-        report = texture_mesh(cfg)
+        report = resume_texture(args.resume) if args.resume else texture_mesh(cfg)
+    except RunError as e:
+        print(f"engine texture: error: {e}", file=sys.stderr)
+        return e.code
     except (TextureError, PriorError, ValueError) as e:
         print(f"engine texture: error: {e}", file=sys.stderr)
         return 2

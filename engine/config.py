@@ -170,7 +170,29 @@ def preset_material() -> GenerateConfig:
     )
 
 
-PRESETS = {"shapes": preset_shapes, "diffusion": preset_diffusion, "material": preset_material}
+# -- texture preset (issue #14): `engine texture MESH PROMPT`, the materials of a given mesh ---------------------------
+TEXTURE_TRAIN_ENVS = ("studio", "sky", "rgb")
+TEXTURE_HELD_OUT_ENV = "sunset"
+
+
+def preset_texture() -> GenerateConfig:
+    """`engine texture` (engine/texture.py): relightable PBR materials for the mesh at --renderer.mesh-path, its
+    geometry fixed. Each view is shaded under one of three training environments at one of four rotations, and the
+    light-aware shapes prior's exemplars are lit the same way (DreamMat's discouragement of baked lighting); the
+    held-out environment is the evaluation one. SDS at CFG 1, standard convention (the shapes prior's calibrated
+    setting); orbit elevation 0-40 degrees, two views a step, 150 steps, 128-texel textures, no turntable."""
+    return GenerateConfig(
+        renderer=RENDERERS["mesh"](mode="fixed", envs=TEXTURE_TRAIN_ENVS, env_rotations=4,
+                                   eval_env=TEXTURE_HELD_OUT_ENV, texture_resolution=128, lr_material=3e-2),
+        prior=PriorConfig(name="shapes-light"),
+        cameras=CameraConfig(elevation=(0.0, 40.0), batch_size=2),
+        train=TrainConfig(steps=150, preview_every=0, checkpoint_every=50, video_frames=0, eval_views=0,
+                          export_texture_size=128),
+    )
+
+
+PRESETS = {"shapes": preset_shapes, "diffusion": preset_diffusion, "material": preset_material,
+           "texture": preset_texture}
 
 
 # -- the diffusion preset, by prior family and objective (issue 13) --------------------------------------------------

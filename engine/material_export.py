@@ -223,7 +223,6 @@ def render_preview(maps: dict[str, np.ndarray], tileable: bool = True, size: tup
     fill, rim) plus a dim white environment, over a grey backdrop."""
     from renderers import pbr
     from renderers.material import direct_light, sample_maps
-    from renderers.mesh import environment
 
     W, H = size[0] * supersample, size[1] * supersample
     eye = torch.tensor([0.0, 1.5, 2.9])
@@ -266,7 +265,7 @@ def render_preview(maps: dict[str, np.ndarray], tileable: bool = True, size: tup
     nt = F.normalize(s[..., 5:8], dim=-1)
     n = F.normalize(nt[..., 0:1] * Tn + nt[..., 1:2] * Bn + nt[..., 2:3] * N, dim=-1)
     v = -d
-    rgb = 0.25 * pbr.shade(albedo, rough, metal, n, v, environment("white", 16))["rgb"]
+    rgb = 0.25 * pbr.shade(albedo, rough, metal, n, v, pbr.environment("white", 16))["rgb"]
     for az, el, e in ((35.0, 45.0, 2.2), (-60.0, 25.0, 0.8), (170.0, 35.0, 1.2)):  # key, fill, rim
         a, el_r = math.radians(az), math.radians(el)
         sun = torch.tensor([math.cos(el_r) * math.sin(a), math.sin(el_r), math.cos(el_r) * math.cos(a)])

@@ -23,15 +23,18 @@ from typing import Callable
 
 import torch
 
-from engine import outputs
-from engine.checkpoint import latest_checkpoint, load_latest_checkpoint, prune_checkpoints, save_checkpoint, step_path
-from engine.config import GenerateConfig, default_run_dir, load_config, save_config
+from engine import init_from, outputs, runfolder
+from engine.checkpoint import latest_checkpoint, prune_checkpoints, save_checkpoint, step_path
+from engine.config import GenerateConfig, default_run_dir, save_config
+from foundation import shapes
 from foundation.backend import CudaUnavailable, no_cuda_device
 from foundation.backend import resolve as resolve_cuda
 from foundation.cameras import sample_cameras
 from guidance.priors import SHAPES_WORLD, Prior, build_prior
+from guidance.priors.shapes import LIGHT_AWARE, LightAwareShapesPrior
 from guidance.prompts import PromptSet
 from renderers.base import Background
+from renderers.mesh import MeshConfig
 
 
 class RunError(Exception):
@@ -113,7 +116,7 @@ def _prepare(cfg: GenerateConfig, device: torch.device) -> tuple[Prior, PromptSe
         if getattr(cfg.guidance, "image", ""):  # a visual prompt's IP-Adapter must fit the prior: say so before loading
             from guidance.priors.visual_prompt import check_visual_prompt_prior
             check_visual_prompt_prior(cfg.prior.name, cfg.guidance)
-        prior = build_prior(cfg.prior, device)
+        prior = _build_prior(cfg, device)
         prompts = PromptSet(prior, cfg.prompt, cfg.negative_prompt, cfg.prompts)
     except ValueError as e:  # PriorError is a ValueError
         raise RunError(str(e), code=2) from None
@@ -122,19 +125,38 @@ def _prepare(cfg: GenerateConfig, device: torch.device) -> tuple[Prior, PromptSe
     return prior, prompts
 
 
-def _build_scene(cfg: GenerateConfig, gen: torch.Generator, device):
-    """The run's scene; with particles > 1, a Particles wrapper over that many independently initialised scenes."""
-    if cfg.particles == 1:
-        return cfg.renderer.build(gen, device)
-    from renderers.particles import Particles
-    if cfg.cameras.batch_size % cfg.particles:
+def _build_prior(cfg: GenerateConfig, device: torch.device) -> Prior:
+    """``build_prior``, except for the light-aware shapes prior (the texture preset's), which is built for the mesh
+    renderer's training environments and rotations and the prompt's shape: its exemplars are lit as the renders are
+    (guidance/priors/shapes.py ``LightAwareShapesPrior``). ValueError (one line) when the two do not fit."""
+    if cfg.prior.name.strip() != LIGHT_AWARE:
+        return build_prior(cfg.prior, device)
+    r = cfg.renderer
+    if not isinstance(r, MeshConfig) or r.env_rotations <= 0:
+        raise ValueError(f"prior {LIGHT_AWARE} needs --renderer mesh with renderer.env-rotations > 0 (as engine "
+                         f"texture sets them)")
+    if cfg.prior.controlnet:
+        raise ValueError("prior.controlnet needs a diffusers Stable Diffusion prior, not an exemplar prior")
+    _, shape = shapes.parse_prompt(cfg.prompt)
+    return LightAwareShapesPrior(cfg.prior, r.envs, r.env_rotations, (shape,) if shape else None, device)
+
+
+def _build_scene(cfg: GenerateConfig, gen: torch.Generator, device, new: bool):
+    """The run's scene (engine/runfolder.py; with particles > 1, a Particles wrapper over that many independently
+    initialised scenes, and a camera batch that is a multiple of them). A new run's mesh is initialised from its
+    ``init_from`` run (engine/init_from.py); a resumed one's state is the checkpoint's."""
+    if cfg.particles > 1 and cfg.cameras.batch_size % cfg.particles:
         cfg.cameras.batch_size = cfg.particles * max(1, cfg.cameras.batch_size // cfg.particles)
-    return Particles([cfg.renderer.build(gen, device) for _ in range(cfg.particles)])
+    scene = runfolder.build_scene(cfg, gen, device, restore=not new)
+    if new:
+        init_from.initialise(scene, cfg.renderer)
+    return scene
 
 
 CONDITION_RENDERERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "dreammat": ("prior.controlnet", ("mesh", "material")),
     "material": ("the materials prior", ("material",)),
+    "lighting": (f"prior {LIGHT_AWARE}", ("mesh",)),
 }
 """Per condition kind (a prior's ``condition_kind``): who takes it, and the renderers whose scenes list it in their
 ``condition_kinds`` (tests/test_material.py checks the two agree)."""
@@ -186,12 +208,16 @@ def _make_optimizer(cfg: GenerateConfig, scene, guidance, background) -> torch.o
 def generate(cfg: GenerateConfig, resume: str | None = None, hooks: Hooks | None = None) -> str:
     """Run text-to-3D and return the run folder. ``resume`` continues a run folder from its last checkpoint."""
     hooks = hooks or Hooks()
-    if resume:
+    run = None
+    if resume:  # config and newest whole checkpoint (a truncated newest one falls back to the one before)
         try:
-            cfg = load_config(os.path.join(resume, "config.yaml"))
+            run = runfolder.load_run(resume, scene=False,
+                                     warn=lambda m: print(f"engine: warning: {m}", file=sys.stderr))
+        except runfolder.NoCheckpoint:
+            raise RunError(f"{resume} has no checkpoint to resume from", code=2) from None
         except ValueError as e:
             raise RunError(str(e), code=2) from None
-        run_dir = resume
+        cfg, run_dir = run.config, resume
     else:
         run_dir = cfg.out or default_run_dir(cfg.prompt)
         if cfg.out:
@@ -202,23 +228,15 @@ def generate(cfg: GenerateConfig, resume: str | None = None, hooks: Hooks | None
     prior, prompts = _prepare(cfg, device)
 
     try:  # a config the scene or the objective refuses (a backend name, an image prompt...) is bad input
-        scene = _build_scene(cfg, gen, device)
+        scene = _build_scene(cfg, gen, device, new=run is None)
         guidance = cfg.guidance.build(prior, gen, cfg.train.steps)
     except ValueError as e:
         raise RunError(str(e), code=2) from None
     _wire_condition(prior, scene)
     background = Background(cfg.background).to(device)
     start = 0
-    ckpt = None
-    if resume:  # the newest checkpoint that reads back whole (a truncated newest one falls back to the one before)
-        try:
-            found = load_latest_checkpoint(os.path.join(run_dir, "ckpts"),
-                                           warn=lambda m: print(f"engine: warning: {m}", file=sys.stderr))
-        except ValueError as e:
-            raise RunError(str(e), code=2) from None
-        if found is None:
-            raise RunError(f"{run_dir} has no checkpoint to resume from", code=2)
-        ckpt, state = found
+    ckpt = run is not None
+    state = run.state if run is not None else {}
     if ckpt:
         scene.load_state_dict(state["scene"])
         if state["guidance"]:

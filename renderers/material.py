@@ -33,7 +33,7 @@ Condition images: the training loop (engine/train.py ``_wire_condition``) sets `
   lighting (environment index, rotation, sun direction and irradiance) and the plane coverage, so the prior can
   shade its own materials exactly as this view is shaded (``shade_view``);
 - "dreammat" (a light-aware ControlNet prior, guidance/priors/controlnet.py): training renders carry DreamMat's
-  22-channel condition [C, H, W, 22] at the render resolution (``dreammat_condition``, through renderers/mesh.py
+  22-channel condition [C, H, W, 22] at the render resolution (``dreammat_condition``, through renderers/condition.py
   ``condition_maps``): inverse distance to the plane, the camera-space normal of the *learned* relief (height and
   normal detail, as this view's shading sees them), and six white-albedo renders for CONTROL_MATERIALS under the
   view's own lights (exposure-scaled tilted environment plus the sun); 0 off the plane.
@@ -51,6 +51,7 @@ from foundation.cameras import Cameras
 from foundation.materials import EMBOSS_HEIGHT, TILE, tangent_normals  # noqa: F401  (part of this module's API)
 from renderers import pbr
 from renderers.base import RenderOutput
+from renderers.condition import condition_maps
 
 ENVS = ("studio", "sky", "rgb", "sunset")
 ENV_HEIGHT = 32
@@ -195,8 +196,7 @@ def view_lighting(albedo: Tensor, rough: Tensor, metal: Tensor, n: Tensor, v: Te
     """Linear radiance [...,3] of surface points (albedo [...,3], roughness, metallic [...,1], unit normal n and view
     v [...,3] in world space) under one view's lights: EXPOSURE x the split-sum environment ENVS[env_index] at
     ``rotation``, plus the directional light ``sun`` of irradiance ``irradiance`` (module docstring)."""
-    from renderers.mesh import environment
-    env = environment(ENVS[env_index], ENV_HEIGHT).to(n.device)
+    env = pbr.environment(ENVS[env_index], ENV_HEIGHT).to(n.device)
     # the environment is looked up in a frame tilted by ENV_TILT about X: equirect lookups are singular at the pole
     # (the irradiance of an exactly-up normal depends on the sign of a zero), where a flat sample's normals sit
     tilt = _tilt_x(ENV_TILT, n)
@@ -208,10 +208,9 @@ def view_lighting(albedo: Tensor, rough: Tensor, metal: Tensor, n: Tensor, v: Te
 def dreammat_condition(cams: Cameras, light: Tensor, offset: Tensor, tileable: bool, normal_ts: Tensor,
                        lut: Tensor | None = None) -> Tensor:
     """DreamMat's 22-channel ControlNet condition [C,H,W,22] of the plane seen by ``cams`` (one ray per pixel),
-    made by renderers/mesh.py ``condition_maps`` (guidance/priors/controlnet.py documents the layout): inverse distance,
-    the camera-space normal of the tangent-space normal map ``normal_ts`` [1,3,S,S] (the learned relief) and six
-    white-albedo renders under each view's own lights ``light`` [C,6] (``view_lighting``); 0 off the plane."""
-    from renderers.mesh import condition_maps
+    made by renderers/condition.py ``condition_maps`` (guidance/priors/controlnet.py documents the layout): inverse
+    distance, the camera-space normal of the tangent-space normal map ``normal_ts`` [1,3,S,S] (the learned relief)
+    and six white-albedo renders under each view's own lights ``light`` [C,6] (``view_lighting``); 0 off the plane."""
     p, d, hit, uv = _plane_hits(cams, 1, offset, tileable)
     C, H, W = hit.shape
     nt = F.normalize(sample_maps(normal_ts.detach(), uv.reshape(C * H, W, 2), tileable)[0], dim=-1)
@@ -411,11 +410,6 @@ class MaterialScene(nn.Module):
         n = s[..., 6:9] / np.linalg.norm(s[..., 6:9], axis=-1, keepdims=True)
         return {"basecolor": s[..., 0:3], "roughness": s[..., 3], "metallic": s[..., 4], "height": s[..., 5],
                 "normal": n}
-
-    def export_finished(self, run_dir: str, texture_size: int) -> dict[str, str]:
-        """The material files of a completed run (engine/material_export.py), named relative to ``run_dir``."""
-        from engine.material_export import write_material
-        return write_material(run_dir, self, texture_size)
 
 
 __all__ = ["MaterialConfig", "MaterialScene", "sample_maps", "tangent_normals", "material_stack", "plane_geometry",

@@ -3,13 +3,14 @@ split-sum environment lighting (renderers/pbr.py). Fantasia3D / DreamMat's mater
 
 Geometry, two modes:
 - "deformable": DMTet (renderers/dmtet.py) on a (res+1)³ Kuhn tet grid over [−radius, radius]³ with a per-vertex
-  SDF and bounded deformation, initialised from a shapes primitive (``init_shape``) or from a NeRF/Gaussians run
-  folder (``init_from``, ``Mesh.init_from_scene``): the run's density is thresholded at the level whose DMTet surface
-  renders the run's silhouettes (``sdf_from_density``), on a grid twice as fine as the tet grid, and turned into a
-  signed distance by distance transforms; the colour the run renders is distilled into the material field
-  (``Mesh.distill_albedo``). Regularisers: normal consistency
+  SDF and bounded deformation, initialised from a shapes primitive (``init_shape``). With ``init_from`` (a NeRF or
+  Gaussians run folder) the engine loads that run's scene and sets the SDF and the material field from it
+  (engine/init_from.py): a scene never reads run folders. Regularisers: normal consistency
   (1 − cos between adjacent face normals), uniform Laplacian, DMTet's SDF sign BCE.
-- "fixed": a user's mesh (vertices, faces, optional UVs), materials only (``Mesh.from_arrays``, engine/texture.py).
+- "fixed": a user's mesh (vertices, faces, optional UVs), materials only (``Mesh.from_arrays``; ``mesh_path``, the
+  `engine texture` preset). A mesh read from ``mesh_path`` is centred and scaled to ``mesh_size``
+  (foundation/meshio.py); ``export_mesh`` hands the exporter that ``placement``, so the asset keeps the user's own
+  placement and units.
 
 Materials (linear albedo k_d, perceptual roughness r, metallic m; conventions.md §3.1):
 - "field": a small hash grid + MLP over world position → sigmoid heads: albedo 3, r ∈ [r_min, r_max], m ∈ [0, m_max]
@@ -27,7 +28,6 @@ row 0 is the top (nvdiffrast's clip y = −1 is row 0).
 """
 
 import dataclasses
-import functools
 import math
 import os
 from dataclasses import dataclass
@@ -36,9 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from foundation import shapes
 from foundation.cameras import Cameras
-from renderers import dmtet, envmaps, pbr
+from foundation.meshio import load_mesh
+from renderers import dmtet, pbr
 from renderers.base import RenderOutput
+from renderers.condition import CONTROL_CHANNELS, CONTROL_MATERIALS, condition_maps  # noqa: F401 (API)
 from renderers.kernels import raster as K
 from renderers.kernels.hashgrid_torch import HashGrid
 
@@ -56,7 +59,9 @@ class MeshConfig:
     init_from: str = ""
     """Deformable mode: a NeRF or Gaussians run folder whose density (and albedo) initialise the mesh."""
     mesh_path: str = ""
-    """Fixed mode: OBJ/GLB/PLY to load (normalised like engine texture does)."""
+    """Fixed mode: OBJ/GLB/PLY to load, centred and scaled to ``mesh_size`` (its placement is restored on export)."""
+    mesh_size: float = 0.8
+    """Fixed mode: longest bounding-box side of the loaded mesh in the scene, in metres (the shapes world's cube)."""
     tet_resolution: int = 32
     """DMTet grid cells per side."""
     radius: float = 0.8
@@ -150,17 +155,17 @@ class MeshConfig:
         if self.mode == "fixed":
             if not self.mesh_path:
                 raise ValueError("mesh.mode fixed needs --renderer.mesh-path (or use engine texture)")
-            from foundation.meshio import load_mesh  # noqa: PLC0415
-
-            m = load_mesh(self.mesh_path)
-            return Mesh.from_arrays(self, m.vertices, m.faces, m.uv, gen, device)
+            m = load_mesh(self.mesh_path, self.mesh_size)
+            uv = None if m.uv is None else torch.from_numpy(m.uv).float() * torch.tensor([1.0, -1.0]) + torch.tensor(
+                [0.0, 1.0])  # OBJ-style (v up) -> the glTF convention the scene samples with: (u, 1 - v)
+            mesh = Mesh.from_arrays(self, m.vertices, m.faces, uv, gen, device)
+            mesh.placement = (float(m.scale), tuple(float(c) for c in m.centre))
+            return mesh
+        if self.init_from and not os.path.isfile(os.path.join(self.init_from, "config.yaml")):
+            # only a check of the path, so that a typo fails before anything is built: the engine reads the run
+            # folder and initialises the new scene from it (engine/init_from.py)
+            raise ValueError(f"mesh.init_from: {self.init_from} is not a run folder (no config.yaml)")
         return Mesh(self, gen, device)
-
-
-@functools.cache
-def environment(name: str, height: int) -> pbr.EnvironmentLight:
-    """A pre-filtered environment, built once per (name, height) in a process."""
-    return pbr.EnvironmentLight(envmaps.load(name, height), name=os.path.basename(name))
 
 
 def projection(cams: Cameras) -> Tensor:
@@ -201,7 +206,7 @@ def _mlp(d_in: int, width: int, d_out: int, gen: torch.Generator) -> nn.Sequenti
     return net
 
 
-def _nudge(sdf: Tensor, spacing: float) -> Tensor:
+def nudge_sdf(sdf: Tensor, spacing: float) -> Tensor:
     """Move SDF values off ±0 (to ±spacing/20): a surface through a grid vertex makes DMTet's crossing formula
     (p_a s_b − p_b s_a)/(s_b − s_a) ill-conditioned and its gradients explode."""
     eps = 0.05 * spacing
@@ -211,98 +216,6 @@ def _nudge(sdf: Tensor, spacing: float) -> Tensor:
 def _logit(p: float) -> float:
     p = min(max(p, 1e-4), 1 - 1e-4)
     return math.log(p / (1 - p))
-
-
-# ---- initialisation from a density (renderers.md §3.2: the DMTet SDF init) ----------------------------------------
-
-INIT_SUPERSAMPLE = 2
-"""The source density is sampled this many times finer than the tet grid before the distance transform, so the
-initial surface is placed to ~1/4 of a tet cell instead of snapping half-way between tet vertices."""
-INIT_LEVEL_ITERS = 12
-"""Bisection steps (on log σ) of the iso-level search in ``sdf_from_density``."""
-PIXEL_MIN_ALPHA = 0.9
-"""Pixels of the source's renders that are colour targets in ``Mesh.distill_albedo``: its soft rim (alpha between
-0.5 and 0.9, mostly background) would lighten the surface the rim lies over."""
-RAY_TARGET_WEIGHT = 0.05
-"""Weight of the per-vertex normal-ray colour targets relative to the per-pixel ones in ``Mesh.distill_albedo``."""
-
-
-def init_cameras(radius: float, resolution: int = 64) -> Cameras:
-    """16 orbit views (azimuth every 45°, elevation 0° and 30°, fovy 40°, distance 3.2·radius: the engine's 2.5 m
-    orbit for the default 0.8 m box) on which a mesh's silhouette is matched to its source scene's."""
-    from foundation.cameras import orbit_cameras  # noqa: PLC0415
-
-    az = torch.arange(-180.0, 180.0, 45.0).repeat(2)
-    el = torch.tensor([0.0, 30.0]).repeat_interleave(8)
-    return orbit_cameras(az, el, 3.2 * radius, 40.0, resolution)
-
-
-@torch.no_grad()
-def silhouette(v: Tensor, f: Tensor, cams: Cameras, backend: str = "torch") -> Tensor:
-    """Antialiased coverage [C,H,W,1] of a mesh (no shading); the torch backend runs on the CPU."""
-    C, H, W = len(cams), cams.height, cams.width
-    if f.shape[0] == 0:
-        return torch.zeros(C, H, W, 1)
-    pos = torch.einsum("cij,vj->cvi", projection(cams).to(v.dtype), F.pad(v, (0, 1), value=1.0))
-    rast = K.rasterize(backend, pos, f, (H, W))
-    cov = (rast[..., 3:4] > 0).to(v.dtype)
-    return K.antialias(backend, cov, rast, pos, f, None).clamp(0, 1)
-
-
-@torch.no_grad()
-def sdf_from_density(density_fn, res: int, radius: float, cams: Cameras, target_alpha: Tensor) -> Tensor:
-    """Signed distance [(res+1)³] (metres, negative inside) on the DMTet grid for a density field.
-
-    Args:
-        density_fn: world points [N,3] -> density (or opacity) [N], larger inside.
-        res, radius: the tet grid (``dmtet.tet_grid(res, radius)``).
-        cams, target_alpha: views of the source and its rendered alpha [C,H,W,1] there.
-
-    The iso-level is chosen so that the DMTet surface *renders* like the source: bisection on log σ until the
-    mesh's silhouette area over ``cams`` equals the source's alpha area, whatever σ's units and sharpness. (The
-    exporter's automatic level, used before, is a proxy for another purpose: on a soft 200-step blue-torus NeRF its
-    grid-line optical-depth rule gave silhouettes ~20 % too small, its Otsu rule ~10 % too large.) The occupancy
-    {σ > level} is taken on a grid ``INIT_SUPERSAMPLE`` times finer than the tet grid and turned into a signed
-    distance there (``dmtet.signed_distance_from_occupancy``), then read at the tet vertices.
-    """
-    s = INIT_SUPERSAMPLE
-    nf, n = res * s + 1, res + 1
-    ax = torch.linspace(-radius, radius, nf)
-    pts = torch.stack(torch.meshgrid(ax, ax, ax, indexing="ij"), -1).reshape(-1, 3)
-    sigma = torch.cat([density_fn(c).float().cpu() for c in pts.split(1 << 17)]).view(nf, nf, nf)
-    spacing_f = 2 * radius / (nf - 1)
-    grid, tets = dmtet.tet_grid(res, radius)
-    target = float(target_alpha.sum())
-
-    def sdf_at(level: float) -> Tensor:
-        inside = sigma > level
-        if not inside.any():
-            return torch.full((n ** 3,), spacing_f)
-        sd = dmtet.signed_distance_from_occupancy(inside, spacing_f)[::s, ::s, ::s]
-        return _nudge(sd.reshape(-1), 2 * radius / res)
-
-    def area(level: float) -> float:
-        v, f = dmtet.marching_tets(grid, sdf_at(level), tets)
-        return float(silhouette(v, f, cams).sum())
-
-    top = float(sigma.max())
-    if not top > 0:
-        raise ValueError("the density is empty (max <= 0): nothing to initialise the mesh from")
-    # area(top 1e-4) >= target >= area(top) for any sensible field
-    return sdf_at(level_for_area(area, target, top * 1e-4, top, INIT_LEVEL_ITERS))
-
-
-def level_for_area(area, target: float, lo: float, hi: float, iters: int) -> float:
-    """The iso-level in [lo, hi] whose silhouette ``area(level)`` (decreasing in the level) matches ``target``:
-    bisection on log(level), ``iters`` halvings; returns the last bracket's geometric middle."""
-    a, b = math.log(lo), math.log(hi)
-    for _ in range(iters):
-        mid = 0.5 * (a + b)
-        if area(math.exp(mid)) > target:
-            a = mid
-        else:
-            b = mid
-    return float(math.exp(0.5 * (a + b)))
 
 
 def perturb_normal(n: Tensor, d: Tensor) -> Tensor:
@@ -323,33 +236,13 @@ def vertex_normals(v: Tensor, f: Tensor) -> Tensor:
     return F.normalize(vn, dim=-1)
 
 
-@torch.no_grad()
-def surface_colour(scene, x: Tensor, n: Tensor, spacing: float, kind: str = "density", samples: int = 24) -> Tensor:
-    """Display-referred colour [N,3] a ray through each surface point x [N,3] along −n [N,3] renders on ``scene``.
-
-    The ray runs from x + 2·spacing·n to x − 2·spacing·n; the source's ``query_albedo`` is composited with its
-    ``query_density`` as the volume renderer does (α = 1 − exp(−σδ); an opacity field gives α = clamp(o, 0, 1)
-    spread over the samples). Rays that see nothing keep ``query_albedo(x)``.
-    """
-    t = torch.linspace(2 * spacing, -2 * spacing, samples)
-    delta = 4 * spacing / (samples - 1)
-    p = (x[:, None, :] + t[None, :, None] * n[:, None, :]).reshape(-1, 3)
-    sig = torch.cat([scene.query_density(c).float() for c in p.split(1 << 17)]).view(-1, samples).clamp_min(0)
-    col = torch.cat([scene.query_albedo(c).float() for c in p.split(1 << 17)]).view(-1, samples, 3)
-    alpha = 1 - torch.exp(-sig * delta) if kind == "density" else (sig.clamp(0, 1) * delta / spacing).clamp(0, 1)
-    trans = torch.cumprod(F.pad(1 - alpha, (1, 0), value=1.0), -1)[:, :-1]
-    w = trans * alpha
-    acc = w.sum(-1, keepdim=True)
-    out = (w[..., None] * col).sum(1) / acc.clamp_min(1e-6)
-    own = torch.cat([scene.query_albedo(c).float() for c in x.split(1 << 17)])
-    return torch.where(acc > 1e-3, out, own)
-
-
 class Mesh(nn.Module):
     """PBR triangle-mesh scene implementing the Scene protocol (renderers/base.py)."""
 
-    condition_kinds = ("dreammat",)
-    """Per-view condition images this scene can render (engine/train.py ``_wire_condition``): DreamMat's 22 channels."""
+    condition_kinds = ("dreammat", "lighting")
+    """Per-view conditions this scene can render (engine/train.py ``_wire_condition``): DreamMat's 22 channels, or
+    "lighting", the (environment index in ``envs``, rotation index) each training view was lit with [C,2] (the
+    light-aware shapes prior, guidance/priors/shapes.py; needs ``env_rotations`` > 0)."""
 
     relightable = True  # albedo without lighting: evaluations light it like their ground truth (engine/outputs.py)
 
@@ -361,7 +254,9 @@ class Mesh(nn.Module):
         self._lighting: tuple[str, float] | None = None
         # training renders also return the ControlNet condition in extras["control"]; the training loop turns this
         # on when the prior takes a condition (guidance/priors/controlnet.py documents the layout)
-        self.render_condition = False
+        self.render_condition: bool | str = False  # False, or a kind of condition_kinds (True: "dreammat")
+        self.placement: tuple[float, tuple[float, float, float]] | None = None
+        """(scale, centre): the mesh file's own frame is scene * scale + centre (fixed meshes read from a file)."""
         if fixed is not None:
             v, f, uv = fixed
             self.register_buffer("vertices", v.float())
@@ -378,8 +273,6 @@ class Mesh(nn.Module):
             self.register_buffer("uv", torch.zeros(0, 2))
         self._build_material(gen)
         self.to(device)
-        if fixed is None and cfg.init_from:
-            self.init_from_scene(self._load_run_scene(cfg.init_from), cfg.init_from)
 
     @classmethod
     def from_arrays(cls, cfg: MeshConfig, vertices, faces, uv, gen: torch.Generator,
@@ -395,88 +288,7 @@ class Mesh(nn.Module):
     # ---- geometry ------------------------------------------------------------------------------------------------
 
     def _initial_sdf(self, grid: Tensor) -> Tensor:
-        from foundation import shapes  # noqa: PLC0415
-
-        return _nudge(shapes.sdf(self.cfg.init_shape, grid).float(), self.cfg.radius / self.cfg.tet_resolution)
-
-    def _load_run_scene(self, run_dir: str):
-        from engine.checkpoint import latest_checkpoint, load_checkpoint  # noqa: PLC0415
-        from engine.config import load_config  # noqa: PLC0415
-
-        cfg_path = os.path.join(run_dir, "config.yaml")
-        if not os.path.isfile(cfg_path):
-            raise ValueError(f"mesh.init_from: {run_dir} is not a run folder (no config.yaml)")
-        run_cfg = load_config(cfg_path)
-        if isinstance(run_cfg.renderer, MeshConfig):
-            raise ValueError("mesh.init_from needs a NeRF or Gaussians run, not a mesh run")
-        ckpt = latest_checkpoint(os.path.join(run_dir, "ckpts"))
-        if ckpt is None:
-            raise ValueError(f"mesh.init_from: {run_dir} has no checkpoint")
-        scene = run_cfg.renderer.build(torch.Generator().manual_seed(0), "cpu")
-        scene.load_state_dict(load_checkpoint(ckpt)["scene"])
-        scene.eval()
-        return scene
-
-    def init_from_scene(self, scene, what: str = "the source scene", albedo_steps: int = 300) -> None:
-        """Initialise the SDF and the material field from a density scene (a NeRF or Gaussians run's scene, or
-        anything with ``query_density``, ``query_albedo`` and ``render``), so that the mesh renders like it.
-
-        Geometry: ``sdf_from_density`` against the scene's alpha on ``init_cameras``. Colour: ``distill_albedo``
-        against the scene's rendered colour on the same views.
-        """
-        if self.cfg.mode != "deformable":
-            raise ValueError("init_from_scene needs mesh.mode deformable")
-        cams = init_cameras(self.cfg.radius)
-        with torch.no_grad():
-            out = scene.render(cams, torch.ones(len(cams), cams.height, cams.width, 3))
-        rgb, alpha = out.rgb.detach().float().cpu(), out.alpha.detach().float().cpu()
-        if float(alpha.sum()) < 1.0:
-            raise ValueError(f"mesh.init_from: {what} renders nothing from the orbit (empty density)")
-        sdf = sdf_from_density(scene.query_density, self.cfg.tet_resolution, self.cfg.radius, cams, alpha)
-        with torch.no_grad():
-            self.sdf.copy_(sdf.to(self.sdf))
-            self.deform.zero_()
-        self.distill_albedo(scene, cams, rgb, alpha, albedo_steps)
-
-    def distill_albedo(self, scene, cams: Cameras, rgb: Tensor, alpha: Tensor, steps: int = 300) -> None:
-        """Fit the material field's albedo so that the mesh's unlit render matches ``scene``'s colour.
-
-        Targets, in display-referred values like the renders: (1) every pixel of ``rgb`` [C,H,W,3] (the scene's
-        render of ``cams`` over white, ``alpha`` [C,H,W,1]) where both the scene (alpha > 0.5) and the mesh cover it,
-        un-composited from the white background, at the mesh's surface point under that pixel; (2) every surface
-        vertex, with the colour a ray along its inward normal renders (``surface_colour``), for the parts the
-        views miss. Not ``query_albedo`` at the vertices, which greyed and darkened the mesh: the extracted surface
-        sits up to half a cell off the source's, where a soft field's albedo is untrained, and a volume render
-        blends the albedo over the field's soft shell.
-        """
-        with torch.no_grad():
-            v, f = (t.detach().cpu() for t in self.geometry())
-            if f.shape[0] == 0:
-                return
-            H, W = cams.height, cams.width
-            pos = torch.einsum("cij,vj->cvi", projection(cams).to(v.dtype), F.pad(v, (0, 1), value=1.0))
-            rast = K.rasterize("torch", pos, f, (H, W))
-            xmap = K.interpolate("torch", v[f.reshape(-1)], rast,
-                                 torch.arange(f.shape[0] * 3).view(-1, 3)).reshape(-1, 3)
-            a = alpha.reshape(-1, 1)
-            keep = ((rast[..., 3] > 0).reshape(-1) & (a[:, 0] > PIXEL_MIN_ALPHA)).nonzero()[:, 0]
-            pix = rgb.reshape(-1, 3)[keep]
-            kind = "opacity" if hasattr(scene, "export_tensors") else "density"
-            spacing = 2 * self.cfg.radius / self.cfg.tet_resolution
-            ray = surface_colour(scene, v, vertex_normals(v, f), spacing, kind).clamp(0, 1)
-            pts = torch.cat([xmap[keep], v]).to(self.sdf.device)
-            target = torch.cat([pix, ray]).to(self.sdf.device)
-            # the rays only fill in what no view sees: a small weight keeps them from pulling seen surfaces
-            weight = torch.cat([torch.ones(len(pix)), torch.full((len(ray),), RAY_TARGET_WEIGHT)]).to(pts)[:, None]
-        params = list(self.encoding.parameters()) + list(self.mlp.parameters())
-        opt = torch.optim.Adam(params, lr=1e-2)
-        for _ in range(steps):
-            jitter = torch.randn(pts.shape, generator=self.gen).to(pts) * 0.005
-            srgb = pbr.linear_to_srgb(self._material(pts + jitter)["albedo"])
-            loss = (weight * (srgb - target).square()).sum() / weight.sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        return nudge_sdf(shapes.sdf(self.cfg.init_shape, grid).float(), self.cfg.radius / self.cfg.tet_resolution)
 
     def geometry(self) -> tuple[Tensor, Tensor]:
         """Current (vertices [V,3], faces [F,3])."""
@@ -527,6 +339,15 @@ class Mesh(nn.Module):
                      (0, raw.shape[-1] - 5))
         return self._heads(raw + bias)
 
+    def material_at(self, x: Tensor) -> dict[str, Tensor]:
+        """The material field's heads at world points x [N,3], differentiable ("field" materials; the engine fits
+        them to another scene's colour, engine/init_from.py)."""
+        return self._material(x)
+
+    def material_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the materials (field or textures)."""
+        return list(self.param_groups()["material"]["params"])
+
     def query_material(self, x: Tensor, uv: Tensor | None = None) -> dict[str, Tensor]:
         """Exporter hook: {"albedo" [M,3] linear, "roughness" [M], "metallic" [M]} at world points (or UVs), plus
         "normal" [M,3] (the perturbed world-space shading normal, which the exporter re-expresses in its own
@@ -562,12 +383,15 @@ class Mesh(nn.Module):
 
     def export_mesh(self) -> dict[str, Tensor]:
         """Exporter hook (engine/export): the current surface {"vertices" [V,3], "faces" [F,3], "normals" [V,3]
-        smooth, and "uv" [V,2] (glTF convention, (0,0) = first texel row) for a fixed mesh with UVs}."""
+        smooth, "uv" [V,2] (glTF convention, (0,0) = first texel row) for a fixed mesh with UVs, and "placement"
+        (scale, centre) for one read from a file: the exporter writes vertices * scale + centre}."""
         with torch.no_grad():
             v, f = (t.detach() for t in self.geometry())
             out = {"vertices": v, "faces": f, "normals": vertex_normals(v, f)}
             if self.uv.shape[0] == v.shape[0]:
                 out["uv"] = self.uv
+            if self.placement is not None:
+                out["placement"] = self.placement
         return out
 
     def query_albedo(self, x: Tensor) -> Tensor:
@@ -579,6 +403,14 @@ class Mesh(nn.Module):
     def set_lighting(self, env: str | None, rotation: float = 0.0) -> None:
         """Pin the environment (name or file) and its rotation (radians) for the following renders; None unpins."""
         self._lighting = None if env is None else (env, float(rotation))
+
+    def lighting_condition(self, env: str, rotation: float, views: int) -> Tensor:
+        """[views,2] (index of ``env`` in ``envs``, index of ``rotation`` among ``env_rotations`` even steps)."""
+        k = self.cfg.env_rotations
+        if k <= 0 or env not in self.cfg.envs:
+            raise ValueError("the lighting condition needs mesh.env-rotations > 0 and a training environment")
+        r = round(rotation / (2 * math.pi / k)) % k
+        return torch.tensor([[float(self.cfg.envs.index(env)), float(r)]]).expand(views, 2)
 
     def _choose_lighting(self) -> tuple[str, float]:
         if self._lighting is not None:
@@ -638,12 +470,10 @@ class Mesh(nn.Module):
             n = n_geo
         shading = self.cfg.eval_shading if not self.training else "pbr"
         if shading == "pbr":
-            env = environment(env_name, self.cfg.env_height).to(v.device)
+            env = pbr.environment(env_name, self.cfg.env_height).to(v.device)
             lin = pbr.shade(mat["albedo"], mat["roughness"], mat["metallic"], n, view, env, rot)["rgb"]
         elif shading == "shapes":
-            from foundation.shapes import LIGHT_DIR  # noqa: PLC0415
-
-            light = F.normalize(torch.tensor(LIGHT_DIR, dtype=n.dtype, device=n.device), dim=0)
+            light = F.normalize(torch.tensor(shapes.LIGHT_DIR, dtype=n.dtype, device=n.device), dim=0)
             shade = 0.6 + 0.4 * (n * light).sum(-1, keepdim=True).clamp_min(0)
             lin = pbr.srgb_to_linear(pbr.linear_to_srgb(mat["albedo"]) * shade)
         else:
@@ -667,7 +497,9 @@ class Mesh(nn.Module):
         if "perturb" in mat:
             d = mat["perturb"]
             extras["normal_perturbation"] = (d - (d * n_geo).sum(-1, keepdim=True) * n_geo).square().sum(-1).mean()
-        if self.training and self.render_condition:
+        if self.training and self.render_condition == "lighting":
+            extras["control"] = self.lighting_condition(env_name, rot, C).to(v.device)
+        elif self.training and self.render_condition:
             with torch.no_grad():
                 extras["control"] = condition_maps(x, n_geo, view, idx, cams, (C, H, W), env_name, rot,
                                                    self.cfg.env_height)
@@ -709,48 +541,6 @@ class Mesh(nn.Module):
         pass
 
 
-CONTROL_MATERIALS = ((0.0, 0.08), (0.0, 0.5), (0.0, 1.0), (1.0, 0.08), (1.0, 0.5), (1.0, 1.0))
-"""(metallic, roughness) of the six light renders in the ControlNet condition (DreamMat's {0,1} x {0,0.5,1}; our
-GGX's roughness floor is 0.08)."""
-CONTROL_CHANNELS = 4 + 3 * len(CONTROL_MATERIALS)
-
-
-@torch.no_grad()
-def condition_maps(x: Tensor, n: Tensor, view: Tensor, idx: Tensor, cams: Cameras, size: tuple[int, int, int],
-                   env: str, rotation: float, env_height: int = 32, shade=None) -> Tensor:
-    """DreamMat's light- and geometry-aware ControlNet condition [C,H,W,22] of the current geometry, channels-last,
-    at the render's resolution, every channel in [0,1] and 0 on the background:
-
-    - 0: inverse camera distance, per image mapped to [0.1, 1] over the foreground (nearest = 1);
-    - 1–3: the shading normal in camera space (OpenGL: +X right, +Y up, +Z towards the viewer) as (n + 1)/2;
-    - 4–21: six sRGB renders of the geometry with white albedo under the render's own environment ``env`` and
-      ``rotation``, for (metallic, roughness) in ``CONTROL_MATERIALS`` order, 3 channels each.
-
-    Args: the covered pixels' world points x [P,3], unit normals n [P,3] (facing the camera), unit view vectors
-    [P,3], flat pixel indices idx [P] into C·H·W. ``shade(albedo, roughness, metallic, n, view)`` -> linear RGB [P,3]
-    replaces the environment ``env``/``rotation`` lighting when a scene lights its views otherwise (the material
-    scene: exposure-scaled, tilted environment plus a sun, per view).
-    """
-    C, H, W = size
-    out = x.new_zeros(C * H * W, CONTROL_CHANNELS)
-    cam = idx // (H * W)
-    dist = (x - cams.position.to(x)[cam]).norm(dim=-1)
-    inv = 1.0 / dist.clamp_min(1e-6)
-    lo = torch.full((C,), float("inf"), device=x.device).scatter_reduce(0, cam, inv, "amin")
-    hi = torch.zeros(C, device=x.device).scatter_reduce(0, cam, inv, "amax")
-    out[idx, 0] = 0.1 + 0.9 * (inv - lo[cam]) / (hi[cam] - lo[cam]).clamp_min(1e-6)
-    w2c = torch.linalg.inv(cams.c2w.to(x))[:, :3, :3]
-    out[idx, 1:4] = (torch.einsum("pij,pj->pi", w2c[cam], n) + 1) / 2
-    if shade is None:
-        light = environment(env, env_height).to(x.device)
-        shade = lambda a, r, m, nn_, v: pbr.shade(a, r, m, nn_, v, light, rotation)["rgb"]  # noqa: E731
-    ones = torch.ones_like(x[:, :1])
-    for k, (m, r) in enumerate(CONTROL_MATERIALS):
-        lin = shade(ones.expand(-1, 3), ones * r, ones * m, n, view)
-        out[idx, 4 + 3 * k:7 + 3 * k] = pbr.linear_to_srgb(lin).clamp(0, 1)
-    return out.view(C, H, W, CONTROL_CHANNELS)
-
-
 def mesh_smoothness(v: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
     """(normal consistency: mean 1 − cos of adjacent face normals, uniform Laplacian: mean ‖v − mean(nbrs)‖²)."""
     if f.shape[0] == 0:
@@ -769,72 +559,5 @@ def mesh_smoothness(v: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
     return nc, lap.square().sum(-1).mean()
 
 
-def primitive_mesh(shape: str) -> tuple[Tensor, Tensor]:
-    """Triangle mesh (vertices [V,3], faces [F,3]) of a shapes-world primitive at its canonical size and pose
-    (foundation/shapes.py: Y-up, centred at the origin)."""
-    import numpy as np  # noqa: PLC0415
-    import trimesh  # noqa: PLC0415
-
-    to_y = trimesh.transformations.rotation_matrix(-math.pi / 2, [1, 0, 0])  # +Z axis -> +Y
-    match shape:
-        case "cube":
-            m = trimesh.creation.box(extents=(0.8, 0.8, 0.8))
-        case "sphere":
-            m = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
-        case "cylinder":
-            m = trimesh.creation.cylinder(radius=0.4, height=0.8, sections=48).apply_transform(to_y)
-        case "cone":
-            m = trimesh.creation.cone(radius=0.45, height=0.9, sections=48).apply_transform(to_y)
-            m.apply_translation([0, -0.45, 0])
-        case "torus":
-            m = trimesh.creation.torus(major_radius=0.35, minor_radius=0.15, major_sections=48,
-                                       minor_sections=16).apply_transform(to_y)
-        case _:
-            raise ValueError(f"unknown shape {shape!r}")
-    return torch.from_numpy(np.asarray(m.vertices, dtype=np.float32)), torch.from_numpy(np.asarray(m.faces))
-
-
-@torch.no_grad()
-def render_constant_dielectric(v: Tensor, f: Tensor, cams: Cameras, env: str, rotation: float, roughness: float,
-                               env_height: int = 32, supersample: int = 2) -> dict[str, Tensor]:
-    """Colour-independent PBR renders of a mesh with a constant dielectric (metallic 0) material:
-    coverage [C,H,W,1], irradiance E [C,H,W,3] and specular S [C,H,W,3], so that the sRGB image of albedo k_d
-    over background bg is linear_to_srgb(k_d·E + S)·cov + (1 − cov)·bg (evaluated per sub-pixel, then averaged,
-    is approximated here by shading the averaged terms). Used by the light-aware shapes prior and as ground truth.
-    """
-    s = supersample
-    hi = Cameras(cams.c2w, cams.fovy, cams.width * s, cams.height * s, cams.azimuth, cams.elevation, cams.distance)
-    C, H, W = len(hi), hi.height, hi.width
-    pos = torch.einsum("cij,vj->cvi", projection(hi), F.pad(v, (0, 1), value=1.0))
-    rast = K.rasterize("torch", pos, f, (H, W))
-    mask = rast[..., 3:4] > 0
-    tri_c = torch.arange(f.shape[0] * 3).view(-1, 3)
-    maps = K.interpolate("torch", torch.cat([v[f.reshape(-1)], corner_normals(v, f, 45.0)], -1), rast, tri_c)
-    idx = mask.reshape(-1).nonzero()[:, 0]
-    flat = maps.reshape(-1, 6)[idx]
-    x, n = flat[:, :3], F.normalize(flat[:, 3:], dim=-1)
-    view = F.normalize(hi.position[idx // (H * W)] - x, dim=-1)
-    n = torch.where((n * view).sum(-1, keepdim=True) < 0, -n, n)
-    light = environment(env, env_height)
-    ones = torch.ones(x.shape[0], 1)
-    sh = pbr.shade(ones.expand(-1, 3), ones * roughness, ones * 0, n, view, light, rotation)
-    out = {}
-    for name, vals in (("E", sh["diffuse"]), ("S", sh["specular"]), ("coverage", ones)):
-        img = torch.zeros(C * H * W, vals.shape[-1]).index_put((idx,), vals).view(C, H, W, -1)
-        out[name] = F.avg_pool2d(img.permute(0, 3, 1, 2), s).permute(0, 2, 3, 1)
-    cov = out["coverage"].clamp_min(1e-6)
-    out["E"], out["S"] = out["E"] / cov, out["S"] / cov  # shading of the covered part of each pixel
-    return out
-
-
-def compose_dielectric(r: dict[str, Tensor], albedo_linear: Tensor, background: Tensor | None = None) -> Tensor:
-    """sRGB image [C,H,W,3] of ``render_constant_dielectric`` terms for a linear albedo [3]."""
-    bg = torch.ones(3) if background is None else background
-    lit = pbr.linear_to_srgb(albedo_linear * r["E"] + r["S"])
-    return lit * r["coverage"] + (1 - r["coverage"]) * bg
-
-
-__all__ = ["MeshConfig", "Mesh", "projection", "init_cameras", "silhouette", "sdf_from_density", "vertex_normals",
-           "surface_colour", "perturb_normal", "condition_maps", "CONTROL_MATERIALS", "CONTROL_CHANNELS",
-           "environment", "corner_normals", "mesh_smoothness", "primitive_mesh", "level_for_area",
-           "render_constant_dielectric", "compose_dielectric"]
+__all__ = ["MeshConfig", "Mesh", "projection", "vertex_normals", "perturb_normal", "corner_normals", "face_normals",
+           "mesh_smoothness", "condition_maps", "CONTROL_MATERIALS", "CONTROL_CHANNELS"]

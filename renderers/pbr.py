@@ -25,11 +25,13 @@ guidance sees the image and on export.
 
 import functools
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from renderers import envmaps
 from renderers.envmaps import directions, texel_solid_angle
 
 MIN_ROUGHNESS = 0.08
@@ -240,6 +242,13 @@ class EnvironmentLight:
         return self._sample(self._padded[0], rotate_y(d, -torch.as_tensor(rotation, dtype=d.dtype)))
 
 
+@functools.cache
+def environment(name: str, height: int) -> EnvironmentLight:
+    """A pre-filtered environment (procedural name or equirect file, renderers/envmaps.py), built once per
+    (name, height) in a process."""
+    return EnvironmentLight(envmaps.load(name, height), name=os.path.basename(name))
+
+
 def shade(albedo: Tensor, roughness: Tensor, metallic: Tensor, normal: Tensor, view: Tensor,
           env: EnvironmentLight, rotation: float | Tensor = 0.0, lut: Tensor | None = None) -> dict[str, Tensor]:
     """Split-sum image-based lighting of a surface point.
@@ -261,5 +270,5 @@ def shade(albedo: Tensor, roughness: Tensor, metallic: Tensor, normal: Tensor, v
     return {"rgb": diff + spec, "diffuse": diff, "specular": spec}
 
 
-__all__ = ["EnvironmentLight", "shade", "brdf_lut", "brdf_integrals", "lookup_brdf", "linear_to_srgb",
+__all__ = ["EnvironmentLight", "environment", "shade", "brdf_lut", "brdf_integrals", "lookup_brdf", "linear_to_srgb",
            "srgb_to_linear", "ggx_d", "smith_lambda", "dir_to_uv", "rotate_y", "MIN_ROUGHNESS"]

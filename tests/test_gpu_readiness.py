@@ -103,6 +103,9 @@ def test_texture_works_with_every_objective(name, tmp_path):
     report = json.load(open(os.path.join(out, "report.json")))
     assert report["steps"] == 2 and report["final_loss"] is not None
     assert os.path.isfile(os.path.join(out, "textured.glb"))
+    # through the generate pipeline (issue #14): a run folder of the texture preset, completed by engine.train
+    assert json.load(open(os.path.join(out, "status.json")))["state"] == "complete"
+    assert "guidance" in open(os.path.join(out, "config.yaml")).read()
 
 
 def test_texture_guidance_config_and_device_default():

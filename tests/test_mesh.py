@@ -8,7 +8,8 @@ import torch
 
 from foundation.cameras import orbit_cameras
 from renderers import dmtet
-from renderers.mesh import Mesh, MeshConfig, primitive_mesh, projection
+from renderers.mesh import Mesh, MeshConfig, projection
+from renderers.reference import primitive_mesh
 
 
 def test_dmtet_sphere_is_closed_and_differentiable():
@@ -157,12 +158,13 @@ class _AnalyticDensity:
 def test_init_from_density_matches_the_shape(shape):
     """The init-from transfer (iso-level matched to the source's silhouettes, sub-cell SDF, albedo from renders):
     held-out silhouettes of the initial mesh match the shape (IoU >= 0.9) and its colour is the source's."""
+    from engine.init_from import init_from_scene
     from foundation import shapes
     from foundation.cameras import orbit_cameras
 
     scene = MeshConfig(tet_resolution=16, envs=("white",), eval_env="white", eval_shading="albedo").build(
         torch.Generator().manual_seed(0))
-    scene.init_from_scene(_AnalyticDensity(shape), albedo_steps=60)
+    init_from_scene(scene, _AnalyticDensity(shape), albedo_steps=60)
     cams = orbit_cameras([25.0, 115.0, -155.0], [15.0, -10.0, 50.0], 2.5, 40.0, 48)
     scene.eval()
     with torch.no_grad():

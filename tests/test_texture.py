@@ -1,6 +1,7 @@
 """engine texture: loading and repairs, UV handling, the CLI end to end (tiny), and clear errors."""
 
 import json
+import math
 import os
 
 import numpy as np
@@ -80,3 +81,109 @@ def test_cli_rejects_bad_mesh_and_prompt(tmp_path, capsys):
     src = str(tmp_path / "cube.obj")
     _cube(src)
     assert main(["texture", src, "a purple teapot", "--steps", "1", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_texture_is_a_generate_run_with_a_validated_normal_mapped_glb(tmp_path):
+    """`engine texture` runs the generate pipeline (issue #14): its folder is a run folder (config.yaml of the
+    texture preset, checkpoints, status complete), its GLB passes the Khronos validator with tangents and a
+    tangent-space normal map, the user's placement is restored, and `engine texture --resume` continues it."""
+    from engine import runfolder
+    from engine.cli import main
+    from engine.export.gltf import read_glb_json
+    from renderers.mesh import MeshConfig
+    from tests.test_export import assert_valid_glb
+
+    src = str(tmp_path / "cube.obj")
+    _cube(src, size=0.5, offset=(0.0, 1.0, 0.0))
+    out = tmp_path / "run"
+    args = ["--steps", "2", "--resolution", "16", "--texture-resolution", "16", "--envs", "studio", "--out", str(out)]
+    assert main(["texture", src, "a red cube", *args]) == 0
+    run = runfolder.load_run(str(out))
+    r = run.config.renderer
+    assert isinstance(r, MeshConfig) and r.mode == "fixed" and r.mesh_path == os.path.abspath(src)
+    assert r.envs == ("studio",) and r.eval_env == "sunset" and r.mesh_size == 0.8
+    assert run.config.prior.name == "shapes-light" and run.state["step"] == 2
+    assert json.load(open(out / "status.json"))["state"] == "complete"
+    glb = out / "textured.glb"
+    assert_valid_glb(glb)
+    doc = read_glb_json(str(glb))
+    assert "TANGENT" in doc["meshes"][0]["primitives"][0]["attributes"]
+    assert "normalTexture" in doc["materials"][0]
+    for name in ("albedo", "roughness", "metallic", "normal", "orm"):
+        assert os.path.isfile(out / f"{name}.png"), name
+    back = trimesh.load(str(glb), force="mesh")
+    np.testing.assert_allclose(back.bounds, [[-0.25, 0.75, -0.25], [0.25, 1.25, 0.25]], atol=1e-4)
+    # resume: two more steps of the same run, from its checkpoint, through the same pipeline
+    cfg = open(out / "config.yaml").read().replace("steps: 2\n", "steps: 4\n", 1)
+    (out / "config.yaml").write_text(cfg)
+    assert main(["texture", "--resume", str(out)]) == 0
+    assert json.load(open(out / "report.json"))["steps"] == 4
+    assert_valid_glb(glb)
+
+
+def test_texture_resume_refuses_other_runs(tmp_path, capsys):
+    from engine.cli import main
+
+    assert main(["texture", "--resume", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_the_light_aware_prior_follows_each_views_lighting():
+    """The mesh scene's lighting condition ([C,2]: environment index, rotation index) restricts each prior row to the
+    exemplars lit like its view: the same denoiser as a prompt naming that lighting word (the old texture loop)."""
+    import torch
+
+    from foundation.cameras import orbit_cameras
+    from guidance.priors import PriorConfig
+    from guidance.priors.shapes import LightAwareShapesPrior, lighting_word
+    from renderers.mesh import Mesh, MeshConfig
+    from renderers.reference import primitive_mesh
+
+    envs = ("studio", "sky")
+    v, f = primitive_mesh("cube")
+    scene = Mesh.from_arrays(MeshConfig(envs=envs, env_rotations=2), v, f, None, torch.Generator().manual_seed(0))
+    scene.render_condition = "lighting"
+    cams = orbit_cameras([0.0, 90.0], [20.0, 20.0], 2.5, 40.0, 16)
+    scene.set_lighting("sky", math.pi)  # rotation index 1 of 2
+    out = scene.render(cams, torch.ones(2, 16, 16, 3))
+    assert out.extras["control"].tolist() == [[1.0, 1.0], [1.0, 1.0]]
+    prior = LightAwareShapesPrior(PriorConfig(resolution=16), envs=envs, rotations=2, shapes_subset=("cube",))
+    lit = cams.with_condition(torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+    x_t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([300, 600])
+    got = prior.denoise(x_t, t, prior.embed(["a red cube"] * 2), lit)
+    words = [lighting_word("sky", 1), lighting_word("studio", 0)]
+    ref = prior.denoise(x_t, t, prior.embed([f"a red cube {w}" for w in words]), cams)
+    torch.testing.assert_close(got, ref)
+    assert (got - prior.denoise(x_t, t, prior.embed(["a red cube"] * 2), cams)).abs().max() > 1e-3
+
+
+def test_the_texture_preset_is_a_generate_preset():
+    """`engine generate --preset texture --renderer.mesh-path MESH` is the same run as `engine texture`."""
+    from engine.cli import build_generate_config
+    from engine.texture import TextureConfig, texture_config
+
+    cfg, _ = build_generate_config(["a red cube", "--preset", "texture", "--renderer.mesh-path", "/m.obj"])
+    via_texture = texture_config(TextureConfig(mesh="/m.obj", prompt="a red cube"), has_uv=False)
+    assert cfg.renderer == via_texture.renderer and cfg.prior == via_texture.prior
+    assert cfg.guidance == via_texture.guidance and cfg.cameras == via_texture.cameras
+    assert cfg.renderer.mode == "fixed" and cfg.prior.name == "shapes-light" and cfg.renderer.eval_env == "sunset"
+
+
+def test_a_users_uvs_come_back_in_the_glb(tmp_path):
+    """A mesh with UVs is textured texel for texel and its GLB carries the same (position, uv) pairs as the file."""
+    from engine.cli import main
+
+    src = str(tmp_path / "uvcube.obj")
+    trimesh.creation.box(extents=(1, 1, 1)).unwrap().export(src)
+    before = trimesh.load(src, force="mesh", process=False)
+    out = tmp_path / "out"
+    assert main(["texture", src, "a red cube", "--steps", "1", "--resolution", "16", "--texture-resolution", "16",
+                 "--envs", "studio", "--out", str(out)]) == 0
+    assert json.load(open(out / "report.json"))["kept_user_uvs"] is True
+    after = trimesh.load(str(out / "textured.glb"), force="mesh", process=False)
+
+    def pairs(m):
+        return {(tuple(np.round(p, 4)), tuple(np.round(t, 4))) for p, t in zip(m.vertices, m.visual.uv)}
+
+    assert pairs(after) == pairs(before)

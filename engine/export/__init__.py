@@ -15,7 +15,8 @@ Frame: +Y up, right-handed, metres, front +Z, the object centred on the orbit ta
 
 Scene hooks (duck-typed): ``query_density``/``query_albedo`` (NeRF, Gaussians), optionally
 ``query_material(x) -> {"albedo" (linear), "roughness", "metallic", ["occlusion"], ["normal"]}`` and
-``export_mesh() -> {"vertices", "faces", ["uv" (glTF convention)], ["normals"]}`` (mesh/PBR scenes), and
+``export_mesh() -> {"vertices", "faces", ["uv" (glTF convention)], ["normals"], ["placement"]}`` (mesh/PBR scenes;
+``placement`` = (scale, centre): a user's mesh goes back to its own frame, vertices * scale + centre), and
 ``export_tensors()`` (Gaussians, for PLY).
 """
 
@@ -105,7 +106,11 @@ def _scene_mesh(scene, opts: ExportOptions) -> tuple[Mesh, dict, object]:
                     arr("uv", np.float64))
         if mesh.normals is None:
             mesh.normals = vertex_normals(mesh.vertices, mesh.faces)
-        return mesh, {"source": "scene mesh", "faces": mesh.num_faces, "kept_uv": mesh.uv is not None}, None
+        info = {"source": "scene mesh", "faces": mesh.num_faces, "kept_uv": mesh.uv is not None}
+        if m.get("placement") is not None:
+            scale, centre = m["placement"]
+            info["placement"] = {"scale": float(scale), "centre": [float(c) for c in centre]}
+        return mesh, info, None
     if not hasattr(scene, "query_density"):
         raise ExportError(f"{type(scene).__name__} has neither export_mesh() nor query_density(); cannot export a mesh")
     mesh, info, normals = extract_mesh(scene, opts.resolution, opts.threshold, opts.max_faces,
@@ -128,7 +133,10 @@ def bake_scene(scene, opts: ExportOptions) -> Baked:
     textures, tan = bake(scene, mesh, bopts, field_normals=field_normals)
     t3 = time.perf_counter()
     R = up_matrix(opts.up)
-    mesh = Mesh(mesh.vertices @ R.T, mesh.faces, mesh.normals @ R.T, mesh.uv)
+    v = mesh.vertices
+    if "placement" in info:  # the user's own placement and units (a uniform scale: normals and tangents keep)
+        v = v * info["placement"]["scale"] + np.asarray(info["placement"]["centre"])
+    mesh = Mesh(v @ R.T, mesh.faces, mesh.normals @ R.T, mesh.uv)
     tan = np.concatenate([tan[:, :3] @ R.T, tan[:, 3:]], -1)
     info.update({"uv_vertices": int(mesh.vertices.shape[0]), "texture_size": opts.texture_size, "up": opts.up,
                  "normal_map": opts.normal_map,
@@ -152,14 +160,16 @@ def write_textures(folder: str, tex: Textures) -> dict[str, str]:
     return paths
 
 
-def write_mesh_format(fmt: str, path: str, baked: Baked, opts: ExportOptions) -> str:
-    """Write one mesh format to ``path`` with its loose textures in ``<stem>_textures/`` beside it."""
+def write_mesh_format(fmt: str, path: str, baked: Baked, opts: ExportOptions, textures_dir: str | None = None) -> str:
+    """Write one mesh format to ``path`` with its loose textures in ``textures_dir`` (default ``<stem>_textures/``
+    beside it)."""
     from engine.export import formats
 
     folder = os.path.dirname(os.path.abspath(path))
     stem = os.path.splitext(os.path.basename(path))[0]
-    tex_dir = os.path.join(folder, f"{stem}_textures")
+    tex_dir = textures_dir or os.path.join(folder, f"{stem}_textures")
     write_textures(tex_dir, baked.textures)
+    rel = os.path.relpath(tex_dir, folder)
     m, tex = baked.mesh, baked.textures
     kwargs = dict(vertices=m.vertices, faces=m.faces, normals=m.normals, uv=m.uv)
     match fmt:
@@ -168,10 +178,10 @@ def write_mesh_format(fmt: str, path: str, baked: Baked, opts: ExportOptions) ->
                       orm_png=png_bytes(tex.orm), normal_png=png_bytes(tex.normal), name=stem,
                       extras={"up": opts.up, "units": "metres", "normal_map": opts.normal_map}, **kwargs)
         case "obj":
-            formats.write_obj(path, textures_rel=f"{stem}_textures", name=stem, **kwargs)
+            formats.write_obj(path, textures_rel=rel, name=stem, **kwargs)
         case "usd":
             with atomic_path(path) as tmp:
-                formats.write_usd(tmp, textures_rel=f"{stem}_textures", up=opts.up, name=stem, **kwargs)
+                formats.write_usd(tmp, textures_rel=rel, up=opts.up, name=stem, **kwargs)
         case "usdz":
             formats.write_usdz(path, tex_dir, up=opts.up, name=stem, **kwargs)
         case _:
@@ -228,30 +238,20 @@ def export_scene(scene, formats: list[str], paths: dict[str, str], opts: ExportO
 
 # -- run folders ----------------------------------------------------------------------------------------------------
 def load_run_scene(run_dir: str, device: str = "cpu"):
-    """Rebuild the scene of a run folder from config.yaml and its newest checkpoint: (scene, GenerateConfig)."""
+    """Rebuild the scene of a run folder from config.yaml and its newest checkpoint: (scene, GenerateConfig)
+    (engine/runfolder.py, with this command's wording)."""
     import sys
 
-    from engine.checkpoint import load_latest_checkpoint
-    from engine.config import load_config
+    from engine import runfolder
 
-    cfg_path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(cfg_path):
-        raise ExportError(f"{run_dir} is not a run folder (no config.yaml)")
-    cfg = load_config(cfg_path)
-    found = load_latest_checkpoint(os.path.join(run_dir, "ckpts"), device,
-                                   warn=lambda m: print(f"engine export: warning: {m}", file=sys.stderr))
-    if found is None:
-        raise ExportError(f"{run_dir} has no checkpoint (ckpts/step_*.safetensors) to export")
-    gen = torch.Generator().manual_seed(cfg.seed)
-    if getattr(cfg, "particles", 1) > 1:
-        from renderers.particles import Particles
-        scene = Particles([cfg.renderer.build(gen, device) for _ in range(cfg.particles)])
-    else:
-        scene = cfg.renderer.build(gen, device)
-    scene.load_state_dict(found[1]["scene"])
-    if hasattr(scene, "eval"):
-        scene.eval()
-    return scene, cfg
+    try:
+        run = runfolder.load_run(run_dir, device,
+                                 warn=lambda m: print(f"engine export: warning: {m}", file=sys.stderr))
+    except runfolder.NoCheckpoint:
+        raise ExportError(f"{run_dir} has no checkpoint (ckpts/step_*.safetensors) to export") from None
+    except runfolder.NotARunFolder as e:
+        raise ExportError(str(e)) from None
+    return run.scene, run.config
 
 
 def default_formats(scene) -> list[str]:
@@ -281,8 +281,12 @@ def export_run(run_dir: str, formats: list[str] | None = None, out: str | None =
 
 def export_finished_run(run_dir: str, scene, texture_size: int = 1024) -> dict[str, str]:
     """The automatic export at the end of `engine generate`: GLB (and PLY for Gaussians) into RUN/export/."""
-    if hasattr(scene, "export_finished"):  # scenes that write their own outputs (renderers/material.py)
-        return scene.export_finished(run_dir, texture_size)
+    from renderers.material import MaterialScene
+
+    if isinstance(scene, MaterialScene):  # a material run's files: maps, MaterialX, USD, preview (not a mesh)
+        from engine.material_export import write_material
+
+        return write_material(run_dir, scene, texture_size)
     report = export_run(run_dir, scene=scene, opts=ExportOptions(texture_size=texture_size))
     return {k: os.path.relpath(v, run_dir) for k, v in report["files"].items()}
 

@@ -111,7 +111,7 @@ def render_matched_threshold(scene, grid: np.ndarray, bound: float, start: float
     silhouette area over 16 orbit views equals the area of the scene's own rendered alpha there.
 
     The statistical level (``auto_threshold``) is only a starting bracket: on soft SDS fields its silhouettes are
-    ~10 % too large (measured on a 200-step blue-torus NeRF, see renderers/mesh.py ``sdf_from_density``, which
+    ~10 % too large (measured on a 200-step blue-torus NeRF, see engine/init_from.py ``sdf_from_density``, which
     matches silhouettes the same way when a mesh is initialised from a run). Bisection runs on a half-resolution
     grid (a few seconds on a CPU).
     """
@@ -119,8 +119,9 @@ def render_matched_threshold(scene, grid: np.ndarray, bound: float, start: float
     import torch.nn.functional as F
 
     import renderers.kernels as K
+    from engine.init_from import init_cameras, level_for_area
     from engine.outputs import render_views
-    from renderers.mesh import init_cameras, level_for_area, projection
+    from renderers.mesh import projection
 
     cams = init_cameras(bound, resolution)
     proj = projection(cams).float()

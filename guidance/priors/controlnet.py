@@ -15,7 +15,7 @@ training view when ``render_condition`` is on (``RenderOutput.extras["control"]`
 Cameras batch, which objectives re-batch exactly like x_t (``Cameras.cat`` for classifier-free guidance, indexing),
 so every prior row gets its own view's condition.
 
-Condition (renderers/mesh.py ``condition_maps``; DreamMat's 22 channels), per camera:
+Condition (renderers/condition.py ``condition_maps``; DreamMat's 22 channels), per camera:
 
     channel 0      inverse camera distance, foreground mapped per image to [0.1, 1] (nearest = 1)
     channels 1-3   shading normal in camera space (OpenGL: +X right, +Y up, +Z to the viewer) as (n + 1) / 2

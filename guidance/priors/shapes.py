@@ -12,9 +12,9 @@ import os
 import torch
 
 from foundation import shapes
-from foundation.cameras import orbit_cameras
-from guidance.priors.base import PriorError
-from guidance.priors.exemplar import ExemplarPrior
+from foundation.cameras import Cameras, orbit_cameras
+from guidance.priors.base import Cond, PriorError
+from guidance.priors.exemplar import MASKED, ExemplarPrior
 
 AZIMUTH_STEP = 10.0
 ELEVATIONS = (0.0, 10.0, 20.0, 30.0, 40.0)
@@ -74,6 +74,9 @@ class ShapesPrior(ExemplarPrior):
 
 
 # -- light-aware mode (DreamMat's idea on the shapes world) -----------------------------------------------------------
+LIGHT_AWARE = "shapes-light"
+"""The prior name of the light-aware mode (the `engine texture` preset's prior; engine/train.py builds it for the
+mesh renderer's environments and rotations)."""
 LIGHT_AZIMUTH_STEP = 30.0
 LIGHT_ELEVATIONS = (0.0, 20.0, 40.0)
 EXEMPLAR_ROUGHNESS = 0.7
@@ -85,7 +88,7 @@ def lighting_word(env: str, rotation_index: int) -> str:
 
 
 class LightAwareShapesPrior(ExemplarPrior):
-    """Shapes-world exemplars rendered with the engine's PBR mesh renderer (renderers/mesh.py) under the procedural
+    """Shapes-world exemplars rendered with the engine's PBR shading (renderers/reference.py) under the procedural
     environments, each tagged with its colour, shape and lighting word (``lighting_word``).
 
     The exemplar material is a constant dielectric (the world's albedo, roughness 0.7, metallic 0), rendered
@@ -95,12 +98,20 @@ class LightAwareShapesPrior(ExemplarPrior):
     ControlNet is: the only albedo that matches every lit exemplar is the unshaded one, so shading cannot be baked
     into it. ``shapes`` restricts the world to the shapes needed (rendering is the cost: ~0.3 s per shape x lighting).
     The default ``ShapesPrior`` is unchanged.
+
+    The lighting reaches the prior in one of two ways: a lighting word in the prompt, or, in the training loop, as
+    the per-view condition the mesh scene renders with each view (``condition_kind`` "lighting": [B,2] = (index in
+    ``envs``, rotation index), renderers/mesh.py ``lighting_condition``); each row then keeps only the exemplars lit
+    as its own view was, in the conditional and the unconditional branch alike (as a ControlNet's condition).
     """
+
+    takes_condition = True
+    condition_kind = "lighting"
 
     def __init__(self, cfg, envs=("studio", "sky", "rgb", "sunset"), rotations: int = 4,
                  shapes_subset: tuple[str, ...] | None = None, device="cpu"):
-        from renderers.mesh import compose_dielectric, primitive_mesh, render_constant_dielectric
         from renderers.pbr import srgb_to_linear
+        from renderers.reference import compose_dielectric, primitive_mesh, render_constant_dielectric
 
         res = cfg.resolution or 64
         az = torch.arange(0.0, 360.0, LIGHT_AZIMUTH_STEP)
@@ -120,6 +131,32 @@ class LightAwareShapesPrior(ExemplarPrior):
                         tags += [(colour, shape, lighting_word(env, k))] * len(cams)
         super().__init__(torch.cat(images), torch.cat(dirs), tags, cfg.kappa, device, name="shapes-light",
                          data_sigma=cfg.data_sigma)
+        words = [lighting_word(env, k) for env in self.envs for k in range(rotations)]
+        self.light_index = torch.tensor([next(words.index(w) for w in t if w.startswith("env-")) for t in tags],
+                                        device=self.device)
+
+    def condition(self, cams: Cameras | None, batch: int) -> None:
+        """No condition images: the lighting acts on the exemplar weights (``denoise``)."""
+        return None
+
+    def lighting_log_prior(self, cams: Cameras | None, batch: int) -> torch.Tensor | None:
+        """[B,N] 0 for the exemplars lit like each row's view, MASKED elsewhere; None without a lighting condition."""
+        cond = None if cams is None else cams.condition
+        if cond is None:
+            return None
+        if cond.shape != (batch, 2):
+            raise PriorError(f"the light-aware shapes prior takes a [B,2] lighting condition, got {tuple(cond.shape)}")
+        row = cond[:, 0].round().long() * self.rotations + cond[:, 1].round().long()
+        match = self.light_index[None, :] == row.to(self.device)[:, None]
+        return torch.where(match, 0.0, MASKED)
+
+    def denoise(self, x_t, t, cond: Cond, cams: Cameras | None = None):
+        """The exemplar posterior mean, each row restricted to the exemplars lit like its view (the lighting joins the
+        prompt's log prior before the active exemplars are chosen, so the others cost nothing)."""
+        light = self.lighting_log_prior(cams, x_t.shape[0])
+        if light is not None:
+            cond = Cond({**cond.tensors, "log_prior": cond.tensors["log_prior"].to(self.device) + light})
+        return super().denoise(x_t, t, cond, cams)
 
     def log_prior(self, prompt: str):
         if prompt.strip():
