@@ -32,7 +32,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from foundation.cameras import Cameras
-from renderers.base import RenderOutput, composite
+from renderers.base import DensityField, GaussianSplats, OwnOptimizer, RenderOutput, composite
 from renderers.kernels import ENV_VAR, resolve_backend, splat
 from renderers.kernels import splat_cuda as _splat_cuda
 from renderers.kernels.splat_torch import SH_C0, covariance, eval_sh, quat_to_rotmat
@@ -266,8 +266,13 @@ def _initial_points(cfg: GaussiansConfig, gen: torch.Generator) -> tuple[Tensor,
             raise ValueError(f"unknown init {cfg.init!r}")
 
 
-class Gaussians(nn.Module):
-    """A set of 3D Gaussians with SH colour, rendered by splatting (the Scene protocol of renderers/base.py)."""
+class Gaussians(nn.Module, DensityField, GaussianSplats, OwnOptimizer):
+    """A set of 3D Gaussians with SH colour, rendered by splatting (the Scene protocol of renderers/base.py).
+
+    Abilities: a ``DensityField`` of kind "opacity" (the summed splat opacity) in the default [-1, 1]^3 box,
+    ``GaussianSplats`` (PLY export) and ``OwnOptimizer`` (densification edits the optimiser's state)."""
+
+    field_kind = "opacity"
 
     def __init__(self, cfg: GaussiansConfig, gen: torch.Generator, device: torch.device = torch.device("cpu")):
         super().__init__()

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from foundation.cameras import Cameras
 from foundation.materials import EMBOSS_HEIGHT, TILE, tangent_normals  # noqa: F401  (part of this module's API)
 from renderers import pbr
-from renderers.base import RenderOutput
+from renderers.base import ConditionRenderer, OwnExport, RenderOutput
 
 ENVS = ("studio", "sky", "rgb", "sunset")
 ENV_HEIGHT = 32
@@ -278,7 +278,7 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-class MaterialScene(nn.Module):
+class MaterialScene(nn.Module, ConditionRenderer, OwnExport):
     """Tileable PBR texel grids on a flat sample (see the module docstring)."""
 
     condition_kinds = ("material", "dreammat")

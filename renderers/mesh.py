@@ -36,9 +36,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from foundation.abilities import declares
 from foundation.cameras import Cameras
 from renderers import dmtet, envmaps, pbr
-from renderers.base import RenderOutput
+from renderers.base import (
+    AlbedoField,
+    ConditionRenderer,
+    DensityField,
+    MeshSource,
+    PBRMaterial,
+    Relightable,
+    RenderOutput,
+)
 from renderers.kernels import raster as K
 from renderers.kernels.hashgrid_torch import HashGrid
 
@@ -345,7 +354,7 @@ def surface_colour(scene, x: Tensor, n: Tensor, spacing: float, kind: str = "den
     return torch.where(acc > 1e-3, out, own)
 
 
-class Mesh(nn.Module):
+class Mesh(nn.Module, MeshSource, PBRMaterial, AlbedoField, Relightable, ConditionRenderer):
     """PBR triangle-mesh scene implementing the Scene protocol (renderers/base.py)."""
 
     condition_kinds = ("dreammat",)
@@ -426,6 +435,9 @@ class Mesh(nn.Module):
         """
         if self.cfg.mode != "deformable":
             raise ValueError("init_from_scene needs mesh.mode deformable")
+        if not declares(scene, DensityField):
+            raise ValueError(f"mesh.init_from: {what} ({type(scene).__name__}) is not a density field (a NeRF or "
+                             f"Gaussians scene)")
         cams = init_cameras(self.cfg.radius)
         with torch.no_grad():
             out = scene.render(cams, torch.ones(len(cams), cams.height, cams.width, 3))
@@ -461,7 +473,7 @@ class Mesh(nn.Module):
             a = alpha.reshape(-1, 1)
             keep = ((rast[..., 3] > 0).reshape(-1) & (a[:, 0] > PIXEL_MIN_ALPHA)).nonzero()[:, 0]
             pix = rgb.reshape(-1, 3)[keep]
-            kind = "opacity" if hasattr(scene, "export_tensors") else "density"
+            kind = scene.field_kind
             spacing = 2 * self.cfg.radius / self.cfg.tet_resolution
             ray = surface_colour(scene, v, vertex_normals(v, f), spacing, kind).clamp(0, 1)
             pts = torch.cat([xmap[keep], v]).to(self.sdf.device)

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from foundation.cameras import Cameras
 from renderers import kernels
-from renderers.base import RenderOutput, composite
+from renderers.base import DensityField, RenderOutput, composite
 from renderers.kernels.hashgrid_torch import HashGrid
 from renderers.kernels.volume_torch import OccupancyGrid
 from renderers.keylight import shade_under_key_light
@@ -165,8 +165,10 @@ def _mlp(d_in: int, width: int, d_out: int, gen: torch.Generator) -> nn.Sequenti
     return net
 
 
-class NeRF(nn.Module):
-    """Hash-grid radiance field implementing the Scene protocol (renderers/base.py)."""
+class NeRF(nn.Module, DensityField):
+    """Hash-grid radiance field implementing the Scene protocol (renderers/base.py); a ``DensityField`` (sigma)."""
+
+    field_kind = "density"
 
     def __init__(self, cfg: NeRFConfig, gen: torch.Generator, device: torch.device | str = "cpu"):
         super().__init__()
@@ -191,6 +193,11 @@ class NeRF(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.mlp[0].weight.device
+
+    @property
+    def bound(self) -> float:
+        """Half-size of the field's box (``DensityField``): cfg.radius."""
+        return float(self.cfg.radius)
 
     # ---- field -------------------------------------------------------------------------------------------------
 

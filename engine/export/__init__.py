@@ -13,10 +13,11 @@ PLY (Gaussian scenes only) goes through renderers.ply.save_ply.
 Frame: +Y up, right-handed, metres, front +Z, the object centred on the orbit target: the frame of the renders.
 ``up="z"`` turns +Y into +Z for Z-up tools (the GLB stays Y-up per the glTF spec unless asked).
 
-Scene hooks (duck-typed): ``query_density``/``query_albedo`` (NeRF, Gaussians), optionally
-``query_material(x) -> {"albedo" (linear), "roughness", "metallic", ["occlusion"], ["normal"]}`` and
-``export_mesh() -> {"vertices", "faces", ["uv" (glTF convention)], ["normals"]}`` (mesh/PBR scenes), and
-``export_tensors()`` (Gaussians, for PLY).
+What a scene must declare (renderers/base.py abilities, checked once with ``declares``): ``MeshSource``
+(``export_mesh``: the mesh scene) or ``DensityField`` (``query_density``, ``field_kind``, ``bound``: NeRF, Gaussians)
+for the geometry; ``PBRMaterial`` (``query_material``) or ``AlbedoField`` (``query_albedo``) for the textures;
+``GaussianSplats`` (``export_tensors``) for PLY; ``OwnExport`` for scenes that write their own outputs; a
+``SceneGroup`` (particles) exports its first scene.
 """
 
 import os
@@ -31,6 +32,8 @@ from engine.export.errors import ExportError
 from engine.export.gltf import png_bytes, write_glb
 from engine.export.mesh import Mesh, compact, extract_mesh, up_matrix, vertex_normals
 from engine.outputs import atomic_path, write_json
+from foundation.abilities import declares
+from renderers.base import DensityField, GaussianSplats, MeshSource, OwnExport, PBRMaterial, scenes_of
 
 FORMATS = ("glb", "obj", "usd", "usdz", "ply")
 MESH_FORMATS = ("glb", "obj", "usd", "usdz")
@@ -84,15 +87,12 @@ class Baked:
 
 
 def _base_scene(scene):
-    """The first scene of a multi-particle wrapper, else the scene itself."""
-    scenes = getattr(scene, "scenes", None)
-    if isinstance(scenes, (list, tuple, torch.nn.ModuleList)) and len(scenes):
-        return scenes[0]
-    return scene
+    """The first scene of a multi-particle wrapper (a ``SceneGroup``), else the scene itself."""
+    return scenes_of(scene)[0]
 
 
 def _scene_mesh(scene, opts: ExportOptions) -> tuple[Mesh, dict, object]:
-    if hasattr(scene, "export_mesh"):
+    if declares(scene, MeshSource):
         m = scene.export_mesh()
 
         def arr(key, dtype):
@@ -106,8 +106,9 @@ def _scene_mesh(scene, opts: ExportOptions) -> tuple[Mesh, dict, object]:
         if mesh.normals is None:
             mesh.normals = vertex_normals(mesh.vertices, mesh.faces)
         return mesh, {"source": "scene mesh", "faces": mesh.num_faces, "kept_uv": mesh.uv is not None}, None
-    if not hasattr(scene, "query_density"):
-        raise ExportError(f"{type(scene).__name__} has neither export_mesh() nor query_density(); cannot export a mesh")
+    if not declares(scene, DensityField):
+        raise ExportError(f"{type(scene).__name__} is neither a mesh (MeshSource) nor a density field (DensityField); "
+                          f"cannot export a mesh")
     mesh, info, normals = extract_mesh(scene, opts.resolution, opts.threshold, opts.max_faces,
                                        min_component=opts.min_component)
     return mesh, {"source": "marching cubes", **info}, normals
@@ -124,7 +125,7 @@ def bake_scene(scene, opts: ExportOptions) -> Baked:
     step = info.get("spacing", 0.01)
     bopts = BakeOptions(texture_size=opts.texture_size, padding=opts.padding, roughness=opts.roughness,
                         metallic=opts.metallic, normal_map=opts.normal_map, normal_step=step,
-                        scene_uv=bool(info.get("kept_uv")) and bool(getattr(scene, "uv_material", False)))
+                        scene_uv=bool(info.get("kept_uv")) and declares(scene, PBRMaterial) and scene.uv_material)
     textures, tan = bake(scene, mesh, bopts, field_normals=field_normals)
     t3 = time.perf_counter()
     R = up_matrix(opts.up)
@@ -182,7 +183,7 @@ def write_mesh_format(fmt: str, path: str, baked: Baked, opts: ExportOptions) ->
 def write_ply(path: str, scene, up: str) -> str:
     """3DGS PLY (INRIA layout) via renderers.ply.save_ply; Gaussian scenes only."""
     scene = _base_scene(scene)
-    if not hasattr(scene, "export_tensors"):
+    if not declares(scene, GaussianSplats):
         raise ExportError(f"ply is the Gaussian-splat format; this run's scene ({type(scene).__name__}) has no "
                           f"splats. Use --format glb, obj, usd or usdz")
     from renderers.ply import save_ply
@@ -243,20 +244,20 @@ def load_run_scene(run_dir: str, device: str = "cpu"):
     if found is None:
         raise ExportError(f"{run_dir} has no checkpoint (ckpts/step_*.safetensors) to export")
     gen = torch.Generator().manual_seed(cfg.seed)
-    if getattr(cfg, "particles", 1) > 1:
+    if cfg.particles > 1:
         from renderers.particles import Particles
         scene = Particles([cfg.renderer.build(gen, device) for _ in range(cfg.particles)])
     else:
         scene = cfg.renderer.build(gen, device)
     scene.load_state_dict(found[1]["scene"])
-    if hasattr(scene, "eval"):
+    if isinstance(scene, torch.nn.Module):
         scene.eval()
     return scene, cfg
 
 
 def default_formats(scene) -> list[str]:
     """GLB always; PLY too for Gaussian scenes."""
-    return ["glb", "ply"] if hasattr(_base_scene(scene), "export_tensors") else ["glb"]
+    return ["glb", "ply"] if declares(_base_scene(scene), GaussianSplats) else ["glb"]
 
 
 def export_run(run_dir: str, formats: list[str] | None = None, out: str | None = None,
@@ -281,7 +282,7 @@ def export_run(run_dir: str, formats: list[str] | None = None, out: str | None =
 
 def export_finished_run(run_dir: str, scene, texture_size: int = 1024) -> dict[str, str]:
     """The automatic export at the end of `engine generate`: GLB (and PLY for Gaussians) into RUN/export/."""
-    if hasattr(scene, "export_finished"):  # scenes that write their own outputs (renderers/material.py)
+    if declares(scene, OwnExport):  # scenes that write their own outputs (renderers/material.py)
         return scene.export_finished(run_dir, texture_size)
     report = export_run(run_dir, scene=scene, opts=ExportOptions(texture_size=texture_size))
     return {k: os.path.relpath(v, run_dir) for k, v in report["files"].items()}
