@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from foundation.abilities import declares
 from foundation.cameras import Cameras
 from guidance.base import (
     GuidanceOutput,
@@ -54,7 +55,6 @@ from guidance.base import (
     weight,
 )
 from guidance.perp_neg import PerpNegConfig, guided_eps
-from foundation.abilities import declares
 from guidance.priors.base import LoRAHost, Prior
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")

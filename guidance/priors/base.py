@@ -197,7 +197,7 @@ class ExemplarImages(Protocol):
 
 
 class ImageAdapterHost(Protocol):
-    """A prior that can load an IP-Adapter into its UNet and encode a reference image (guidance/priors/visual_prompt)."""
+    """A prior that loads an IP-Adapter into its UNet and encodes a reference image (guidance/priors/visual_prompt)."""
 
     @property
     @abstractmethod

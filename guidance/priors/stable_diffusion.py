@@ -18,9 +18,9 @@ import json
 import os
 import socket
 import warnings
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from collections.abc import Mapping
 from typing import Any, Callable, Sequence
 from urllib.parse import urlparse
 
@@ -525,8 +525,9 @@ class DiffusersPrior(TextEncoderRelease, DeferredChecks, OwnGenerator, LoRAHost,
 
     @contextmanager
     def unet_residuals(self, provider: Callable[[Tensor, Tensor, Cond], dict[str, Any]]):
-        """Inside the block every UNet call gets ``provider(x_t, t, cond)`` as extra keyword arguments (``UNetResiduals``:
-        a ControlNet's residuals, guidance/priors/controlnet.py); ``unet_kwargs`` is restored afterwards."""
+        """Inside the block every UNet call gets ``provider(x_t, t, cond)`` as extra keyword arguments
+        (``UNetResiduals``: a ControlNet's residuals, guidance/priors/controlnet.py); ``unet_kwargs`` is restored
+        afterwards."""
         previous, self.unet_kwargs = self.unet_kwargs, provider
         try:
             yield self
