@@ -24,6 +24,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -48,6 +49,9 @@ _PARAM_ATTRS = {"means": "means", "scales": "log_scales", "quats": "quats", "opa
 @dataclass
 class GaussiansConfig:
     """3D Gaussian splatting: initialisation, colour, learning rates, densification, regularisers and backend."""
+
+    REGULARIZERS: ClassVar[tuple[str, ...]] = ("scale", "anisotropy", "opacity")
+    """The terms ``Gaussians.regularizers`` returns: the keys a run's ``regularizers:`` may weight."""
 
     num_points: int = 2000
     """Gaussians at initialisation (ignored for init="file", which uses every point of the file)."""

@@ -41,6 +41,7 @@ Condition images: the training loop (engine/train.py ``_wire_condition``) sets `
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -67,6 +68,9 @@ EVAL_LIGHT = (0.0, 0.0, 40.0, 50.0, 1.5)  # env index, rotation, sun azimuth, su
 @dataclass
 class MaterialConfig:
     """A tileable PBR material on a flat sample (renderers/material.py)."""
+
+    REGULARIZERS: ClassVar[tuple[str, ...]] = ("detail", "metallic_binary")
+    """The terms ``MaterialScene.regularizers`` returns: the keys a run's ``regularizers:`` may weight."""
 
     texels: int = 128
     """Side of the optimised texel grids (the exported maps are resampled to train.export-texture-size)."""

@@ -31,6 +31,7 @@ import functools
 import math
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,10 @@ NEAR, FAR = 0.05, 50.0
 @dataclass
 class MeshConfig:
     """A PBR triangle mesh (DMTet or fixed) with neural or UV-texture materials, lit by environment maps."""
+
+    REGULARIZERS: ClassVar[tuple[str, ...]] = ("albedo_smooth", "roughness_prior", "metallic_prior",
+                                               "normal_perturbation", "normal_consistency", "laplacian", "sdf")
+    """The terms ``Mesh.regularizers`` may return: the keys a run's ``regularizers:`` may weight."""
 
     mode: str = "deformable"
     """"deformable" (DMTet) or "fixed" (a given mesh; materials only)."""

@@ -32,6 +32,7 @@ passed to ``NeRFConfig.build``, so one seed gives one run.
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,9 @@ AMBIENT, DIFFUSE = 0.1, 0.9
 @dataclass
 class NeRFConfig:
     """A hash-grid NeRF. Defaults are tuned for a 2-core CPU at 64×64 (see bench/bench_nerf.py)."""
+
+    REGULARIZERS: ClassVar[tuple[str, ...]] = ("orient", "sparsity", "opaque")
+    """The terms ``NeRF.regularizers`` returns: the keys a run's ``regularizers:`` may weight (engine/config.py)."""
 
     radius: float = 0.8
     """Half-size of the bounding box [−radius, radius]³ holding the field (the shapes world fits in |x| ≤ 0.75)."""

@@ -1,0 +1,273 @@
+"""Declared abilities (issue #14 step 3): scenes and priors say what they can do, the main paths check the declaration
+once with a clear error, objectives never reach into a prior's network, and regulariser weights are typed.
+"""
+
+import ast
+import pathlib
+
+import pytest
+import torch
+
+from engine.config import GenerateConfig, check_config, load_config, save_config
+from foundation.abilities import declares
+from foundation.cameras import orbit_cameras
+from renderers import RENDERERS
+from renderers.base import (
+    AlbedoField,
+    ConditionRenderer,
+    DensityField,
+    GaussianSplats,
+    MeshSource,
+    OwnExport,
+    OwnOptimizer,
+    PBRMaterial,
+    Relightable,
+    SceneGroup,
+)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_folder(tmp_path_factory):
+    from tiny_models import tiny_sd_path
+
+    return tiny_sd_path(tmp_path_factory)
+
+
+def _small(name: str):
+    """A small scene of each renderer (CPU, seconds)."""
+    overrides = {"nerf": {}, "gaussians": {"num_points": 64}, "mesh": {"tet_resolution": 8},
+                 "material": {"texels": 16}}[name]
+    return RENDERERS[name](**overrides).build(torch.Generator().manual_seed(0), "cpu")
+
+
+# -- what each scene declares ------------------------------------------------------------------------------------------
+DECLARED = {
+    "nerf": {DensityField, AlbedoField},
+    "gaussians": {DensityField, AlbedoField, GaussianSplats, OwnOptimizer},
+    "mesh": {MeshSource, PBRMaterial, AlbedoField, Relightable, ConditionRenderer},
+    "material": {ConditionRenderer, OwnExport},
+}
+ALL = {AlbedoField, DensityField, MeshSource, PBRMaterial, GaussianSplats, Relightable, OwnOptimizer,
+       ConditionRenderer, OwnExport, SceneGroup}
+
+
+@pytest.mark.parametrize("name", sorted(DECLARED))
+def test_each_scene_declares_exactly_its_abilities(name):
+    scene = _small(name)
+    assert {a for a in ALL if declares(scene, a)} == DECLARED[name]
+    if declares(scene, DensityField):
+        assert scene.field_kind in ("density", "opacity") and scene.bound > 0
+
+
+def test_particles_are_a_scene_group_and_forward_the_optimiser():
+    from renderers.particles import Particles
+
+    group = Particles([_small("gaussians"), _small("nerf")])
+    assert declares(group, SceneGroup, OwnOptimizer) and not declares(group, DensityField)
+
+
+def test_a_method_of_the_same_name_is_not_a_declaration():
+    """The check is nominal: an object that merely has ``query_density`` is no DensityField, and export says so."""
+    from engine.export import ExportError, export_scene
+
+    class Undeclared:
+        def query_density(self, x):
+            return torch.ones(x.shape[0])
+
+        def query_albedo(self, x):
+            return torch.ones(x.shape[0], 3)
+
+    assert not declares(Undeclared(), DensityField)
+    with pytest.raises(ExportError, match="neither a mesh .MeshSource. nor a density field"):
+        export_scene(Undeclared(), ["glb"], {"glb": "unused.glb"})
+
+
+def test_a_declared_ability_must_be_implemented():
+    class Broken(DensityField):  # declares the field but forgets query_density
+        def query_albedo(self, x):
+            return x
+
+    with pytest.raises(TypeError, match="query_density"):
+        Broken()
+
+
+def test_ply_of_a_scene_without_splats_is_one_clear_error(tmp_path):
+    from engine.export import ExportError, write_ply
+
+    with pytest.raises(ExportError, match=r"ply is the Gaussian-splat format; this run's scene \(NeRF\) has no splats"):
+        write_ply(str(tmp_path / "x.ply"), _small("nerf"), "y")
+    assert not (tmp_path / "x.ply").exists()
+
+
+def test_default_formats_follow_the_declarations():
+    from engine.export import default_formats
+    from renderers.particles import Particles
+
+    assert default_formats(_small("nerf")) == ["glb"]
+    assert default_formats(_small("gaussians")) == ["glb", "ply"]
+    assert default_formats(Particles([_small("gaussians")])) == ["glb", "ply"]
+
+
+def test_a_conditioned_prior_refuses_a_scene_that_renders_no_condition():
+    from engine.train import RunError, _wire_condition
+    from guidance.priors.base import ConditionedPrior
+
+    class Prior(ConditionedPrior):
+        condition_kind = "dreammat"
+
+    with pytest.raises(RunError, match="needs the mesh or material renderer") as e:
+        _wire_condition(Prior(), _small("nerf"))
+    assert e.value.code == 2
+    mesh = _small("mesh")
+    _wire_condition(Prior(), mesh)
+    assert mesh.render_condition == "dreammat"
+
+
+def test_mesh_init_from_needs_a_density_field():
+    with pytest.raises(ValueError, match="is not a density field"):
+        _small("mesh").init_from_scene(_small("material"), "a material run")
+
+
+# -- the prior side ------------------------------------------------------------------------------------------------
+def test_priors_declare_their_abilities(tiny_sd_folder):
+    from guidance.priors import PriorConfig, build_prior
+    from guidance.priors.base import (
+        ConditionedPrior,
+        DeferredChecks,
+        ExemplarImages,
+        ImageAdapterHost,
+        LoRAHost,
+        OwnGenerator,
+        TextEncoderRelease,
+        UNetResiduals,
+    )
+
+    sd = build_prior(PriorConfig(name=tiny_sd_folder))
+    assert declares(sd, TextEncoderRelease, DeferredChecks, OwnGenerator, LoRAHost, UNetResiduals, ImageAdapterHost)
+    assert not declares(sd, ConditionedPrior, ExemplarImages)
+    shapes = build_prior(PriorConfig(name="shapes"))
+    assert declares(shapes, ExemplarImages) and not declares(shapes, LoRAHost, TextEncoderRelease)
+    materials = build_prior(PriorConfig(name="materials"))
+    assert declares(materials, ConditionedPrior) and not declares(materials, ExemplarImages)
+
+
+def test_vsd_particle_score_goes_through_the_prior(tiny_sd_folder):
+    """The LoRA branch is the prior's ``lora_output``: at B = 0 (LoRA's zero init) and a zero camera MLP it equals the
+    pretrained UNet's raw output, and with the adapter on it gets a gradient, which ``predict_eps`` never sees."""
+    from guidance.priors import PriorConfig, build_prior
+    from guidance.vsd import VSDConfig
+
+    sd = build_prior(PriorConfig(name=tiny_sd_folder))
+    vsd = VSDConfig().build(sd, torch.Generator().manual_seed(0), 4)
+    with torch.no_grad():
+        for p in vsd.particle.camera_mlp.parameters():
+            p.zero_()
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([100, 700])
+    cond = sd.embed(["a red cube", "a red cube"])
+    raw = vsd.particle.raw(x, t, cond, torch.randn(2, 16))
+    eps = sd.predict_eps(x, t, cond)
+    torch.testing.assert_close(raw, eps, atol=1e-5, rtol=1e-4)  # epsilon-prediction prior, LoRA B = 0
+    raw.square().sum().backward()
+    assert all(p.grad is not None for p in vsd.particle.lora)
+
+
+# -- no capability probing on the main paths --------------------------------------------------------------------------
+CAPABILITIES = {
+    # scenes
+    "query_density", "query_albedo", "query_material", "export_mesh", "export_tensors", "export_finished",
+    "field_kind", "aabb", "bound", "relightable", "uv_material", "attach_optimizer", "scenes", "condition_kinds",
+    "render_condition", "regularizer_weights", "render", "eval", "train", "training", "to", "parameters",
+    # priors and objectives
+    "unet", "_added_cond", "unet_kwargs", "images", "tags", "text_encoder", "release_text_encoders",
+    "nonfinite_report", "generator", "takes_condition", "condition_kind", "prior", "state_dict", "image_encoder",
+}
+REMAINING = {
+    ("engine/texture.py", "takes_condition"):
+        "the texture command's own loop, replaced by the generate pipeline (issue #14 step 2, another branch)",
+    ("apps/jobs.py", "train"):
+        "tells a GenerateConfig (cfg.train.steps) from the material command's config (cfg.steps): a config's shape, "
+        "not a scene's or a prior's ability",
+}
+"""Probes of a capability name that remain, with why."""
+
+
+def _probes():
+    found = set()
+    for pkg in ("engine", "renderers", "guidance", "apps", "foundation"):
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                        and node.func.id in ("hasattr", "getattr") and len(node.args) >= 2
+                        and isinstance(node.args[1], ast.Constant) and node.args[1].value in CAPABILITIES):
+                    found.add((str(path.relative_to(ROOT)), node.args[1].value))
+    return found
+
+
+def test_no_hasattr_or_getattr_probe_for_a_capability():
+    probes = _probes()
+    assert probes - set(REMAINING) == set(), sorted(probes - set(REMAINING))
+
+
+def test_objectives_never_touch_the_prior_network():
+    """guidance/*.py (the objectives) reach the prior only through the Prior protocol and its declared abilities."""
+    internals = {"unet", "_added_cond", "unet_kwargs", "vae", "text_encoder", "controlnet", "_unet_output"}
+    bad = []
+    for path in sorted((ROOT / "guidance").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr in internals:
+                bad.append(f"{path.name}:{node.lineno} .{node.attr}")
+    assert bad == []
+
+
+# -- typed regulariser weights --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(RENDERERS))
+def test_every_term_and_default_weight_is_declared(name):
+    """A scene's regulariser terms and default weights use only the names its config declares (REGULARIZERS)."""
+    overrides = {"mesh": {"tet_resolution": 8, "normal_perturbation": True}}.get(name, {})
+    cfg = RENDERERS[name](**overrides)
+    scene = cfg.build(torch.Generator().manual_seed(0), "cpu")
+    cams = orbit_cameras(torch.tensor([0.0, 90.0]), 20.0, 2.5, 40.0, 16)
+    out = scene.render(cams, torch.ones(2, 16, 16, 3))
+    declared = set(type(cfg).REGULARIZERS)
+    assert set(scene.regularizers(out, 0)) <= declared
+    assert set(scene.regularizer_weights) <= declared
+
+
+def test_a_misspelt_regulariser_is_refused_on_the_command_line(tmp_path, capsys):
+    from engine.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        raise SystemExit(main(["generate", "a red cube", "--regularizers", "sparsty", "1", "--out",
+                               str(tmp_path / "run")]))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert "'sparsty' is not a term of the nerf renderer (its terms: orient, sparsity, opaque)" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_misspelt_regulariser_is_refused_in_a_config_file_and_on_resume(tmp_path):
+    from engine.train import RunError, generate
+    from renderers.mesh import MeshConfig
+
+    cfg = GenerateConfig(prompt="a red cube", renderer=MeshConfig(), regularizers={"sdf": 0.5})
+    check_config(cfg)  # a real term passes
+    save_config(cfg, str(tmp_path / "ok.yaml"))
+    assert load_config(str(tmp_path / "ok.yaml")).regularizers == {"sdf": 0.5}
+    text = (tmp_path / "ok.yaml").read_text().replace("sdf: 0.5", "lambda_sdf: 0.5")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(text)
+    with pytest.raises(ValueError, match="'lambda_sdf' is not a term of the mesh renderer"):
+        load_config(str(tmp_path / "run" / "config.yaml"))
+    with pytest.raises(RunError, match="'lambda_sdf' is not a term of the mesh renderer") as e:
+        generate(GenerateConfig(), resume=str(tmp_path / "run"))
+    assert e.value.code == 2
+
+
+def test_a_declared_weight_is_taken():
+    from engine.cli import build_generate_config
+
+    cfg, _ = build_generate_config(["a red cube", "--renderer", "gaussians", "--regularizers", "opacity", "0.5"])
+    assert cfg.regularizers == {"opacity": 0.5}
