@@ -211,15 +211,24 @@ def test_no_hasattr_or_getattr_probe_for_a_capability():
     assert probes - set(REMAINING) == set(), sorted(probes - set(REMAINING))
 
 
-def test_objectives_never_touch_the_prior_network():
-    """guidance/*.py (the objectives) reach the prior only through the Prior protocol and its declared abilities."""
-    internals = {"unet", "_added_cond", "unet_kwargs", "vae", "text_encoder", "controlnet", "_unet_output"}
-    bad = []
-    for path in sorted((ROOT / "guidance").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Attribute) and node.attr in internals:
-                bad.append(f"{path.name}:{node.lineno} .{node.attr}")
-    assert bad == []
+NETWORK = {"unet", "_added_cond", "unet_kwargs", "_unet_output", "vae", "text_encoder", "tokenizer",
+           "scheduler_config"}
+"""A diffusers prior's internals: its networks and hooks."""
+
+
+def _attributes(paths, names):
+    return [f"{p.name}:{node.lineno} .{node.attr}" for p in paths
+            for node in ast.walk(ast.parse(p.read_text(), str(p))) if isinstance(node, ast.Attribute)
+            and node.attr in names]
+
+
+def test_objectives_and_wrappers_never_touch_the_prior_network():
+    """The objectives (guidance/*.py) and the prior wrappers (ControlNet, visual prompt) reach a prior only through
+    the Prior protocol and its declared abilities (LoRAHost, UNetResiduals, ImageAdapterHost, ...)."""
+    objectives = sorted((ROOT / "guidance").glob("*.py"))
+    assert _attributes(objectives, NETWORK | {"controlnet"}) == []
+    wrappers = [ROOT / "guidance" / "priors" / f for f in ("controlnet.py", "visual_prompt.py")]
+    assert _attributes(wrappers, NETWORK) == []
 
 
 # -- typed regulariser weights --------------------------------------------------------------------------------------
