@@ -280,3 +280,23 @@ def test_a_declared_weight_is_taken():
 
     cfg, _ = build_generate_config(["a red cube", "--renderer", "gaussians", "--regularizers", "opacity", "0.5"])
     assert cfg.regularizers == {"opacity": 0.5}
+
+
+def test_vsd_lora_state_round_trips_through_the_prior(tiny_sd_folder):
+    """A checkpoint's particle state (LoRA tensors by UNet name, camera MLP) loads into a fresh prior's adapter."""
+    from guidance.priors import PriorConfig, build_prior
+    from guidance.vsd import VSDConfig
+
+    a = VSDConfig().build(build_prior(PriorConfig(name=tiny_sd_folder)), torch.Generator().manual_seed(0), 4)
+    with torch.no_grad():
+        for p in a.particle.trainable():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    state = a.state_dict()
+    assert sum(k.startswith("lora.") for k in state) == len(a.particle.lora) > 0
+    b = VSDConfig().build(build_prior(PriorConfig(name=tiny_sd_folder)), torch.Generator().manual_seed(1), 4)
+    b.load_state_dict(state)
+    assert all(torch.equal(v, state[k]) for k, v in b.state_dict().items())
+    x, t = torch.randn(1, 4, 8, 8), torch.tensor([400])
+    cond, cam = a.prior.embed(["a red cube"]), torch.randn(1, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(a.particle.raw(x, t, cond, cam), b.particle.raw(x, t, cond, cam))
