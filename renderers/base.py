@@ -14,7 +14,6 @@ and the main paths check ``declares(scene, Ability)`` once, with a clear error w
 - ``Relightable``: ``relightable``, ``cfg.eval_shading`` (evaluation against the shapes world).
 - ``OwnOptimizer``: ``attach_optimizer(opt)``, densification edits the optimiser (the training loop).
 - ``ConditionRenderer``: ``condition_kinds``, ``render_condition`` (ControlNet / materials-prior wiring).
-- ``OwnExport``: ``export_finished(run_dir, size)``, writes its own outputs (the end-of-run export).
 - ``SceneGroup``: ``scenes``, several scenes trained together (export, wiring, evaluation).
 """
 
@@ -154,14 +153,6 @@ class ConditionRenderer(Protocol):
     """The condition layouts it can render (a prior's ``condition_kind``, guidance/priors/base.py)."""
     render_condition: bool | str
     """False, or the kind to render with each training view (set by the training loop)."""
-
-
-class OwnExport(Protocol):
-    """A scene that writes its own outputs at the end of a run (the material scene's maps) instead of a mesh."""
-
-    @abstractmethod
-    def export_finished(self, run_dir: str, texture_size: int) -> dict[str, str]:
-        """Write the outputs under ``run_dir``; {name: path relative to run_dir}."""
 
 
 class SceneGroup(Protocol):

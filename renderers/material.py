@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from foundation.cameras import Cameras
 from foundation.materials import EMBOSS_HEIGHT, TILE, tangent_normals  # noqa: F401  (part of this module's API)
 from renderers import pbr
-from renderers.base import ConditionRenderer, OwnExport, RenderOutput
+from renderers.base import ConditionRenderer, RenderOutput
 
 ENVS = ("studio", "sky", "rgb", "sunset")
 ENV_HEIGHT = 32
@@ -282,7 +282,7 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-class MaterialScene(nn.Module, ConditionRenderer, OwnExport):
+class MaterialScene(nn.Module, ConditionRenderer):
     """Tileable PBR texel grids on a flat sample (see the module docstring)."""
 
     condition_kinds = ("material", "dreammat")

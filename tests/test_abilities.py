@@ -18,7 +18,6 @@ from renderers.base import (
     DensityField,
     GaussianSplats,
     MeshSource,
-    OwnExport,
     OwnOptimizer,
     PBRMaterial,
     Relightable,
@@ -47,10 +46,10 @@ DECLARED = {
     "nerf": {DensityField, AlbedoField},
     "gaussians": {DensityField, AlbedoField, GaussianSplats, OwnOptimizer},
     "mesh": {MeshSource, PBRMaterial, AlbedoField, Relightable, ConditionRenderer},
-    "material": {ConditionRenderer, OwnExport},
+    "material": {ConditionRenderer},
 }
 ALL = {AlbedoField, DensityField, MeshSource, PBRMaterial, GaussianSplats, Relightable, OwnOptimizer,
-       ConditionRenderer, OwnExport, SceneGroup}
+       ConditionRenderer, SceneGroup}
 
 
 @pytest.mark.parametrize("name", sorted(DECLARED))
@@ -128,6 +127,41 @@ def test_a_conditioned_prior_refuses_a_scene_that_renders_no_condition():
 def test_mesh_init_from_needs_a_density_field():
     with pytest.raises(ValueError, match="is not a density field"):
         _small("mesh").init_from_scene(_small("material"), "a material run")
+
+
+def _our_classes(packages):
+    import importlib
+    import inspect
+    import pkgutil
+
+    seen = {}
+    for pkg in packages:
+        mod = importlib.import_module(pkg)
+        for info in pkgutil.iter_modules(mod.__path__, pkg + "."):
+            m = importlib.import_module(info.name)
+            for _, cls in inspect.getmembers(m, inspect.isclass):
+                if cls.__module__ == m.__name__ and not getattr(cls, "_is_protocol", False):
+                    seen[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return seen
+
+
+def test_every_class_with_an_ability_member_declares_it():
+    """A scene or prior class that carries an ability's member must declare the ability: otherwise the main paths,
+    which check declarations only, would silently skip it (e.g. a new conditioned prior never wired)."""
+    from guidance.priors import base as pb
+    from renderers import base as rb
+
+    needs = {"query_density": rb.DensityField, "query_albedo": rb.AlbedoField, "export_mesh": rb.MeshSource,
+             "query_material": rb.PBRMaterial, "export_tensors": rb.GaussianSplats, "relightable": rb.Relightable,
+             "attach_optimizer": rb.OwnOptimizer, "condition_kinds": rb.ConditionRenderer,
+             "release_text_encoders": pb.TextEncoderRelease, "nonfinite_report": pb.DeferredChecks,
+             "attach_lora": pb.LoRAHost, "lora_output": pb.LoRAHost, "unet_residuals": pb.UNetResiduals,
+             "condition_kind": pb.ConditionedPrior, "takes_condition": pb.ConditionedPrior,
+             "load_ip_adapter": pb.ImageAdapterHost}
+    missing = [f"{name} has {member} but does not declare {ability.__name__}"
+               for name, cls in _our_classes(["renderers", "guidance.priors"]).items()
+               for member, ability in needs.items() if member in dir(cls) and ability not in cls.__mro__]
+    assert missing == []
 
 
 # -- the prior side ------------------------------------------------------------------------------------------------

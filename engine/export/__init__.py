@@ -16,8 +16,8 @@ Frame: +Y up, right-handed, metres, front +Z, the object centred on the orbit ta
 What a scene must declare (renderers/base.py abilities, checked once with ``declares``): ``MeshSource``
 (``export_mesh``: the mesh scene) or ``DensityField`` (``query_density``, ``field_kind``, ``bound``: NeRF, Gaussians)
 for the geometry; ``PBRMaterial`` (``query_material``) or ``AlbedoField`` (``query_albedo``) for the textures;
-``GaussianSplats`` (``export_tensors``) for PLY; ``OwnExport`` for scenes that write their own outputs; a
-``SceneGroup`` (particles) exports its first scene.
+``GaussianSplats`` (``export_tensors``) for PLY; a ``SceneGroup`` (particles) exports its first scene. A material
+run (``MaterialScene``) writes its own outputs.
 """
 
 import os
@@ -33,7 +33,7 @@ from engine.export.gltf import png_bytes, write_glb
 from engine.export.mesh import Mesh, compact, extract_mesh, up_matrix, vertex_normals
 from engine.outputs import atomic_path, write_json
 from foundation.abilities import declares
-from renderers.base import DensityField, GaussianSplats, MeshSource, OwnExport, PBRMaterial, scenes_of
+from renderers.base import DensityField, GaussianSplats, MeshSource, PBRMaterial, scenes_of
 
 FORMATS = ("glb", "obj", "usd", "usdz", "ply")
 MESH_FORMATS = ("glb", "obj", "usd", "usdz")
@@ -282,7 +282,9 @@ def export_run(run_dir: str, formats: list[str] | None = None, out: str | None =
 
 def export_finished_run(run_dir: str, scene, texture_size: int = 1024) -> dict[str, str]:
     """The automatic export at the end of `engine generate`: GLB (and PLY for Gaussians) into RUN/export/."""
-    if declares(scene, OwnExport):  # scenes that write their own outputs (renderers/material.py)
+    from renderers.material import MaterialScene
+
+    if isinstance(scene, MaterialScene):  # a material run writes its own outputs (renderers/material.py)
         return scene.export_finished(run_dir, texture_size)
     report = export_run(run_dir, scene=scene, opts=ExportOptions(texture_size=texture_size))
     return {k: os.path.relpath(v, run_dir) for k, v in report["files"].items()}
