@@ -92,11 +92,11 @@ def render_views(scene, cams: Cameras, background: Tensor, chunk: int = 4) -> tu
     The scene is put in eval mode meanwhile, so evaluation renders use no random shading or jitter and draw
     nothing from the run's generator (previews do not change the training trajectory).
     """
-    # a torch module scene; a particle group's members keep their mode (as they always have: their previews shade
-    # as in training)
-    modules = [(scene, scene.training)] if isinstance(scene, torch.nn.Module) else []
-    for s, _ in modules:
-        s.train(False)
+    # a torch module scene (a particle group's members keep their mode, as they always have)
+    module = scene if isinstance(scene, torch.nn.Module) else None
+    was_training = module is not None and module.training
+    if module is not None:
+        module.train(False)
     rgbs, alphas = [], []
     try:
         for i in range(0, len(cams), chunk):
@@ -105,8 +105,8 @@ def render_views(scene, cams: Cameras, background: Tensor, chunk: int = 4) -> tu
             rgbs.append(out.rgb.float().cpu())
             alphas.append(out.alpha.float().cpu())
     finally:
-        for s, was_training in modules:
-            s.train(was_training)
+        if module is not None:
+            module.train(was_training)
     return torch.cat(rgbs), torch.cat(alphas)
 
 
