@@ -95,7 +95,8 @@ class GenerateConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     """Loop length, logging, previews, checkpoints, video."""
     regularizers: dict[str, float] = field(default_factory=dict)
-    """Weights of the scene's regularisers by name (unset names use the scene's defaults)."""
+    """Weights of the scene's regularisers by name (unset names use the scene's defaults); the names are the
+    renderer config's ``REGULARIZERS``, and any other is refused (check_config)."""
     particles: int = 1
     """Number of scenes optimised together (VSD particles); the camera batch is a multiple of it."""
     resolution: int = 64
@@ -399,9 +400,23 @@ def _numbers(value):
     return []
 
 
+def check_regularizers(cfg: GenerateConfig) -> None:
+    """Refuse (ValueError, one line) a ``regularizers:`` key that is not one of the renderer's terms (its config's
+    ``REGULARIZERS``): a misspelt weight would otherwise be silently ignored by the training loop."""
+    names = type(cfg.renderer).REGULARIZERS
+    unknown = [k for k in cfg.regularizers if k not in names]
+    if unknown:
+        renderer = component_name(cfg.renderer, RENDERERS)
+        raise ValueError(f"regularizers: {unknown[0]!r} is not a term of the {renderer} renderer "
+                         f"(its terms: {', '.join(names)})")
+
+
 def check_config(cfg, bounds: dict | None = None, prefix: str = "") -> None:
     """Refuse (ValueError, one line naming the field) any numeric field outside its bound, any non-finite float,
-    and any string field outside its CHOICES. ``bounds`` adds or tightens ranges (the app's stricter limits)."""
+    any string field outside its CHOICES and any regulariser weight the renderer has no term for
+    (``check_regularizers``). ``bounds`` adds or tightens ranges (the app's stricter limits)."""
+    if isinstance(cfg, GenerateConfig):
+        check_regularizers(cfg)
     table = {**BOUNDS, **(bounds or {})}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)

@@ -16,8 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine import runfolder
+from foundation.abilities import declares
 from foundation.cameras import Cameras, orbit_cameras
 from renderers import dmtet, pbr
+from renderers.base import DensityField, scenes_of
 from renderers.kernels import raster as K
 from renderers.mesh import Mesh, MeshConfig, nudge_sdf, projection, vertex_normals
 
@@ -35,8 +37,7 @@ def load_source(run_dir: str, device: str | torch.device = "cpu"):
         run = runfolder.load_run(run_dir, device)
     except runfolder.NoCheckpoint:
         raise ValueError(f"mesh.init_from: {run_dir} has no checkpoint") from None
-    scenes = getattr(run.scene, "scenes", None)  # a particles run: the first particle
-    return scenes[0] if scenes else run.scene
+    return scenes_of(run.scene)[0]  # a particles run: the first particle
 
 
 def initialise(scene, renderer_cfg) -> None:
@@ -45,7 +46,7 @@ def initialise(scene, renderer_cfg) -> None:
     if not isinstance(renderer_cfg, MeshConfig) or not renderer_cfg.init_from or renderer_cfg.mode != "deformable":
         return
     source = load_source(renderer_cfg.init_from)
-    for mesh in getattr(scene, "scenes", [scene]):
+    for mesh in scenes_of(scene):
         init_from_scene(mesh, source, renderer_cfg.init_from)
 
 
@@ -161,13 +162,16 @@ def surface_colour(scene, x: Tensor, n: Tensor, spacing: float, kind: str = "den
 
 def init_from_scene(mesh: Mesh, scene, what: str = "the source scene", albedo_steps: int = 300) -> None:
     """Initialise a deformable ``mesh``'s SDF and material field from a density scene (a NeRF or Gaussians run's
-    scene, or anything with ``query_density``, ``query_albedo`` and ``render``), so that the mesh renders like it.
+    scene: a declared ``DensityField``), so that the mesh renders like it.
 
     Geometry: ``sdf_from_density`` against the scene's alpha on ``init_cameras``. Colour: ``distill_albedo``
     against the scene's rendered colour on the same views.
     """
     if mesh.cfg.mode != "deformable":
         raise ValueError("init_from_scene needs mesh.mode deformable")
+    if not declares(scene, DensityField):
+        raise ValueError(f"mesh.init_from: {what} ({type(scene).__name__}) is not a density field (a NeRF or "
+                         f"Gaussians scene)")
     cams = init_cameras(mesh.cfg.radius)
     with torch.no_grad():
         out = scene.render(cams, torch.ones(len(cams), cams.height, cams.width, 3))
@@ -203,7 +207,7 @@ def distill_albedo(mesh: Mesh, scene, cams: Cameras, rgb: Tensor, alpha: Tensor,
         a = alpha.reshape(-1, 1)
         keep = ((rast[..., 3] > 0).reshape(-1) & (a[:, 0] > PIXEL_MIN_ALPHA)).nonzero()[:, 0]
         pix = rgb.reshape(-1, 3)[keep]
-        kind = "opacity" if hasattr(scene, "export_tensors") else "density"
+        kind = scene.field_kind
         spacing = 2 * mesh.cfg.radius / mesh.cfg.tet_resolution
         ray = surface_colour(scene, v, vertex_normals(v, f), spacing, kind).clamp(0, 1)
         pts = torch.cat([xmap[keep], v]).to(mesh.sdf.device)

@@ -24,7 +24,9 @@ import torch
 from torch import Tensor
 
 from foundation import shapes
+from foundation.abilities import declares
 from foundation.cameras import CameraConfig, Cameras, turntable
+from renderers.base import Relightable, scenes_of
 
 
 @contextmanager
@@ -90,9 +92,11 @@ def render_views(scene, cams: Cameras, background: Tensor, chunk: int = 4) -> tu
     The scene is put in eval mode meanwhile, so evaluation renders use no random shading or jitter and draw
     nothing from the run's generator (previews do not change the training trajectory).
     """
-    was_training = getattr(scene, "training", False)
-    if hasattr(scene, "train"):
-        scene.train(False)
+    # a torch module scene (a particle group's members keep their mode, as they always have)
+    module = scene if isinstance(scene, torch.nn.Module) else None
+    was_training = module is not None and module.training
+    if module is not None:
+        module.train(False)
     rgbs, alphas = [], []
     try:
         for i in range(0, len(cams), chunk):
@@ -101,8 +105,8 @@ def render_views(scene, cams: Cameras, background: Tensor, chunk: int = 4) -> tu
             rgbs.append(out.rgb.float().cpu())
             alphas.append(out.alpha.float().cpu())
     finally:
-        if hasattr(scene, "train"):
-            scene.train(was_training)
+        if module is not None:
+            module.train(was_training)
     return torch.cat(rgbs), torch.cat(alphas)
 
 
@@ -130,10 +134,10 @@ def eval_cameras(cam_cfg: CameraConfig, n: int, resolution: int) -> Cameras:
 
 @contextmanager
 def ground_truth_light(scene):
-    """Relightable scenes (``relightable = True``: the PBR mesh, whose albedo carries no lighting) render under the
-    shapes world's own light (mesh eval_shading "shapes") inside this block; field scenes bake their lighting into
-    their colour and render as they are."""
-    meshes = [s for s in getattr(scene, "scenes", [scene]) if getattr(s, "relightable", False)]
+    """Scenes that declare ``Relightable`` (the PBR mesh, whose albedo carries no lighting; renderers/base.py) render
+    under the shapes world's own light (eval_shading "shapes") inside this block, unless an instance turned
+    ``relightable`` off; field scenes bake their lighting into their colour and render as they are."""
+    meshes = [s for s in scenes_of(scene) if declares(s, Relightable) and s.relightable]
     old = [s.cfg.eval_shading for s in meshes]
     for s in meshes:
         s.cfg.eval_shading = "shapes"

@@ -118,7 +118,7 @@ def load_run(run_dir: str, device: str | torch.device = "cpu", checkpoint: str |
     if scene:
         run.scene = build_scene(cfg, torch.Generator().manual_seed(cfg.seed), device, restore=True)
         run.scene.load_state_dict(state["scene"])
-        if hasattr(run.scene, "eval"):
+        if isinstance(run.scene, torch.nn.Module):
             run.scene.eval()
     return run
 

@@ -27,13 +27,15 @@ from engine import init_from, outputs, runfolder
 from engine.checkpoint import latest_checkpoint, prune_checkpoints, save_checkpoint, step_path
 from engine.config import GenerateConfig, default_run_dir, save_config
 from foundation import shapes
+from foundation.abilities import declares
 from foundation.backend import CudaUnavailable, no_cuda_device
 from foundation.backend import resolve as resolve_cuda
 from foundation.cameras import sample_cameras
 from guidance.priors import SHAPES_WORLD, Prior, build_prior
+from guidance.priors.base import ConditionedPrior, DeferredChecks, OwnGenerator, TextEncoderRelease
 from guidance.priors.shapes import LIGHT_AWARE, LightAwareShapesPrior
 from guidance.prompts import PromptSet
-from renderers.base import Background
+from renderers.base import Background, ConditionRenderer, OwnOptimizer, scenes_of
 from renderers.mesh import MeshConfig
 
 
@@ -120,7 +122,7 @@ def _prepare(cfg: GenerateConfig, device: torch.device) -> tuple[Prior, PromptSe
         prompts = PromptSet(prior, cfg.prompt, cfg.negative_prompt, cfg.prompts)
     except ValueError as e:  # PriorError is a ValueError
         raise RunError(str(e), code=2) from None
-    if hasattr(prior, "release_text_encoders"):  # every prompt of the run is embedded: free the encoders' memory
+    if declares(prior, TextEncoderRelease):  # every prompt of the run is embedded: free the encoders' memory
         prior.release_text_encoders()
     return prior, prompts
 
@@ -165,12 +167,12 @@ CONDITION_RENDERERS: dict[str, tuple[str, tuple[str, ...]]] = {
 def _wire_condition(prior, scene) -> None:
     """A prior that takes per-view condition images (the ControlNet prior, the materials prior) gets them from the
     scene's renders: set each scene's ``render_condition`` to the prior's declared ``condition_kind``, or refuse a
-    scene whose ``condition_kinds`` lack it (exit 2, before any file is written)."""
-    if not getattr(prior, "takes_condition", False):
+    scene that is no ``ConditionRenderer`` of that kind (exit 2, before any file is written)."""
+    if not declares(prior, ConditionedPrior):
         return
     kind = prior.condition_kind
-    scenes = getattr(scene, "scenes", [scene])  # Particles holds several
-    if not all(kind in getattr(s, "condition_kinds", ()) for s in scenes):
+    scenes = scenes_of(scene)  # Particles holds several
+    if not all(declares(s, ConditionRenderer) and kind in s.condition_kinds for s in scenes):
         who, renderers = CONDITION_RENDERERS.get(kind, (f"a prior taking {kind!r} conditions", ()))
         where = (f"the {' or '.join(renderers)} renderer (--renderer {'|'.join(renderers)})" if renderers
                  else "a renderer that renders them")
@@ -181,13 +183,11 @@ def _wire_condition(prior, scene) -> None:
 
 def _prior_generator(guidance) -> torch.Generator | None:
     """The prior's own generator (diffusers priors sample the VAE posterior with it, on the prior's device)."""
-    gen = getattr(getattr(guidance, "prior", None), "generator", None)
-    return gen if isinstance(gen, torch.Generator) else None
+    return guidance.prior.generator if declares(guidance.prior, OwnGenerator) else None
 
 
 def _state(step, scene, guidance, background, opt, gen) -> dict:
-    guidance_state = guidance.state_dict() if hasattr(guidance, "state_dict") else {}
-    state = {"step": step, "scene": scene.state_dict(), "guidance": guidance_state,
+    state = {"step": step, "scene": scene.state_dict(), "guidance": guidance.state_dict(),
              "background": background.state_dict(), "optimizer": opt.state_dict(),
              "rng": gen.get_state(), "torch_rng": torch.get_rng_state()}
     prior_gen = _prior_generator(guidance)
@@ -250,7 +250,7 @@ def generate(cfg: GenerateConfig, resume: str | None = None, hooks: Hooks | None
         if "prior_rng" in state and _prior_generator(guidance) is not None:
             _prior_generator(guidance).set_state(state["prior_rng"].cpu())
         start = state["step"]
-    if hasattr(scene, "attach_optimizer"):
+    if declares(scene, OwnOptimizer):
         scene.attach_optimizer(opt)
 
     created = not resume and (not cfg.out or not os.path.exists(run_dir))  # this run makes its folder
@@ -300,9 +300,9 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
     if tc.progress:
         from tqdm import tqdm
         bar = tqdm(total=tc.steps, initial=start, desc="generate", unit="it", dynamic_ncols=True)
-    weights = {**getattr(scene, "regularizer_weights", {}), **cfg.regularizers}
+    weights = {**scene.regularizer_weights, **cfg.regularizers}  # names checked at config time (check_config)
     train_s, step = 0.0, start  # seconds spent in training steps (previews, evals, checkpoints excluded)
-    watch = _FiniteWatch(device, run_dir, ckpt_dir, getattr(guidance, "prior", None))
+    watch = _FiniteWatch(device, run_dir, ckpt_dir, guidance.prior)
     outputs.set_status(run_dir, "running", step)
     try:
         for step in range(start, tc.steps):
@@ -408,7 +408,8 @@ class _FiniteWatch:
     def __init__(self, device: torch.device, run_dir: str, ckpt_dir: str, prior=None):
         self.lazy = torch.device(device).type == "cuda"
         self.run_dir, self.ckpt_dir = run_dir, ckpt_dir
-        self.prior_report = getattr(prior, "nonfinite_report", None)  # the prior's deferred NaN checks (GPU)
+        # the prior's deferred NaN checks (GPU)
+        self.prior_report = prior.nonfinite_report if declares(prior, DeferredChecks) else None
         self.bad_step = torch.full((), -1, dtype=torch.long, device=device)
         self.bad_value = torch.zeros((), dtype=torch.float32, device=device)
 

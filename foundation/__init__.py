@@ -5,4 +5,5 @@
 - ``materials``: the tileable materials world (its ground truth and its tangent-space normal convention).
 - ``meshio``: reading a user's mesh (folder-confined companion files, repairs, normalisation).
 - ``device``: host-to-device copies that do not sync.
+- ``abilities``: ``declares``, the nominal check of the abilities scenes and priors declare.
 """

@@ -40,6 +40,12 @@ class Guidance(Protocol):
         """Optimiser groups the objective owns (VSD's particle score); {} for stateless objectives."""
         ...
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """What a checkpoint keeps of the objective (VSD's particle score); {} for stateless objectives."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None: ...
+
 
 class Objective:
     """What every objective holds: its config, its prior, the run's generator and the run length.
@@ -52,6 +58,13 @@ class Objective:
 
     def param_groups(self) -> dict[str, dict]:
         return {}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, but the checkpoint holds {sorted(state)[:3]}")
 
     def draw_t_noise(self, z: Tensor, step: int, t: Tensor | None = None,
                      noise: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -14,11 +14,12 @@ The loss returned is surrogate(z, g) + lambda_lora L_phi: one backward pass serv
 (eps_phi is evaluated without gradient) and L_phi never reaches the scene (z is detached).
 
 The particle score model:
-- diffusers priors (with a ``unet``): a LoRA (peft, rank 4, on to_q/to_k/to_v/to_out.0) on the prior's own UNet,
-  plus a camera MLP (16 -> time-embedding width) whose output is added to the UNet's time embedding, as threestudio
-  installs it as ``class_embedding``. The pretrained branch runs with the adapter disabled. The UNet's native
+- priors that declare ``LoRAHost`` (the diffusers priors): a LoRA (peft, rank 4, on to_q/to_k/to_v/to_out.0) on the
+  prior's own UNet, attached and called through the prior (``attach_lora``, ``lora_output``), plus a camera MLP
+  (16 -> time-embedding width) whose output is added to the UNet's time embedding, as threestudio installs it as
+  ``class_embedding``. The pretrained branch runs with the adapter disabled. The UNet's native
   parameterisation (epsilon or v) is the particle loss's target, and its output is converted to epsilon.
-- priors without a UNet (exemplar / shapes, analytic test priors): a small conditional U-Net built here on the
+- other priors (exemplar / shapes, analytic test priors): a small conditional U-Net built here on the
   prior's sample space (``SmallScoreNet``), with time and camera embeddings. It ignores the text: a run has one
   prompt, so y is a constant. It predicts v (well-conditioned at every t), converted to epsilon as sigma x + alpha v.
   With ``particle_base = "prior"`` the U-Net is a zero-initialised *residual* on the prior's own prediction for
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from foundation.abilities import declares
 from foundation.cameras import Cameras
 from guidance.base import (
     GuidanceOutput,
@@ -53,7 +55,7 @@ from guidance.base import (
     weight,
 )
 from guidance.perp_neg import PerpNegConfig, guided_eps
-from guidance.priors.base import Prior
+from guidance.priors.base import LoRAHost, Prior
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -191,90 +193,44 @@ class SmallParticleScore(nn.Module):
 
 
 class LoRAParticleScore(nn.Module):
-    """Particle score for diffusers priors: a peft LoRA on the prior's UNet plus a camera MLP on the time embedding.
-
-    The adapter is disabled except inside ``raw``, so the prior's own predictions stay pretrained. It is toggled on
-    the cached LoRA layers only (``set_active``), by their ``_disable_adapters`` flag: peft's ``unet.enable_adapters``
-    / ``disable_adapters`` walk every UNet module (about 2,000 on SD 2.1, 11 ms a pair) and ``disable_adapters``
-    also sets ``requires_grad=False`` on every LoRA tensor, so the particle loss's backward (which runs after
-    ``raw`` has disabled the adapter again) would give the LoRA no gradient at all.
-    """
+    """Particle score for priors that host a LoRA (``LoRAHost``: the diffusers priors): the prior's LoRA on its own
+    network plus a camera MLP whose output is added to the network's time embedding (threestudio installs it as
+    ``class_embedding``). The prior switches the adapter on only inside ``lora_output``, so its own predictions
+    stay pretrained; the objective never touches the network itself."""
 
     ADAPTER = "vsd_particle"
 
-    def __init__(self, prior, rank: int):
+    def __init__(self, prior: LoRAHost, rank: int):
         super().__init__()
-        from peft import LoraConfig
-        unet = prior.unet
-        self.prior = [prior]  # not a submodule: the UNet's frozen weights are not ours
+        self.prior = [prior]  # not a submodule: the network's frozen weights are not ours
         self.prediction_type = prior.prediction_type
-        unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                                    target_modules=["to_q", "to_k", "to_v", "to_out.0"]), adapter_name=self.ADAPTER)
-        self.lora = [p for n, p in unet.named_parameters() if "lora_" in n and self.ADAPTER in n]
-        for p in self.lora:  # train in fp32 whatever the UNet dtype (peft casts activations to the LoRA dtype)
-            p.data = p.data.float()
-            p.requires_grad_(True)
+        self.adapter = prior.attach_lora(self.ADAPTER, rank)
+        self.lora = list(self.adapter.params)
         self.lora_params = nn.ParameterList(self.lora)
-        from peft.tuners.tuners_utils import BaseTunerLayer
-        self.layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer) and self.ADAPTER in
-                       getattr(m, "lora_A", {})]
-        if not self.layers or not all(hasattr(m, "_disable_adapters") for m in self.layers):
-            raise RuntimeError("this peft version exposes no per-layer adapter switch (_disable_adapters); VSD's "
-                               "particle LoRA needs peft >= 0.7")
-        emb_dim = unet.time_embedding.linear_2.out_features
+        self.layers = self.adapter.layers  # the modules it is switched in (tests check it stays off outside calls)
+        emb_dim = self.adapter.time_embed_dim
         self.camera_mlp = nn.Sequential(nn.Linear(16, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.camera_mlp.to(prior.device)
-        self._cam: Tensor | None = None
-        unet.time_embedding.register_forward_hook(self._add_camera)
-        self.set_active(False)
-
-    def set_active(self, active: bool) -> None:
-        """Switch the particle LoRA on or off in its own layers, leaving every ``requires_grad`` as it is."""
-        for m in self.layers:
-            m._disable_adapters = not active
-
-    def _add_camera(self, module, inputs, output):
-        if self._cam is None:
-            return output
-        return output + self.camera_mlp(self._cam).to(output.dtype)
 
     def raw(self, x_t: Tensor, t: Tensor, cond, cam: Tensor, control: Tensor | None = None,
             cams: Cameras | None = None) -> Tensor:
-        """The LoRA UNet's raw output (``cams`` unused: the camera enters through ``cam``); ``control`` [B,K,H,W]:
-        the ControlNet prior's condition images, whose residuals steer this UNet call as they steer the pretrained
-        one (guidance/priors/controlnet.py)."""
+        """The LoRA network's raw output; the camera enters through ``cam`` [B,16]; ``control`` [B,K,H,W] (or the
+        condition images ``cams`` carry): a conditioned prior's images, e.g. the ControlNet's, whose residuals steer
+        this call as they steer the pretrained one (guidance/priors/controlnet.py)."""
         prior = self.prior[0]
-        unet = prior.unet
-        added = prior._added_cond(cond, x_t) if hasattr(prior, "_added_cond") else {}
-        extra = {} if control is None else prior.residuals(x_t, t.to(prior.device), cond, control)
-        self._cam = cam.to(prior.device)
-        self.set_active(True)
-        try:
-            out = unet(x_t.to(prior.device, prior.dtype), t.to(prior.device),
-                       encoder_hidden_states=cond.tensors["prompt_embeds"].to(prior.dtype),
-                       added_cond_kwargs=added or None, return_dict=False, **extra)[0]
-        finally:
-            self.set_active(False)
-            self._cam = None
-        # DeepFloyd IF's UNet also predicts the variance (6 channels); the score is the first c channels
-        return out[:, : x_t.shape[1]].to(x_t.dtype)
+        offset = self.camera_mlp(cam.to(prior.device))
+        return prior.lora_output(self.adapter, x_t, t, cond, time_offset=offset, control=control, cams=cams)
 
     def trainable(self) -> list[nn.Parameter]:
         return list(self.lora) + list(self.camera_mlp.parameters())
 
     def state_dict(self, *args, **kwargs):  # LoRA tensors by name + the camera MLP
-        unet = self.prior[0].unet
-        out = {f"lora.{n}": p.detach() for n, p in unet.named_parameters() if "lora_" in n and self.ADAPTER in n}
+        out = {f"lora.{n}": p for n, p in self.adapter.state_dict().items()}
         out.update({f"camera_mlp.{k}": v for k, v in self.camera_mlp.state_dict().items()})
         return out
 
     def load_state_dict(self, state, strict: bool = True):
-        unet = self.prior[0].unet
-        params = dict(unet.named_parameters())
-        with torch.no_grad():
-            for k, v in state.items():
-                if k.startswith("lora."):
-                    params[k[5:]].copy_(v)
+        self.adapter.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("lora.")})
         self.camera_mlp.load_state_dict({k[11:]: v for k, v in state.items() if k.startswith("camera_mlp.")})
 
 
@@ -284,7 +240,7 @@ class VSD(Objective):
 
     def __init__(self, cfg: VSDConfig, prior: Prior, gen: torch.Generator, total_steps: int):
         super().__init__(cfg, prior, gen, total_steps)
-        if hasattr(prior, "unet"):
+        if declares(prior, LoRAHost):
             self.particle = LoRAParticleScore(prior, cfg.lora_rank)
         else:
             with torch.random.fork_rng():  # the run's generator drives initialisation
@@ -349,14 +305,13 @@ class VSD(Objective):
         t, noise = self.draw_t_noise(z, step, t, noise)
         cam = camera_vector(cams).to(z.device)
         plain = prompts.plain.expand(B)  # the particle score uses the view-independent prompt
-        control = prior.condition(cams, B) if getattr(prior, "takes_condition", False) else None
         with torch.no_grad():
             x_t = add_noise(z.detach(), noise, t, ac)
             eps_pre = guided_eps(prior, x_t, t, prompts, cams, cfg.guidance_scale, "standard", cfg.perp_neg)
-            eps_phi = self.particle_eps(x_t, t, plain, cam, control, cams)
+            eps_phi = self.particle_eps(x_t, t, plain, cam, cams=cams)  # a conditioned prior reads cams' images
             g = weight(t, ac, cfg.weighting).view(-1, *([1] * (z.ndim - 1))) * (eps_pre - eps_phi)
         loss_vsd = surrogate_loss(z, g, cfg.reduction)
-        loss_phi = self.particle_loss(z, plain, cam, particle_t, particle_noise, particle_keep, control, cams)
+        loss_phi = self.particle_loss(z, plain, cam, particle_t, particle_noise, particle_keep, cams=cams)
         return GuidanceOutput(loss_vsd + cfg.lambda_lora * loss_phi,
                               {"loss_vsd": loss_vsd.detach(), "loss_lora": loss_phi.detach(),
                                "grad_norm": g.norm().detach(), "t": t.float().mean()})

@@ -2,14 +2,29 @@
 
 Renders are channels-last: rgb [C,H,W,3] in [0,1] (display-referred sRGB-like values, what the prior sees),
 alpha [C,H,W,1] in [0,1].
+
+Beside ``Scene``, the abilities a scene may declare (foundation/abilities.py: a class declares one by subclassing it,
+and the main paths check ``declares(scene, Ability)`` once, with a clear error when it is missing):
+
+- ``AlbedoField``: ``query_albedo(x)``, display-referred colour at points (export's bake without materials).
+- ``DensityField``: also ``query_density(x)``, ``field_kind``, ``bound`` (export's marching cubes, mesh init_from).
+- ``MeshSource``: ``export_mesh()``, its own triangle mesh (export without marching cubes).
+- ``PBRMaterial``: ``query_material(x, uv)``, ``uv_material`` (export's bake of albedo, ORM and normals).
+- ``GaussianSplats``: ``export_tensors()``, the splats (``--format ply`` and the default formats).
+- ``Relightable``: ``relightable``, ``cfg.eval_shading`` (evaluation against the shapes world).
+- ``OwnOptimizer``: ``attach_optimizer(opt)``, densification edits the optimiser (the training loop).
+- ``ConditionRenderer``: ``condition_kinds``, ``render_condition`` (ControlNet / materials-prior wiring).
+- ``SceneGroup``: ``scenes``, several scenes trained together (export, wiring, evaluation).
 """
 
+from abc import abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
+from foundation.abilities import declares
 from foundation.cameras import Cameras
 
 
@@ -57,6 +72,99 @@ class Scene(Protocol):
     def state_dict(self) -> dict[str, Tensor]: ...
 
     def load_state_dict(self, state: dict[str, Tensor]) -> Any: ...
+
+    @property
+    def regularizer_weights(self) -> dict[str, float]:
+        """Default weight of every term ``regularizers`` returns, by name (the run's ``regularizers:`` override them;
+        the names a run may set are its renderer config's ``REGULARIZERS``)."""
+        ...
+
+
+# ---- abilities (module docstring) ----------------------------------------------------------------------------------
+class AlbedoField(Protocol):
+    """Colour at world points, for baking textures of scenes without a material model."""
+
+    @abstractmethod
+    def query_albedo(self, x: Tensor) -> Tensor:
+        """Display-referred albedo [N,3] in [0,1] at points ``x`` [N,3]."""
+
+
+class DensityField(AlbedoField, Protocol):
+    """A volumetric field a surface can be extracted from (engine/export/mesh.py, renderers/mesh.py init_from)."""
+
+    field_kind: ClassVar[str] = "density"
+    """"density": volumetric sigma (1/m, NeRF); "opacity": unitless summed splat opacity (3D Gaussians)."""
+    bound: float = 1.0
+    """Half-size of the cube [-bound, bound]^3 the field lives in (where it is sampled)."""
+
+    @abstractmethod
+    def query_density(self, x: Tensor) -> Tensor:
+        """Density (or opacity, see ``field_kind``) [N] at points ``x`` [N,3], larger inside."""
+
+
+class MeshSource(Protocol):
+    """A scene that is a triangle mesh: export writes it as it is (no marching cubes)."""
+
+    @abstractmethod
+    def export_mesh(self) -> dict[str, Tensor]:
+        """{"vertices" [V,3], "faces" [F,3], optional "uv" [V,2] (glTF convention) and "normals" [V,3]}."""
+
+
+class PBRMaterial(Protocol):
+    """A scene with a PBR material model: the bake reads its albedo, roughness, metallic and normals."""
+
+    uv_material: bool = False
+    """True when the material lives in the mesh's own UV space (the bake then queries it by ``uv``)."""
+
+    @abstractmethod
+    def query_material(self, x: Tensor, uv: Tensor | None = None) -> dict[str, Tensor]:
+        """{"albedo" (linear) [N,3], "roughness" [N], "metallic" [N], optional "occlusion" [N], "normal" [N,3]}."""
+
+
+class GaussianSplats(Protocol):
+    """A 3D Gaussian splat scene: the tensors of the INRIA PLY layout (renderers/ply.py)."""
+
+    @abstractmethod
+    def export_tensors(self) -> dict[str, Tensor]:
+        """{"means", "log_scales", "quats", "opacity_logits", "sh_dc", optional "sh_rest"}."""
+
+
+class Relightable(Protocol):
+    """A scene whose albedo carries no lighting (the PBR mesh): evaluation against the shapes world lights it like
+    the ground truth by setting ``cfg.eval_shading = "shapes"`` meanwhile (engine/outputs.py ground_truth_light)."""
+
+    relightable: bool = True
+    """An instance may turn this off to be evaluated as it renders."""
+    cfg: Any
+    """Its config, with an ``eval_shading`` field."""
+
+
+class OwnOptimizer(Protocol):
+    """A scene whose structural updates (densify, prune) edit the optimiser's state: the loop hands it over once."""
+
+    @abstractmethod
+    def attach_optimizer(self, optimizer: Any) -> None: ...
+
+
+class ConditionRenderer(Protocol):
+    """A scene that renders per-view condition images into ``extras["control"]`` for a prior that takes them."""
+
+    condition_kinds: ClassVar[tuple[str, ...]] = ()
+    """The condition layouts it can render (a prior's ``condition_kind``, guidance/priors/base.py)."""
+    render_condition: bool | str
+    """False, or the kind to render with each training view (set by the training loop)."""
+
+
+class SceneGroup(Protocol):
+    """Several scenes trained together (VSD particles, renderers/particles.py); export uses the first."""
+
+    scenes: Any
+    """The member scenes, a non-empty sequence."""
+
+
+def scenes_of(scene) -> list:
+    """The member scenes of a ``SceneGroup``, else ``[scene]``."""
+    return list(scene.scenes) if declares(scene, SceneGroup) else [scene]
 
 
 @dataclass

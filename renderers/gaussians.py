@@ -23,6 +23,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from foundation.cameras import Cameras
-from renderers.base import RenderOutput, composite
+from renderers.base import DensityField, GaussianSplats, OwnOptimizer, RenderOutput, composite
 from renderers.kernels import resolve_backend, splat
 from renderers.kernels.splat_torch import SH_C0, covariance, eval_sh, quat_to_rotmat
 from renderers.keylight import LIGHTS, shade_under_key_light
@@ -46,6 +47,9 @@ _PARAM_ATTRS = {"means": "means", "scales": "log_scales", "quats": "quats", "opa
 @dataclass
 class GaussiansConfig:
     """3D Gaussian splatting: initialisation, colour, learning rates, densification, regularisers and backend."""
+
+    REGULARIZERS: ClassVar[tuple[str, ...]] = ("scale", "anisotropy", "opacity")
+    """The terms ``Gaussians.regularizers`` returns: the keys a run's ``regularizers:`` may weight."""
 
     num_points: int = 2000
     """Gaussians at initialisation (ignored for init="file", which uses every point of the file)."""
@@ -256,8 +260,13 @@ def _initial_points(cfg: GaussiansConfig, gen: torch.Generator) -> tuple[Tensor,
             raise ValueError(f"unknown init {cfg.init!r}")
 
 
-class Gaussians(nn.Module):
-    """A set of 3D Gaussians with SH colour, rendered by splatting (the Scene protocol of renderers/base.py)."""
+class Gaussians(nn.Module, DensityField, GaussianSplats, OwnOptimizer):
+    """A set of 3D Gaussians with SH colour, rendered by splatting (the Scene protocol of renderers/base.py).
+
+    Abilities: a ``DensityField`` of kind "opacity" (the summed splat opacity) in the default [-1, 1]^3 box,
+    ``GaussianSplats`` (PLY export) and ``OwnOptimizer`` (densification edits the optimiser's state)."""
+
+    field_kind = "opacity"
 
     def __init__(self, cfg: GaussiansConfig, gen: torch.Generator, device: torch.device = torch.device("cpu")):
         super().__init__()

@@ -41,6 +41,7 @@ Condition images: the training loop (engine/train.py ``_wire_condition``) sets `
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -50,7 +51,7 @@ from torch import Tensor, nn
 from foundation.cameras import Cameras
 from foundation.materials import EMBOSS_HEIGHT, TILE, tangent_normals  # noqa: F401  (part of this module's API)
 from renderers import pbr
-from renderers.base import RenderOutput
+from renderers.base import ConditionRenderer, RenderOutput
 from renderers.condition import condition_maps
 
 ENVS = ("studio", "sky", "rgb", "sunset")
@@ -68,6 +69,9 @@ EVAL_LIGHT = (0.0, 0.0, 40.0, 50.0, 1.5)  # env index, rotation, sun azimuth, su
 @dataclass
 class MaterialConfig:
     """A tileable PBR material on a flat sample (renderers/material.py)."""
+
+    REGULARIZERS: ClassVar[tuple[str, ...]] = ("detail", "metallic_binary")
+    """The terms ``MaterialScene.regularizers`` returns: the keys a run's ``regularizers:`` may weight."""
 
     texels: int = 128
     """Side of the optimised texel grids (the exported maps are resampled to train.export-texture-size)."""
@@ -277,7 +281,7 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-class MaterialScene(nn.Module):
+class MaterialScene(nn.Module, ConditionRenderer):
     """Tileable PBR texel grids on a flat sample (see the module docstring)."""
 
     condition_kinds = ("material", "dreammat")

@@ -31,6 +31,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,14 @@ from foundation import shapes
 from foundation.cameras import Cameras
 from foundation.meshio import load_mesh
 from renderers import dmtet, pbr
-from renderers.base import RenderOutput
+from renderers.base import (
+    AlbedoField,
+    ConditionRenderer,
+    MeshSource,
+    PBRMaterial,
+    Relightable,
+    RenderOutput,
+)
 from renderers.condition import CONTROL_CHANNELS, CONTROL_MATERIALS, condition_maps  # noqa: F401 (API)
 from renderers.kernels import raster as K
 from renderers.kernels.hashgrid_torch import HashGrid
@@ -51,6 +59,10 @@ NEAR, FAR = 0.05, 50.0
 @dataclass
 class MeshConfig:
     """A PBR triangle mesh (DMTet or fixed) with neural or UV-texture materials, lit by environment maps."""
+
+    REGULARIZERS: ClassVar[tuple[str, ...]] = ("albedo_smooth", "roughness_prior", "metallic_prior",
+                                               "normal_perturbation", "normal_consistency", "laplacian", "sdf")
+    """The terms ``Mesh.regularizers`` may return: the keys a run's ``regularizers:`` may weight."""
 
     mode: str = "deformable"
     """"deformable" (DMTet) or "fixed" (a given mesh; materials only)."""
@@ -236,7 +248,7 @@ def vertex_normals(v: Tensor, f: Tensor) -> Tensor:
     return F.normalize(vn, dim=-1)
 
 
-class Mesh(nn.Module):
+class Mesh(nn.Module, MeshSource, PBRMaterial, AlbedoField, Relightable, ConditionRenderer):
     """PBR triangle-mesh scene implementing the Scene protocol (renderers/base.py)."""
 
     condition_kinds = ("dreammat", "lighting")

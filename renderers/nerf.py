@@ -32,6 +32,7 @@ passed to ``NeRFConfig.build``, so one seed gives one run.
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,7 @@ from torch import Tensor, nn
 
 from foundation.cameras import Cameras
 from renderers import kernels
-from renderers.base import RenderOutput, composite
+from renderers.base import DensityField, RenderOutput, composite
 from renderers.kernels.hashgrid_torch import HashGrid
 from renderers.kernels.volume_torch import OccupancyGrid
 from renderers.keylight import shade_under_key_light
@@ -53,6 +54,9 @@ AMBIENT, DIFFUSE = 0.1, 0.9
 @dataclass
 class NeRFConfig:
     """A hash-grid NeRF. Defaults are tuned for a 2-core CPU at 64×64 (see bench/bench_nerf.py)."""
+
+    REGULARIZERS: ClassVar[tuple[str, ...]] = ("orient", "sparsity", "opaque")
+    """The terms ``NeRF.regularizers`` returns: the keys a run's ``regularizers:`` may weight (engine/config.py)."""
 
     radius: float = 0.8
     """Half-size of the bounding box [−radius, radius]³ holding the field (the shapes world fits in |x| ≤ 0.75)."""
@@ -165,8 +169,10 @@ def _mlp(d_in: int, width: int, d_out: int, gen: torch.Generator) -> nn.Sequenti
     return net
 
 
-class NeRF(nn.Module):
-    """Hash-grid radiance field implementing the Scene protocol (renderers/base.py)."""
+class NeRF(nn.Module, DensityField):
+    """Hash-grid radiance field implementing the Scene protocol (renderers/base.py); a ``DensityField`` (sigma)."""
+
+    field_kind = "density"
 
     def __init__(self, cfg: NeRFConfig, gen: torch.Generator, device: torch.device | str = "cpu"):
         super().__init__()
@@ -191,6 +197,11 @@ class NeRF(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.mlp[0].weight.device
+
+    @property
+    def bound(self) -> float:
+        """Half-size of the field's box (``DensityField``): cfg.radius."""
+        return float(self.cfg.radius)
 
     # ---- field -------------------------------------------------------------------------------------------------
 

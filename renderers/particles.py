@@ -11,8 +11,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from foundation.abilities import declares
 from foundation.cameras import Cameras
-from renderers.base import RenderOutput
+from renderers.base import OwnOptimizer, RenderOutput, SceneGroup
 
 
 def _rows(out: RenderOutput, idx: Tensor) -> RenderOutput:
@@ -24,8 +25,9 @@ def _rows(out: RenderOutput, idx: Tensor) -> RenderOutput:
                         extras={k: pick(v) for k, v in out.extras.items()})
 
 
-class Particles:
-    """A Scene made of N scenes; camera i is rendered by scene i % N."""
+class Particles(SceneGroup, OwnOptimizer):
+    """A Scene made of N scenes; camera i is rendered by scene i % N (a ``SceneGroup``: export, evaluation and the
+    condition wiring look at its members)."""
 
     def __init__(self, scenes: list):
         if not scenes:
@@ -38,7 +40,7 @@ class Particles:
 
     @property
     def regularizer_weights(self) -> dict[str, float]:
-        return dict(getattr(self.scenes[0], "regularizer_weights", {}))
+        return dict(self.scenes[0].regularizer_weights)
 
     def _assignment(self, n_cams: int) -> list[tuple[int, Tensor]]:
         N = len(self.scenes)
@@ -99,7 +101,7 @@ class Particles:
     def attach_optimizer(self, opt) -> None:
         """Forward the optimiser to particles that restructure their parameters (densification)."""
         for i, s in enumerate(self.scenes):
-            if hasattr(s, "attach_optimizer"):
+            if declares(s, OwnOptimizer):
                 s.attach_optimizer(_PrefixedOptimizer(opt, f"p{i}."))
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -115,7 +117,7 @@ class Particles:
 
     def to(self, device) -> "Particles":
         for s in self.scenes:
-            if hasattr(s, "to"):
+            if isinstance(s, torch.nn.Module):
                 s.to(device)
         return self
 

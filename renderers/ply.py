@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from foundation.abilities import declares
+from renderers.base import GaussianSplats
 from renderers.kernels.splat_torch import eval_sh
 
 UP_AXES = ("y", "z", "-y")
@@ -99,7 +101,7 @@ def transform(t: dict[str, Tensor], R: Tensor) -> dict[str, Tensor]:
 
 
 def _as_tensors(src) -> dict[str, Tensor]:
-    t = src.export_tensors() if hasattr(src, "export_tensors") else src
+    t = src.export_tensors() if declares(src, GaussianSplats) else src
     need = ("means", "log_scales", "quats", "opacity_logits", "sh_dc")
     missing = [k for k in need if k not in t]
     if missing:

@@ -27,6 +27,7 @@ from engine.export.bake import linear_to_srgb
 from engine.export.gltf import read_glb_json
 from foundation import shapes
 from foundation.cameras import orbit_cameras
+from renderers.base import DensityField, MeshSource, PBRMaterial
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -36,7 +37,7 @@ SMALL = dict(texture_size=256, resolution=96, max_faces=6000)
 
 
 # -- scenes -----------------------------------------------------------------------------------------------------------
-class ShapeScene:
+class ShapeScene(DensityField):
     """σ = 1000/m · sigmoid(−sdf / 2 mm) of a canonical shape (nearly solid: its render-matched surface lies ~2 mm
     outside the canonical one), constant display-referred albedo."""
 
@@ -59,7 +60,7 @@ def _cube_mesh(half=0.4, with_uv=False):
     return out
 
 
-class PBRCubeScene:
+class PBRCubeScene(MeshSource, PBRMaterial):
     """A mesh/PBR scene: its own cube mesh and a material with known values; the shading normal is tilted by
     +0.5 along world +Y on the four side faces (so the baked normal map has a known, non-flat content)."""
 

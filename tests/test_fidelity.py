@@ -11,6 +11,7 @@ from tiny_models import split_cube
 from engine.export import fidelity as fid
 from foundation import shapes
 from foundation.cameras import orbit_cameras
+from renderers.base import AlbedoField, MeshSource
 
 
 def _split_cube(half: float = 0.4) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +56,8 @@ def test_face_spread_reads_the_texture_per_face(tmp_path):
     """A baked GLB round trip: a texture whose top face is lighter shows up as face spread, through UVs."""
     from engine.export import ExportOptions, export_scene
 
-    class LitCube:  # a cube whose colour carries the key light's shading: what an unlit bake must not export
+    # a cube whose colour carries the key light's shading: what an unlit bake must not export
+    class LitCube(MeshSource, AlbedoField):
         def export_mesh(self):
             v, f = _split_cube()
             return {"vertices": torch.tensor(v), "faces": torch.tensor(f)}

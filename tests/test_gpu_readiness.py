@@ -454,8 +454,9 @@ def test_the_loop_reads_logs_only_on_logged_steps(tmp_path, monkeypatch):
 def test_deferred_nan_checks_stop_the_run_with_the_last_good_checkpoint(tmp_path):
     from engine.outputs import read_status
     from engine.train import RunError, _FiniteWatch
+    from guidance.priors.base import DeferredChecks
 
-    class Prior:
+    class Prior(DeferredChecks):  # a prior that declares its deferred checks (guidance/priors/base.py)
         report = None
 
         def nonfinite_report(self):

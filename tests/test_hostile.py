@@ -86,7 +86,7 @@ def test_a_saved_config_loads_back_equal(tmp_path):
     from engine.cli import build_generate_config
 
     cfg, _ = build_generate_config(["a red cube", "--renderer", "mesh", "--seed", str(2**63 - 1),
-                                    "--regularizers", "lambda_sdf", "0.5", "--cameras.fovy", "30", "50"])
+                                    "--regularizers", "sdf", "0.5", "--cameras.fovy", "30", "50"])
     save_config(cfg, str(tmp_path / "c.yaml"))
     assert load_config(str(tmp_path / "c.yaml")) == cfg
 

@@ -8,6 +8,7 @@ import torch
 
 from foundation.cameras import orbit_cameras
 from renderers import dmtet
+from renderers.base import DensityField
 from renderers.mesh import Mesh, MeshConfig, projection
 from renderers.reference import primitive_mesh
 
@@ -131,7 +132,7 @@ def test_light_aware_shapes_prior_conditions_on_lighting(tmp_path):
     assert (a - b).abs().mean() > 0.02
 
 
-class _AnalyticDensity:
+class _AnalyticDensity(DensityField):
     """A soft density scene of a canonical shape: σ = 40·sigmoid(−sdf/0.02), rendered through the shapes world's
     exact coverage (alpha) and a flat colour, so the transfer is checked against a known silhouette."""
 

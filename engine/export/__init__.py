@@ -13,11 +13,13 @@ PLY (Gaussian scenes only) goes through renderers.ply.save_ply.
 Frame: +Y up, right-handed, metres, front +Z, the object centred on the orbit target: the frame of the renders.
 ``up="z"`` turns +Y into +Z for Z-up tools (the GLB stays Y-up per the glTF spec unless asked).
 
-Scene hooks (duck-typed): ``query_density``/``query_albedo`` (NeRF, Gaussians), optionally
-``query_material(x) -> {"albedo" (linear), "roughness", "metallic", ["occlusion"], ["normal"]}`` and
-``export_mesh() -> {"vertices", "faces", ["uv" (glTF convention)], ["normals"], ["placement"]}`` (mesh/PBR scenes;
-``placement`` = (scale, centre): a user's mesh goes back to its own frame, vertices * scale + centre), and
-``export_tensors()`` (Gaussians, for PLY).
+What a scene must declare (renderers/base.py abilities, checked once with ``declares``): ``MeshSource``
+(``export_mesh() -> {"vertices", "faces", ["uv" (glTF convention)], ["normals"], ["placement"]}``: the mesh scene;
+``placement`` = (scale, centre): a user's mesh goes back to its own frame, vertices * scale + centre) or
+``DensityField`` (``query_density``, ``field_kind``, ``bound``: NeRF, Gaussians) for the geometry; ``PBRMaterial``
+(``query_material``) or ``AlbedoField`` (``query_albedo``) for the textures; ``GaussianSplats`` (``export_tensors``)
+for PLY; a ``SceneGroup`` (particles) exports its first scene. A material run (``MaterialScene``) has its own
+writer (engine/material_export.py).
 """
 
 import os
@@ -32,6 +34,8 @@ from engine.export.errors import ExportError
 from engine.export.gltf import png_bytes, write_glb
 from engine.export.mesh import Mesh, compact, extract_mesh, up_matrix, vertex_normals
 from engine.outputs import atomic_path, write_json
+from foundation.abilities import declares
+from renderers.base import DensityField, GaussianSplats, MeshSource, PBRMaterial, scenes_of
 
 FORMATS = ("glb", "obj", "usd", "usdz", "ply")
 MESH_FORMATS = ("glb", "obj", "usd", "usdz")
@@ -85,15 +89,12 @@ class Baked:
 
 
 def _base_scene(scene):
-    """The first scene of a multi-particle wrapper, else the scene itself."""
-    scenes = getattr(scene, "scenes", None)
-    if isinstance(scenes, (list, tuple, torch.nn.ModuleList)) and len(scenes):
-        return scenes[0]
-    return scene
+    """The first scene of a multi-particle wrapper (a ``SceneGroup``), else the scene itself."""
+    return scenes_of(scene)[0]
 
 
 def _scene_mesh(scene, opts: ExportOptions) -> tuple[Mesh, dict, object]:
-    if hasattr(scene, "export_mesh"):
+    if declares(scene, MeshSource):
         m = scene.export_mesh()
 
         def arr(key, dtype):
@@ -111,8 +112,9 @@ def _scene_mesh(scene, opts: ExportOptions) -> tuple[Mesh, dict, object]:
             scale, centre = m["placement"]
             info["placement"] = {"scale": float(scale), "centre": [float(c) for c in centre]}
         return mesh, info, None
-    if not hasattr(scene, "query_density"):
-        raise ExportError(f"{type(scene).__name__} has neither export_mesh() nor query_density(); cannot export a mesh")
+    if not declares(scene, DensityField):
+        raise ExportError(f"{type(scene).__name__} is neither a mesh (MeshSource) nor a density field (DensityField); "
+                          f"cannot export a mesh")
     mesh, info, normals = extract_mesh(scene, opts.resolution, opts.threshold, opts.max_faces,
                                        min_component=opts.min_component)
     return mesh, {"source": "marching cubes", **info}, normals
@@ -129,7 +131,7 @@ def bake_scene(scene, opts: ExportOptions) -> Baked:
     step = info.get("spacing", 0.01)
     bopts = BakeOptions(texture_size=opts.texture_size, padding=opts.padding, roughness=opts.roughness,
                         metallic=opts.metallic, normal_map=opts.normal_map, normal_step=step,
-                        scene_uv=bool(info.get("kept_uv")) and bool(getattr(scene, "uv_material", False)))
+                        scene_uv=bool(info.get("kept_uv")) and declares(scene, PBRMaterial) and scene.uv_material)
     textures, tan = bake(scene, mesh, bopts, field_normals=field_normals)
     t3 = time.perf_counter()
     R = up_matrix(opts.up)
@@ -192,7 +194,7 @@ def write_mesh_format(fmt: str, path: str, baked: Baked, opts: ExportOptions, te
 def write_ply(path: str, scene, up: str) -> str:
     """3DGS PLY (INRIA layout) via renderers.ply.save_ply; Gaussian scenes only."""
     scene = _base_scene(scene)
-    if not hasattr(scene, "export_tensors"):
+    if not declares(scene, GaussianSplats):
         raise ExportError(f"ply is the Gaussian-splat format; this run's scene ({type(scene).__name__}) has no "
                           f"splats. Use --format glb, obj, usd or usdz")
     from renderers.ply import save_ply
@@ -256,7 +258,7 @@ def load_run_scene(run_dir: str, device: str = "cpu"):
 
 def default_formats(scene) -> list[str]:
     """GLB always; PLY too for Gaussian scenes."""
-    return ["glb", "ply"] if hasattr(_base_scene(scene), "export_tensors") else ["glb"]
+    return ["glb", "ply"] if declares(_base_scene(scene), GaussianSplats) else ["glb"]
 
 
 def export_run(run_dir: str, formats: list[str] | None = None, out: str | None = None,

@@ -25,7 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from engine.export.errors import ExportError
 from engine.export.mesh import Mesh, vertex_normals
+from foundation.abilities import declares
+from renderers.base import AlbedoField, PBRMaterial
 
 
 @dataclass
@@ -201,16 +204,19 @@ def _surface_material(scene, p: np.ndarray, n: np.ndarray, opts: BakeOptions, de
     the points' texture coordinates in the scene's own UV space (BakeOptions.scene_uv)."""
     inward = p - n * (0.5 * opts.normal_step)
     m = len(p)
-    if hasattr(scene, "query_material"):
+    if declares(scene, PBRMaterial):
         mat = _query(scene.query_material, inward, device, uv=uv)
         out = {"base_color": linear_to_srgb(mat["albedo"]),
                "roughness": np.asarray(mat.get("roughness", np.full(m, opts.roughness))).reshape(m),
                "metallic": np.asarray(mat.get("metallic", np.full(m, opts.metallic))).reshape(m),
                "occlusion": np.asarray(mat.get("occlusion", np.ones(m))).reshape(m),
                "normal": mat.get("normal")}
-    else:
+    elif declares(scene, AlbedoField):
         out = {"base_color": _query(scene.query_albedo, inward, device), "roughness": np.full(m, opts.roughness),
                "metallic": np.full(m, opts.metallic), "occlusion": np.ones(m), "normal": None}
+    else:
+        raise ExportError(f"{type(scene).__name__} has no colour to bake: it declares neither PBRMaterial nor "
+                          f"AlbedoField")
     if out["normal"] is None and opts.field_normals and field_normals is not None:
         out["normal"] = field_normals(p)
     return out

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from engine.export.errors import ExportError
+from renderers.base import DensityField, Scene
 
 
 @dataclass
@@ -44,25 +45,20 @@ class Mesh:
         return int(self.faces.shape[0])
 
 
-def scene_bound(scene, default: float = 1.0) -> float:
-    """Half-size of the cube the field is sampled in: the scene's own bound if it declares one."""
-    for owner in (scene, getattr(scene, "cfg", None)):
-        for name in ("bound", "aabb_radius", "radius"):
-            value = getattr(owner, name, None)
-            if isinstance(value, (int, float)) and value > 0:
-                return float(value)
-    aabb = getattr(scene, "aabb", None)
-    if isinstance(aabb, torch.Tensor) and aabb.numel() == 6:
-        return float(aabb.abs().max())
-    return default
+def scene_bound(scene: DensityField) -> float:
+    """Half-size of the cube the field is sampled in: the ``DensityField``'s ``bound`` (NeRF: its box radius)."""
+    bound = float(scene.bound)
+    if not bound > 0:
+        raise ExportError(f"{type(scene).__name__}.bound must be > 0, got {bound}")
+    return bound
 
 
-def field_kind(scene) -> str:
-    """"opacity" for splat scenes (unitless summed opacity), "density" for volumetric σ."""
-    kind = getattr(scene, "field_kind", None)
-    if kind in ("density", "opacity"):
-        return kind
-    return "opacity" if hasattr(scene, "export_tensors") else "density"
+def field_kind(scene: DensityField) -> str:
+    """"opacity" for splat scenes (unitless summed opacity), "density" for volumetric σ: the declared kind."""
+    kind = scene.field_kind
+    if kind not in ("density", "opacity"):
+        raise ExportError(f"{type(scene).__name__}.field_kind must be density or opacity, got {kind!r}")
+    return kind
 
 
 @torch.no_grad()
@@ -82,8 +78,9 @@ def sample_grid(scene, resolution: int, bound: float, chunk: int = 65536) -> np.
 
 
 def _scene_device(scene) -> torch.device:
-    for t in getattr(scene, "parameters", lambda: iter(()))():
-        return t.device
+    if isinstance(scene, torch.nn.Module):
+        for t in scene.parameters():
+            return t.device
     return torch.device("cpu")
 
 
@@ -327,7 +324,7 @@ def extract_mesh(scene, resolution: int = 128, threshold: float | str = "auto", 
     kind = field_kind(scene)
     if threshold == "auto":
         level = auto_threshold(grid, spacing, kind)
-        if hasattr(scene, "render"):
+        if isinstance(scene, Scene):  # a whole scene, not a bare field: match its own renders
             level = render_matched_threshold(scene, grid, bound, level)
     else:
         level = float(threshold)

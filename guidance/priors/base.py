@@ -4,10 +4,24 @@ A prior works in its own sample space ``x`` [B,c,h,w]: VAE latents for latent di
 pixel-space models (DeepFloyd IF, the exemplar priors). ``encode`` maps renders [B,H,W,3] in [0,1] into that space
 with gradient, ``decode`` maps back. Text conditions are opaque ``Cond`` batches made by ``embed``; a guidance
 objective selects, concatenates and blends them but never looks inside.
+
+Beside ``Prior``, the abilities a prior may declare (foundation/abilities.py: a class declares one by subclassing it;
+objectives, wrappers and the training loop check ``declares(prior, Ability)``, never an attribute's presence):
+
+- ``TextEncoderRelease``: ``release_text_encoders()`` once the run's prompts are embedded (the training loop).
+- ``DeferredChecks``: ``nonfinite_report()``, NaN checks read on logged steps (the training loop).
+- ``OwnGenerator``: ``generator``, the prior's own sampling stream, saved in checkpoints (the training loop).
+- ``LoRAHost``: ``attach_lora``, ``lora_output``: VSD's particle score on the prior's own network (guidance/vsd.py).
+- ``UNetResiduals``: ``unet_residuals(provider)``, extra UNet inputs for the calls inside (the ControlNet wrapper).
+- ``ConditionedPrior``: ``condition_kind``, per-view condition images riding on the cameras (training-loop wiring).
+- ``ExemplarImages``: ``images``, ``tags``, ``size``: a visual prompt picks exemplars by image (visual_prompt.py).
+- ``ImageAdapterHost``: ``cross_attention_dim``, ``load_ip_adapter``: a visual prompt through an IP-Adapter.
 """
 
+from abc import abstractmethod
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, ClassVar, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -100,6 +114,99 @@ class Prior(Protocol):
         gradient to the model's weights; callers wrap it in no_grad where they need no graph at all.
         """
         ...
+
+
+# ---- abilities (module docstring) ----------------------------------------------------------------------------------
+class TextEncoderRelease(Protocol):
+    """A prior whose text encoders can be freed once every prompt of the run is embedded (and cached)."""
+
+    @abstractmethod
+    def release_text_encoders(self) -> None: ...
+
+
+class DeferredChecks(Protocol):
+    """A prior that checks its outputs for NaN/Inf lazily (device flags, no sync per call) and reports on request."""
+
+    @abstractmethod
+    def nonfinite_report(self) -> str | None:
+        """The message for the first non-finite value seen since the last call, else None (one host read)."""
+
+
+class OwnGenerator(Protocol):
+    """A prior that draws from its own ``torch.Generator`` (a VAE posterior sample); checkpoints save its state."""
+
+    generator: torch.Generator
+
+
+class LoRAAdapter(Protocol):
+    """A trainable low-rank adapter on a prior's network, made by ``LoRAHost.attach_lora`` (off outside its calls)."""
+
+    params: list
+    """Its trainable tensors (fp32), in a fixed order."""
+    layers: list
+    """The network's modules it lives in (switched on only inside ``lora_output``)."""
+    time_embed_dim: int
+    """Width of the network's time embedding, where ``lora_output``'s ``time_offset`` is added."""
+
+    def state_dict(self) -> dict[str, Tensor]: ...
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None: ...
+
+
+class LoRAHost(Protocol):
+    """A prior whose own denoiser can carry a trainable LoRA: VSD's particle score eps_phi (ProlificDreamer, Wang et
+    al. 2023, §3.2: "a LoRA of the pretrained model", with the camera added to the time embedding)."""
+
+    prediction_type: str
+    """The network's native parameterisation ("epsilon", "v_prediction", "sample"): what ``lora_output`` returns."""
+
+    @abstractmethod
+    def attach_lora(self, name: str, rank: int) -> LoRAAdapter:
+        """Add the adapter ``name`` of rank ``rank`` (zero-initialised B, so the network starts pretrained)."""
+
+    @abstractmethod
+    def lora_output(self, adapter: LoRAAdapter, x_t: Tensor, t: Tensor, cond: "Cond", *,
+                    time_offset: Tensor | None = None, control: Tensor | None = None,
+                    cams: Cameras | None = None) -> Tensor:
+        """The adapted network's raw output [B,c,h,w] (native parameterisation), with gradient to the adapter and to
+        ``time_offset`` [B,time_embed_dim] (added to the time embedding); ``predict_eps`` stays pretrained.
+        ``control`` / ``cams``: a conditioned prior's condition images, given or read from the cameras."""
+
+
+class UNetResiduals(Protocol):
+    """A prior whose UNet calls take extra keyword arguments from a provider (a ControlNet's down/mid residuals)."""
+
+    @abstractmethod
+    def unet_residuals(self, provider: Callable[[Tensor, Tensor, "Cond"], dict[str, Any]]) -> AbstractContextManager:
+        """Inside the block every UNet call gets ``provider(x_t, t, cond)`` as extra keyword arguments."""
+
+
+class ConditionedPrior(Protocol):
+    """A prior that takes per-view condition images on its cameras (``Cameras.condition``), rendered by a scene that
+    lists ``condition_kind`` in its ``condition_kinds`` (renderers/base.py ``ConditionRenderer``)."""
+
+    condition_kind: ClassVar[str]
+
+
+class ExemplarImages(Protocol):
+    """An exemplar prior: its images [N,3,h,w] in [-1,1] at ``size`` and their tag sets (a visual prompt's kernel)."""
+
+    images: Tensor
+    tags: Sequence
+    size: tuple[int, int]
+
+
+class ImageAdapterHost(Protocol):
+    """A prior that loads an IP-Adapter into its UNet and encodes a reference image (guidance/priors/visual_prompt)."""
+
+    @property
+    @abstractmethod
+    def cross_attention_dim(self) -> int | None:
+        """The UNet's cross-attention width (None when mixed or unknown)."""
+
+    @abstractmethod
+    def load_ip_adapter(self, source: str, subfolder: str, weight_name: str, scale: float, image: Tensor) -> Tensor:
+        """Load the adapter into the UNet at ``scale`` and return the image embedding [1,1,D] of ``image``."""
 
 
 class PriorError(ValueError):

@@ -3,13 +3,14 @@
 ``ControlNetPrior`` wraps a ``StableDiffusionPrior`` (guidance/priors/stable_diffusion.py) and a diffusers
 ``ControlNetModel`` (hub id or ``save_pretrained`` folder). Every ``predict_eps`` runs the ControlNet on the same
 x_t, t and text condition, conditioned on images of the *current geometry*, and passes its down/mid residuals into
-the UNet call through the prior's ``unet_kwargs`` hook. Everything else (encode, decode, embed, alphas_cumprod,
-unet, ...) is the wrapped prior's, so every guidance objective works unchanged; VSD, which calls ``prior.unet``
-itself for its LoRA particle score, passes the same residuals there (``residuals`` / ``condition``).
+the UNet call through the prior's declared ``UNetResiduals`` hook. Everything else (encode, decode, embed,
+alphas_cumprod, ...) is the wrapped prior's, so every guidance objective works unchanged. The abilities it declares
+(guidance/priors/base.py) are forwarded explicitly; VSD's LoRA particle score (``lora_output``) gets the same
+residuals as the pretrained branch.
 
 How the condition travels: the mesh scene (and the material scene, for its flat sample) renders it with each
 training view when ``render_condition`` is on (``RenderOutput.extras["control"]``); the training loop
-(engine/train.py ``_wire_condition``) turns that on for a prior with ``takes_condition`` whose ``condition_kind``
+(engine/train.py ``_wire_condition``) turns that on for a ``ConditionedPrior`` whose ``condition_kind``
 ("dreammat") is among the scene's ``condition_kinds``, and hands the guidance
 ``cams.with_condition(out.extras["control"])``. The images ride on the
 Cameras batch, which objectives re-batch exactly like x_t (``Cameras.cat`` for classifier-free guidance, indexing),
@@ -38,8 +39,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from foundation.abilities import declares
 from foundation.cameras import Cameras
-from guidance.priors.base import Cond, PriorError
+from guidance.priors.base import (
+    Cond,
+    ConditionedPrior,
+    DeferredChecks,
+    ImageAdapterHost,
+    LoRAAdapter,
+    LoRAHost,
+    OwnGenerator,
+    PriorError,
+    TextEncoderRelease,
+    UNetResiduals,
+)
 
 CONDITION_CHANNELS = 22
 CONDITION_KIND = "dreammat"
@@ -48,13 +61,13 @@ renderers/material.py)."""
 _OWN = ("prior", "controlnet", "scale", "takes_condition")
 
 
-class ControlNetPrior:
+class ControlNetPrior(ConditionedPrior, TextEncoderRelease, DeferredChecks, OwnGenerator, LoRAHost, ImageAdapterHost):
     """A diffusers SD prior whose UNet is steered by a ControlNet on the mesh scene's condition images."""
 
     condition_kind = CONDITION_KIND  # the layout of the per-view condition images it takes (module docstring)
 
     def __init__(self, prior, controlnet: torch.nn.Module, scale: float = 1.0):
-        if not hasattr(prior, "unet_kwargs") or not getattr(prior, "latent", False):
+        if not declares(prior, UNetResiduals, LoRAHost, ImageAdapterHost) or not prior.latent:
             raise PriorError("prior.controlnet needs a latent diffusers prior (Stable Diffusion 1.x / 2.x)")
         channels = int(controlnet.config.get("conditioning_channels", 3))
         if channels != CONDITION_CHANNELS:
@@ -124,11 +137,38 @@ class ControlNetPrior:
     def predict_eps(self, x_t: Tensor, t: Tensor, cond: Cond, cams: Cameras | None = None) -> Tensor:
         """The wrapped prior's eps(x_t, t, cond) [B,c,h,w] with the ControlNet's residuals for ``cams``' images."""
         image = self.condition(cams, x_t.shape[0])
-        self.prior.unet_kwargs = lambda x, tt, c: self.residuals(x, tt, c, image)
-        try:
+        with self.prior.unet_residuals(lambda x, tt, c: self.residuals(x, tt, c, image)):
             return self.prior.predict_eps(x_t, t, cond, cams)
-        finally:
-            self.prior.unet_kwargs = None
+
+    # ---- the declared abilities, forwarded to the wrapped prior ----------------------------------------------------
+    def lora_output(self, adapter: LoRAAdapter, x_t: Tensor, t: Tensor, cond: Cond, *,
+                    time_offset: Tensor | None = None, control: Tensor | None = None,
+                    cams: Cameras | None = None) -> Tensor:
+        """The wrapped prior's LoRA output with the ControlNet's residuals for ``control`` [B,22,H',W'] (or, when not
+        given, the condition images ``cams`` carry); with neither, the LoRA branch without ControlNet."""
+        if control is None and cams is not None:
+            control = self.condition(cams, x_t.shape[0])
+        if control is None:
+            return self.prior.lora_output(adapter, x_t, t, cond, time_offset=time_offset)
+        image = control
+        with self.prior.unet_residuals(lambda x, tt, c: self.residuals(x, tt, c, image)):
+            return self.prior.lora_output(adapter, x_t, t, cond, time_offset=time_offset)
+
+    def attach_lora(self, name: str, rank: int) -> LoRAAdapter:
+        return self.prior.attach_lora(name, rank)
+
+    def release_text_encoders(self) -> None:
+        self.prior.release_text_encoders()
+
+    def nonfinite_report(self) -> str | None:
+        return self.prior.nonfinite_report()
+
+    @property
+    def cross_attention_dim(self) -> int | None:
+        return self.prior.cross_attention_dim
+
+    def load_ip_adapter(self, source: str, subfolder: str, weight_name: str, scale: float, image: Tensor) -> Tensor:
+        return self.prior.load_ip_adapter(source, subfolder, weight_name, scale, image)
 
 
 __all__ = ["ControlNetPrior", "CONDITION_CHANNELS", "CONDITION_KIND"]

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from foundation.cameras import Cameras
-from guidance.priors.base import Cond, PriorError, scaled_linear_alphas_cumprod
+from guidance.priors.base import Cond, ExemplarImages, PriorError, scaled_linear_alphas_cumprod
 
 MASKED = -1.0e4  # log-prior of an excluded exemplar: finite, so conditions can be blended linearly
 
@@ -60,7 +60,7 @@ class PixelSpace:
         return ((x + 1.0) / 2.0).clamp(0, 1).permute(0, 2, 3, 1)
 
 
-class ExemplarPrior(PixelSpace):
+class ExemplarPrior(PixelSpace, ExemplarImages):
     """Closed-form prior over exemplar images x_i [N,3,h,w] in [-1,1] with view directions and tag sets.
 
     A prompt selects the exemplars carrying every vocabulary word it names (extra words are ignored); a prompt

@@ -22,13 +22,13 @@ from torch import Tensor
 
 from foundation import materials
 from foundation.cameras import Cameras
-from guidance.priors.base import Cond, PriorError, scaled_linear_alphas_cumprod
+from guidance.priors.base import Cond, ConditionedPrior, PriorError, scaled_linear_alphas_cumprod
 from guidance.priors.exemplar import MASKED, PixelSpace
 
 GT_TEXELS = 128
 
 
-class MaterialsPrior(PixelSpace):
+class MaterialsPrior(PixelSpace, ConditionedPrior):
     """Exemplar prior over the materials world, its exemplars shaded per view (see the module docstring)."""
 
     latent = False

@@ -13,7 +13,7 @@ import torch
 
 from foundation import shapes
 from foundation.cameras import Cameras, orbit_cameras
-from guidance.priors.base import Cond, PriorError
+from guidance.priors.base import Cond, ConditionedPrior, PriorError
 from guidance.priors.exemplar import MASKED, ExemplarPrior
 
 AZIMUTH_STEP = 10.0
@@ -87,7 +87,7 @@ def lighting_word(env: str, rotation_index: int) -> str:
     return f"env-{os.path.splitext(os.path.basename(env))[0]}-r{rotation_index}"
 
 
-class LightAwareShapesPrior(ExemplarPrior):
+class LightAwareShapesPrior(ExemplarPrior, ConditionedPrior):
     """Shapes-world exemplars rendered with the engine's PBR shading (renderers/reference.py) under the procedural
     environments, each tagged with its colour, shape and lighting word (``lighting_word``).
 

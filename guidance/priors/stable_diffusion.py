@@ -18,6 +18,7 @@ import json
 import os
 import socket
 import warnings
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -28,7 +29,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from foundation.cameras import Cameras
-from guidance.priors.base import Cond, PriorError
+from guidance.priors.base import (
+    Cond,
+    DeferredChecks,
+    ImageAdapterHost,
+    LoRAHost,
+    OwnGenerator,
+    PriorError,
+    TextEncoderRelease,
+    UNetResiduals,
+)
 from guidance.priors.config import PriorConfig, cache_dir
 from guidance.priors.conversions import to_eps
 
@@ -288,7 +298,60 @@ class EmbedCache:
 OFFLOADS = ("auto", "keep", "cpu", "free")
 
 
-class DiffusersPrior:
+class PeftLoRA:
+    """A peft LoRA (rank r, on to_q/to_k/to_v/to_out.0) on a diffusers UNet: the ``LoRAAdapter`` of a diffusers prior.
+
+    The adapter is off except inside ``DiffusersPrior.lora_output``, so the prior's own predictions stay pretrained. It
+    is toggled on the cached LoRA layers only (``set_active``), by their ``_disable_adapters`` flag: peft's
+    ``unet.enable_adapters`` / ``disable_adapters`` walk every UNet module (about 2,000 on SD 2.1, 11 ms a pair) and
+    ``disable_adapters`` also sets ``requires_grad=False`` on every LoRA tensor, so a loss whose backward runs after
+    the call has disabled the adapter again (VSD's particle loss) would give the LoRA no gradient at all.
+    ``time_offset``, while set, is added to the output of the UNet's time embedding (a forward hook).
+    """
+
+    def __init__(self, unet: torch.nn.Module, name: str, rank: int):
+        from peft import LoraConfig
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                    target_modules=["to_q", "to_k", "to_v", "to_out.0"]), adapter_name=name)
+        self.name, self._unet = name, [unet]  # a list: the UNet is the prior's, not the adapter's
+        self.params = [p for n, p in self._named()]
+        for p in self.params:  # train in fp32 whatever the UNet dtype (peft casts activations to the LoRA dtype)
+            p.data = p.data.float()
+            p.requires_grad_(True)
+        # peft's layers are duck-typed third-party objects: which carry this adapter, and whether they have a switch
+        self.layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer) and name in getattr(m, "lora_A", {})]
+        if not self.layers or not all(hasattr(m, "_disable_adapters") for m in self.layers):
+            raise RuntimeError("this peft version exposes no per-layer adapter switch (_disable_adapters); VSD's "
+                               "particle LoRA needs peft >= 0.7")
+        self.time_embed_dim = int(unet.time_embedding.linear_2.out_features)
+        self.time_offset: Tensor | None = None
+        unet.time_embedding.register_forward_hook(self._add_time_offset)
+        self.set_active(False)
+
+    def _named(self):
+        return [(n, p) for n, p in self._unet[0].named_parameters() if "lora_" in n and self.name in n]
+
+    def set_active(self, active: bool) -> None:
+        """Switch the LoRA on or off in its own layers, leaving every ``requires_grad`` as it is."""
+        for m in self.layers:
+            m._disable_adapters = not active
+
+    def _add_time_offset(self, module, inputs, output):
+        return output if self.time_offset is None else output + self.time_offset.to(output.dtype)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The LoRA tensors by their UNet parameter names."""
+        return {n: p.detach() for n, p in self._named()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        params = dict(self._named())
+        with torch.no_grad():
+            for k, v in state.items():
+                params[k].copy_(v)
+
+
+class DiffusersPrior(TextEncoderRelease, DeferredChecks, OwnGenerator, LoRAHost, UNetResiduals):
     """What every diffusers prior shares: UNet + schedule loading, prompt caches and epsilon prediction.
 
     Text encoders are loaded lazily, on the first prompt missing from both the memory and the disk cache, and
@@ -460,6 +523,47 @@ class DiffusersPrior:
                             return_dict=False, **extra)[0]
         return out.to(x_t.dtype)
 
+    @contextmanager
+    def unet_residuals(self, provider: Callable[[Tensor, Tensor, Cond], dict[str, Any]]):
+        """Inside the block every UNet call gets ``provider(x_t, t, cond)`` as extra keyword arguments
+        (``UNetResiduals``: a ControlNet's residuals, guidance/priors/controlnet.py); ``unet_kwargs`` is restored
+        afterwards."""
+        previous, self.unet_kwargs = self.unet_kwargs, provider
+        try:
+            yield self
+        finally:
+            self.unet_kwargs = previous
+
+    # ---- a LoRA on the UNet (``LoRAHost``: VSD's particle score) -----------------------------------------------
+    def attach_lora(self, name: str, rank: int) -> PeftLoRA:
+        """Add the peft LoRA ``name`` of rank ``rank`` to the UNet (B starts at zero: the UNet stays pretrained)."""
+        return PeftLoRA(self.unet, name, rank)
+
+    def lora_output(self, adapter: PeftLoRA, x_t: Tensor, t: Tensor, cond: Cond, *,
+                    time_offset: Tensor | None = None, control: Tensor | None = None,
+                    cams: Cameras | None = None) -> Tensor:
+        """The UNet's raw output [B,c,h,w] (native parameterisation ``prediction_type``) with ``adapter`` on and
+        ``time_offset`` [B,time_embed_dim] added to the time embedding, with gradient to both. The added
+        conditioning (``_added_cond``) and the ``unet_residuals`` provider apply as in ``predict_eps``. This prior
+        takes no condition images (``control``); ``cams`` is unused. DeepFloyd IF's UNet also predicts the variance
+        (6 channels): the output is the first c channels."""
+        if control is not None:
+            raise ValueError(f"the {type(self).__name__} prior takes no condition images")
+        x = x_t.to(self.device)
+        t = t.to(self.device)
+        added = self._added_cond(cond, x)
+        extra = self.unet_kwargs(x, t, cond) if self.unet_kwargs is not None else {}
+        adapter.time_offset = None if time_offset is None else time_offset.to(self.device)
+        adapter.set_active(True)
+        try:
+            out = self.unet(x.to(self.dtype), t,
+                            encoder_hidden_states=cond.tensors["prompt_embeds"].to(self.device, self.dtype),
+                            added_cond_kwargs=added or None, return_dict=False, **extra)[0]
+        finally:
+            adapter.set_active(False)
+            adapter.time_offset = None
+        return out[:, : x_t.shape[1]].to(x_t.dtype)
+
     def predict_eps(self, x_t: Tensor, t: Tensor, cond: Cond, cams: Cameras | None = None) -> Tensor:
         """Noise prediction eps(x_t, t, cond) [B,c,h,w] for int timesteps t [B]; cond has B rows.
 
@@ -512,6 +616,15 @@ class DiffusersPrior:
             raise PriorError(str(e)) from None
 
 
+def cross_attention_width(unet_config) -> int | None:
+    """The cross-attention width of a UNet config (a diffusers config or its config.json dict); None when the blocks
+    disagree or it is missing."""
+    d = unet_config.get("cross_attention_dim") if isinstance(unet_config, Mapping) else None
+    if isinstance(d, (list, tuple)):
+        d = d[0] if len(set(d)) == 1 else None
+    return int(d) if d is not None else None
+
+
 def clip_prompt_ids(tokenizer, prompts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
     """Token ids and attention mask, padded to the tokenizer's max length as the diffusers pipelines do."""
     inputs = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
@@ -519,7 +632,7 @@ def clip_prompt_ids(tokenizer, prompts: list[str], device: torch.device) -> tupl
     return inputs.input_ids.to(device), inputs.attention_mask.to(device)
 
 
-class StableDiffusionPrior(DiffusersPrior):
+class StableDiffusionPrior(DiffusersPrior, ImageAdapterHost):
     """Stable Diffusion 1.x / 2.x (``StableDiffusionPipeline``): a VAE latent prior with one CLIP text encoder.
 
     Cond: {"prompt_embeds": [N,77,D]}, the text encoder's last hidden state as the pipeline uses it ("" is
@@ -543,6 +656,41 @@ class StableDiffusionPrior(DiffusersPrior):
                              f"(the VAE's downsampling factor)")
         if self.resolution > self.native_resolution and hasattr(self.vae, "enable_tiling"):
             self.vae.enable_tiling()
+
+    @property
+    def cross_attention_dim(self) -> int | None:
+        """The UNet's cross-attention width (``ImageAdapterHost``)."""
+        return cross_attention_width(self.unet.config)
+
+    def load_ip_adapter(self, source: str, subfolder: str, weight_name: str, scale: float, image: Tensor) -> Tensor:
+        """Load an IP-Adapter into the UNet with diffusers' ``load_ip_adapter`` and encode ``image`` [H,W,3] in [0,1]
+        (``ImageAdapterHost``; guidance/priors/visual_prompt.py checks the adapter fits first).
+
+        A transient StableDiffusionPipeline is assembled from the prior's own modules (no copy), so the adapter's
+        attention processors land in this UNet. Returns the image embedding [1,1,D] (prior device and dtype).
+        """
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+        from PIL import Image
+
+        pipe = StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                                       unet=self.unet, scheduler=DDIMScheduler.from_config(self.scheduler_config),
+                                       safety_checker=None, feature_extractor=None, image_encoder=None,
+                                       requires_safety_checker=False)
+        offline = os.path.isdir(source) or hub_offline()
+        try:
+            pipe.load_ip_adapter(source, subfolder=subfolder, weight_name=weight_name,
+                                 local_files_only=True if offline else None)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise PriorError(f"cannot load the IP-Adapter {source!r} ({subfolder}/{weight_name}): "
+                             f"{_first_line(e)}") from None
+        pipe.set_ip_adapter_scale(scale)
+        pipe.image_encoder.requires_grad_(False).eval()
+        self.unet.requires_grad_(False)
+        self.image_encoder = pipe.image_encoder
+        with torch.no_grad():
+            pil = Image.fromarray((image.clamp(0, 1).numpy() * 255 + 0.5).astype("uint8"))
+            emb, _ = pipe.encode_image(pil, self.device, 1)  # [1,D]
+        return emb[:, None].to(self.device, self.dtype)
 
     def _vae_dtype(self) -> torch.dtype:
         """cfg.vae_dtype, or with "auto" the prior's dtype."""

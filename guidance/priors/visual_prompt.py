@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from guidance.priors.base import Cond
+from foundation.abilities import declares
+from guidance.priors.base import Cond, ExemplarImages, ImageAdapterHost
 
 MAX_BYTES = 32 * 1024 * 1024
 MAX_PIXELS = 4096 * 4096
@@ -76,15 +77,14 @@ class VisualPrompt:
     @staticmethod
     def build(prior, path: str, cfg) -> "VisualPrompt":
         image = load_image(path)
-        if hasattr(prior, "images") and hasattr(prior, "tags"):
+        if declares(prior, ExemplarImages):
             return VisualPrompt("log_prior", exemplar_image_log_prior(prior, image, cfg.ip_adapter_scale),
                                 torch.zeros(len(prior.tags), device=prior.device), "add")
-        if hasattr(prior, "unet") and hasattr(prior, "text_encoder"):
-            check_ip_adapter_fits(getattr(prior, "name", "the prior"), _cross_dim(prior.unet.config),
-                                  type(prior).__name__, cfg.ip_adapter, cfg.ip_adapter_subfolder,
-                                  cfg.ip_adapter_weight_name)
-            emb = load_ip_adapter(prior, cfg.ip_adapter, cfg.ip_adapter_subfolder, cfg.ip_adapter_weight_name,
-                                  cfg.ip_adapter_scale, image)
+        if declares(prior, ImageAdapterHost):
+            check_ip_adapter_fits(prior.name, prior.cross_attention_dim, type(prior).__name__, cfg.ip_adapter,
+                                  cfg.ip_adapter_subfolder, cfg.ip_adapter_weight_name)
+            emb = prior.load_ip_adapter(cfg.ip_adapter, cfg.ip_adapter_subfolder, cfg.ip_adapter_weight_name,
+                                        cfg.ip_adapter_scale, image)
             return VisualPrompt("image_embeds", emb, torch.zeros_like(emb), "set")
         raise ValueError(f"the {type(prior).__name__} prior cannot take an image prompt (supported: exemplar/shapes "
                          f"priors and Stable Diffusion priors through an IP-Adapter)")
@@ -145,13 +145,6 @@ IP_ADAPTER_WIDTHS = {"sd15": 768, "sdxl": 2048}
 """Cross-attention width by the tag in h94/IP-Adapter's file names, for a weight file not downloaded yet."""
 
 
-def _cross_dim(unet_config) -> int | None:
-    d = unet_config.get("cross_attention_dim") if hasattr(unet_config, "get") else None
-    if isinstance(d, (list, tuple)):
-        d = d[0] if len(set(d)) == 1 else None
-    return int(d) if d is not None else None
-
-
 def ip_adapter_width(source: str, subfolder: str, weight_name: str) -> int | None:
     """The cross-attention width an IP-Adapter was trained for, read from its safetensors header (no weights are
     loaded) when the file is on disk, else from its name (…_sd15…: 768, …_sdxl…: 2048); None when unknown."""
@@ -206,47 +199,12 @@ def check_visual_prompt_prior(prior_name: str, cfg) -> None:
                               cfg.ip_adapter_weight_name)
     import json
 
-    from guidance.priors.stable_diffusion import ModelSource
+    from guidance.priors.stable_diffusion import ModelSource, cross_attention_width
     folder = ModelSource.resolve(prior_name)
     config = os.path.join(folder.snapshot or folder.name, "unet", "config.json")
     cross = None
     if os.path.isfile(config):
         with open(config) as f:
-            cross = _cross_dim(json.load(f))
+            cross = cross_attention_width(json.load(f))
     check_ip_adapter_fits(prior_name, cross, "sd", cfg.ip_adapter, cfg.ip_adapter_subfolder,
                           cfg.ip_adapter_weight_name)
-
-
-def load_ip_adapter(prior, source: str, subfolder: str, weight_name: str, scale: float, image: Tensor) -> Tensor:
-    """Load an IP-Adapter into ``prior.unet`` with diffusers' ``load_ip_adapter`` and encode ``image``.
-
-    A transient StableDiffusionPipeline is assembled from the prior's own modules (no copy), so the adapter's
-    attention processors land in the prior's UNet. Returns the image embedding [1,1,D] (prior device and dtype).
-    """
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
-    from guidance.priors.base import PriorError
-    pipe = StableDiffusionPipeline(vae=prior.vae, text_encoder=prior.text_encoder, tokenizer=prior.tokenizer,
-                                   unet=prior.unet, scheduler=DDIMScheduler.from_config(prior.scheduler_config),
-                                   safety_checker=None, feature_extractor=None, image_encoder=None,
-                                   requires_safety_checker=False)
-    offline = os.path.isdir(source) or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "yes", "on")
-    try:
-        pipe.load_ip_adapter(source, subfolder=subfolder, weight_name=weight_name,
-                             local_files_only=True if offline else None)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise PriorError(f"cannot load the IP-Adapter {source!r} ({subfolder}/{weight_name}): "
-                         f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__}") from None
-    pipe.set_ip_adapter_scale(scale)
-    pipe.image_encoder.requires_grad_(False).eval()
-    prior.unet.requires_grad_(False)
-    prior.image_encoder = pipe.image_encoder
-    with torch.no_grad():
-        pil = _to_pil(image)
-        emb, _ = pipe.encode_image(pil, prior.device, 1)  # [1,D]
-    return emb[:, None].to(prior.device, prior.dtype)
-
-
-def _to_pil(image: Tensor):
-    from PIL import Image
-    return Image.fromarray((image.clamp(0, 1).numpy() * 255 + 0.5).astype("uint8"))
