@@ -125,8 +125,10 @@ def test_a_conditioned_prior_refuses_a_scene_that_renders_no_condition():
 
 
 def test_mesh_init_from_needs_a_density_field():
+    from engine.init_from import init_from_scene
+
     with pytest.raises(ValueError, match="is not a density field"):
-        _small("mesh").init_from_scene(_small("material"), "a material run")
+        init_from_scene(_small("mesh"), _small("material"), "a material run")
 
 
 def _our_classes(packages):
