@@ -237,3 +237,32 @@ def test_texture_device_follows_the_one_backend_rule(tmp_path, capsys, monkeypat
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
         assert not out.exists()
+
+
+def test_texture_ctrl_c_keeps_a_checkpoint_and_resumes(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during `engine texture` is generate's: a checkpoint, status "interrupted", exit 130 and one line
+    saying how to continue; `engine texture --resume RUN` then finishes the run."""
+    import engine.train
+    from engine.cli import main
+
+    calls = []
+    real = engine.train.sample_cameras
+
+    def interrupted_at_step_2(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine.train, "sample_cameras", interrupted_at_step_2)
+    src = str(tmp_path / "cube.obj")
+    _cube(src)
+    out = tmp_path / "out"
+    assert main(["texture", src, "a red cube", "--steps", "3", "--resolution", "16", "--texture-resolution", "8",
+                 "--envs", "studio", "--out", str(out)]) == 130
+    assert f"continue with engine texture --resume {out}" in capsys.readouterr().err
+    status = json.load(open(out / "status.json"))
+    assert status["state"] == "interrupted" and status["step"] == 2 and not (out / "textured.glb").exists()
+    monkeypatch.setattr(engine.train, "sample_cameras", real)
+    assert main(["texture", "--resume", str(out)]) == 0
+    assert json.load(open(out / "report.json"))["steps"] == 3 and (out / "textured.glb").is_file()
