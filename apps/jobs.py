@@ -1,8 +1,9 @@
 """Job queue of the web app: one running job per device, a FIFO of waiting jobs, per-session folders, clean stop.
 
 The app holds no generation logic: a job is a ``GenerateConfig`` (built by engine.compose, as the CLI's) handed to
-``engine.train.generate`` with ``Hooks`` (or a ``TextureConfig`` handed to ``engine.texture.texture_mesh``); when the run ends (complete, or stopped with a checkpoint), its files are
-exported with ``engine.export``'s public functions when that module exists. Everything else here is bookkeeping:
+``engine.train.generate`` with ``Hooks`` (or a ``TextureConfig`` handed to ``engine.texture.texture_mesh``); when
+the run ends (complete, or stopped with a checkpoint), its files are exported with ``engine.export``'s public
+functions when that module exists. Everything else here is bookkeeping:
 queue positions, progress numbers, zips of the exported files, and deleting sessions nobody has used for a while.
 
 Layout: ``ROOT/<session token>/<job id>/run/`` is the engine's run folder, ``.../downloads/`` holds the zips and
