@@ -240,43 +240,30 @@ def texture_available() -> bool:
     return importlib.util.find_spec("engine.texture") is not None
 
 
-def texture_argv(form: dict, mesh_path: str, allow_local_models: bool = False) -> list[str]:
-    """The `engine texture MESH PROMPT` argv equivalent to the form."""
+def texture_form_config(form: dict, mesh_path: str, allow_local_models: bool = False):
+    """The engine.texture.TextureConfig of the form (keys as in ``App.inputs``) and the uploaded mesh: the widgets
+    map to its fields directly, checked by the config itself (the CLI's ranges) and by APP_TEXTURE_BOUNDS; the CFG
+    scale is passed only to objectives that have one. InputError (one line) if refused."""
+    from engine.texture import TextureConfig, check_texture_config
+    from guidance import GUIDANCES
+
     prompt = (form.get("prompt") or "").strip()
     if not prompt:
         raise InputError('the prompt is empty; describe the surface, e.g. "a red cube"')
     prior = "shapes" if form["prior"] == PRIOR_SHAPES else check_model_id(form.get("model_id"), allow_local_models)
-    return [mesh_path, prompt, f"--prior={prior}", f"--guidance={form['guidance']}",
-            f"--guidance-scale={float(form.get('cfg_scale') or 0.0)}", f"--steps={int(form['steps'])}",
-            f"--resolution={int(form['resolution'])}", f"--seed={int(form['seed'])}",
-            f"--texture-resolution={int(form.get('texture_size') or 128)}"]
-
-
-def build_texture_config(argv: list[str]):
-    """TextureConfig from `engine texture` argv via that command's own parser and bounds; InputError if refused."""
-    from engine.cli import UsageError
-    from engine.cli_texture import _parser, check_texture_args
-    from engine.texture import TextureConfig
-    from guidance import GUIDANCES
-
-    parser = _parser()
-
-    def refuse(message: str):
-        raise InputError(" ".join(message.split()))
-
-    parser.error = refuse  # one line, raised, never printed
+    guidance = form["guidance"]
+    if guidance not in GUIDANCES:
+        raise InputError(f"unknown guidance {guidance!r}")
+    has_scale = "guidance_scale" in GUIDANCES[guidance].__dataclass_fields__
     try:
-        args = vars(parser.parse_args(argv))
-        check_texture_args(args)
-    except UsageError as e:
+        cfg = TextureConfig(mesh=mesh_path, prompt=prompt, prior=prior, guidance=guidance,
+                            guidance_scale=float(form.get("cfg_scale") or 0.0) if has_scale else 0.0,
+                            steps=int(form["steps"]), resolution=int(form["resolution"]), seed=int(form["seed"]),
+                            texture_resolution=int(form.get("texture_size") or 128))
+        check_texture_config(cfg, APP_TEXTURE_BOUNDS)
+    except ValueError as e:
         raise InputError(str(e)) from None
-    except SystemExit:
-        raise InputError("the texture settings were refused") from None
-    if args["guidance"] not in GUIDANCES:
-        raise InputError(f"unknown guidance {args['guidance']!r}")
-    check_app_bounds(args, APP_TEXTURE_BOUNDS, "texture")
-    names = {f.name for f in dataclasses.fields(TextureConfig)}
-    return TextureConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items() if k in names})
+    return cfg
 
 
 def model_available(model_id: str) -> bool:
@@ -408,7 +395,7 @@ class App:
             uploads = os.path.join(folder, "uploads")
             if texture:
                 mesh = keep_upload(mesh, uploads, "mesh")
-                cfg = build_texture_config(texture_argv(form, mesh, self.allow_local_models))
+                cfg = texture_form_config(form, mesh, self.allow_local_models)
                 job = self.manager.submit(session, cfg, job_id, folder, kind="texture")
             else:
                 if form.get("image"):

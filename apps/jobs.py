@@ -1,8 +1,9 @@
 """Job queue of the web app: one running job per device, a FIFO of waiting jobs, per-session folders, clean stop.
 
-The app holds no generation logic: a job is a ``GenerateConfig`` (built by the CLI's own parser) handed to
-``engine.train.generate`` with ``Hooks``; when the run ends (complete, or stopped with a checkpoint), its files are
-exported with ``engine.export``'s public functions when that module exists. Everything else here is bookkeeping:
+The app holds no generation logic: a job is a ``GenerateConfig`` (built by engine.compose, as the CLI's) handed to
+``engine.train.generate`` with ``Hooks`` (or a ``TextureConfig`` handed to ``engine.texture.texture_mesh``); when
+the run ends (complete, or stopped with a checkpoint), its files are exported with ``engine.export``'s public
+functions when that module exists. Everything else here is bookkeeping:
 queue positions, progress numbers, zips of the exported files, and deleting sessions nobody has used for a while.
 
 Layout: ``ROOT/<session token>/<job id>/run/`` is the engine's run folder, ``.../downloads/`` holds the zips and
@@ -614,29 +615,16 @@ def collect_files(job: Job) -> dict:
     return job.files
 
 
-class _StopRequested(Exception):
-    pass
-
-
 def run_texture_job(job: Job, device: str) -> None:
-    """engine.texture.texture_mesh on the user's mesh, with progress; stopping abandons it (it writes at the end)."""
+    """engine.texture.texture_mesh on the user's mesh, with progress. Stop ends the run as generate's does (a
+    checkpoint, status "interrupted"), and the textured mesh and maps of the step it stopped at are kept."""
     from engine.texture import texture_mesh
-    from engine.train import RunError
+    from engine.train import Hooks, RunError
 
     cfg = dataclasses.replace(job.cfg, device=device)
-    on_step = progress_hook(job)
-
-    def log(step: int, loss: float) -> None:
-        on_step(step + 1, cfg.steps)
-        if job.stop_event.is_set():
-            raise _StopRequested
-
+    hooks = Hooks(on_step=progress_hook(job), should_stop=job.stop_event.is_set)
     try:
-        report = texture_mesh(cfg, log=log)
-    except _StopRequested:
-        job.update(state=STOPPED, message=f"stopped at step {job.step}; texturing writes its textured mesh only at "
-                                          f"the end, so nothing was kept", finished=time.time())
-        return
+        report = texture_mesh(cfg, hooks=hooks)
     except (ValueError, RunError) as e:  # TextureError, PriorError and the run's own failures: user-facing messages
         job.update(state=FAILED, message=str(e), finished=time.time())
         return
@@ -652,7 +640,14 @@ def run_texture_job(job: Job, device: str) -> None:
                                      [(os.path.join(out, t), f"textures/{t}") for t in textures])
     job.update(files={k: v for k, v in files.items() if v},
                preview=os.path.join(out, previews[-1]) if previews else job.preview)
-    job.update(state=DONE, message="", finished=time.time())
+    if report.get("complete", True):
+        job.update(state=DONE, message="", finished=time.time())
+        return
+    kept = " and ".join(what for what, key in (("the textured mesh", "glb"), ("its maps", "textures_zip"))
+                        if key in job.files)
+    job.update(state=STOPPED, step=report["steps"], eta_s=None, finished=time.time(),
+               message=f"stopped at step {report['steps']}; kept its checkpoint" + (f", {kept} of that step"
+                                                                                    if kept else ""))
 
 
 RUNNERS = {"texture": run_texture_job}

@@ -26,17 +26,9 @@ class UsageError(ConfigError):
     """Refused command-line input; its message is one plain line for the user."""
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse for the other commands (export, texture, app): a refusal is one plain line, '<prog>: error: ...',
-    exit code 2 (no usage block above it); --help still prints the full help."""
-
-    def error(self, message: str):
-        print(f"{self.prog}: error: {' '.join(message.split())} (see --help)", file=sys.stderr)
-        raise SystemExit(USAGE_ERROR)
-
-
 def check_range(name: str, value, lo, hi) -> None:
-    """UsageError unless lo <= value <= hi (the plain-argparse commands' bounds; generate uses engine.config)."""
+    """UsageError unless lo <= value <= hi (engine export's option ranges; generate and texture use
+    engine.config.check_config)."""
     if not lo <= value <= hi:
         raise UsageError(f"{name} must be in {lo:g}..{hi:g}, got {value:g}")
 
@@ -181,7 +173,7 @@ def _as_flags(message: str, cls, renamed: dict[str, str]) -> str:
         t = typing.get_type_hints(cls)[f.name]
         if dataclasses.is_dataclass(t):
             message = _as_flags(message, t, renamed)
-        elif head == f.name:
+        elif head in (f.name, f.name.replace("_", "-")):  # a config's own check, or check_config's spelling
             message = "--" + f.name.replace("_", "-") + message[len(head):]
     for long, short in renamed.items():
         message = message.replace(long, short)

@@ -20,7 +20,6 @@ exporter (engine/export) as every other run. What is texture-specific lives here
 """
 
 import dataclasses
-import math
 import os
 import secrets
 import time
@@ -40,32 +39,73 @@ TextureError = MeshError
 PREVIEW_SIZE = 128
 
 
+TEXTURE_BOUNDS: dict[str, tuple[float, float]] = {
+    "steps": (0, 1_000_000), "texture_resolution": (8, 8192), "batch": (1, 64), "rotations": (1, 64),
+    "size": (1e-3, 1e3), "lr": (0.0, 10.0), "guidance_scale": (0.0, 1000.0)}
+"""Ranges of the command's numeric options, beside engine.config.BOUNDS (which bounds ``seed`` and ``resolution``
+for every config); TextureConfig checks them itself, so the CLI and the app refuse the same values."""
+
+
+def check_texture_config(cfg: "TextureConfig", bounds: dict | None = None) -> None:
+    """ValueError (one line naming the option) for a numeric option outside its range (engine.config.check_config
+    with TEXTURE_BOUNDS, tightened by ``bounds``: the app's limits), an unknown objective or no training
+    environment."""
+    from engine.config import check_config
+    from guidance import GUIDANCES
+
+    check_config(cfg, {**TEXTURE_BOUNDS, **(bounds or {})})
+    if cfg.guidance not in GUIDANCES:
+        raise ValueError(f"unknown guidance {cfg.guidance!r} (known: {', '.join(GUIDANCES)})")
+    if not cfg.envs:
+        raise ValueError("envs needs at least one training environment")
+
+
 @dataclass
 class TextureConfig:
-    """The options of one `engine texture` run; ``texture_config`` turns them into the preset's GenerateConfig."""
+    """Relightable PBR materials for a user's mesh (the texture preset of `engine generate`); the fields are the
+    options of `engine texture`, and ``texture_config`` turns them into the preset's GenerateConfig."""
 
     mesh: str
+    """OBJ, GLB or PLY file (its UVs are kept when it has them)."""
     prompt: str
+    """What the surface should look like, e.g. "a red cube"."""
     prior: str = "shapes"
+    """shapes (the light-aware shapes prior), a diffusers hub id or model folder."""
     guidance: str = "sds"
+    """The objective (a key of guidance.GUIDANCES)."""
     guidance_scale: float = 0.0
-    """0: the preset's (1 for the shapes prior, the objective's own otherwise)."""
+    """CFG scale; 0: the preset's (1 for the shapes prior, the objective's own otherwise)."""
     steps: int = 150
+    """Optimisation steps."""
     resolution: int = 64
+    """Training render side in pixels."""
     texture_resolution: int = 128
+    """Side of the optimised and written textures in texels."""
     batch: int = 2
+    """Views per step."""
     lr: float = 3e-2
+    """Learning rate of the materials."""
     seed: int = 0
+    """The run's seed."""
     size: float = 0.8
+    """Longest bounding-box side after normalisation (metres); the export puts the mesh back in its own units."""
     envs: tuple[str, ...] = TRAIN_ENVS
+    """Training environments: procedural names or equirect .hdr/.exr/.png files."""
     held_out_env: str = HELD_OUT_ENV
+    """The environment of the relighting check and the second preview."""
     rotations: int = 4
+    """Rotations of each training environment about the vertical axis."""
     out: str = ""
+    """The run folder ("": outputs/texture/<mesh name>)."""
     device: str = "auto"
     """"auto" (cuda when available), "cpu" or "cuda[:N]", as for `engine generate`."""
     controlnet: str = ""
     """Diffusers SD priors: DreamMat's light-aware ControlNet (hub id or folder; guidance/priors/controlnet.py),
     conditioned on the mesh's geometry and lighting renders under the same environment as the shading; "" means none."""
+
+    def __post_init__(self) -> None:
+        self.envs = tuple(self.envs)
+        check_texture_config(self)
 
 
 def guidance_config(name: str, scale: float, shapes: bool):
@@ -89,17 +129,6 @@ def guidance_config(name: str, scale: float, shapes: bool):
     return cls(**kwargs)
 
 
-def _resolve_device(name: str) -> str:
-    """"auto" -> cuda when torch sees a GPU, else cpu (as `engine generate`); a CUDA request without one is refused."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TextureError(f"device {name} was asked for, but torch sees no CUDA GPU (use --device cpu)")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise TextureError(f"device must be auto, cpu or cuda[:N], got {name!r}")
-    return name
-
-
 def texture_config(cfg: TextureConfig, has_uv: bool) -> GenerateConfig:
     """The texture preset with the command's options: the GenerateConfig of the run (``has_uv``: the mesh brings
     UVs, so its materials are UV textures)."""
@@ -119,8 +148,9 @@ def texture_config(cfg: TextureConfig, has_uv: bool) -> GenerateConfig:
     g.train.steps = cfg.steps
     g.train.export = False  # the command writes its own asset (texture_outputs) at the end
     g.train.export_texture_size = cfg.texture_resolution
-    g.resolution, g.seed, g.device, g.out = cfg.resolution, cfg.seed, cfg.device, cfg.out
-    return g
+    # the run's own checks (GenerateConfig.__post_init__: the device name among them); the device itself is
+    # resolved once, by the run (engine.train.resolve_device, the one rule of foundation/backend.py)
+    return dataclasses.replace(g, resolution=cfg.resolution, seed=cfg.seed, device=cfg.device, out=cfg.out)
 
 
 def _check_mesh(cfg: TextureConfig) -> LoadedMesh:
@@ -146,27 +176,19 @@ def _out_dir(cfg: TextureConfig) -> str:
     return base
 
 
-def _hooks(log, total: int):
-    from engine.train import Hooks
-
-    if log is None:
-        return None
-    return Hooks(on_step=lambda done, _total, logs: log(done - 1, float(logs.get("loss", math.nan))))
-
-
-def texture_mesh(cfg: TextureConfig, log=None) -> dict:
+def texture_mesh(cfg: TextureConfig, hooks=None) -> dict:
     """The whole command: the preset's generate run into ``--out``, then ``texture_outputs``; returns the report
-    (also written to <out>/report.json). ``log(step, loss)`` hears every step (loss NaN between logged steps)."""
+    (also written to <out>/report.json). ``hooks`` (engine.train.Hooks) hear every step and may stop the run: it
+    then ends with a checkpoint and status "interrupted", and the outputs are those of the step it stopped at
+    (``report["complete"]`` is False)."""
     from engine.train import generate
 
-    cfg = dataclasses.replace(cfg, device=_resolve_device(cfg.device))
     mesh = _check_mesh(cfg)
     gcfg = texture_config(dataclasses.replace(cfg, out=_out_dir(cfg)), has_uv=mesh.uv is not None)
-    run_dir = generate(gcfg, hooks=_hooks(log, cfg.steps))
-    return texture_outputs(run_dir)
+    return texture_outputs(generate(gcfg, hooks=hooks))
 
 
-def resume_texture(run_dir: str, log=None) -> dict:
+def resume_texture(run_dir: str, hooks=None) -> dict:
     """`engine texture --resume RUN`: continue a texture run from its last checkpoint, then write its outputs."""
     from engine import runfolder
     from engine.train import generate
@@ -174,7 +196,7 @@ def resume_texture(run_dir: str, log=None) -> dict:
     cfg = runfolder.read_config(run_dir)
     if not (getattr(cfg.renderer, "mode", "") == "fixed" and cfg.renderer.mesh_path):
         raise TextureError(f"{run_dir} is not a texture run (its renderer is not a fixed mesh from a file)")
-    generate(cfg, resume=run_dir, hooks=_hooks(log, cfg.train.steps))
+    generate(cfg, resume=run_dir, hooks=hooks)
     return texture_outputs(run_dir)
 
 
@@ -195,7 +217,7 @@ def texture_outputs(run_dir: str) -> dict:
     """The texture-specific outputs of a finished texture run (see the module docstring); returns the report."""
     from engine import runfolder
     from engine.export import ExportOptions, bake_scene, write_mesh_format
-    from engine.outputs import save_png, write_json
+    from engine.outputs import read_status, save_png, write_json
     from foundation.cameras import orbit_cameras
 
     run = runfolder.load_run(run_dir, scene=False)
@@ -212,7 +234,8 @@ def texture_outputs(run_dir: str) -> dict:
     glb = write_mesh_format("glb", os.path.join(run_dir, "textured.glb"), baked, opts, textures_dir=run_dir)
     report = {"glb": glb, "faces": int(mesh.faces.shape[0]), "kept_user_uvs": mesh.uv is not None,
               "repairs": mesh.repairs + (["unwrapped with xatlas (the mesh had no UVs)"] if mesh.uv is None else []),
-              "steps": int(run.state["step"]), "final_loss": _final_loss(run_dir), "export": baked.info,
+              "steps": int(run.state["step"]), "complete": read_status(run_dir).get("state") == "complete",
+              "final_loss": _final_loss(run_dir), "export": baked.info,
               **material_report(scene, cfg)}
     cams = orbit_cameras([30.0, 120.0, 210.0, 300.0], 20.0, 2.5, 40.0, PREVIEW_SIZE)
     for env in (cfg.renderer.envs[0], cfg.renderer.eval_env):
@@ -288,6 +311,6 @@ def material_report(scene, cfg: GenerateConfig) -> dict:
     return report
 
 
-__all__ = ["TextureConfig", "TextureError", "LoadedMesh", "load_mesh", "texture_config", "texture_mesh",
-           "resume_texture", "texture_outputs", "material_report", "guidance_config", "TRAIN_ENVS", "HELD_OUT_ENV",
-           "FolderResolver"]
+__all__ = ["TextureConfig", "TEXTURE_BOUNDS", "check_texture_config", "TextureError", "LoadedMesh", "load_mesh",
+           "texture_config", "texture_mesh", "resume_texture", "texture_outputs", "material_report", "guidance_config",
+           "TRAIN_ENVS", "HELD_OUT_ENV", "FolderResolver"]

@@ -345,6 +345,70 @@ def test_texture_a_users_mesh(server, tmp_path):
     assert out[1] and os.path.getsize(out[1]) > 0  # the relit preview
 
 
+def test_the_texture_form_builds_the_clis_texture_config():
+    """The Texture button's widgets map to engine.texture.TextureConfig directly (no argv, no parser): the same
+    config `engine texture` parses, refused with the config's own one-line message or the app's tighter limits."""
+    from apps.gradio_app import texture_form_config
+    from engine.cli_texture import parse
+
+    cli, _ = parse(["/m.obj", "a red cube", "--steps", "4", "--resolution", "32", "--seed", "3",
+                    "--guidance-scale", "1.0", "--texture-resolution", "64"])
+    assert texture_form_config(form(), "/m.obj") == cli
+    assert texture_form_config(form(guidance="csd"), "/m.obj").guidance_scale == 0.0  # csd has no CFG scale
+    assert texture_form_config(form(prior=PRIOR_MODEL), "/m.obj").prior == "org/model"
+    for bad, message in (({"steps": 30000}, "steps must be in 1..20000"),
+                         ({"texture_size": 4096}, "texture-resolution must be in 8..2048"),
+                         ({"resolution": 4}, "resolution must be in"), ({"prompt": " "}, "prompt is empty"),
+                         ({"prior": PRIOR_MODEL, "model_id": "/etc"}, "hub id")):
+        with pytest.raises(InputError, match=message):
+            texture_form_config(form(**bad), "/m.obj")
+
+
+class _StopsAtStep2(jobs.Job):
+    """A job whose user presses Stop once step 2 is reported."""
+
+    def update(self, **kw):
+        super().update(**kw)
+        if self.step >= 2:
+            self.stop_event.set()
+
+
+def test_stopping_a_texture_job_leaves_an_interrupted_run_and_says_what_was_kept(tmp_path):
+    """Stop on a texture job ends its run as generate's Ctrl-C does (a checkpoint, status "interrupted", not
+    "running"); the job says what it kept, and `engine texture --resume` continues the run to the end."""
+    import dataclasses
+    import json
+
+    import trimesh
+
+    from apps.gradio_app import texture_form_config
+    from engine.checkpoint import latest_checkpoint
+    from engine.outputs import read_status
+    from engine.texture import resume_texture
+
+    trimesh.creation.box(extents=(1.0, 1.0, 1.0)).export(tmp_path / "box.obj")
+    cfg = texture_form_config(form(steps=4, resolution=16, texture_size=16), str(tmp_path / "box.obj"))
+    folder = tmp_path / "job"
+    folder.mkdir()
+    cfg = dataclasses.replace(cfg, envs=("studio",), out=str(folder / "run"))
+    job = _StopsAtStep2("j", jobs.Session("s", "t", str(tmp_path)), cfg, str(folder), kind="texture", total=4)
+    jobs.run_texture_job(job, "cpu")
+    status = read_status(job.run_dir)
+    assert status["state"] == "interrupted" and status["step"] == 2, status
+    assert latest_checkpoint(os.path.join(job.run_dir, "ckpts")).endswith("step_000002.safetensors")
+    assert job.state == jobs.STOPPED and job.step == 2
+    assert job.message == "stopped at step 2; kept its checkpoint, the textured mesh and its maps of that step"
+    with open(job.files["glb"], "rb") as f:
+        assert f.read(4) == b"glTF"
+    with zipfile.ZipFile(job.files["textures_zip"]) as z:
+        assert "textures/albedo.png" in z.namelist()
+    report = json.load(open(os.path.join(job.run_dir, "report.json")))
+    assert report["steps"] == 2 and report["complete"] is False
+    report = resume_texture(job.run_dir)
+    assert report["steps"] == 4 and report["complete"] is True
+    assert read_status(job.run_dir)["state"] == "complete"
+
+
 def test_engine_app_command_serves_on_localhost(tmp_path):
     import subprocess
     import sys

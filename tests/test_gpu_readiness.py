@@ -109,10 +109,10 @@ def test_texture_works_with_every_objective(name, tmp_path):
 
 
 def test_texture_guidance_config_and_device_default():
-    from engine.cli_texture import _parser
+    from engine.cli_texture import parse
     from engine.texture import TextureConfig, TextureError, guidance_config
 
-    assert _parser().parse_args(["m.obj", "a red cube"]).device == "auto"
+    assert parse(["m.obj", "a red cube"])[0].device == "auto"
     assert TextureConfig(mesh="m.obj", prompt="x").device == "auto"
     sds = guidance_config("sds", 0.0, shapes=True)
     assert sds.guidance_scale == 1.0 and sds.cfg_convention == "standard"

@@ -75,6 +75,24 @@ def test_train_prior_refuses_bad_input(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "y")
 
 
+def test_train_prior_options_are_the_config_fields(tmp_path):
+    """The flags are TrainPriorConfig's fields, parsed from the dataclass (defaults only there); --out is required."""
+    from engine.cli import UsageError
+    from engine.cli_train_prior import parse
+    from engine.train_prior import TrainPriorConfig
+
+    out = str(tmp_path / "p")
+    assert parse(["shapes", "--out", out]).prior == TrainPriorConfig(out=out)
+    cmd = parse(["shapes", "--out", out, "--no-fp16", "--resume", "--vae-channels", "8", "8", "8", "8",
+                 "--minutes", "2.5", "--unet-steps", "7"])
+    assert cmd.prior == TrainPriorConfig(out=out, fp16=False, resume=True, vae_channels=(8, 8, 8, 8), minutes=2.5,
+                                         unet_steps=7)
+    for argv, message in ((["shapes"], "--out DIR is required"), (["shapes", "--out", out, "--bogus"], "--bogus"),
+                          (["shapes", "--out", out, "--unet-batch", "0"], "unet_batch must be >= 1")):
+        with pytest.raises(UsageError, match=message):
+            parse(argv)
+
+
 def _megabytes(folder: str) -> float:
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(folder) for f in fs) / 1e6
 

@@ -187,3 +187,82 @@ def test_a_users_uvs_come_back_in_the_glb(tmp_path):
         return {(tuple(np.round(p, 4)), tuple(np.round(t, 4))) for p, t in zip(m.vertices, m.visual.uv)}
 
     assert pairs(after) == pairs(before)
+
+
+# -- issue #14 item 4: the command's options are TextureConfig's fields; the device follows the one rule -------------
+def test_texture_options_are_parsed_from_the_dataclass():
+    """Defaults live only in TextureConfig; its ranges are checked by the config itself, named as the flags."""
+    import re
+
+    from engine.cli import UsageError
+    from engine.cli_texture import parse
+    from engine.texture import TextureConfig
+
+    cfg, resume = parse(["m.obj", "a red cube"])
+    assert resume is None and cfg == TextureConfig(mesh="m.obj", prompt="a red cube")
+    cfg, _ = parse(["m.obj", "a red cube", "--envs", "studio", "sky", "--batch", "1", "--rotations", "2",
+                    "--held-out-env", "rgb", "--guidance-scale", "2.5", "--texture-resolution", "32"])
+    assert (cfg.envs, cfg.batch, cfg.rotations, cfg.held_out_env) == (("studio", "sky"), 1, 2, "rgb")
+    assert (cfg.guidance_scale, cfg.texture_resolution) == (2.5, 32)
+    assert parse(["--resume", "runs/a"]) == (None, "runs/a") == parse(["--resume=runs/a"])
+    for argv, message in ((["m.obj", "x", "--texture-resolution", "9000"], "--texture-resolution must be in 8..8192"),
+                          (["m.obj", "x", "--steps", "-1"], "--steps must be in 0..1e+06"),
+                          (["m.obj", "x", "--lr", "nan"], "--lr must be a finite number"),
+                          (["m.obj", "x", "--resolution", "4"], "--resolution must be in 8..2048"),
+                          (["m.obj", "x", "--guidance", "nope"], "unknown guidance 'nope'"),
+                          (["m.obj", "x", "--envs"], "--envs needs at least one"),
+                          (["m.obj"], "missing option(s): prompt"),
+                          (["--resume", "runs/a", "m.obj"], "takes no MESH, PROMPT or other options"),
+                          (["--resume"], "--resume needs a run folder")):
+        with pytest.raises(UsageError, match=re.escape(message)):
+            parse(argv)
+    with pytest.raises(ValueError, match="size must be in"):  # the same check for every caller, not only the CLI
+        TextureConfig(mesh="m.obj", prompt="x", size=0.0)
+
+
+def test_texture_device_follows_the_one_backend_rule(tmp_path, capsys, monkeypatch):
+    """An explicit cuda that cannot be met is refused by the run's own resolver (foundation/backend.py), before
+    anything is written; a device name that is none of auto/cpu/cuda[:N] is refused by the run's config."""
+    import torch
+
+    from engine.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    src = str(tmp_path / "cube.obj")
+    _cube(src)
+    for device, message in (("cuda", "device 'cuda' was requested but CUDA cannot be used"),
+                            ("tpu", "device must be auto, cpu or cuda")):
+        out = tmp_path / f"out-{device}"
+        assert main(["texture", src, "a red cube", "--steps", "1", "--device", device, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+        assert not out.exists()
+
+
+def test_texture_ctrl_c_keeps_a_checkpoint_and_resumes(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during `engine texture` is generate's: a checkpoint, status "interrupted", exit 130 and one line
+    saying how to continue; `engine texture --resume RUN` then finishes the run."""
+    import engine.train
+    from engine.cli import main
+
+    calls = []
+    real = engine.train.sample_cameras
+
+    def interrupted_at_step_2(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine.train, "sample_cameras", interrupted_at_step_2)
+    src = str(tmp_path / "cube.obj")
+    _cube(src)
+    out = tmp_path / "out"
+    assert main(["texture", src, "a red cube", "--steps", "3", "--resolution", "16", "--texture-resolution", "8",
+                 "--envs", "studio", "--out", str(out)]) == 130
+    assert f"continue with engine texture --resume {out}" in capsys.readouterr().err
+    status = json.load(open(out / "status.json"))
+    assert status["state"] == "interrupted" and status["step"] == 2 and not (out / "textured.glb").exists()
+    monkeypatch.setattr(engine.train, "sample_cameras", real)
+    assert main(["texture", "--resume", str(out)]) == 0
+    assert json.load(open(out / "report.json"))["steps"] == 3 and (out / "textured.glb").is_file()
