@@ -143,24 +143,18 @@ def _known_flags() -> set[str]:
     return flags | {"guidance", "renderer", "preset", "prior", "steps", "image", "resume", "load-config", "help"}
 
 
-def _is_number(tok: str) -> bool:
-    try:
-        float(tok)
-        return True
-    except ValueError:
-        return False
-
-
 def check_overrides(text: str, guidance: str = "sds", renderer: str = "nerf") -> list[str]:
     """Free-form typed overrides (`--cameras.elevation 0 30`), checked against the allow-list (allowed_overrides):
     anything else, and any option-like token that is not a number, is refused with a message."""
+    from engine.compose import is_number
+
     try:
         tokens = shlex.split(text or "")
     except ValueError as e:
         raise InputError(f"advanced overrides: {e}") from None
     allowed = allowed_overrides(guidance, renderer)
     for tok in tokens:
-        if not tok.startswith("-") or _is_number(tok):
+        if not tok.startswith("-") or is_number(tok):
             continue
         key = tok.lstrip("-").split("=", 1)[0].replace("_", "-")
         if key in allowed and tok.startswith("--"):

@@ -267,7 +267,7 @@ def flag_overrides(tokens: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     key = None
     for tok in tokens:
-        if tok.startswith("--") and not _is_number(tok):
+        if tok.startswith("--") and not is_number(tok):
             name, eq, val = tok[2:].partition("=")
             key = name
             out[key] = [val] if eq else True
@@ -278,7 +278,8 @@ def flag_overrides(tokens: list[str]) -> dict[str, Any]:
     return {k: v if v is True else (v[0] if len(v) == 1 else " ".join(v)) for k, v in out.items()}
 
 
-def _is_number(tok: str) -> bool:
+def is_number(tok: str) -> bool:
+    """A token that is a number (so `-0.5` is a value, not an option)."""
     try:
         float(tok)
         return True
