@@ -31,7 +31,7 @@ from foundation.abilities import declares
 from foundation.backend import CudaUnavailable, no_cuda_device
 from foundation.backend import resolve as resolve_cuda
 from foundation.cameras import sample_cameras
-from guidance.priors import SHAPES_WORLD, Prior, build_prior
+from guidance.priors import Prior, build_prior, prior_world
 from guidance.priors.base import ConditionedPrior, DeferredChecks, OwnGenerator, TextEncoderRelease
 from guidance.priors.shapes import LIGHT_AWARE, LightAwareShapesPrior
 from guidance.prompts import PromptSet
@@ -296,6 +296,7 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
     tc = cfg.train
     ckpt_dir = os.path.join(run_dir, "ckpts")
     metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+    shapes_world = prior_world(cfg.prior.name) == "shapes"  # evaluated against the world's ground truth
     bar = None
     if tc.progress:
         from tqdm import tqdm
@@ -326,7 +327,7 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
             train_s += time.perf_counter() - t_step
             done = step + 1
             logs = {"step": done, "train_s": round(train_s, 3), "it_per_s": (done - start) / max(train_s, 1e-9)}
-            evaluate = tc.eval_every and done % tc.eval_every == 0 and cfg.prior.name in SHAPES_WORLD
+            evaluate = tc.eval_every and done % tc.eval_every == 0 and shapes_world
             log_now = evaluate or done % tc.log_every == 0 or done == tc.steps
             if log_now:  # the step's tensors are read here only: one host-device sync per logged step
                 watch.stop_if_bad()
@@ -469,7 +470,7 @@ def _finish(cfg: GenerateConfig, run_dir: str, scene, background: Background, de
     """Evaluation, video, then the 'complete' status — the status is written last."""
     tc = cfg.train
     result: dict = {}
-    if cfg.prior.name in SHAPES_WORLD and tc.eval_views > 0:
+    if prior_world(cfg.prior.name) == "shapes" and tc.eval_views > 0:
         result = outputs.evaluate_shapes(scene, cfg.prompt, cfg.cameras, tc.eval_views, cfg.resolution, device)
         if result:
             outputs.write_json(os.path.join(run_dir, "eval.json"), result)

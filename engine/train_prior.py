@@ -602,8 +602,33 @@ def train_prior(cfg: TrainPriorConfig, log=None) -> dict:
     save_pipeline(pipe, cfg.out, cfg.fp16)
     with open(os.path.join(cfg.out, "training.json"), "w") as f:
         json.dump(record, f, indent=1)
+    write_defaults(cfg.out)
     log(f"saved {cfg.out} ({folder_megabytes(cfg.out):.2f} MB) in {clock.elapsed() / 60:.1f} min")
     return record
+
+
+RECOMMENDED_DEFAULTS: dict = {
+    "cameras.elevation": [0.0, 40.0],
+    "cameras.distance": [2.5, 2.5],
+    "cameras.fovy": [40.0, 40.0],
+    "background.kind": "solid",
+    "background.color": [1.0, 1.0, 1.0],
+    "train.steps": 400,
+    "resolution": 64,
+}
+"""The run settings a shapes-world prior folder recommends (its distillery.json, applied by `engine generate` under
+the user's flags): the cameras and white background of the engine's `shapes` preset, which the training data
+covers; 400 steps at 64 px, the size the model was trained at. No CFG scale: each objective keeps its paper's
+(the diffusion preset). Measured in docs/learned-prior.md."""
+
+
+def write_defaults(out: str) -> None:
+    """distillery.json: the world the folder models (its runs are evaluated against that world's ground truth) and
+    RECOMMENDED_DEFAULTS."""
+    doc = {"about": "Written by `engine train-prior shapes` (engine/train_prior.py RECOMMENDED_DEFAULTS).",
+           "world": "shapes", "defaults": RECOMMENDED_DEFAULTS}
+    with open(os.path.join(out, "distillery.json"), "w") as f:
+        json.dump(doc, f, indent=1)
 
 
 def folder_megabytes(path: str) -> float:

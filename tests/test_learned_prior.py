@@ -62,6 +62,20 @@ def test_train_prior_is_deterministic_and_loads_offline(tmp_path, monkeypatch):
                generator=torch.Generator().manual_seed(0)).images
     assert img.shape == (1, 32, 32, 3) and torch.isfinite(torch.from_numpy(img)).all()
 
+    # The folder says which world it models (distillery.json), so a run on it is evaluated against that world's
+    # ground truth like a run on a built-in prior, and its recommended settings are applied.
+    from engine.train_prior import RECOMMENDED_DEFAULTS
+    from guidance.priors import prior_world
+    doc = json.load(open(os.path.join(a, "distillery.json")))
+    assert doc["world"] == "shapes" and doc["defaults"] == RECOMMENDED_DEFAULTS
+    assert prior_world(a) == "shapes" and prior_world(str(tmp_path)) is None and prior_world("shapes") == "shapes"
+    from engine.cli import main
+    run = str(tmp_path / "run")
+    assert main(["generate", "a red cube", "--prior", a, "--out", run, "--train.steps", "2", "--train.no-export",
+                 "--train.video-frames", "0", "--train.no-progress", "--resolution", "32"]) == 0
+    ev = json.load(open(os.path.join(run, "eval.json")))
+    assert ev["shape"] == "cube" and ev["closest_shape"] in ("cube", "sphere", "cylinder", "cone", "torus")
+
 
 def test_train_prior_refuses_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:

@@ -21,6 +21,7 @@ from guidance.priors.config import (
     SHAPES_WORLD,
     PriorConfig,
     cache_dir,
+    prior_world,
     resolve_prior_folder,
 )
 
@@ -111,4 +112,4 @@ def prior_family(name: str) -> str | None:
 
 
 __all__ = ["BUILTIN_FOLDERS", "SHAPES_WORLD", "Cond", "Prior", "PriorConfig", "PriorError", "apply_prior_defaults",
-           "build_prior", "cache_dir", "prior_family", "resolve_prior_folder"]
+           "build_prior", "cache_dir", "prior_world", "prior_family", "resolve_prior_folder"]

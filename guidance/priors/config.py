@@ -72,7 +72,26 @@ SHAPES_WORLD = ("shapes", "shapes-sd")
 """Prior names that model the built-in shapes world: their runs are evaluated against its ground truth."""
 
 DEFAULTS_FILE = "distillery.json"
-"""A prior folder's recommended run settings: {"defaults": {"train.steps": 600, "guidance.guidance_scale": 7.5}}."""
+"""A prior folder's recommended run settings, {"defaults": {"train.steps": 600, "guidance.guidance_scale": 7.5}},
+and optionally the built-in world it models, {"world": "shapes"} (its runs are then evaluated against that world's
+ground truth, as the built-in priors' are)."""
+
+
+def prior_world(name: str) -> str | None:
+    """"shapes" when the prior named ``name`` models the built-in shapes world (a built-in name, or a folder whose
+    distillery.json says so: what `engine train-prior shapes` writes); None otherwise, or when it cannot be read."""
+    import json
+
+    name = name.strip()
+    if name in SHAPES_WORLD:
+        return "shapes"
+    path = os.path.join(resolve_prior_folder(name), DEFAULTS_FILE)
+    try:
+        with open(path) as f:
+            world = json.load(f).get("world")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return world if world == "shapes" else None
 
 
 def cache_dir(cfg: PriorConfig) -> str:
