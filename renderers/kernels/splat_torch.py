@@ -143,13 +143,25 @@ def project(means: Float[Tensor, "N 3"], covars: Float[Tensor, "N 3 3"], viewmat
     return Projection(means2d, conics, tz, radii, opac)
 
 
+def _exclusive_segment_cumsum(values: Tensor, seg: Tensor, n_seg: int) -> Tensor:
+    """Σ_{j<k, seg_j = seg_k} values_j for values [K] whose segment ids ``seg`` [K] are sorted (float64 sums)."""
+    run = torch.cumsum(values.double(), 0)
+    before = torch.cat([run.new_zeros(1), run])  # before[k] = Σ_{j<k} values_j
+    first = torch.searchsorted(seg, torch.arange(n_seg, device=seg.device))  # each segment's first index (or K)
+    return before[:-1] - before[first[seg]]
+
+
 def _composite_tile(px: Tensor, py: Tensor, packed: Tensor, n_feat: int) -> tuple[Tensor, Tensor]:
     """Front-to-back compositing of one tile.
 
-    Which (pixel, Gaussian) pairs contribute is decided without autograd on the dense [P,S] tile matrix; only those
-    pairs (typically 1-20 % of it) are then recomputed differentiably, as gsplat's backward pass visits only the
-    contributing pairs. The per-pixel exclusive transmittance is a segmented cumulative sum over those pairs alone
-    (in float64), so neither the forward nor the backward pass of the differentiable part touches the dense matrix.
+    Which (pixel, Gaussian) pairs contribute is decided without autograd; only those pairs (typically 1-20 % of
+    the tile's [P,S] matrix) are then computed differentiably, as gsplat's backward pass visits only the
+    contributing pairs. The decision touches the dense matrix once: the quadratic form σ = ½(a dx² + c dy²) + b dx dy
+    is linear in the six monomials (x², y², xy, x, y, 1) of the pixel centre (tile-local, float64, so expanding
+    it loses nothing), i.e. one [P,6]×[6,S] matrix product, and α ≥ 1/255 is the comparison σ ≤ ln(255·o); the
+    transmittance cut-off (T ≤ 1e-4) is then a segmented cumulative sum over the surviving pairs alone.
+    Per-pixel exclusive transmittance of the kept pairs is the same segmented sum (float64: the running sum over a
+    tile stays exact to ~1e-12), so neither pass materialises more than that one comparison matrix.
 
     Args:
         px, py: [P] pixel-centre coordinates.
@@ -159,32 +171,30 @@ def _composite_tile(px: Tensor, py: Tensor, packed: Tensor, n_feat: int) -> tupl
     """
     P = px.shape[0]
     with torch.no_grad():
-        q = packed.detach()
-        dx = q[None, :, 0] - px[:, None]
-        dy = q[None, :, 1] - py[:, None]
-        sigma = 0.5 * (q[None, :, 2] * dx * dx + q[None, :, 4] * dy * dy) + q[None, :, 3] * dx * dy
-        alpha = torch.clamp_max(q[None, :, 5] * torch.exp(-sigma), ALPHA_MAX)
-        live = (sigma >= 0) & (alpha >= ALPHA_MIN)
-        # Inclusive transmittance of the unmasked sequence: the first Gaussian that would bring T to <= 1e-4 and
-        # everything behind it are dropped (T is monotone, so this mask is a prefix).
-        log_t_incl = torch.cumsum(torch.log1p(-torch.where(live, alpha, 0.0)), dim=1)
-        live &= log_t_incl > math.log(T_MIN)
-        p_idx, s_idx = live.nonzero(as_tuple=True)
+        q = packed.detach().double()
+        ox, oy = float(px.mean()), float(py.mean())
+        x, y = px.double() - ox, py.double() - oy
+        mx, my = q[:, 0] - ox, q[:, 1] - oy
+        a, b, c = q[:, 2], q[:, 3], q[:, 4]
+        monomials = torch.stack([x * x, y * y, x * y, x, y, torch.ones_like(x)], -1)  # [P,6]
+        coef = torch.stack([0.5 * a, 0.5 * c, b, -a * mx - b * my, -c * my - b * mx,
+                            0.5 * a * mx * mx + 0.5 * c * my * my + b * mx * my], 0)  # [6,S]
+        sigma = monomials @ coef  # [P,S]
+        # α = min(0.999, o·e^(−σ)) ≥ 1/255  ⇔  σ ≤ ln(o/ALPHA_MIN)  (0.999 > 1/255)
+        reach = torch.log((q[:, 5] / ALPHA_MIN).clamp_min(1e-30))
+        p0, s0 = ((sigma >= 0) & (sigma <= reach)).nonzero(as_tuple=True)
+        alpha0 = torch.clamp_max(q[s0, 5] * torch.exp(-sigma[p0, s0]), ALPHA_MAX)
+        log_1m0 = torch.log1p(-alpha0)
+        # The first Gaussian that would bring T to <= 1e-4 and everything behind it are dropped (gsplat's rule).
+        keep = _exclusive_segment_cumsum(log_1m0, p0, P) + log_1m0 > math.log(T_MIN)
+        p_idx, s_idx = p0[keep], s0[keep]
     rows = packed.index_select(0, s_idx)  # [K,6+D], differentiable
     dx = rows[:, 0] - px[p_idx]
     dy = rows[:, 1] - py[p_idx]
     sigma = 0.5 * (rows[:, 2] * dx * dx + rows[:, 4] * dy * dy) + rows[:, 3] * dx * dy
     alpha = torch.clamp_max(rows[:, 5] * torch.exp(-sigma), ALPHA_MAX)
     log_1m = torch.log1p(-alpha)
-    # Exclusive per-pixel cumulative sum over the K pairs alone (nonzero() lists them pixel-major, depth-sorted
-    # within a pixel): a global cumulative sum minus its value at each pixel's first pair. Float64 keeps the global
-    # running sum (≥ -9.3 per pixel, so ≥ -2400 over a tile) exact to ~1e-13; the backward pass is O(K), not the
-    # O(P·S) of a dense [P,S] cumsum.
-    run = torch.cumsum(log_1m.double(), 0)
-    start = torch.searchsorted(p_idx, torch.arange(P, device=p_idx.device))  # first pair of each pixel (or K)
-    before = torch.cat([run.new_zeros(1), run])  # before[k] = Σ_{j<k} log(1-α_j)
-    log_t_excl = (before[:-1] - before[start[p_idx]]).to(alpha.dtype)
-    weights = alpha * torch.exp(log_t_excl)  # α_i T_i with T_i exclusive
+    weights = alpha * torch.exp(_exclusive_segment_cumsum(log_1m, p_idx, P).to(alpha.dtype))  # α_i T_i, T exclusive
     feats = packed.new_zeros(P, n_feat).index_add(0, p_idx, weights[:, None] * rows[:, 6:6 + n_feat])
     log_t_pix = packed.new_zeros(P).index_add(0, p_idx, log_1m)
     return feats, 1.0 - torch.exp(log_t_pix)
