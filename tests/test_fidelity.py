@@ -132,3 +132,47 @@ def test_exported_cube_is_faithful(renderer, tmp_path):
     lo, hi = bound["lum"]
     assert s.chromaticity_distance <= bound["chroma"] and lo <= s.luminance_ratio <= hi, s
     assert s.face_spread <= bound["spread"], s
+
+
+# ------------------------------------------------------------------------------------- unseen-splat pruning
+def test_splatter_reports_each_gaussians_largest_blending_weight():
+    """max_weight is the largest α·T over the image: rendering one-hot features gives each Gaussian's weight map."""
+    from renderers.kernels.splat_torch import splat_torch
+
+    g = torch.Generator().manual_seed(3)
+    n = 48
+    means = (torch.rand(n, 3, generator=g) * 2 - 1) * 0.3
+    quats, scales = torch.randn(n, 4, generator=g), 0.05 + 0.1 * torch.rand(n, 3, generator=g)
+    opac = 0.6 + 0.39 * torch.rand(n, generator=g)
+    cams = orbit_cameras(torch.tensor([10.0, 140.0]), 20.0, 2.0, 45.0, 40)
+    res = splat_torch(means, quats, scales, opac, torch.eye(n).expand(2, n, n), cams.viewmat_opencv(),
+                      cams.intrinsics(), 40, 40)
+    weight_maps = res.render  # [C,H,W,N]: premultiplied one-hot features are the weights α_i T_i
+    assert torch.allclose(res.max_weight, weight_maps.amax((1, 2)), atol=1e-6)
+    assert (res.max_weight > 0.01).sum() > n  # most are seen; the test is not vacuous
+    assert (res.max_weight < 0.01).any()  # and some are hidden behind others in at least one view
+
+
+def test_densification_prunes_the_gaussians_no_render_showed():
+    """A splat hidden behind an opaque one in every training view is pruned; seen ones stay; 0 disables."""
+    from renderers.gaussians import GaussiansConfig
+
+    cams = orbit_cameras(torch.tensor([-5.0, 0.0, 5.0]), 0.0, 2.5, 40.0, 32)  # looking from +Z
+    means = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.5], [0.6, 0.0, 0.0]])  # hidden, occluder, beside
+    for prune_unseen, survivors in ((0.01, 2), (0.0, 3)):
+        cfg = GaussiansConfig(backend="torch", num_points=3, prune_opacity=0.0, prune_isolated=0.0,
+                              densify_grad_threshold=1e9, prune_unseen=prune_unseen)
+        scene = cfg.build(torch.Generator().manual_seed(0))
+        scene.attach_optimizer(torch.optim.Adam(list(scene.param_groups().values())))
+        with torch.no_grad():
+            scene.means.copy_(means)
+            scene.log_scales.copy_(torch.log(torch.tensor([[0.02] * 3, [0.4] * 3, [0.05] * 3])))
+            scene.opacity_logits.copy_(torch.logit(torch.tensor([0.5, 0.999, 0.5])))
+        out = scene.render(cams, torch.ones(3, 32, 32, 3))
+        out.rgb.sum().backward()
+        scene._accumulate_grad_stats(out)
+        assert scene.seen_weight[0] < 0.01 < scene.seen_weight[2] and scene.seen_weight[1] > 0.9
+        counts = scene.densify_and_prune()
+        assert counts["pruned"] == 3 - survivors and scene.num_gaussians == survivors
+        assert torch.allclose(scene.means, means[3 - survivors:])
+        assert scene.seen_steps == 0 and scene.seen_weight.shape == (survivors,)  # a fresh window

@@ -151,7 +151,7 @@ def _exclusive_segment_cumsum(values: Tensor, seg: Tensor, n_seg: int) -> Tensor
     return before[:-1] - before[first[seg]]
 
 
-def _composite_tile(px: Tensor, py: Tensor, packed: Tensor, n_feat: int) -> tuple[Tensor, Tensor]:
+def _composite_tile(px: Tensor, py: Tensor, packed: Tensor, n_feat: int) -> tuple[Tensor, Tensor, Tensor]:
     """Front-to-back compositing of one tile.
 
     Which (pixel, Gaussian) pairs contribute is decided without autograd; only those pairs (typically 1-20 % of
@@ -167,7 +167,8 @@ def _composite_tile(px: Tensor, py: Tensor, packed: Tensor, n_feat: int) -> tupl
         px, py: [P] pixel-centre coordinates.
         packed: [S,6+D] depth-sorted rows (μx, μy, a, b, c, opacity, features...).
     Returns:
-        premultiplied features [P,D] and alpha [P].
+        premultiplied features [P,D], alpha [P], and (no gradient) each row's largest blending weight α·T over the
+        tile's pixels [S].
     """
     P = px.shape[0]
     with torch.no_grad():
@@ -197,17 +198,20 @@ def _composite_tile(px: Tensor, py: Tensor, packed: Tensor, n_feat: int) -> tupl
     weights = alpha * torch.exp(_exclusive_segment_cumsum(log_1m, p_idx, P).to(alpha.dtype))  # α_i T_i, T exclusive
     feats = packed.new_zeros(P, n_feat).index_add(0, p_idx, weights[:, None] * rows[:, 6:6 + n_feat])
     log_t_pix = packed.new_zeros(P).index_add(0, p_idx, log_1m)
-    return feats, 1.0 - torch.exp(log_t_pix)
+    top = packed.new_zeros(packed.shape[0]).scatter_reduce(0, s_idx, weights.detach(), "amax")
+    return feats, 1.0 - torch.exp(log_t_pix), top
 
 
 def rasterize(means2d: Float[Tensor, "C N 2"], conics: Float[Tensor, "C N 3"], opacities: Float[Tensor, "C N"],
               features: Float[Tensor, "C N D"], depths: Float[Tensor, "C N"], radii: Int[Tensor, "C N 2"],
-              width: int, height: int, *, tile_size: int = 16,
-              checkpoint: bool = False) -> tuple[Float[Tensor, "C H W D"], Float[Tensor, "C H W 1"]]:
+              width: int, height: int, *, tile_size: int = 16, checkpoint: bool = False,
+              max_weight: Tensor | None = None) -> tuple[Float[Tensor, "C H W D"], Float[Tensor, "C H W 1"]]:
     """Composite projected Gaussians into premultiplied feature images and alpha (no background).
 
     One global depth sort per camera; each tile then keeps, in that order, the Gaussians whose box
-    [μ₂ − r, μ₂ + r] touches it (gsplat's tile binning without the 64-bit keys).
+    [μ₂ − r, μ₂ + r] touches it (gsplat's tile binning without the 64-bit keys). ``max_weight``, a [C,N] tensor if
+    given, receives (in place, as a running maximum) each Gaussian's largest blending weight α·T over the pixels of
+    each image: 0 for a Gaussian that colours no pixel (culled, behind T ≤ 1e-4, or fainter than 1/255 everywhere).
     """
     C, N, D = features.shape
     dev, dt = features.device, features.dtype
@@ -241,9 +245,13 @@ def rasterize(means2d: Float[Tensor, "C N 2"], conics: Float[Tensor, "C N 3"], o
                                         torch.arange(x0, x1, device=dev, dtype=dt) + 0.5, indexing="ij")
                 rows = packed.index_select(0, sel)
                 if checkpoint and rows.requires_grad:
-                    f, a = _checkpoint(_composite_tile, px.reshape(-1), py.reshape(-1), rows, D, use_reentrant=False)
+                    f, a, top = _checkpoint(_composite_tile, px.reshape(-1), py.reshape(-1), rows, D,
+                                            use_reentrant=False)
                 else:
-                    f, a = _composite_tile(px.reshape(-1), py.reshape(-1), rows, D)
+                    f, a, top = _composite_tile(px.reshape(-1), py.reshape(-1), rows, D)
+                if max_weight is not None:
+                    idx = vis[sel]
+                    max_weight[c, idx] = torch.maximum(max_weight[c, idx], top.detach().to(max_weight.dtype))
                 row_f.append(f.reshape(y1 - y0, x1 - x0, D))
                 row_a.append(a.reshape(y1 - y0, x1 - x0))
             tiles_f.append(torch.cat(row_f, dim=1))
@@ -264,6 +272,7 @@ class SplatResult:
     means2d: Tensor  # [C,N,2] screen means (a graph node: retain_grad() it to read densification statistics)
     radii: Tensor  # [C,N,2] int32, 0 where culled
     depths: Tensor  # [C,N] camera-space z
+    max_weight: Tensor | None = None  # [C,N] each Gaussian's largest α·T over the image (None: not computed)
 
 
 def splat_torch(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"], scales: Float[Tensor, "N 3"],
@@ -274,9 +283,10 @@ def splat_torch(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"], scales
     """Project and composite: the torch twin of ``gsplat.rasterization(..., packed=False, render_mode="RGB")``."""
     proj = project(means, covariance(quats, scales), viewmats, Ks, width, height, eps2d=eps2d, near=near, far=far,
                    opacities=opacities, antialiased=antialiased)
+    top = torch.zeros(proj.depths.shape, dtype=features.dtype, device=features.device)
     render, alpha = rasterize(proj.means2d, proj.conics, proj.opacities, features, proj.depths, proj.radii,
-                              width, height, tile_size=tile_size, checkpoint=checkpoint)
-    return SplatResult(render, alpha, proj.means2d, proj.radii, proj.depths)
+                              width, height, tile_size=tile_size, checkpoint=checkpoint, max_weight=top)
+    return SplatResult(render, alpha, proj.means2d, proj.radii, proj.depths, top)
 
 
 __all__ = ["ALPHA_MIN", "ALPHA_MAX", "T_MIN", "SH_C0", "quat_to_rotmat", "covariance", "eval_sh", "Projection",
