@@ -102,11 +102,12 @@ class GaussiansConfig:
     """Hard cap on the number of Gaussians. A CPU budget (issue #17): the torch splatter's step cost grows with N
     (118 ms at 2k, 483 ms at 12k on the demo; the uncapped demo reached 12.4k); raise it for GPU runs and high
     resolutions (gsplat's default strategy has no cap)."""
-    prune_unseen: float = 0.01
+    prune_unseen: float = 0.0
     """At each densification, prune Gaussians whose largest blending weight α·T over every pixel of every training
-    render since the previous one stayed below this: splats no view has shown (hidden inside or under the object,
-    where the orbit never looks), which no loss can have shaped but which the exported density field would still
-    mesh (0 disables; needs a backend that reports the weights, i.e. the torch one; others skip the test)."""
+    render since the previous one stayed below this (e.g. 0.01): splats no view has shown (hidden inside or under
+    the object), which no loss can have shaped. Off by default: on the shapes demo it neither sped training up
+    (densification refills the cap) nor improved the export (cube accuracy 0.029 with 0.01 against 0.027 without,
+    docs/benchmarks.md "Fidelity"). Needs a backend that reports the weights (the torch one; others skip it)."""
     prune_isolated: float = 0.1
     """At each densification, prune Gaussians whose 4th-nearest other Gaussian is farther than this many metres
     (and than 5x the median such distance): lone floaters that would become loose fragments of the exported mesh
