@@ -17,7 +17,8 @@ Automatic iso-level (``threshold="auto"``):
 - then, for scenes that can render, that level only brackets the final one: ``render_matched_threshold`` bisects
   until the mesh's silhouettes over 16 orbit views have the area of the scene's own rendered alpha, so the asset
   looks as large as the renders (the statistical levels above are ~10 % off on soft fields).
-Enclosed empty pockets are filled before marching cubes (the asset is solid, with no hidden inner surface).
+Enclosed empty pockets, and empty voxels no straight line of sight from outside reaches, are filled before marching
+cubes (the asset is solid, with no hidden inner surface).
 The level is clamped strictly inside the sampled range; an empty field raises ``ExportError``.
 """
 
