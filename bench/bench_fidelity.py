@@ -111,7 +111,10 @@ def diagnose(run_dir: str, shape: str, levels: list[float]) -> None:
     )
     from engine.outputs import render_views
     from foundation import shapes
-    from renderers.mesh import init_cameras, silhouette
+    try:  # main moved these with the renderers/mesh.py split
+        from engine.init_from import init_cameras, silhouette
+    except ImportError:
+        from renderers.mesh import init_cameras, silhouette
 
     scene, _ = load_run_scene(run_dir)
     bound = scene_bound(scene)
