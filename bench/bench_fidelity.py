@@ -12,6 +12,14 @@ Prints one markdown row per run: accuracy and completeness (metres),
 the largest piece's share of the surface area, the mean baseColor (sRGB) against the true albedo, chromaticity
 distance and luminance ratio (linear RGB), the cube's face-to-face spread (sRGB /255), the held-out PSNR/IoU of
 the renders, and the wall time of the whole command and of its export. `--json PATH` also writes the rows.
+
+    python bench/bench_fidelity.py --diagnose RUN_FOLDER SHAPE [--levels L1 L2 ...]
+
+Where a run's exported geometry is off, and whether the field or the extraction is to blame: the silhouette IoU of
+the scene's own renders against the true shape's and against the extracted mesh's (16 orbit views, 64² and 128²,
+alpha 0.5), the mean signed distance of the mesh by region (cube faces, or thirds of the height), and for each
+`--levels` value the accuracy / completeness of the mesh marching cubes gives at that level (a sweep against the
+ground truth: a diagnostic, never a way to pick the export's level).
 """
 
 import argparse
@@ -80,6 +88,63 @@ HEADER = ("| prompt | renderer | steps | accuracy m | completeness m | largest p
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
+def diagnose(run_dir: str, shape: str, levels: list[float]) -> None:
+    """Print the field-vs-extraction diagnosis described in the module docstring."""
+    import numpy as np
+
+    from engine.export import load_run_scene
+    from engine.export.fidelity import (
+        _nearest_distance,
+        _sdf,
+        sample_surface,
+        signed_error_by_region,
+        true_surface_samples,
+    )
+    from engine.export.mesh import (
+        clean,
+        extract_mesh,
+        fill_cavities,
+        marching_cubes,
+        remove_floaters,
+        sample_grid,
+        scene_bound,
+    )
+    from engine.outputs import render_views
+    from foundation import shapes
+    try:  # main moved these with the renderers/mesh.py split
+        from engine.init_from import init_cameras, silhouette
+    except ImportError:
+        from renderers.mesh import init_cameras, silhouette
+
+    scene, _ = load_run_scene(run_dir)
+    bound = scene_bound(scene)
+    t0 = time.perf_counter()
+    mesh, info, _ = extract_mesh(scene, 128, "auto", 30000)
+    print(f"extraction: level {info['threshold']:.4g} ({info['field']}), {info['faces']} faces, "
+          f"{time.perf_counter() - t0:.1f} s")
+    v, f = torch.from_numpy(mesh.vertices).float(), torch.from_numpy(mesh.faces).long()
+    for res in (64, 128):
+        cams = init_cameras(bound, res)
+        alpha = render_views(scene, cams, torch.ones(3))[1][..., 0]
+        gt = shapes.render_shape(shape, cams).coverage.reshape(alpha.shape)
+        sil = silhouette(v, f, cams)[..., 0]
+        print(f"{res}²: IoU field/true {shapes.mask_iou(alpha, gt):.3f}, mesh/field {shapes.mask_iou(sil, alpha):.3f}, "
+              f"mesh/true {shapes.mask_iou(sil, gt):.3f}; area (px) field {float((alpha > 0.5).sum()):.0f}, "
+              f"mesh {float((sil > 0.5).sum()):.0f}, true {float((gt > 0.5).sum()):.0f}")
+    regions = signed_error_by_region(mesh.vertices, mesh.faces, shape)
+    print("mean signed sdf by region: " + ", ".join(f"{r} {d:+.4f} ({100 * w:.0f}%)" for r, (d, w) in regions.items()))
+    if levels:
+        grid = sample_grid(scene, 128, bound)
+        truth = true_surface_samples(shape, 5000)
+        for level in levels:
+            g, _ = fill_cavities(grid, level)
+            m = clean(remove_floaters(clean(marching_cubes(g, level, bound))))
+            p = sample_surface(m.vertices, m.faces, 5000, np.random.default_rng(0)).points
+            d = _sdf(shape, p)
+            print(f"level {level:.4g}: accuracy {np.abs(d).mean():.4f}, mean signed {d.mean():+.4f}, "
+                  f"completeness {_nearest_distance(truth, p).mean():.4f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--renderers", nargs="+", default=["nerf", "gaussians"], choices=["nerf", "gaussians", "mesh"])
@@ -90,7 +155,13 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     ap.add_argument("--keep", default=None, help="keep the run folders under this folder")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `engine generate` arguments")
+    ap.add_argument("--diagnose", nargs=2, metavar=("RUN_FOLDER", "SHAPE"), default=None,
+                    help="diagnose one finished run instead of training (see above)")
+    ap.add_argument("--levels", type=float, nargs="+", default=[], help="iso-levels to sweep with --diagnose")
     args = ap.parse_args()
+    if args.diagnose:
+        diagnose(args.diagnose[0], args.diagnose[1], args.levels)
+        return
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__}, threads {torch.get_num_threads()}")
     print(HEADER, flush=True)

@@ -112,10 +112,12 @@ def test_gaussian_field_query_is_local_and_exact():
 # "a red cube" with the defaults (400 steps and the automatic export), as `python bench/bench_fidelity.py` runs it.
 # Bounds are what the defaults reach there (docs/benchmarks.md, "Fidelity"), with a margin: they guard against
 # regressions. The issue's goals that are not met (geometry for both, the NeRF's albedo) are listed in that section,
-# not asserted here. Gaussians meet the albedo goals on the cube (chromaticity, luminance).
+# not asserted here. Gaussians meet the albedo goals on the cube (chromaticity, luminance). Their face spread is the
+# noisiest number: 16.9 and 20.2 from two splatters whose images agree to 8e-6 (session 20's compositor), so its
+# bound allows that run-to-run spread.
 RUNS = {
     "nerf": {"accuracy": 0.04, "completeness": 0.045, "chroma": 0.04, "lum": (0.35, 1.15), "spread": 30.0},
-    "gaussians": {"accuracy": 0.035, "completeness": 0.04, "chroma": 0.03, "lum": (0.85, 1.15), "spread": 20.0},
+    "gaussians": {"accuracy": 0.033, "completeness": 0.035, "chroma": 0.03, "lum": (0.85, 1.15), "spread": 23.0},
 }
 
 
@@ -134,3 +136,74 @@ def test_exported_cube_is_faithful(renderer, tmp_path):
     lo, hi = bound["lum"]
     assert s.chromaticity_distance <= bound["chroma"] and lo <= s.luminance_ratio <= hi, s
     assert s.face_spread <= bound["spread"], s
+
+
+# ------------------------------------------------------------------------------------- unseen-splat pruning
+def test_splatter_reports_each_gaussians_largest_blending_weight():
+    """max_weight is the largest α·T over the image: rendering one-hot features gives each Gaussian's weight map."""
+    from renderers.kernels.splat_torch import splat_torch
+
+    g = torch.Generator().manual_seed(3)
+    n = 48
+    means = (torch.rand(n, 3, generator=g) * 2 - 1) * 0.3
+    quats, scales = torch.randn(n, 4, generator=g), 0.05 + 0.1 * torch.rand(n, 3, generator=g)
+    opac = 0.6 + 0.39 * torch.rand(n, generator=g)
+    cams = orbit_cameras(torch.tensor([10.0, 140.0]), 20.0, 2.0, 45.0, 40)
+    res = splat_torch(means, quats, scales, opac, torch.eye(n).expand(2, n, n), cams.viewmat_opencv(),
+                      cams.intrinsics(), 40, 40)
+    weight_maps = res.render  # [C,H,W,N]: premultiplied one-hot features are the weights α_i T_i
+    assert torch.allclose(res.max_weight, weight_maps.amax((1, 2)), atol=1e-6)
+    assert (res.max_weight > 0.01).sum() > n  # most are seen; the test is not vacuous
+    assert (res.max_weight < 0.01).any()  # and some are hidden behind others in at least one view
+
+
+def test_densification_prunes_the_gaussians_no_render_showed():
+    """A splat hidden behind an opaque one in every training view is pruned; seen ones stay; 0 disables."""
+    from renderers.gaussians import GaussiansConfig
+
+    cams = orbit_cameras(torch.tensor([-5.0, 0.0, 5.0]), 0.0, 2.5, 40.0, 32)  # looking from +Z
+    means = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.5], [0.6, 0.0, 0.0]])  # hidden, occluder, beside
+    for prune_unseen, survivors in ((0.01, 2), (0.0, 3)):
+        cfg = GaussiansConfig(backend="torch", num_points=3, prune_opacity=0.0, prune_isolated=0.0,
+                              densify_grad_threshold=1e9, prune_unseen=prune_unseen)
+        scene = cfg.build(torch.Generator().manual_seed(0))
+        scene.attach_optimizer(torch.optim.Adam(list(scene.param_groups().values())))
+        with torch.no_grad():
+            scene.means.copy_(means)
+            scene.log_scales.copy_(torch.log(torch.tensor([[0.02] * 3, [0.4] * 3, [0.05] * 3])))
+            scene.opacity_logits.copy_(torch.logit(torch.tensor([0.5, 0.999, 0.5])))
+        out = scene.render(cams, torch.ones(3, 32, 32, 3))
+        out.rgb.sum().backward()
+        scene._accumulate_grad_stats(out)
+        assert scene.seen_weight[0] < 0.01 < scene.seen_weight[2] and scene.seen_weight[1] > 0.9
+        counts = scene.densify_and_prune()
+        assert counts["pruned"] == 3 - survivors and scene.num_gaussians == survivors
+        assert torch.allclose(scene.means, means[3 - survivors:])
+        assert scene.seen_steps == 0 and scene.seen_weight.shape == (survivors,)  # a fresh window
+
+
+def test_cavity_fill_makes_a_pierced_shell_solid_but_keeps_what_a_viewer_sees():
+    """A hollow box shell with pinholes wider than the closing is filled inside (no line of sight reaches the
+    middle), while a torus-like hole through the object and an open-topped cup's inside stay empty."""
+    from engine.export.mesh import fill_cavities, seen_from_outside
+
+    n = 40
+    shell = np.zeros((n, n, n))
+    shell[8:32, 8:32, 8:32] = 1.0
+    shell[10:30, 10:30, 10:30] = 0.0  # walls 2 voxels thick
+    shell[18:24, 18:24, 8:10] = 0.0  # a 6-voxel hole in one wall (wider than the closing shuts)
+    shell[8:10, 12:15, 20:23] = 0.0  # and a smaller one elsewhere
+    filled, count = fill_cavities(shell, 0.5)
+    far_corner = (slice(26, 30), slice(26, 30), slice(26, 30))  # no axis or diagonal line through a hole gets here
+    assert (filled[far_corner] > 0.5).all(), "voxels no straight line of sight reaches are filled"
+    assert (filled[19:23, 19:23, 10:13] < 0.5).all(), "a viewer looking through the hole sees these: kept empty"
+    assert count > 0
+    ring = np.zeros((n, n, n))
+    ring[5:35, 15:25, 5:35] = 1.0
+    ring[15:25, :, 15:25] = 0.0  # a square hole straight through
+    assert (fill_cavities(ring, 0.5)[0][17:23, :, 17:23] < 0.5).all()  # (the closing rounds its corners)
+    cup = np.zeros((n, n, n))
+    cup[5:35, 5:35, 5:35] = 1.0
+    cup[10:30, 10:35, 10:30] = 0.0  # open at the top (+y)
+    assert (fill_cavities(cup, 0.5)[0][13:27, 13:35, 13:27] < 0.5).all()
+    assert seen_from_outside(cup > 0.5)[20, 20, 20] and not seen_from_outside(shell > 0.5)[28, 28, 28]

@@ -247,3 +247,27 @@ def score_glb(path: str, shape: str, colour: str, n: int = DEFAULT_SAMPLES, seed
 __all__ = ["Fidelity", "LoadedAsset", "score_asset", "score_glb", "load_glb", "sample_surface",
            "true_surface_samples", "largest_piece_share", "cube_face_spread", "chromaticity", "luminance",
            "srgb_to_linear"]
+
+
+def signed_error_by_region(vertices: np.ndarray, faces: np.ndarray, shape: str, n: int = DEFAULT_SAMPLES,
+                           seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Where a surface is off: {region: (mean signed sdf, share of the samples)} for ``n`` area-uniform samples of
+    the mesh, signed sdf > 0 outside the true shape (a bulge), < 0 inside. Regions: for the cube, the face the
+    sample's largest coordinate points to (``+x`` … ``-z``); for other shapes, by the true surface's normal ∇sdf
+    at the sample: ``up`` (n_y > 0.5), ``down`` (n_y < −0.5), else ``side out`` / ``side in`` (facing away from /
+    towards the y axis, e.g. the torus's outer and inner ring). A diagnostic of the benchmark (it reads the ground
+    truth), never used by training or export."""
+    p = sample_surface(vertices, faces, n, np.random.default_rng(seed)).points
+    d = _sdf(shape, p)
+    if shape == "cube":
+        axis = np.abs(p).argmax(1)
+        sign = np.sign(p[np.arange(p.shape[0]), axis])
+        names = np.array([f"{'+' if s > 0 else '-'}{'xyz'[a]}" for a, s in zip(axis, sign, strict=True)])
+    else:
+        e = 1e-4
+        n = np.stack([_sdf(shape, p + e * u) - _sdf(shape, p - e * u) for u in np.eye(3)], -1)
+        n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
+        radial = n[:, 0] * p[:, 0] + n[:, 2] * p[:, 2]
+        names = np.where(n[:, 1] > 0.5, "up", np.where(n[:, 1] < -0.5, "down",
+                                                       np.where(radial >= 0, "side out", "side in")))
+    return {r: (float(d[names == r].mean()), float((names == r).mean())) for r in sorted(set(names.tolist()))}

@@ -143,54 +143,75 @@ def project(means: Float[Tensor, "N 3"], covars: Float[Tensor, "N 3 3"], viewmat
     return Projection(means2d, conics, tz, radii, opac)
 
 
-def _composite_tile(px: Tensor, py: Tensor, packed: Tensor, n_feat: int) -> tuple[Tensor, Tensor]:
+def _exclusive_segment_cumsum(values: Tensor, seg: Tensor, n_seg: int) -> Tensor:
+    """Σ_{j<k, seg_j = seg_k} values_j for values [K] whose segment ids ``seg`` [K] are sorted (float64 sums)."""
+    run = torch.cumsum(values.double(), 0)
+    before = torch.cat([run.new_zeros(1), run])  # before[k] = Σ_{j<k} values_j
+    first = torch.searchsorted(seg, torch.arange(n_seg, device=seg.device))  # each segment's first index (or K)
+    return before[:-1] - before[first[seg]]
+
+
+def _composite_tile(px: Tensor, py: Tensor, packed: Tensor, n_feat: int) -> tuple[Tensor, Tensor, Tensor]:
     """Front-to-back compositing of one tile.
 
-    Which (pixel, Gaussian) pairs contribute is decided without autograd on the dense [P,S] tile matrix; only those
-    pairs (typically 1-20 % of it) are then recomputed differentiably, as gsplat's backward pass visits only the
-    contributing pairs. The per-pixel exclusive transmittance is a cumulative sum over a dense [P,S] matrix into
-    which the pairs' log(1-α) are scattered, so the order of summation (and the result) is the dense one's.
+    Which (pixel, Gaussian) pairs contribute is decided without autograd; only those pairs (typically 1-20 % of
+    the tile's [P,S] matrix) are then computed differentiably, as gsplat's backward pass visits only the
+    contributing pairs. The decision touches the dense matrix once: the quadratic form σ = ½(a dx² + c dy²) + b dx dy
+    is linear in the six monomials (x², y², xy, x, y, 1) of the pixel centre (tile-local, float64, so expanding
+    it loses nothing), i.e. one [P,6]×[6,S] matrix product, and α ≥ 1/255 is the comparison σ ≤ ln(255·o); the
+    transmittance cut-off (T ≤ 1e-4) is then a segmented cumulative sum over the surviving pairs alone.
+    Per-pixel exclusive transmittance of the kept pairs is the same segmented sum (float64: the running sum over a
+    tile stays exact to ~1e-12), so neither pass materialises more than that one comparison matrix.
 
     Args:
         px, py: [P] pixel-centre coordinates.
         packed: [S,6+D] depth-sorted rows (μx, μy, a, b, c, opacity, features...).
     Returns:
-        premultiplied features [P,D] and alpha [P].
+        premultiplied features [P,D], alpha [P], and (no gradient) each row's largest blending weight α·T over the
+        tile's pixels [S].
     """
-    P, S = px.shape[0], packed.shape[0]
+    P = px.shape[0]
     with torch.no_grad():
-        q = packed.detach()
-        dx = q[None, :, 0] - px[:, None]
-        dy = q[None, :, 1] - py[:, None]
-        sigma = 0.5 * (q[None, :, 2] * dx * dx + q[None, :, 4] * dy * dy) + q[None, :, 3] * dx * dy
-        alpha = torch.clamp_max(q[None, :, 5] * torch.exp(-sigma), ALPHA_MAX)
-        live = (sigma >= 0) & (alpha >= ALPHA_MIN)
-        # Inclusive transmittance of the unmasked sequence: the first Gaussian that would bring T to <= 1e-4 and
-        # everything behind it are dropped (T is monotone, so this mask is a prefix).
-        log_t_incl = torch.cumsum(torch.log1p(-torch.where(live, alpha, 0.0)), dim=1)
-        live &= log_t_incl > math.log(T_MIN)
-        p_idx, s_idx = live.nonzero(as_tuple=True)
+        q = packed.detach().double()
+        ox, oy = float(px.mean()), float(py.mean())
+        x, y = px.double() - ox, py.double() - oy
+        mx, my = q[:, 0] - ox, q[:, 1] - oy
+        a, b, c = q[:, 2], q[:, 3], q[:, 4]
+        monomials = torch.stack([x * x, y * y, x * y, x, y, torch.ones_like(x)], -1)  # [P,6]
+        coef = torch.stack([0.5 * a, 0.5 * c, b, -a * mx - b * my, -c * my - b * mx,
+                            0.5 * a * mx * mx + 0.5 * c * my * my + b * mx * my], 0)  # [6,S]
+        sigma = monomials @ coef  # [P,S]
+        # α = min(0.999, o·e^(−σ)) ≥ 1/255  ⇔  σ ≤ ln(o/ALPHA_MIN)  (0.999 > 1/255)
+        reach = torch.log((q[:, 5] / ALPHA_MIN).clamp_min(1e-30))
+        p0, s0 = ((sigma >= 0) & (sigma <= reach)).nonzero(as_tuple=True)
+        alpha0 = torch.clamp_max(q[s0, 5] * torch.exp(-sigma[p0, s0]), ALPHA_MAX)
+        log_1m0 = torch.log1p(-alpha0)
+        # The first Gaussian that would bring T to <= 1e-4 and everything behind it are dropped (gsplat's rule).
+        keep = _exclusive_segment_cumsum(log_1m0, p0, P) + log_1m0 > math.log(T_MIN)
+        p_idx, s_idx = p0[keep], s0[keep]
     rows = packed.index_select(0, s_idx)  # [K,6+D], differentiable
     dx = rows[:, 0] - px[p_idx]
     dy = rows[:, 1] - py[p_idx]
     sigma = 0.5 * (rows[:, 2] * dx * dx + rows[:, 4] * dy * dy) + rows[:, 3] * dx * dy
     alpha = torch.clamp_max(rows[:, 5] * torch.exp(-sigma), ALPHA_MAX)
     log_1m = torch.log1p(-alpha)
-    dense = packed.new_zeros(P, S).index_put((p_idx, s_idx), log_1m)
-    log_t = torch.cumsum(dense, dim=1)
-    weights = alpha * torch.exp(log_t[p_idx, s_idx] - log_1m)  # α_i T_i with T_i exclusive
+    weights = alpha * torch.exp(_exclusive_segment_cumsum(log_1m, p_idx, P).to(alpha.dtype))  # α_i T_i, T exclusive
     feats = packed.new_zeros(P, n_feat).index_add(0, p_idx, weights[:, None] * rows[:, 6:6 + n_feat])
-    return feats, 1.0 - torch.exp(log_t[:, -1])
+    log_t_pix = packed.new_zeros(P).index_add(0, p_idx, log_1m)
+    top = packed.new_zeros(packed.shape[0]).scatter_reduce(0, s_idx, weights.detach(), "amax")
+    return feats, 1.0 - torch.exp(log_t_pix), top
 
 
 def rasterize(means2d: Float[Tensor, "C N 2"], conics: Float[Tensor, "C N 3"], opacities: Float[Tensor, "C N"],
               features: Float[Tensor, "C N D"], depths: Float[Tensor, "C N"], radii: Int[Tensor, "C N 2"],
-              width: int, height: int, *, tile_size: int = 16,
-              checkpoint: bool = False) -> tuple[Float[Tensor, "C H W D"], Float[Tensor, "C H W 1"]]:
+              width: int, height: int, *, tile_size: int = 16, checkpoint: bool = False,
+              max_weight: Tensor | None = None) -> tuple[Float[Tensor, "C H W D"], Float[Tensor, "C H W 1"]]:
     """Composite projected Gaussians into premultiplied feature images and alpha (no background).
 
     One global depth sort per camera; each tile then keeps, in that order, the Gaussians whose box
-    [μ₂ − r, μ₂ + r] touches it (gsplat's tile binning without the 64-bit keys).
+    [μ₂ − r, μ₂ + r] touches it (gsplat's tile binning without the 64-bit keys). ``max_weight``, a [C,N] tensor if
+    given, receives (in place, as a running maximum) each Gaussian's largest blending weight α·T over the pixels of
+    each image: 0 for a Gaussian that colours no pixel (culled, behind T ≤ 1e-4, or fainter than 1/255 everywhere).
     """
     C, N, D = features.shape
     dev, dt = features.device, features.dtype
@@ -224,9 +245,13 @@ def rasterize(means2d: Float[Tensor, "C N 2"], conics: Float[Tensor, "C N 3"], o
                                         torch.arange(x0, x1, device=dev, dtype=dt) + 0.5, indexing="ij")
                 rows = packed.index_select(0, sel)
                 if checkpoint and rows.requires_grad:
-                    f, a = _checkpoint(_composite_tile, px.reshape(-1), py.reshape(-1), rows, D, use_reentrant=False)
+                    f, a, top = _checkpoint(_composite_tile, px.reshape(-1), py.reshape(-1), rows, D,
+                                            use_reentrant=False)
                 else:
-                    f, a = _composite_tile(px.reshape(-1), py.reshape(-1), rows, D)
+                    f, a, top = _composite_tile(px.reshape(-1), py.reshape(-1), rows, D)
+                if max_weight is not None:
+                    idx = vis[sel]
+                    max_weight[c, idx] = torch.maximum(max_weight[c, idx], top.detach().to(max_weight.dtype))
                 row_f.append(f.reshape(y1 - y0, x1 - x0, D))
                 row_a.append(a.reshape(y1 - y0, x1 - x0))
             tiles_f.append(torch.cat(row_f, dim=1))
@@ -247,6 +272,7 @@ class SplatResult:
     means2d: Tensor  # [C,N,2] screen means (a graph node: retain_grad() it to read densification statistics)
     radii: Tensor  # [C,N,2] int32, 0 where culled
     depths: Tensor  # [C,N] camera-space z
+    max_weight: Tensor | None = None  # [C,N] each Gaussian's largest α·T over the image (None: not computed)
 
 
 def splat_torch(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"], scales: Float[Tensor, "N 3"],
@@ -257,9 +283,10 @@ def splat_torch(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"], scales
     """Project and composite: the torch twin of ``gsplat.rasterization(..., packed=False, render_mode="RGB")``."""
     proj = project(means, covariance(quats, scales), viewmats, Ks, width, height, eps2d=eps2d, near=near, far=far,
                    opacities=opacities, antialiased=antialiased)
+    top = torch.zeros(proj.depths.shape, dtype=features.dtype, device=features.device)
     render, alpha = rasterize(proj.means2d, proj.conics, proj.opacities, features, proj.depths, proj.radii,
-                              width, height, tile_size=tile_size, checkpoint=checkpoint)
-    return SplatResult(render, alpha, proj.means2d, proj.radii, proj.depths)
+                              width, height, tile_size=tile_size, checkpoint=checkpoint, max_weight=top)
+    return SplatResult(render, alpha, proj.means2d, proj.radii, proj.depths, top)
 
 
 __all__ = ["ALPHA_MIN", "ALPHA_MAX", "T_MIN", "SH_C0", "quat_to_rotmat", "covariance", "eval_sh", "Projection",
