@@ -239,12 +239,9 @@ def test_mesh_scene_exports_its_surface_and_the_perturbed_normal_map():
     assert flat_dev < 5 and tilted_dev > 12, (flat_dev, tilted_dev)  # measured 2.3 and 20.5
 
 
-def test_shapes_evaluation_lights_a_mesh_like_its_ground_truth():
-    """A cube mesh with the world's red albedo scores high against the shaded ground truth only when lit like it
-    (engine.outputs.ground_truth_light); the scene's own eval shading is restored afterwards."""
-    from engine import outputs
+def _red_cube_mesh() -> Mesh:
+    """The world's cube as a mesh scene whose material field gives the world's red albedo everywhere (eval mode)."""
     from foundation import shapes
-    from foundation.cameras import CameraConfig
     from renderers import pbr
 
     v, f = primitive_mesh("cube")
@@ -253,7 +250,16 @@ def test_shapes_evaluation_lights_a_mesh_like_its_ground_truth():
     with torch.no_grad():
         scene.mlp[2].weight.zero_()
         scene.mlp[2].bias[:3] = torch.logit(lin)
-    scene.eval()
+    return scene.eval()
+
+
+def test_shapes_evaluation_lights_a_mesh_like_its_ground_truth():
+    """A cube mesh with the world's red albedo scores high against the shaded ground truth only when lit like it
+    (engine.outputs.ground_truth_light); the scene's own eval shading is restored afterwards."""
+    from engine import outputs
+    from foundation.cameras import CameraConfig
+
+    scene = _red_cube_mesh()
     lit = outputs.evaluate_shapes(scene, "a red cube", CameraConfig(), 4, 64, "cpu")
     assert scene.cfg.eval_shading == "albedo"
     scene.relightable = False  # as a field scene would be: rendered as it is (unlit albedo)
@@ -269,15 +275,8 @@ def test_shapes_evaluation_names_the_closest_world_object():
     from engine import outputs
     from foundation import shapes
     from foundation.cameras import CameraConfig
-    from renderers import pbr
 
-    v, f = primitive_mesh("cube")
-    scene = Mesh.from_arrays(MeshConfig(eval_shading="albedo"), v, f, None, torch.Generator().manual_seed(0))
-    lin = pbr.srgb_to_linear(torch.tensor(shapes.COLOURS["red"]) / 255.0)
-    with torch.no_grad():
-        scene.mlp[2].weight.zero_()
-        scene.mlp[2].bias[:3] = torch.logit(lin)
-    scene.eval()
+    scene = _red_cube_mesh()
     ev = outputs.evaluate_shapes(scene, "a red cube", CameraConfig(), 4, 64, "cpu")
     assert ev["closest_shape"] == "cube" and ev["closest_colour"] == "red", ev
     ious = ev["iou_by_shape"]
