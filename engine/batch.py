@@ -125,17 +125,11 @@ def row_arguments(row: dict, where: str) -> tuple[dict, dict]:
         key = str(key).strip()
         if key == "prompt" or value is None:
             continue
-        if key == "seed":
+        if key in ("seed", "steps"):  # the seed is a typed override, the step count a named choice
             try:
-                overrides["seed"] = int(value)
+                (overrides if key == "seed" else choices)[key] = int(value)
             except (TypeError, ValueError):
-                raise BatchError(f"{where}: seed must be an integer, got {value!r}") from None
-            continue
-        if key == "steps":
-            try:
-                choices["steps"] = int(value)
-            except (TypeError, ValueError):
-                raise BatchError(f"{where}: steps must be an integer, got {value!r}") from None
+                raise BatchError(f"{where}: {key} must be an integer, got {value!r}") from None
             continue
         if key in ROW_SHORTCUTS:
             if not isinstance(value, str):

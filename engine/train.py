@@ -435,7 +435,7 @@ class _FiniteWatch:
 
 
 def _cams_to(cams, device: torch.device):
-    """Cameras drawn on the host moved to ``device`` through pinned memory (no host sync; guidance.base.to_device)."""
+    """Cameras drawn on the host moved to ``device`` through pinned memory (no host sync: foundation.device)."""
     if torch.device(device).type != "cuda":
         return cams.to(device)
     from foundation.cameras import Cameras
