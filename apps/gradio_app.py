@@ -225,7 +225,7 @@ def component_defaults(guidance: str, prior_kind: str, model_id: str) -> dict:
     from engine.compose import Choices
 
     prior = "shapes" if prior_kind == PRIOR_SHAPES else (model_id or DEFAULT_MODEL)
-    cfg = build_config(Choices(prompt="x", guidance=guidance, prior=prior))
+    cfg = build_config(Choices(prompt="a cube", guidance=guidance, prior=prior))
     return {"steps": cfg.train.steps, "cfg_scale": getattr(cfg.guidance, "guidance_scale", None),
             "resolution": cfg.resolution}
 
@@ -244,6 +244,7 @@ def texture_form_config(form: dict, mesh_path: str, allow_local_models: bool = F
     prompt = (form.get("prompt") or "").strip()
     if not prompt:
         raise InputError('the prompt is empty; describe the surface, e.g. "a red cube"')
+    # texturing on the shapes world takes its light-aware prior (engine/texture.py: "shapes" there means it)
     prior = "shapes" if form["prior"] == PRIOR_SHAPES else check_model_id(form.get("model_id"), allow_local_models)
     guidance = form["guidance"]
     if guidance not in GUIDANCES:

@@ -1,7 +1,8 @@
 """Benchmark the README demo: wall time, iterations per second and peak memory of
-`engine generate "a red cube" --prior shapes` (or any prompt/renderer), plus its quality against ground truth.
+`engine generate "a red cube"` (the learned shapes prior; or any prior, prompt or renderer), plus its quality against
+ground truth.
 
-    python bench/bench_demo.py [--prompt "a red cube"] [--renderer nerf] [--steps 400] [--seeds 0 1]
+    python bench/bench_demo.py [--prompt "a red cube"] [--prior shapes] [--renderer nerf] [--steps 400] [--seeds 0 1]
 
 Prints one markdown row per seed. Peak memory is the process's maximum resident set size (ru_maxrss).
 """
@@ -20,6 +21,7 @@ import torch
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompt", default="a red cube")
+    ap.add_argument("--prior", default="shapes", help="shapes (learned, the demo's) or shapes-exemplar, a folder...")
     ap.add_argument("--renderer", default="nerf")
     ap.add_argument("--guidance", default="sds")
     ap.add_argument("--steps", type=int, default=None)
@@ -34,12 +36,13 @@ def main() -> None:
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__}, threads {torch.get_num_threads()}, cuda {torch.cuda.is_available()}")
-    print("| prompt | renderer | guidance | seed | steps | wall s | train s | train it/s | peak RSS MiB | PSNR dB "
+    print("| prompt | prior | renderer | guidance | seed | steps | wall s | train s | train it/s | peak RSS MiB "
+          "| PSNR dB "
           f"| IoU | train s to {args.target_psnr:g} dB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as tmp:
-            argv = [args.prompt, "--prior", "shapes", "--renderer", args.renderer, "--guidance", args.guidance,
+            argv = [args.prompt, "--prior", args.prior, "--renderer", args.renderer, "--guidance", args.guidance,
                     "--seed", str(seed), "--out", os.path.join(tmp, "run"), "--train.no-progress",
                     "--train.eval-every", str(args.eval_every)]
             if args.steps is not None:
@@ -53,7 +56,8 @@ def main() -> None:
                 else {}
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         reach = next((r["train_s"] for r in rows if r.get("eval_psnr", -1) >= args.target_psnr), None)
-        print(f"| {args.prompt} | {args.renderer} | {args.guidance} | {seed} | {cfg.train.steps} | {wall:.1f} | "
+        print(f"| {args.prompt} | {args.prior} | {args.renderer} | {args.guidance} | {seed} | {cfg.train.steps} | "
+              f"{wall:.1f} | "
               f"{rows[-1]['train_s']:.1f} | {rows[-1]['it_per_s']:.2f} | {rss:.0f} | "
               f"{ev.get('psnr', float('nan')):.2f} | {ev.get('iou', float('nan')):.3f} | "
               f"{'not reached' if reach is None else f'{reach:.1f}'} |", flush=True)

@@ -4,14 +4,14 @@ analytic shapes (foundation/shapes.py's SDFs and albedos; never used by training
     python bench/bench_fidelity.py [--renderers nerf gaussians mesh] [--shapes cube torus cone] [--steps N]
                                    [--mesh-steps 100] [--seed 0]
 
-Each run is `engine generate "a <colour> <shape>" --prior shapes --renderer R` with the defaults (400 steps), whose
-automatic export writes RUN/export/model.glb. "mesh" is the coarse-to-fine chain: the NeRF run of the same shape
-(trained first if "nerf" is not in the list), then `--renderer mesh --renderer.init-from NERF_RUN --steps 100`
-(the refinement measured in docs/benchmarks.md, "Mesh and PBR"); its wall time is the refinement's alone.
-Prints one markdown row per run: accuracy and completeness (metres),
-the largest piece's share of the surface area, the mean baseColor (sRGB) against the true albedo, chromaticity
-distance and luminance ratio (linear RGB), the cube's face-to-face spread (sRGB /255), the held-out PSNR/IoU of
-the renders, and the wall time of the whole command and of its export. `--json PATH` also writes the rows.
+Each run is `engine generate "a <colour> <shape>" --prior shapes-exemplar --renderer R` with the defaults (400 steps),
+whose automatic export writes RUN/export/model.glb. "mesh" is the coarse-to-fine chain: the NeRF run of the same shape
+(trained first if "nerf" is not in the list), then `--renderer mesh --renderer.init-from NERF_RUN --steps 100` (the
+refinement measured in docs/benchmarks.md, "Mesh and PBR"); its wall time is the refinement's alone. Prints one
+markdown row per run: accuracy and completeness (metres), the largest piece's share of the surface area, the mean
+baseColor (sRGB) against the true albedo, chromaticity distance and luminance ratio (linear RGB), the cube's
+face-to-face spread (sRGB /255), the held-out PSNR/IoU of the renders, and the wall time of the whole command and of
+its export. `--json PATH` also writes the rows.
 
     python bench/bench_fidelity.py --diagnose RUN_FOLDER SHAPE [--levels L1 L2 ...]
 
@@ -43,7 +43,7 @@ def run_one(renderer: str, shape: str, steps: int | None, seed: int, extra: list
 
     colour = COLOUR_OF[shape]
     out = os.path.join(folder, f"{renderer}-{shape}")
-    argv = [f"a {colour} {shape}", "--prior", "shapes", "--renderer", renderer, "--seed", str(seed),
+    argv = [f"a {colour} {shape}", "--prior", "shapes-exemplar", "--renderer", renderer, "--seed", str(seed),
             "--out", out, "--train.no-progress"]
     if renderer == "mesh":
         source = os.path.join(folder, f"nerf-{shape}")

@@ -3,7 +3,7 @@
     python bench/bench_guidance.py [--steps 300] [--prompts "a red cube" "a blue torus"] [--objectives sds vsd ...]
                                    [--renderer nerf] [--eval-every 50] [--diversity] [--out /tmp/bench_guidance]
 
-Each run is `engine generate PROMPT --prior shapes --guidance NAME` with the shapes-world settings of
+Each run is `engine generate PROMPT --prior shapes-exemplar --guidance NAME` with the shapes-world settings of
 tests/test_guidance_e2e.py (PROOF_ARGS). Quality is the held-out evaluation of engine.outputs (PSNR on 8 views at
 azimuth 5 + 45 k, silhouette IoU), measured on the final scene and, every --eval-every steps, on checkpoints through
 the training loop's hooks, to find the first step at which PSNR >= 16 dB and IoU >= 0.80 (the proof's bar).

@@ -52,7 +52,7 @@ def main() -> None:
     from engine.init_from import initialise
     from renderers.mesh import MeshConfig
 
-    src, src_s = _generate([args.prompt, "--prior", "shapes", "--renderer", args.source, "--steps",
+    src, src_s = _generate([args.prompt, "--prior", "shapes-exemplar", "--renderer", args.source, "--steps",
                             str(args.source_steps), "--out", os.path.join(args.out, "source")])
     ev = _eval(src)
     rows = [(f"{args.source} source, {args.source_steps} steps", "0", ev["psnr"], ev["iou"], src_s)]
@@ -66,7 +66,8 @@ def main() -> None:
     rows.append(("mesh at the transfer (step 0)", "0", ev0["psnr"], ev0["iou"], time.perf_counter() - t0))
     finals = []
     for seed in args.seeds:
-        run, s = _generate([args.prompt, "--prior", "shapes", "--renderer", "mesh", "--renderer.init-from", src,
+        run, s = _generate([args.prompt, "--prior", "shapes-exemplar", "--renderer", "mesh",
+                            "--renderer.init-from", src,
                             "--steps", str(args.steps), "--seed", str(seed),
                             "--out", os.path.join(args.out, f"mesh_{seed}"), *args.extra])
         ev = _eval(run)

@@ -1,6 +1,6 @@
 """Every objective x renderer x prompt through the learned shapes prior, at the objectives' paper defaults (issue #12).
 
-    python bench/bench_learned_prior.py [--prior shapes-sd] [--objectives sds vsd ism tsm asd csm csd]
+    python bench/bench_learned_prior.py [--prior shapes] [--objectives sds vsd ism tsm asd csm csd]
         [--renderers nerf gaussians] [--prompts "a red cube" "a blue torus"] [--out /tmp/bench_learned]
         [--extra --train.steps 400 ...]
 
@@ -59,7 +59,7 @@ def run(prior: str, objective: str, renderer: str, prompt: str, out: str, extra:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prior", default="shapes-sd")
+    ap.add_argument("--prior", default="shapes")
     ap.add_argument("--objectives", nargs="+", default=["sds", "vsd", "ism", "tsm", "asd", "csm", "csd"])
     ap.add_argument("--renderers", nargs="+", default=["nerf", "gaussians"])
     ap.add_argument("--prompts", nargs="+", default=["a red cube", "a blue torus"])

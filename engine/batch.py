@@ -143,31 +143,27 @@ def row_arguments(row: dict, where: str) -> tuple[dict, dict]:
     return choices, overrides
 
 
-def _build_config(generate_args: list[str], choices: dict, overrides: dict, where: str) -> GenerateConfig:
+def _build_config(generate_args: list[str], choices: dict, overrides: dict, where: str,
+                  prompt_errors: bool = True) -> GenerateConfig | None:
     """The job's config through engine.compose, as `engine generate` builds it: the shared options' choices with
-    the row's shortcuts over them, the shared typed options, then the row's overrides. Refusals are BatchError."""
+    the row's shortcuts over them, the shared typed options, then the row's overrides. Refusals are BatchError
+    (with ``prompt_errors`` off, a refused prompt is left to its row: None)."""
     import dataclasses
 
     from engine.cli import split_generate_argv, typed_overrides
-    from engine.compose import ConfigError, compose
+    from engine.compose import ConfigError, PromptError, compose
 
     try:
         shared, rest, _, _ = split_generate_argv(generate_args)
         if shared.prompt is not None:  # split_generate_argv read a stray first word as the prompt
             raise ConfigError(f"unexpected argument {shared.prompt!r} among the generate options")
         return compose(dataclasses.replace(shared, **choices), overrides, parse=typed_overrides(rest), say=None)
+    except PromptError as e:
+        if prompt_errors:
+            raise BatchError(f"{where}: {e}") from None
+        return None
     except ConfigError as e:
         raise BatchError(f"{where}: {e}") from None
-
-
-def _check_prompt(cfg: GenerateConfig, where: str) -> None:
-    """The shapes prior's vocabulary is known up front; refuse a prompt it cannot serve before any job starts."""
-    if cfg.prior.name == "shapes":
-        from foundation.shapes import parse_prompt
-        try:
-            parse_prompt(cfg.prompt)
-        except ValueError as e:
-            raise BatchError(f"{where}: {e}") from None
 
 
 def _input_files(cfg: GenerateConfig, where: str) -> dict:
@@ -189,7 +185,7 @@ def make_jobs(path: str, generate_args: list[str], seeds: list[int] | None) -> l
     rows = read_rows(path)
     first_prompt = rows[0][1].get("prompt")
     if isinstance(first_prompt, str) and first_prompt.strip():  # errors in the shared options, named as such
-        _build_config(generate_args, {"prompt": first_prompt.strip()}, {}, "generate options")
+        _build_config(generate_args, {"prompt": first_prompt.strip()}, {}, "generate options", prompt_errors=False)
     jobs: list[Job] = []
     for row, data in rows:
         where = f"{path} row {row}"
@@ -197,8 +193,7 @@ def make_jobs(path: str, generate_args: list[str], seeds: list[int] | None) -> l
         row_seed = overrides.pop("seed", None)
         for seed in [row_seed] if row_seed is not None else (seeds or [None]):
             seeded = {**overrides, "seed": seed} if seed is not None else overrides
-            cfg = _build_config(generate_args, choices, seeded, where)
-            _check_prompt(cfg, where)
+            cfg = _build_config(generate_args, choices, seeded, where)  # a prompt the prior's world lacks: refused
             cfg.train.progress = False  # the batch draws one bar for all jobs
             cfg.out = ""
             jobs.append(Job(row, cfg.prompt, cfg.seed, cfg, inputs=_input_files(cfg, where)))

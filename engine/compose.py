@@ -5,11 +5,11 @@ Every front end goes through ``compose``: the ``engine generate`` command line (
 overrides directly) and ``engine batch`` (the shared options and each row's overrides). The rules that decide a
 config beyond the dataclass defaults all live here, applied in this order:
 
-1. the base: a saved config (``load_config``) or a preset (``shapes`` for the built-in prior, ``diffusion`` for any
-   other prior, unless one is named);
+1. the base: a saved config (``load_config``) or a preset (``exemplar`` for the closed-form "shapes-exemplar" prior,
+   ``diffusion`` for any other, the default learned "shapes" prior included, unless one is named);
 2. the components: ``prior``, ``guidance`` (an image prompt alone selects csm), ``renderer``, ``device``;
 3. the diffusion preset's values by prior family, objective and device (engine.config.tune_diffusion, issue 13);
-4. Gaussians on the shapes prior train under its exemplars' key light (issue #17);
+4. Gaussians on the exemplar shapes prior train under its exemplars' key light (issue #17);
 5. the prior folder's recommended settings (distillery.json, guidance.priors.apply_prior_defaults);
 6. ``prompt`` and ``steps``;
 7. the command line's typed overrides (``parse``: tyro, in engine/cli.py), then the dotted ``overrides``;
@@ -38,6 +38,10 @@ class ConfigError(ValueError):
     """A refused choice or override; its message is one plain line for the user."""
 
 
+class PromptError(ConfigError):
+    """A prompt the prior's world cannot show (a ConfigError: the same one line)."""
+
+
 @dataclass
 class Choices:
     """The named choices of a run (the command line's shortcuts, the app's main widgets); None leaves the preset's."""
@@ -48,9 +52,10 @@ class Choices:
     renderer: str | None = None
     """A key of renderers.RENDERERS."""
     prior: str | None = None
-    """"shapes", a diffusers hub id or a model folder (sets prior.name)."""
+    """"shapes" (the built-in learned prior, the default), "shapes-exemplar", a diffusers hub id or a model folder
+    (sets prior.name)."""
     preset: str | None = None
-    """A key of engine.config.PRESETS; default "shapes" for the shapes prior, else "diffusion"."""
+    """A key of engine.config.PRESETS; default "exemplar" for the shapes-exemplar prior, else "diffusion"."""
     steps: int | None = None
     image: str | None = None
     """A visual prompt (csm); alone it selects the csm objective."""
@@ -82,8 +87,9 @@ def compose(choices: Choices, overrides: Mapping[str, Any] | None = None, *,
     """
     cfg = _base(choices)
     _components(cfg, choices)
+    notes: list[str] = []  # what the presets chose, said once the whole config has passed its checks
     if choices.load_config is None:
-        _tune(cfg, choices, say)
+        _tune(cfg, choices, notes.append)
     if choices.prompt is not None:
         cfg.prompt = choices.prompt
     if choices.steps is not None:
@@ -93,6 +99,8 @@ def compose(choices: Choices, overrides: Mapping[str, Any] | None = None, *,
     for key, value in (overrides or {}).items():
         set_field(cfg, key, value)
     check_generate_config(cfg, bounds)
+    if say is not None and notes:
+        say("; ".join(notes))
     return cfg
 
 
@@ -104,9 +112,20 @@ def _base(choices: Choices) -> "GenerateConfig":
             return load_config(choices.load_config)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    preset = choices.preset or ("shapes" if (choices.prior or "shapes") == "shapes" else "diffusion")
+    preset = _preset(choices)
     _known("preset", preset, PRESETS)
     return PRESETS[preset]()
+
+
+DEFAULT_PRIOR = "shapes"
+"""The prior of a run that names none: the built-in learned shapes prior (a Stable Diffusion folder, issue #12)."""
+
+
+def _preset(choices: Choices) -> str:
+    """The preset a run builds on: the one named, else "exemplar" for the closed-form shapes prior (whose calibration
+    is GenerateConfig's own defaults) and "diffusion" for every other prior."""
+    return choices.preset or ("exemplar" if (choices.prior or DEFAULT_PRIOR).strip() == "shapes-exemplar"
+                              else "diffusion")
 
 
 def _known(what: str, name: str, registry: Mapping) -> None:
@@ -144,24 +163,27 @@ def _components(cfg: "GenerateConfig", choices: Choices) -> None:
         set_field(cfg, "device", choices.device)
 
 
-def _tune(cfg: "GenerateConfig", choices: Choices, say: Callable[[str], None] | None) -> None:
-    """Rules 3-5, for a config built from a preset."""
-    if (choices.preset or "diffusion") == "diffusion" and (choices.prior or "shapes") != "shapes":
+def _tune(cfg: "GenerateConfig", choices: Choices, say: Callable[[str], None]) -> None:
+    """Rules 3-5, for a config built from a preset; ``say`` takes what they chose."""
+    from guidance.priors import prior_world
+
+    if _preset(choices) == "diffusion":
         line = _diffusion_defaults(cfg)
-        if line and say is not None:
+        if line:
             say(line)
-    # Issue #17: Gaussians on the shapes prior train under its exemplars' own key light (renderers/keylight.py), so
-    # their colour learns the albedo; renderer.light overrides it. The NeRF keeps "dreamfusion" unless asked: its
-    # depth-normal shading lost 6.7 dB on the torus (docs/benchmarks.md, "Fidelity").
-    if cfg.prior.name == "shapes" and getattr(cfg.renderer, "light", None) == "none":
+    # Issue #17: Gaussians on a shapes-world prior train under the world's own key light (renderers/keylight.py: the
+    # light its exemplars and the learned prior's training renders are lit by), so their colour learns the albedo;
+    # renderer.light overrides it. The NeRF keeps "dreamfusion" unless asked: its depth-normal shading lost 6.7 dB on
+    # the torus (docs/benchmarks.md, "Fidelity").
+    if prior_world(cfg.prior.name) == "shapes" and getattr(cfg.renderer, "light", None) == "none":
         cfg.renderer.light = "shapes"
     from guidance.priors import apply_prior_defaults
     try:
         applied = apply_prior_defaults(cfg)  # a prior folder's recommended settings; the user's overrides win
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if applied and say is not None:
-        say(f"defaults of the prior {cfg.prior.name} (they win over the preset's): {', '.join(applied)}")
+    if applied:
+        say(f"then the settings of the prior {cfg.prior.name}: {', '.join(applied)}")
 
 
 def _diffusion_defaults(cfg: "GenerateConfig") -> str:
@@ -169,9 +191,9 @@ def _diffusion_defaults(cfg: "GenerateConfig") -> str:
     the run will use; "" for an exemplar prior (a CPU-world denoiser: nothing here applies)."""
     from engine.config import tune_diffusion
     from foundation.backend import no_cuda_device
-    from guidance.priors import prior_family
+    from guidance.priors import is_exemplar, prior_family
 
-    if os.path.isfile(os.path.join(cfg.prior.name, "exemplars.safetensors")):
+    if is_exemplar(cfg.prior.name):
         return ""
     # the device engine.train.resolve_device will pick (an explicit cuda without a GPU is refused there)
     cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and no_cuda_device() is None)
@@ -299,6 +321,13 @@ def check_generate_config(cfg: "GenerateConfig", bounds: dict | None = None) -> 
         raise ConfigError(str(e)) from None
     if not cfg.prompt.strip():
         raise ConfigError('the prompt is empty; e.g. engine generate "a red cube"')
+    from guidance.priors import prior_world
+    if prior_world(cfg.prior.name) == "shapes":  # a small world: a prompt it cannot show is refused up front
+        from foundation.shapes import parse_prompt
+        try:
+            parse_prompt(cfg.prompt)
+        except ValueError as e:
+            raise PromptError(str(e)) from None
     image = getattr(cfg.guidance, "image", "")
     if image:
         from guidance.priors.visual_prompt import load_image

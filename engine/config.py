@@ -142,15 +142,20 @@ def default_run_dir(prompt: str) -> str:
 
 
 # -- presets --------------------------------------------------------------------------------------------------------
-def preset_shapes() -> GenerateConfig:
-    """CPU demo on the built-in shapes prior: exemplar orbit, CFG 1 (calibrated in exemplar-calibration.md)."""
+def preset_exemplar() -> GenerateConfig:
+    """The closed-form shapes prior ("shapes-exemplar"): exemplar orbit, CFG 1 (calibrated in
+    exemplar-calibration.md); these are GenerateConfig's own defaults. The learned "shapes" prior, the commands'
+    default, takes the diffusion preset with its folder's recommended settings instead (engine/compose.py)."""
     return GenerateConfig()
 
 
 def preset_diffusion() -> GenerateConfig:
-    """Real use with a Stable-Diffusion-family prior (DreamFusion-SD reference defaults, guidance-spec §2.1)."""
+    """Real use with a Stable-Diffusion-family prior (DreamFusion-SD reference defaults, guidance-spec §2.1); the
+    prior is the built-in learned "shapes" one until --prior names another (its folder's distillery.json then sizes
+    the run for its 64 px world: engine/compose.py)."""
     return GenerateConfig(
         guidance=GUIDANCES["sds"](guidance_scale=100.0, cfg_convention="threestudio"),
+        prior=PriorConfig(name="shapes"),
         cameras=CameraConfig(azimuth=(-180.0, 180.0), elevation=(-10.0, 45.0), distance=(2.0, 2.6),
                              fovy=(40.0, 70.0)),
         background=BackgroundConfig(kind="random"),
@@ -192,7 +197,7 @@ def preset_texture() -> GenerateConfig:
     )
 
 
-PRESETS = {"shapes": preset_shapes, "diffusion": preset_diffusion, "material": preset_material,
+PRESETS = {"exemplar": preset_exemplar, "diffusion": preset_diffusion, "material": preset_material,
            "texture": preset_texture}
 
 

@@ -70,7 +70,9 @@ class TextureConfig:
     prompt: str
     """What the surface should look like, e.g. "a red cube"."""
     prior: str = "shapes"
-    """shapes (the light-aware shapes prior), a diffusers hub id or model folder."""
+    """shapes (for texturing: the light-aware shapes prior "shapes-light", whose exemplars are lit as the mesh's
+    renders are, so no shading is baked into the albedo; the learned shapes prior of `engine generate` is trained
+    on shaded renders and is not light-aware), a diffusers hub id or model folder."""
     guidance: str = "sds"
     """The objective (a key of guidance.GUIDANCES)."""
     guidance_scale: float = 0.0

@@ -78,4 +78,4 @@ def cams4():
 @pytest.fixture(scope="session")
 def shapes_prior():
     from guidance.priors import PriorConfig, build_prior
-    return build_prior(PriorConfig(name="shapes"))
+    return build_prior(PriorConfig(name="shapes-exemplar"))

@@ -183,7 +183,7 @@ def test_priors_declare_their_abilities(tiny_sd_folder):
     sd = build_prior(PriorConfig(name=tiny_sd_folder))
     assert declares(sd, TextEncoderRelease, DeferredChecks, OwnGenerator, LoRAHost, UNetResiduals, ImageAdapterHost)
     assert not declares(sd, ConditionedPrior, ExemplarImages)
-    shapes = build_prior(PriorConfig(name="shapes"))
+    shapes = build_prior(PriorConfig(name="shapes-exemplar"))
     assert declares(shapes, ExemplarImages) and not declares(shapes, LoRAHost, TextEncoderRelease)
     materials = build_prior(PriorConfig(name="materials"))
     assert declares(materials, ConditionedPrior) and not declares(materials, ExemplarImages)

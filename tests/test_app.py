@@ -314,8 +314,8 @@ def test_bad_input_gets_a_message_and_the_app_keeps_serving(server, tmp_path):
     trimesh.creation.box().export(tmp_path / "box.obj")
     msg = c.predict(handle_file(str(tmp_path / "box.obj")), api_name="/check_mesh")
     assert "✔" in msg and "12 faces" in msg
-    out = c.predict(*values(prompt="a hamburger"), api_name="/generate")  # the shapes prior cannot serve it
-    assert _state(out[0]) == "failed" and "Vocabulary" in out[0], out[0]
+    out = c.predict(*values(prompt="a hamburger"), api_name="/generate")  # the shapes world lacks it: refused
+    assert _state(out[0]) == "error" and "Not started" in out[0] and "Vocabulary" in out[0], out[0]
     out = c.predict(*values(prior=PRIOR_MODEL, model_id="/etc"), api_name="/generate")
     assert _state(out[0]) == "error" and "hub id" in out[0]
     assert c.predict(api_name="/stop") == "Nothing to stop."
@@ -571,7 +571,7 @@ def test_a_crashing_job_through_the_server_leaves_it_up(server):
     real = app.manager.runner
     app.manager.runner = job_runners.crash_hang_or_finish
     try:
-        out = _client(url).predict(*values(prompt="a crash"), api_name="/generate")
+        out = _client(url).predict(*values(prompt="a cube that will crash"), api_name="/generate")
         assert _state(out[0]) == "failed" and "crashed (SIGSEGV)" in out[0], out[0]
         out = _client(url).predict(*values(prompt="a red cube"), api_name="/generate")
         assert _state(out[0]) == "done" and "fine" in out[0], out[0]

@@ -10,10 +10,12 @@ from guidance import GUIDANCES
 
 
 def test_defaults_are_the_cpu_demo():
+    """The demo is the learned shapes prior (a Stable Diffusion folder) at its folder's recommended settings."""
     cfg, resume = build_generate_config(["a red cube"])
     assert resume is None
     assert cfg.prompt == "a red cube" and cfg.prior.name == "shapes"
-    assert type(cfg.guidance) is GUIDANCES["sds"] and cfg.guidance.guidance_scale == 1.0
+    assert type(cfg.guidance) is GUIDANCES["sds"] and cfg.guidance.guidance_scale == 7.5
+    assert (cfg.train.steps, cfg.resolution, cfg.background.kind) == (400, 64, "solid")
 
 
 def test_choices_shortcuts_and_typed_overrides(tmp_path):

@@ -27,8 +27,25 @@ def test_choices_and_dotted_overrides_build_what_the_command_line_builds():
 def test_the_rules_are_applied_in_one_place(capsys, monkeypatch):
     import torch
 
-    # the shapes prior's Gaussians train under the exemplars' key light; the NeRF keeps its shading
-    assert compose(Choices(prompt="a red cube", renderer="gaussians")).renderer.light == "shapes"
+    # the default prior is the learned shapes prior: the diffusion preset, then its folder's recommended settings,
+    # said in one line once the config has passed its checks
+    demo = compose(Choices(prompt="a red cube"))
+    assert demo.prior.name == "shapes" and type(demo.guidance).__name__ == "SDSConfig"
+    assert (demo.guidance.guidance_scale, demo.guidance.cfg_convention, demo.train.steps, demo.resolution) == \
+        (7.5, "standard", 400, 64)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "diffusion preset" in err and "then the settings of the prior shapes" in err
+    # the closed-form exemplar keeps its calibrated preset (GenerateConfig's defaults: CFG 1)
+    exemplar = compose(Choices(prompt="a red cube", prior="shapes-exemplar"))
+    assert exemplar.guidance.guidance_scale == 1.0 and capsys.readouterr().err == ""
+    # a shapes-world prior's Gaussians train under the world's key light; the NeRF keeps its shading
+    for prior in ("shapes", "shapes-exemplar"):
+        assert compose(Choices(prompt="a red cube", prior=prior, renderer="gaussians"), say=None).renderer.light \
+            == "shapes"
+    # a prompt the shapes world cannot show is refused before anything runs, whichever of its priors
+    for prior in ("shapes", "shapes-exemplar"):
+        with pytest.raises(ConfigError, match="knows no word of 'a purple dragon'"):
+            compose(Choices(prompt="a purple dragon", prior=prior))
     assert compose(Choices(prompt="a red cube", renderer="gaussians"), {"renderer.light": "none"}).renderer.light \
         == "none"
     # a diffusion prior selects the diffusion preset, sized by the device chosen up front (no GPU here: CPU sizes)
@@ -50,7 +67,7 @@ def test_the_rules_are_applied_in_one_place(capsys, monkeypatch):
         cfg.seed = 1
         return cfg
 
-    assert compose(Choices(prompt="x", steps=3), {"seed": 2}, parse=parse).seed == 2 and seen == [3]
+    assert compose(Choices(prompt="a cube", steps=3), {"seed": 2}, parse=parse).seed == 2 and seen == [3]
 
 
 @pytest.mark.parametrize("choices, overrides, message", [

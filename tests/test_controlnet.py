@@ -83,7 +83,7 @@ def test_missing_condition_and_wrong_channels_are_clear_errors(tiny_sd, tiny_con
     with pytest.raises(PriorError, match="22"):
         ControlNetPrior(prior.prior, three)
     with pytest.raises(PriorError, match="diffusers"):
-        build_prior(PriorConfig(name="shapes", controlnet=tiny_controlnet))
+        build_prior(PriorConfig(name="shapes-exemplar", controlnet=tiny_controlnet))
 
 
 def test_mesh_scene_renders_the_condition_layout(tiny_sd, tiny_controlnet):

@@ -19,7 +19,7 @@ from engine.outputs import read_status
 
 def test_red_cube_demo_reconstructs_the_cube(tmp_path, capsys):
     run = tmp_path / "demo"
-    assert main(["generate", "a red cube", "--prior", "shapes", "--out", str(run), "--train.no-progress",
+    assert main(["generate", "a red cube", "--prior", "shapes-exemplar", "--out", str(run), "--train.no-progress",
                  "--train.video-frames", "12"]) == 0
     ev = json.load(open(run / "eval.json"))
     assert ev["psnr"] >= 18.0, ev

@@ -128,7 +128,7 @@ def test_exported_cube_is_faithful(renderer, tmp_path):
 
     bound = RUNS[renderer]
     run = tmp_path / renderer
-    assert main(["generate", "a red cube", "--prior", "shapes", "--renderer", renderer, "--out", str(run),
+    assert main(["generate", "a red cube", "--prior", "shapes-exemplar", "--renderer", renderer, "--out", str(run),
                  "--train.no-progress", "--train.video-frames", "0"]) == 0
     s = fid.score_glb(str(run / "export" / "model.glb"), "cube", "red")
     assert s.accuracy <= bound["accuracy"] and s.completeness <= bound["completeness"], s

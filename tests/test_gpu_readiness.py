@@ -185,7 +185,8 @@ def test_diffusion_preset_by_family_objective_and_device(tiny_sd, tiny_if, capsy
     from engine.cli import build_generate_config
     from guidance.priors import prior_family
 
-    assert (prior_family(tiny_sd), prior_family(tiny_if), prior_family("shapes")) == ("sd", "if", None)
+    assert (prior_family(tiny_sd), prior_family(tiny_if), prior_family("shapes-exemplar"), prior_family("shapes")) \
+        == ("sd", "if", None, "sd")
 
     cfg, _ = build_generate_config(["a red cube", "--prior", tiny_if, "--device", "cuda"])
     assert cfg.guidance.guidance_scale == 20.0 and cfg.resolution == 64  # dreamfusion-if: CFG 20, IF renders at 64
@@ -209,8 +210,14 @@ def test_diffusion_preset_by_family_objective_and_device(tiny_sd, tiny_if, capsy
     assert cfg.guidance.guidance_scale == 100.0 and cfg.resolution == 64  # dreamfusion-sd
     assert "sd prior, sds, CFG 100" in capsys.readouterr().err
 
-    cfg, _ = build_generate_config(["a red cube"])  # the shapes preset is untouched
+    cfg, _ = build_generate_config(["a red cube", "--prior", "shapes-exemplar"])  # the exemplar preset is untouched
     assert cfg.resolution == 64 and cfg.guidance.guidance_scale == 1.0 and not capsys.readouterr().err
+
+    # the learned shapes prior was trained at 64 px: its folder's settings win over the GPU sizes
+    cfg, _ = build_generate_config(["a red cube", "--guidance", "vsd", "--device", "cuda"])
+    assert cfg.resolution == 64 and cfg.guidance.guidance_scale == 7.5
+    err = capsys.readouterr().err
+    assert "renders 512 px" in err and "then the settings of the prior shapes" in err and "resolution=64" in err
 
 
 # ---- item 4 + 5: backends follow the device; each kernel library is probed on its own -----------------------------
@@ -574,7 +581,7 @@ def test_visual_prompt_with_a_mismatched_ip_adapter_fails_before_loading(tiny_sd
     with pytest.raises(RunError, match="is for a 1024-d cross-attention, but the prior .* has 32-d") as e:
         _prepare(cfg, torch.device("cpu"))
     assert e.value.code == 2 and "Supported: Stable Diffusion 1.x" in str(e.value)
-    check_visual_prompt_prior("shapes", guidance)  # exemplar priors take images through their own kernel
+    check_visual_prompt_prior("shapes-exemplar", guidance)  # exemplar priors take images through their own kernel
 
 
 def test_visual_prompt_refuses_sdxl_before_loading(tmp_path_factory, tmp_path):

@@ -87,7 +87,7 @@ def _generate(argv: list[str]) -> str:
 @pytest.mark.parametrize("renderer", _renderers())
 @pytest.mark.parametrize("name", GUIDANCE_NAMES)
 def test_two_steps_shapes_prior(tmp_path, name, renderer):
-    _generate(["a red cube", "--prior", "shapes", "--guidance", name, "--renderer", renderer, "--steps", "2",
+    _generate(["a red cube", "--prior", "shapes-exemplar", "--guidance", name, "--renderer", renderer, "--steps", "2",
                "--resolution", "32", "--train.eval-views", "2", "--out", str(tmp_path / "run")])
 
 
@@ -99,14 +99,14 @@ def test_two_steps_tiny_diffusers(tmp_path, tiny_sd, name, renderer):
 
 
 def test_vsd_particles_run_and_checkpoint(tmp_path):
-    out = _generate(["a cube", "--prior", "shapes", "--guidance", "vsd", "--particles", "2", "--steps", "2",
+    out = _generate(["a cube", "--prior", "shapes-exemplar", "--guidance", "vsd", "--particles", "2", "--steps", "2",
                      "--resolution", "32", "--train.eval-views", "2", "--out", str(tmp_path / "run")])
     assert os.listdir(os.path.join(out, "ckpts"))
 
 
 def test_csm_with_an_image_prompt_shapes_and_ip_adapter(tmp_path, tiny_sd, tiny_ip_adapter):
     img = _red_png(tmp_path / "ref.png")
-    out = _generate(["a cube", "--prior", "shapes", "--image", img, "--steps", "2",  # --image alone selects csm
+    out = _generate(["a cube", "--prior", "shapes-exemplar", "--image", img, "--steps", "2",  # --image: csm
                      "--resolution", "32", "--train.eval-views", "2", "--out", str(tmp_path / "a")])
     with open(os.path.join(out, "config.yaml")) as f:
         saved = f.read()
@@ -221,7 +221,7 @@ PSNR_BAR, IOU_BAR = 16.0, 0.80
 
 
 def proof_argv(name: str, prompt: str, out: str, steps: int = PROOF_STEPS, seed: int = 0) -> list[str]:
-    return [prompt, "--prior", "shapes", "--guidance", name, "--steps", str(steps), "--seed", str(seed),
+    return [prompt, "--prior", "shapes-exemplar", "--guidance", name, "--steps", str(steps), "--seed", str(seed),
             "--train.eval-views", "8", "--out", out, *PROOF_ARGS[name]]
 
 

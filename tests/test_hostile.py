@@ -19,15 +19,18 @@ FAST = ["--steps", "2", "--resolution", "16", "--train.video-frames", "0", "--tr
 
 
 def _one_line(capsys, code, argv):
-    """Run `engine ARGV`, expect exit ``code`` and exactly one 'engine...: error:' line (no traceback, no box)."""
+    """Run `engine ARGV`, expect exit ``code`` and exactly one 'engine...: error:' line, the last (no traceback, no
+    box); before it only the one line of what the presets chose, for a run that had started."""
     with pytest.raises(SystemExit) as e:
         rc = main(argv)
         raise SystemExit(rc)
     err = capsys.readouterr().err
     assert e.value.code == code, (e.value.code, err)
-    assert err.count("\n") == 1 and " error: " in err and "Traceback" not in err, err
+    lines = err.splitlines()
+    assert err.endswith("\n") and " error: " in lines[-1] and "Traceback" not in err, err
+    assert all(" error: " not in line and line.startswith("engine: ") for line in lines[:-1]) and len(lines) <= 2, err
     assert not any(ch in err for ch in "│╭╰─"), err
-    return err
+    return lines[-1]
 
 
 def _saved_run(tmp_path, name="run", extra=()):

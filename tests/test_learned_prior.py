@@ -1,8 +1,8 @@
-"""The learned shapes prior (issue #12): the training command, and the shipped `shapes-sd` folder.
+"""The learned shapes prior (issue #12): the training command, and the shipped folder (`--prior shapes`).
 
 The training test runs `engine train-prior shapes` on a tiny configuration (32 px, two views per shape, a few steps)
 twice and checks it is deterministic and writes a folder that plain diffusers loads offline. The shipped-folder tests
-load guidance/priors/weights/shapes-sd through `--prior shapes-sd` and check its size and its text conditioning.
+load guidance/priors/weights/shapes-sd through `--prior shapes` and check its size and its text conditioning.
 """
 
 import hashlib
@@ -14,7 +14,7 @@ import torch
 
 from guidance.priors import BUILTIN_FOLDERS, PriorConfig, build_prior
 
-SHIPPED = BUILTIN_FOLDERS["shapes-sd"]
+SHIPPED = BUILTIN_FOLDERS["shapes"]
 TINY = ["--resolution", "32", "--views-per-shape", "2", "--vae-steps", "3", "--vae-batch", "2", "--vae-crop", "16",
         "--unet-steps", "3", "--unet-batch", "4", "--vae-channels", "32", "32", "32", "32",
         "--unet-channels", "32", "32", "--text-hidden", "32",
@@ -114,8 +114,9 @@ def _megabytes(folder: str) -> float:
 def test_shipped_prior_loads_through_its_name():
     assert _megabytes(SHIPPED) <= 20.0
     from guidance.priors.stable_diffusion import StableDiffusionPrior
-    prior = build_prior(PriorConfig(name="shapes-sd"))
+    prior = build_prior(PriorConfig(name="shapes"))
     assert type(prior) is StableDiffusionPrior
+    assert BUILTIN_FOLDERS["shapes-sd"] == SHIPPED  # the earlier name still loads it
     assert prior.native_resolution == 64 and prior.latent
     from foundation.cameras import orbit_cameras
     from foundation.shapes import render_ground_truth
@@ -175,8 +176,9 @@ def test_prior_folder_defaults_apply_and_yield_to_flags(tmp_path, capsys):
 
 
 def test_vsd_lora_learns_on_the_shipped_prior():
-    """VSD's particle LoRA trains through shapes-sd: after a few steps every LoRA tensor has moved (B starts at 0),
-    and the particle's epsilon for a fixed (x_t, t) has changed and differs from the frozen prior's (LoRA off)."""
+    """VSD's particle LoRA trains through the shipped prior: after a few steps every LoRA tensor has moved (B starts
+    at 0), and the particle's epsilon for a fixed (x_t, t) has changed and differs from the frozen prior's
+    (LoRA off)."""
     from foundation.cameras import orbit_cameras
     from foundation.shapes import render_ground_truth
     from guidance.base import add_noise
@@ -184,7 +186,7 @@ def test_vsd_lora_learns_on_the_shipped_prior():
     from guidance.vsd import VSDConfig, camera_vector
 
     torch.manual_seed(0)
-    prior = build_prior(PriorConfig(name="shapes-sd"))  # a fresh prior: VSD adds its adapter to this UNet
+    prior = build_prior(PriorConfig(name="shapes"))  # a fresh prior: VSD adds its adapter to this UNet
     vsd = VSDConfig(particle_lr=1e-2).build(prior, torch.Generator().manual_seed(0), 4)
     lora = vsd.particle.lora
     prompts = PromptSet(prior, "a red cube")
@@ -242,7 +244,7 @@ def _saturation(img: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def shipped_prior():
     torch.manual_seed(0)
-    return build_prior(PriorConfig(name="shapes-sd"))
+    return build_prior(PriorConfig(name="shapes"))
 
 
 def test_shipped_prior_negative_prompt_moves_away_from_red(shipped_prior):
@@ -281,18 +283,19 @@ def test_shipped_prior_high_cfg_saturates(shipped_prior):
 
 
 def test_shipped_prior_recommended_defaults_are_applied(capsys):
-    """`--prior shapes-sd` alone gets the folder's distillery.json on top of the diffusion preset: the cameras and
-    white background the model was trained on and CFG 7.5 (docs/learned-prior.md, first 3D measurement); flags win."""
+    """`--prior shapes` (the default) alone gets the folder's distillery.json on top of the diffusion preset: the
+    cameras and white background the model was trained on and CFG 7.5 (docs/learned-prior.md, first 3D
+    measurement); flags win."""
     from engine.cli import build_generate_config
-    cfg, _ = build_generate_config(["a red cube", "--prior", "shapes-sd", "--guidance", "sds"])
+    cfg, _ = build_generate_config(["a red cube", "--prior", "shapes", "--guidance", "sds"])
     assert cfg.guidance.guidance_scale == 7.5 and cfg.guidance.cfg_convention == "standard"
     assert cfg.cameras.elevation == (0.0, 40.0) and cfg.cameras.distance == (2.5, 2.5)
     assert cfg.cameras.fovy == (40.0, 40.0)
     assert cfg.background.kind == "solid" and cfg.background.color == (1.0, 1.0, 1.0)
-    assert "defaults of the prior shapes-sd" in capsys.readouterr().err
-    cfg, _ = build_generate_config(["a red cube", "--prior", "shapes-sd", "--guidance", "vsd"])
+    assert "then the settings of the prior shapes" in capsys.readouterr().err
+    cfg, _ = build_generate_config(["a red cube", "--prior", "shapes", "--guidance", "vsd"])
     assert cfg.guidance.guidance_scale == 7.5 and cfg.background.kind == "solid"  # VSD has no cfg_convention: skipped
-    cfg, _ = build_generate_config(["a red cube", "--prior", "shapes-sd", "--guidance.guidance-scale", "100",
+    cfg, _ = build_generate_config(["a red cube", "--prior", "shapes", "--guidance.guidance-scale", "100",
                                     "--background.kind", "random"])
     assert cfg.guidance.guidance_scale == 100 and cfg.background.kind == "random"
 
@@ -316,7 +319,7 @@ def test_every_objective_turns_a_red_cube_into_a_red_cube_through_the_learned_pr
     bench/bench_learned_prior.py's."""
     from engine.cli import main
     run = tmp_path / "run"
-    assert main(["generate", "a red cube", "--prior", "shapes-sd", "--guidance", objective, "--out", str(run),
+    assert main(["generate", "a red cube", "--prior", "shapes", "--guidance", objective, "--out", str(run),
                  "--train.steps", str(OBJECTIVE_STEPS), "--train.no-export", "--train.video-frames", "0",
                  "--train.no-progress", *PAPER_CFG.get(objective, [])]) == 0
     ev = json.load(open(run / "eval.json"))

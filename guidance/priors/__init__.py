@@ -1,10 +1,12 @@
 """2D priors behind the Prior protocol, chosen by one name: "shapes", an exemplar folder, a hub id or a model folder.
 
-- "shapes": the built-in exemplar prior over renders of coloured primitives (foundation/shapes.py).
+- "shapes": the built-in learned prior of the shapes world (coloured primitives, foundation/shapes.py), a Stable
+  Diffusion folder shipped with the package (guidance/priors/weights/shapes-sd, made by `engine train-prior shapes`),
+  loaded by exactly the code that loads any diffusers folder (SD 2.1 included). "shapes-sd" is its earlier name.
+- "shapes-exemplar": the closed-form exemplar prior of the same world (an exact denoiser over its renders): the
+  exact-math reference of the objectives' tests. "shapes-light" is its light-aware variant (the texture preset's).
 - "materials": the built-in prior over the tileable materials world (foundation/materials.py,
   guidance/priors/materials.py).
-- "shapes-sd": the built-in learned prior of the same world, a Stable Diffusion folder shipped with the package
-  (guidance/priors/weights/shapes-sd), loaded by the same code as any diffusers folder.
 - a folder holding ``exemplars.safetensors``: a user's exemplar prior (guidance/priors/exemplar.py).
 - anything else: a diffusers model, by hub id or local folder (guidance/priors/stable_diffusion.py); the pipeline
   class is read from the folder's model_index.json.
@@ -18,6 +20,7 @@ from guidance.priors.base import Cond, Prior, PriorError
 from guidance.priors.config import (
     BUILTIN_FOLDERS,
     DEFAULTS_FILE,
+    EXEMPLAR_BUILTINS,
     SHAPES_WORLD,
     PriorConfig,
     cache_dir,
@@ -64,15 +67,20 @@ def apply_prior_defaults(cfg, name: str | None = None) -> list[str]:
     return applied
 
 
+def is_exemplar(name: str) -> bool:
+    """True for a closed-form exemplar prior (a built-in one or a folder holding exemplars.safetensors)."""
+    name = name.strip()
+    return name in EXEMPLAR_BUILTINS or os.path.isfile(os.path.join(name, "exemplars.safetensors"))
+
+
 def build_prior(cfg: PriorConfig, device: torch.device | str = "cpu") -> Prior:
     """Build the prior named by ``cfg.name``; raises PriorError with a user-facing message when it cannot."""
     name = cfg.name.strip()
     if not name:
         raise PriorError("no prior given; use --prior shapes, a diffusers hub id or a model folder")
-    exemplar = name in ("shapes", "materials") or os.path.isfile(os.path.join(name, "exemplars.safetensors"))
-    if cfg.controlnet and exemplar:
+    if cfg.controlnet and is_exemplar(name):
         raise PriorError("prior.controlnet needs a diffusers Stable Diffusion prior, not an exemplar prior")
-    if name == "shapes":
+    if name == "shapes-exemplar":
         from guidance.priors.shapes import ShapesPrior
         return ShapesPrior(cfg, device)
     if name == "materials":  # the materials world (foundation/materials.py), issue #16
@@ -102,7 +110,7 @@ def prior_family(name: str) -> str | None:
     """"sd", "sdxl" or "if" for a diffusers prior, read from its model_index.json without loading any weights; None
     for exemplar priors and for a model that cannot be found yet (building it then gives the clear error)."""
     name = name.strip()
-    if not name or name == "shapes" or os.path.isfile(os.path.join(name, "exemplars.safetensors")):
+    if not name or is_exemplar(name):
         return None
     from guidance.priors.stable_diffusion import ModelSource
     try:
@@ -111,5 +119,6 @@ def prior_family(name: str) -> str | None:
         return None
 
 
-__all__ = ["BUILTIN_FOLDERS", "SHAPES_WORLD", "Cond", "Prior", "PriorConfig", "PriorError", "apply_prior_defaults",
-           "build_prior", "cache_dir", "prior_world", "prior_family", "resolve_prior_folder"]
+__all__ = ["BUILTIN_FOLDERS", "EXEMPLAR_BUILTINS", "SHAPES_WORLD", "Cond", "Prior", "PriorConfig", "PriorError",
+           "apply_prior_defaults",
+           "build_prior", "cache_dir", "is_exemplar", "prior_world", "prior_family", "resolve_prior_folder"]

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 class PriorConfig:
     """Which 2D prior guides the run, and how it is loaded."""
 
-    name: str = "shapes"
-    """"shapes", "shapes-sd" (the learned shapes prior), a folder with exemplars.safetensors, a diffusers hub id, or a
-    local diffusers folder."""
+    name: str = "shapes-exemplar"
+    """"shapes" (the learned shapes prior, a Stable Diffusion folder shipped with the package), "shapes-exemplar" (the
+    closed-form exemplar prior of the same world: the exact-math reference, and these dataclass defaults' calibration),
+    "materials", a folder with exemplars.safetensors, a diffusers hub id, or a local diffusers folder. The commands'
+    default is "shapes" (engine/compose.py)."""
     kappa: float = 150.0
     """Exemplar priors: camera-kernel sharpness, log k = kappa * cos(angle between view directions)."""
     data_sigma: float = 0.0
@@ -56,11 +58,15 @@ class PriorConfig:
     """Scale of the ControlNet's residuals (diffusers' conditioning_scale)."""
 
 
-BUILTIN_FOLDERS: dict[str, str] = {
-    "shapes-sd": os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "shapes-sd"),
-}
-"""Priors shipped inside the package as diffusers folders, by name: ``shapes-sd`` is the learned latent diffusion
-model of the shapes world (engine/train_prior.py, docs/learned-prior.md), in Stable Diffusion's layout."""
+SHAPES_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "shapes-sd")
+BUILTIN_FOLDERS: dict[str, str] = {"shapes": SHAPES_FOLDER, "shapes-sd": SHAPES_FOLDER}
+"""Priors shipped inside the package as diffusers folders, by name: ``shapes`` is the learned latent diffusion model
+of the shapes world (engine/train_prior.py, docs/learned-prior.md), in Stable Diffusion's layout; ``shapes-sd`` is
+its earlier name, kept so saved configs that use it still load."""
+
+EXEMPLAR_BUILTINS = ("shapes-exemplar", "shapes-light", "materials")
+"""Built-in closed-form exemplar priors (guidance/priors/shapes.py, materials.py): exact denoisers over renders of
+the shapes and materials worlds, for the exact-math tests and the CPU calibration."""
 
 
 def resolve_prior_folder(name: str) -> str:
@@ -68,7 +74,7 @@ def resolve_prior_folder(name: str) -> str:
     return BUILTIN_FOLDERS.get(name.strip(), name)
 
 
-SHAPES_WORLD = ("shapes", "shapes-sd")
+SHAPES_WORLD = ("shapes", "shapes-sd", "shapes-exemplar")
 """Prior names that model the built-in shapes world: their runs are evaluated against its ground truth."""
 
 DEFAULTS_FILE = "distillery.json"

@@ -199,8 +199,9 @@ def check_visual_prompt_prior(prior_name: str, cfg) -> None:
                               cfg.ip_adapter_weight_name)
     import json
 
+    from guidance.priors.config import resolve_prior_folder
     from guidance.priors.stable_diffusion import ModelSource, cross_attention_width
-    folder = ModelSource.resolve(prior_name)
+    folder = ModelSource.resolve(resolve_prior_folder(prior_name))
     config = os.path.join(folder.snapshot or folder.name, "unet", "config.json")
     cross = None
     if os.path.isfile(config):
