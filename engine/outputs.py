@@ -26,7 +26,7 @@ from torch import Tensor
 from foundation import shapes
 from foundation.abilities import declares
 from foundation.cameras import CameraConfig, Cameras, turntable
-from renderers.base import Relightable, scenes_of
+from renderers.base import OptionalNormals, Relightable, scenes_of
 
 
 @contextmanager
@@ -98,6 +98,9 @@ def render_views(scene, cams: Cameras, background: Tensor, chunk: int = 4) -> tu
     if module is not None:
         module.train(False)
     rgbs, alphas = [], []
+    skip = [s for s in scenes_of(scene) if declares(s, OptionalNormals) and s.eval_normals]
+    for s in skip:  # only colour and alpha are kept: no normal map
+        s.eval_normals = False
     try:
         for i in range(0, len(cams), chunk):
             c = cams[i:i + chunk]
@@ -107,6 +110,8 @@ def render_views(scene, cams: Cameras, background: Tensor, chunk: int = 4) -> tu
     finally:
         if module is not None:
             module.train(was_training)
+        for s in skip:
+            s.eval_normals = True
     return torch.cat(rgbs), torch.cat(alphas)
 
 

@@ -139,6 +139,14 @@ class Relightable(Protocol):
     """Its config, with an ``eval_shading`` field."""
 
 
+class OptionalNormals(Protocol):
+    """A scene whose normal map costs extra work outside training (the NeRF's density gradient, about half of an
+    evaluation render): ``eval_normals`` off skips it where only colour and alpha are used (engine/outputs.py
+    ``render_views``: previews, the turntable, the evaluation). Shading that needs normals still computes them."""
+
+    eval_normals: bool = True
+
+
 class OwnOptimizer(Protocol):
     """A scene whose structural updates (densify, prune) edit the optimiser's state: the loop hands it over once."""
 

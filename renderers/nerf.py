@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from foundation.cameras import Cameras
 from renderers import kernels
-from renderers.base import DensityField, RenderOutput, composite
+from renderers.base import DensityField, OptionalNormals, RenderOutput, composite
 from renderers.kernels.hashgrid_torch import HashGrid
 from renderers.kernels.volume_torch import OccupancyGrid
 from renderers.keylight import shade_under_key_light
@@ -169,7 +169,7 @@ def _mlp(d_in: int, width: int, d_out: int, gen: torch.Generator) -> nn.Sequenti
     return net
 
 
-class NeRF(nn.Module, DensityField):
+class NeRF(nn.Module, DensityField, OptionalNormals):
     """Hash-grid radiance field implementing the Scene protocol (renderers/base.py); a ``DensityField`` (sigma)."""
 
     field_kind = "density"
@@ -282,7 +282,7 @@ class NeRF(nn.Module, DensityField):
         C, H, W = len(cams), cams.height, cams.width
         o, d = (v.reshape(-1, 3) for v in cams.rays())
         mode = self._shading_mode()
-        with_normals = mode != "albedo" or (not self.training and self.cfg.light != "shapes") \
+        with_normals = mode != "albedo" or (not self.training and self.cfg.light != "shapes" and self.eval_normals) \
             or self.cfg.orient_always
         samples = kernels.sample_rays(
             self.cfg.backend, o, d, radius=self.cfg.radius, n_samples=self.cfg.samples_per_ray,

@@ -18,6 +18,7 @@ from renderers.base import (
     DensityField,
     GaussianSplats,
     MeshSource,
+    OptionalNormals,
     OwnOptimizer,
     PBRMaterial,
     Relightable,
@@ -43,13 +44,13 @@ def _small(name: str):
 
 # -- what each scene declares ------------------------------------------------------------------------------------------
 DECLARED = {
-    "nerf": {DensityField, AlbedoField},
+    "nerf": {DensityField, AlbedoField, OptionalNormals},
     "gaussians": {DensityField, AlbedoField, GaussianSplats, OwnOptimizer},
     "mesh": {MeshSource, PBRMaterial, AlbedoField, Relightable, ConditionRenderer},
     "material": {ConditionRenderer},
 }
 ALL = {AlbedoField, DensityField, MeshSource, PBRMaterial, GaussianSplats, Relightable, OwnOptimizer,
-       ConditionRenderer, SceneGroup}
+       ConditionRenderer, SceneGroup, OptionalNormals}
 
 
 @pytest.mark.parametrize("name", sorted(DECLARED))
@@ -336,3 +337,31 @@ def test_vsd_lora_state_round_trips_through_the_prior(tiny_sd_folder):
     cond, cam = a.prior.embed(["a red cube"]), torch.randn(1, 16)
     with torch.no_grad():
         torch.testing.assert_close(a.particle.raw(x, t, cond, cam), b.particle.raw(x, t, cond, cam))
+
+
+def test_evaluation_renders_skip_normals_they_do_not_use():
+    """render_views keeps colour and alpha only: a NeRF (OptionalNormals) then skips its density-gradient normals,
+    with the very same image, and gets them back afterwards."""
+    from engine.outputs import render_views
+    from foundation.cameras import orbit_cameras
+
+    nerf = _small("nerf")
+    cams = orbit_cameras([0.0, 120.0], [20.0, 20.0], 2.5, 40.0, 24)
+    bg = torch.ones(3)
+    nerf.eval()
+    with torch.no_grad():
+        full = nerf.render(cams, bg.view(1, 1, 1, 3).expand(2, 24, 24, 3))
+    assert full.normal is not None  # an eval render gives its normal map
+    seen = []
+    render = nerf.render
+
+    def spy(c, b):
+        out = render(c, b)
+        seen.append(out.normal)
+        return out
+
+    nerf.render = spy
+    rgb, alpha = render_views(nerf, cams, bg)
+    assert seen and all(n is None for n in seen)
+    assert torch.allclose(rgb, full.rgb, atol=1e-6) and torch.allclose(alpha, full.alpha, atol=1e-6)
+    assert nerf.eval_normals
