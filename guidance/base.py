@@ -173,9 +173,13 @@ class TimestepConfig:
     max_end: float | None = None
     """Upper end after annealing / the drop (defaults to 0.5 for two-stage, else max)."""
     start: int = 0
-    """Step where annealing starts, or where the two-stage drop happens."""
+    """Step where annealing starts, or where the two-stage drop happens (a step of a ``reference_steps`` run)."""
     end: int | None = None
-    """Step where annealing ends (defaults to the run's last step)."""
+    """Step where annealing ends (a step of a ``reference_steps`` run; unset: the run's last step)."""
+    reference_steps: int = 0
+    """The run length that ``start`` and ``end`` are given for, e.g. the paper's (LucidDreamer: a 1500-step warm-up
+    of 5000): a run of N steps uses them scaled by N / reference_steps, so the schedule has the paper's shape at any
+    run length. 0: they are this run's own steps."""
 
     def __post_init__(self) -> None:
         if self.schedule not in TIMESTEP_SCHEDULES:
@@ -186,20 +190,30 @@ class TimestepConfig:
                 raise ValueError(f"timesteps.{name} must be a fraction in [0,1], got {v}")
         if self.min > self.max:
             raise ValueError(f"timesteps.min ({self.min}) exceeds timesteps.max ({self.max})")
+        if self.reference_steps < 0 or self.start < 0 or (self.end is not None and self.end < 0):
+            raise ValueError("timesteps.start, end and reference_steps must be >= 0")
+
+    def steps_for(self, total_steps: int) -> tuple[int, int]:
+        """(start, end) in the steps of a run of ``total_steps``: scaled from ``reference_steps`` when it is set."""
+        end = total_steps if self.end is None else self.end
+        if self.reference_steps <= 0:
+            return self.start, end
+        scale = total_steps / self.reference_steps
+        return round(self.start * scale), (total_steps if self.end is None else max(1, round(self.end * scale)))
 
     def range_at(self, step: int, total_steps: int) -> tuple[float, float]:
         """The (min, max) fractions in force at ``step``."""
         lo_end = self.min if self.min_end is None else self.min_end
         hi_end = ((0.5 if self.schedule in ("two-stage", "warmup") else self.max) if self.max_end is None
                   else self.max_end)
-        end = total_steps if self.end is None else self.end
+        start, end = self.steps_for(total_steps)
         match self.schedule:
             case "uniform":
                 return self.min, self.max
             case "two-stage":
-                return (self.min, self.max) if step < self.start else (lo_end, hi_end)
+                return (self.min, self.max) if step < start else (lo_end, hi_end)
             case "annealed":
-                r = min(max((step - self.start) / max(end - self.start, 1), 0.0), 1.0)
+                r = min(max((step - start) / max(end - start, 1), 0.0), 1.0)
                 return self.min + r * (lo_end - self.min), self.max + r * (hi_end - self.max)
             case "sqrt":
                 p = self.min + (self.max - self.min) * (1 - math.sqrt(min(step / max(end, 1), 1.0)))
@@ -220,7 +234,7 @@ def sample_timesteps(cfg: TimestepConfig, step: int, total_steps: int, n: int, g
     """Integer timesteps [n] (CPU, int64), drawn with the run's generator."""
     if cfg.schedule == "warmup":  # exclusive upper bound in integer arithmetic (LucidDreamer's randint)
         T = num_train_timesteps
-        end = total_steps if cfg.end is None else cfg.end
+        end = cfg.steps_for(total_steps)[1]
         wr = 1.0 - min(step / max(end, 1), 1.0)
         hi_end = 0.5 if cfg.max_end is None else cfg.max_end
         lo_i = int(T * cfg.min)
@@ -228,7 +242,7 @@ def sample_timesteps(cfg: TimestepConfig, step: int, total_steps: int, n: int, g
         return torch.randint(lo_i, max(hi_x, lo_i + 1), (n,), generator=gen)
     lo, hi = cfg.range_at(step, total_steps)
     if cfg.schedule == "dreamtime":  # deterministic integer t, no rounding through fractions
-        t = min(max(dreamtime_timestep(step, total_steps if cfg.end is None else cfg.end, num_train_timesteps),
+        t = min(max(dreamtime_timestep(step, cfg.steps_for(total_steps)[1], num_train_timesteps),
                     int(num_train_timesteps * cfg.min)), int(num_train_timesteps * cfg.max))
         return torch.full((n,), t, dtype=torch.int64)
     lo_i, hi_i = int(num_train_timesteps * lo), int(num_train_timesteps * hi)

@@ -162,8 +162,9 @@ class CSDConfig:
     """Coefficient of the Perp-Neg term (csd-if's perpneg_scale), used when perp_neg.enabled."""
     weighting: str = "uniform"
     """w(t): "uniform" (csd-if), "sds" = 1 - abar_t (csd-sd), "fantasia3d", "ism"."""
-    timesteps: TimestepConfig = field(default_factory=lambda: TimestepConfig(schedule="two-stage", start=5000))
-    """How t is drawn (per sample): t_max 0.98 -> 0.5 at step 5000."""
+    timesteps: TimestepConfig = field(default_factory=lambda: TimestepConfig(schedule="two-stage", start=5000,
+                                                                             reference_steps=10000))
+    """How t is drawn (per sample): t_max 0.98 -> 0.5 at step 5000 of csd-if's 10000 (half of any run)."""
     perp_neg: PerpNegConfig = field(default_factory=PerpNegConfig)
     """Perp-Neg term (csd-if turns it on; off here because it needs view prompts the prior understands)."""
     grad_clip: float = 0.0

@@ -45,7 +45,7 @@ from guidance.priors.base import Cond, Prior
 
 
 def _default_ism_timesteps() -> TimestepConfig:
-    return TimestepConfig(schedule="warmup", min=0.02, max=0.98, max_end=0.5, end=1500)
+    return TimestepConfig(schedule="warmup", min=0.02, max=0.98, max_end=0.5, end=1500, reference_steps=5000)
 
 
 @dataclass
@@ -71,7 +71,8 @@ class ISMConfig:
     noise_offset: float = 0.1
     """Std of LucidDreamer's per-channel noise offset, shared over the batch (0 disables)."""
     timesteps: TimestepConfig = field(default_factory=_default_ism_timesteps)
-    """How the index t is drawn (one per step): default LucidDreamer's warm-up over 1500 steps."""
+    """How the index t is drawn (one per step): default LucidDreamer's warm-up, 1500 of its 5000 steps (scaled to
+    the run's length: the first 30% of any run)."""
     weighting: str = "ism"
     """w(t): "ism" = sqrt((1 - abar_t)/abar_t) (reference), or "sds", "uniform", "fantasia3d"."""
     perp_neg: PerpNegConfig = field(default_factory=PerpNegConfig)
@@ -99,8 +100,8 @@ class TSMConfig(ISMConfig):
     pixel_clip: float = 0.05
     """Pixel-wise clip c_img of the total gradient on the rendered image (0 disables)."""
     timesteps: TimestepConfig = field(default_factory=lambda: TimestepConfig(
-        schedule="warmup", min=0.02, max=0.98, max_end=0.5, end=750))
-    """How the index t is drawn: Dreamer XL's warm-up is 750 steps."""
+        schedule="warmup", min=0.02, max=0.98, max_end=0.5, end=750, reference_steps=2500))
+    """How the index t is drawn: Dreamer XL's warm-up is 750 of its 2500 steps (scaled to the run's length)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -112,8 +113,9 @@ class TSMConfig(ISMConfig):
 
 
 def warmup_rate(cfg: ISMConfig, step: int, total_steps: int) -> float:
-    """wr = 1 - min(step / warmup_iter, 1), with warmup_iter = timesteps.end (the run's length when unset)."""
-    end = total_steps if cfg.timesteps.end is None else cfg.timesteps.end
+    """wr = 1 - min(step / warmup_iter, 1), with warmup_iter = timesteps.end (scaled to the run's length from
+    ``timesteps.reference_steps``; the run's length when unset)."""
+    end = cfg.timesteps.steps_for(total_steps)[1]
     return 1.0 - min(step / max(end, 1), 1.0)
 
 

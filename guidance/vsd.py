@@ -85,8 +85,10 @@ class VSDConfig:
     pretrained model, like the LoRA)."""
     weighting: str = "sds"
     """w(t): "sds" = 1 - abar_t, "uniform", "fantasia3d", "ism"."""
-    timesteps: TimestepConfig = field(default_factory=lambda: TimestepConfig(schedule="two-stage", start=5000))
-    """ProlificDreamer's two time scales: t ~ U[0.02, 0.98], then U[0.02, 0.5] from step ``start``."""
+    timesteps: TimestepConfig = field(default_factory=lambda: TimestepConfig(schedule="two-stage", start=5000,
+                                                                             reference_steps=25000))
+    """ProlificDreamer's two time scales: t ~ U[0.02, 0.98], then U[0.02, 0.5] from step ``start`` (5000 of its
+    25000-step NeRF stage: the first 20% of any run)."""
     perp_neg: PerpNegConfig = field(default_factory=PerpNegConfig)
     """Perp-Neg on the pretrained branch only (threestudio issue #135)."""
     pixel_clip: float = 0.0

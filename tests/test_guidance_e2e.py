@@ -183,7 +183,8 @@ def test_bad_image_prompts_are_clear_value_errors(tmp_path, content):
 PROOF_STEPS = int(os.environ.get("GUIDANCE_PROOF_STEPS", "300"))
 PROOF_ARGS = {  # per objective: the shapes-world settings (bench/bench_guidance.py uses the same)
     "sds": [],
-    "vsd": ["--guidance.particle-lr", "1e-3", "--guidance.timesteps.start", str(PROOF_STEPS * 2)],
+    "vsd": ["--guidance.particle-lr", "1e-3", "--guidance.timesteps.start", str(PROOF_STEPS * 2),
+            "--guidance.timesteps.reference-steps", "0"],
     # ISM: CFG 1, t ~ U[20, 980], interval 600, no noise offset, and the Gaussian-mixture prior (data_sigma 1): with
     # the exact nearest-exemplar denoiser the DDIM-inverted target absorbs the residual z - D, so ISM's gradient is
     # lambda (D_s,null - D_t,cfg) and stops at the prompt's cell boundary (docs/benchmarks.md, "Diagnosis"); a
@@ -214,7 +215,8 @@ PROOF_ARGS = {  # per objective: the shapes-world settings (bench/bench_guidance
     # CSD: the same halo argument (sparsity 200), and w(t) = 1 - abar_t (csd-sd-refine's weighting). CSD has no
     # generative term: it fixes only what tells the prompt from the other exemplars (for red: low G and B), not R,
     # so its PSNR sits at the bar (16.0-16.5 dB in every setting tried, docs/benchmarks.md).
-    "csd": ["--guidance.timesteps.start", str(PROOF_STEPS * 2), "--renderer.lambda-sparsity", "200",
+    "csd": ["--guidance.timesteps.start", str(PROOF_STEPS * 2), "--guidance.timesteps.reference-steps", "0",
+            "--renderer.lambda-sparsity", "200",
             "--guidance.weighting", "sds"],
 }
 PSNR_BAR, IOU_BAR = 16.0, 0.80

@@ -115,3 +115,27 @@ def test_timestep_schedules_golden():
     assert sq.range_at(25, 100)[0] == pytest.approx(0.3 + 0.68 * 0.5)
     with pytest.raises(ValueError, match="unknown timestep schedule"):
         TimestepConfig(schedule="cosine")
+
+
+def test_paper_schedules_scale_to_the_run_length():
+    """A schedule given for the paper's run length keeps its shape at any length (issue #12: paper defaults with the
+    timestep schedule scaled to the run): ProlificDreamer's drop at 5000 of 25000 steps falls at 80 of 400, and
+    LucidDreamer's 1500-of-5000 warm-up ends at 120 of 400; at the paper's own length nothing changes."""
+    from guidance.ism import ISMConfig, TSMConfig, interval, warmup_rate
+    from guidance.vsd import VSDConfig
+
+    vsd = VSDConfig().timesteps
+    assert vsd.steps_for(400)[0] == 80 and vsd.steps_for(25000)[0] == 5000
+    assert vsd.range_at(79, 400) == (0.02, 0.98) and vsd.range_at(80, 400) == (0.02, 0.5)
+    ism = ISMConfig()
+    assert ism.timesteps.steps_for(400)[1] == 120 and ism.timesteps.steps_for(5000)[1] == 1500
+    assert warmup_rate(ism, 60, 400) == pytest.approx(0.5) and warmup_rate(ism, 120, 400) == 0.0
+    assert interval(ism, warmup_rate(ism, 400, 400)) == ism.delta_t
+    g = torch.Generator().manual_seed(0)
+    assert int(sample_timesteps(ism.timesteps, 120, 400, 4000, g).max()) == 499
+    assert int(sample_timesteps(ism.timesteps, 0, 400, 20000, g).max()) == 979
+    assert TSMConfig().timesteps.steps_for(400)[1] == 120
+    own = TimestepConfig(schedule="two-stage", start=50)  # reference_steps 0: the run's own steps
+    assert own.steps_for(400) == (50, 400)
+    with pytest.raises(ValueError, match="reference_steps must be >= 0"):
+        TimestepConfig(reference_steps=-1)
