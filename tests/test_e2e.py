@@ -1,9 +1,10 @@
 """End to end: the README demo reconstructs the red cube, and the real diffusers prior path runs through the CLI.
 
-Quality thresholds for "a red cube" (NeRF, SDS, shapes prior, 400 steps at 64², seed 0): measured 19.9 dB PSNR and
-0.905 silhouette IoU on 8 held-out views (docs/benchmarks.md). The calibration notes give a seed-to-seed spread of
-about ±1 dB, and the initial blob scores about 10 dB / 0.6 IoU, so PSNR >= 18 and IoU >= 0.85 fail a regression
-that loses a third of the improvement while tolerating seed noise. The colour check is independent of PSNR: the
+The demo is `engine generate "a red cube"`: the learned shapes prior (a Stable Diffusion folder loaded by the code
+that loads SD 2.1), NeRF, SDS at the folder's recommended settings (400 steps at 64 px, CFG 7.5), seed 0. Measured on
+the 2-core machine: 16.55 dB PSNR and 0.844 silhouette IoU on 8 held-out views, closest of the world's 5 shapes and
+6 colours: the red cube (docs/benchmarks.md). The untrained blob scores about 10.9 dB / 0.60, so PSNR >= 15.5 and
+IoU >= 0.80 fail a regression that loses a fifth of the improvement. The colour check is independent of PSNR: the
 mean colour inside the ground-truth silhouette must be red (GT albedo 200/30/30 shaded: about 0.60/0.09/0.09).
 """
 
@@ -19,11 +20,11 @@ from engine.outputs import read_status
 
 def test_red_cube_demo_reconstructs_the_cube(tmp_path, capsys):
     run = tmp_path / "demo"
-    assert main(["generate", "a red cube", "--prior", "shapes-exemplar", "--out", str(run), "--train.no-progress",
-                 "--train.video-frames", "12"]) == 0
+    assert main(["generate", "a red cube", "--out", str(run), "--train.no-progress", "--train.video-frames", "12"]) == 0
     ev = json.load(open(run / "eval.json"))
-    assert ev["psnr"] >= 18.0, ev
-    assert ev["iou"] >= 0.85, ev
+    assert ev["psnr"] >= 15.5, ev
+    assert ev["iou"] >= 0.80, ev
+    assert (ev["closest_shape"], ev["closest_colour"]) == ("cube", "red"), ev
     r, g, b = ev["mean_rgb_in_mask"]
     assert r > 0.45 and g < 0.25 and b < 0.25, ev
     assert read_status(str(run))["state"] == "complete"
