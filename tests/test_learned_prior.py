@@ -263,9 +263,10 @@ def test_shipped_prior_negative_prompt_moves_away_from_red(shipped_prior):
 
 def test_shipped_prior_high_cfg_saturates(shipped_prior):
     """"a red cube" at CFG 100 against 7.5, from a grey cube render noised to t = 500 (same noise): the guided
-    estimate is more saturated in every one of four views (measured: +0.08 to +0.21, mean +0.15 in max - min
-    channel), the usual over-saturation of large CFG scales (DreamFusion's 100 included). Its redness does not rise
-    with it (measured 0.065 at 100 against 0.086 at 7.5): the extra chroma is not all the prompt's colour."""
+    estimate is more saturated in every one of four views (max - min channel; measured +0.039 to +0.082, mean +0.060
+    on the shipped weights, +0.08 to +0.21 on session 19's), the usual over-saturation of large CFG scales
+    (DreamFusion's 100 included). On session 19's weights its redness did not rise with it (0.065 at 100 against
+    0.086 at 7.5): the extra chroma is not all the prompt's colour."""
     from foundation.cameras import orbit_cameras
     from foundation.shapes import render_ground_truth
     from guidance.base import add_noise
@@ -279,7 +280,7 @@ def test_shipped_prior_high_cfg_saturates(shipped_prior):
     x_t = add_noise(z, torch.randn(z.shape, generator=torch.Generator().manual_seed(0)), t, prior.alphas_cumprod)
     (low,), (high,) = (_x0_estimates(prior, [("a red cube", "")], s, x_t, t) for s in (7.5, 100.0))
     gain = _saturation(high) - _saturation(low)
-    assert (gain > 0.04).all() and gain.mean() > 0.08, gain.tolist()
+    assert (gain > 0.02).all() and gain.mean() > 0.04, gain.tolist()
 
 
 def test_shipped_prior_recommended_defaults_are_applied(capsys):
