@@ -9,7 +9,7 @@ config beyond the dataclass defaults all live here, applied in this order:
    ``diffusion`` for any other, the default learned "shapes" prior included, unless one is named);
 2. the components: ``prior``, ``guidance`` (an image prompt alone selects csm), ``renderer``, ``device``;
 3. the diffusion preset's values by prior family, objective and device (engine.config.tune_diffusion, issue 13);
-4. Gaussians on the exemplar shapes prior train under its exemplars' key light (issue #17);
+4. Gaussians on a shapes-world prior (learned or exemplar) train under the world's key light (issue #17);
 5. the prior folder's recommended settings (distillery.json, guidance.priors.apply_prior_defaults);
 6. ``prompt`` and ``steps``;
 7. the command line's typed overrides (``parse``: tyro, in engine/cli.py), then the dotted ``overrides``;
