@@ -11,7 +11,8 @@ taken from its paper: guidance-spec.md) and the prior folder's distillery.json (
 CFG 7.5); `--paper` puts back the paper's CFG scale where it differs (SDS: 100).
 
 Quality is the run's eval.json (engine.outputs.evaluate_shapes: 8 held-out views against the shapes world's analytic
-ground truth, never seen by the prior's training as such): PSNR on the prompted object, silhouette IoU, and which of
+ground truth, never seen by the prior's training as such): PSNR on the prompted object, silhouette IoU, the mean
+opacity inside the true silhouette (below 1: the background shows through), and which of
 the world's 5 shapes (by silhouette IoU) and 6 colours (by PSNR) the result is closest to. "right" means both the
 closest shape and the closest colour are the prompted ones. Prints a markdown table for docs/benchmarks.md.
 """
@@ -51,7 +52,8 @@ def run(prior: str, objective: str, renderer: str, prompt: str, out: str, extra:
         steps = rows[-1].get("step")
     colour, shape = prompt.split()[-2:]
     row.update(psnr=round(ev["psnr"], 2), iou=round(ev["iou"], 3), closest_shape=ev["closest_shape"],
-               closest_colour=ev["closest_colour"], mean_rgb=ev["mean_rgb_in_mask"], steps=steps,
+               closest_colour=ev["closest_colour"], mean_rgb=ev["mean_rgb_in_mask"],
+               alpha=ev.get("mean_alpha_in_mask"), steps=steps,
                right=ev["closest_shape"] == shape and ev["closest_colour"] == colour,
                preset=next((ln for ln in p.stderr.splitlines() if "diffusion preset" in ln), "").strip())
     return row
@@ -83,14 +85,16 @@ def main() -> None:
                         f.write(json.dumps(r) + "\n")
     mode = "paper CFG scales" if a.paper else "the folder's recommended settings"
     print(f"\nprior {a.prior}, {mode}, 1 torch thread; extra flags: {' '.join(a.extra) or 'none'}\n")
-    print("| renderer | objective | prompt | PSNR dB | IoU | closest shape | closest colour | right | wall s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| renderer | objective | prompt | PSNR dB | IoU | alpha in silhouette | closest shape | closest colour | right "
+          "| wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r["rc"]:
-            print(f"| {r['renderer']} | {r['objective']} | {r['prompt']} | failed: {r['error']} | | | | no | "
+            print(f"| {r['renderer']} | {r['objective']} | {r['prompt']} | failed: {r['error']} | | | | | no | "
                   f"{r['wall_s']} |")
             continue
         print(f"| {r['renderer']} | {r['objective']} | {r['prompt']} | {r['psnr']:.2f} | {r['iou']:.3f} | "
+              f"{r['alpha']:.3f} | "
               f"{r['closest_shape']} | {r['closest_colour']} | {'yes' if r['right'] else 'no'} | {r['wall_s']} |")
     ok = sum(bool(r.get("right")) for r in rows)
     print(f"\nright shape and colour: {ok}/{len(rows)}")

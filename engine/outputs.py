@@ -172,11 +172,15 @@ def evaluate_shapes(scene, prompt: str, cam_cfg: CameraConfig, n: int, resolutio
     best = colour or max(scores, key=scores.get)
     mask = ref.coverage > 0.5
     mean_rgb = (rgb[mask].mean(0) if mask.any() else rgb.reshape(-1, 3).mean(0)).tolist()
+    # Opacity where the object should be: a half-transparent result shows the background through it, which PSNR
+    # reads as a lighter colour (the ISM family's tori, docs/learned-prior.md).
+    mean_alpha = float(alpha[..., 0][mask].mean()) if mask.any() else 0.0
     # Which world object the result is closest to (what "the right shape and colour" means, issue #12): the shape
     # whose silhouettes overlap it most, and the colour whose ground truth (on the prompted shape) it matches best.
     iou_by_shape = {s: round(shapes.mask_iou(alpha[..., 0], (ref if s == shape else shapes.render_shape(s, cams))
                                              .coverage), 4) for s in shapes.SHAPES}
     return {"psnr": scores[best], "iou": shapes.mask_iou(alpha[..., 0], ref.coverage), "colour": best,
-            "mean_rgb_in_mask": [round(v, 4) for v in mean_rgb], "views": n, "resolution": resolution,
+            "mean_rgb_in_mask": [round(v, 4) for v in mean_rgb], "mean_alpha_in_mask": round(mean_alpha, 4),
+            "views": n, "resolution": resolution,
             "shape": shape, "closest_colour": max(scores, key=scores.get),
             "closest_shape": max(iou_by_shape, key=iou_by_shape.get), "iou_by_shape": iou_by_shape}

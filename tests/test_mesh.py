@@ -283,3 +283,5 @@ def test_shapes_evaluation_names_the_closest_world_object():
     assert set(ious) == set(shapes.SHAPES) and ious["cube"] == max(ious.values()), ious
     other = outputs.evaluate_shapes(scene, "a green cube", CameraConfig(), 4, 64, "cpu")
     assert other["colour"] == "green" and other["closest_colour"] == "red" and other["psnr"] < ev["psnr"] - 5, other
+    # the opaque mesh covers the true silhouette: its mean opacity there is ~1 (edge pixels are partly covered)
+    assert 0.9 < ev["mean_alpha_in_mask"] <= 1.0, ev
