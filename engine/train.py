@@ -26,17 +26,15 @@ import torch
 from engine import init_from, outputs, runfolder
 from engine.checkpoint import latest_checkpoint, prune_checkpoints, save_checkpoint, step_path
 from engine.config import GenerateConfig, default_run_dir, save_config
-from foundation import shapes
 from foundation.abilities import declares
 from foundation.backend import CudaUnavailable, no_cuda_device
 from foundation.backend import resolve as resolve_cuda
 from foundation.cameras import sample_cameras
 from guidance.priors import Prior, build_prior, prior_world
-from guidance.priors.base import ConditionedPrior, DeferredChecks, OwnGenerator, TextEncoderRelease
-from guidance.priors.shapes import LIGHT_AWARE, LightAwareShapesPrior
+from guidance.priors.base import ConditionedPrior, DeferredChecks, OwnGenerator, PriorContext, TextEncoderRelease
+from guidance.priors.shapes import LIGHT_AWARE
 from guidance.prompts import PromptSet
 from renderers.base import Background, ConditionRenderer, OwnOptimizer, scenes_of
-from renderers.mesh import MeshConfig
 
 
 class RunError(Exception):
@@ -118,7 +116,7 @@ def _prepare(cfg: GenerateConfig, device: torch.device) -> tuple[Prior, PromptSe
         if getattr(cfg.guidance, "image", ""):  # a visual prompt's IP-Adapter must fit the prior: say so before loading
             from guidance.priors.visual_prompt import check_visual_prompt_prior
             check_visual_prompt_prior(cfg.prior.name, cfg.guidance)
-        prior = _build_prior(cfg, device)
+        prior = build_prior(cfg.prior, device, _prior_context(cfg))
         prompts = PromptSet(prior, cfg.prompt, cfg.negative_prompt, cfg.prompts)
     except ValueError as e:  # PriorError is a ValueError
         raise RunError(str(e), code=2) from None
@@ -127,20 +125,12 @@ def _prepare(cfg: GenerateConfig, device: torch.device) -> tuple[Prior, PromptSe
     return prior, prompts
 
 
-def _build_prior(cfg: GenerateConfig, device: torch.device) -> Prior:
-    """``build_prior``, except for the light-aware shapes prior (the texture preset's), which is built for the mesh
-    renderer's training environments and rotations and the prompt's shape: its exemplars are lit as the renders are
-    (guidance/priors/shapes.py ``LightAwareShapesPrior``). ValueError (one line) when the two do not fit."""
-    if cfg.prior.name.strip() != LIGHT_AWARE:
-        return build_prior(cfg.prior, device)
+def _prior_context(cfg: GenerateConfig) -> PriorContext:
+    """What the prior may need to know of the run: the prompt, and the lighting conditions the renderer trains
+    under (the mesh renderer's environments x rotations; other renderers have none)."""
     r = cfg.renderer
-    if not isinstance(r, MeshConfig) or r.env_rotations <= 0:
-        raise ValueError(f"prior {LIGHT_AWARE} needs --renderer mesh with renderer.env-rotations > 0 (as engine "
-                         f"texture sets them)")
-    if cfg.prior.controlnet:
-        raise ValueError("prior.controlnet needs a diffusers Stable Diffusion prior, not an exemplar prior")
-    _, shape = shapes.parse_prompt(cfg.prompt)
-    return LightAwareShapesPrior(cfg.prior, r.envs, r.env_rotations, (shape,) if shape else None, device)
+    return PriorContext(prompt=cfg.prompt, envs=tuple(getattr(r, "envs", ()) or ()),
+                        env_rotations=int(getattr(r, "env_rotations", 0) or 0))
 
 
 def _build_scene(cfg: GenerateConfig, gen: torch.Generator, device, new: bool):

@@ -158,6 +158,26 @@ def test_the_light_aware_prior_follows_each_views_lighting():
     assert (got - prior.denoise(x_t, t, prior.embed(["a red cube"] * 2), cams)).abs().max() > 1e-3
 
 
+def test_build_prior_builds_the_light_aware_prior_for_the_runs_lighting():
+    """``build_prior`` takes the run's context (prompt, the mesh renderer's environments x rotations): the light-aware
+    prior is built for exactly those, of the prompt's shape; without lighting conditions it is a one-line error."""
+    from guidance.priors import PriorConfig, PriorContext, PriorError, build_prior
+    from guidance.priors.shapes import LightAwareShapesPrior
+
+    cfg = PriorConfig(name="shapes-light", resolution=16)
+    prior = build_prior(cfg, "cpu", PriorContext("a red cube", ("studio", "sky"), 2))
+    assert isinstance(prior, LightAwareShapesPrior)
+    assert all("cube" in tag for tag in prior.tags)  # only the prompt's shape is rendered
+    assert not any(shape in tag for tag in prior.tags for shape in ("sphere", "cylinder", "cone", "torus"))
+    one_rotation = build_prior(cfg, "cpu", PriorContext("a red cube", ("studio", "sky"), 1))
+    assert len(one_rotation.tags) * 2 == len(prior.tags)  # exemplars per environment x rotation
+    for context in (None, PriorContext("a red cube"), PriorContext("a red cube", ("studio",), 0)):
+        with pytest.raises(PriorError, match="env-rotations > 0"):
+            build_prior(cfg, "cpu", context)
+    every_shape = build_prior(cfg, "cpu", PriorContext("a red object", ("studio",), 1))  # no shape named: all five
+    assert {shape for tag in every_shape.tags for shape in tag} >= {"cube", "sphere", "cylinder", "cone", "torus"}
+
+
 def test_the_texture_preset_is_a_generate_preset():
     """`engine generate --preset texture --renderer.mesh-path MESH` is the same run as `engine texture`."""
     from engine.cli import build_generate_config

@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from guidance.priors.base import Cond, Prior, PriorError
+from guidance.priors.base import Cond, Prior, PriorContext, PriorError
 from guidance.priors.config import (
     BUILTIN_FOLDERS,
     DEFAULTS_FILE,
@@ -73,8 +73,11 @@ def is_exemplar(name: str) -> bool:
     return name in EXEMPLAR_BUILTINS or os.path.isfile(os.path.join(name, "exemplars.safetensors"))
 
 
-def build_prior(cfg: PriorConfig, device: torch.device | str = "cpu") -> Prior:
-    """Build the prior named by ``cfg.name``; raises PriorError with a user-facing message when it cannot."""
+def build_prior(cfg: PriorConfig, device: torch.device | str = "cpu", context: PriorContext | None = None) -> Prior:
+    """Build the prior named by ``cfg.name``; raises PriorError with a user-facing message when it cannot.
+
+    ``context`` is what the run tells the priors that depend on it (the light-aware shapes prior: the prompt's
+    shape and the renders' lighting conditions); the others ignore it."""
     name = cfg.name.strip()
     if not name:
         raise PriorError("no prior given; use --prior shapes, a diffusers hub id or a model folder")
@@ -83,6 +86,9 @@ def build_prior(cfg: PriorConfig, device: torch.device | str = "cpu") -> Prior:
     if name == "shapes-exemplar":
         from guidance.priors.shapes import ShapesPrior
         return ShapesPrior(cfg, device)
+    if name == "shapes-light":  # the texture preset's prior, lit as the run's renders are
+        from guidance.priors.shapes import LightAwareShapesPrior
+        return LightAwareShapesPrior.for_run(cfg, context or PriorContext(), device)
     if name == "materials":  # the materials world (foundation/materials.py), issue #16
         from guidance.priors.materials import MaterialsPrior
         return MaterialsPrior(cfg, device)
@@ -119,6 +125,7 @@ def prior_family(name: str) -> str | None:
         return None
 
 
-__all__ = ["BUILTIN_FOLDERS", "EXEMPLAR_BUILTINS", "SHAPES_WORLD", "Cond", "Prior", "PriorConfig", "PriorError",
+__all__ = ["BUILTIN_FOLDERS", "EXEMPLAR_BUILTINS", "SHAPES_WORLD", "Cond", "Prior", "PriorConfig", "PriorContext",
+           "PriorError",
            "apply_prior_defaults", "build_prior", "cache_dir", "is_exemplar", "prior_world", "prior_family",
            "resolve_prior_folder"]

@@ -213,6 +213,17 @@ class PriorError(ValueError):
     """A prior cannot be built or cannot serve a prompt; the message is meant for the user as is."""
 
 
+@dataclass(frozen=True)
+class PriorContext:
+    """What a run tells ``build_prior`` for the priors that depend on it: the prompt, and the lighting conditions
+    its renders use (the mesh renderer's training environments and rotations; none for the other renderers). The
+    light-aware shapes prior renders its exemplars for exactly these; every other prior ignores the context."""
+
+    prompt: str = ""
+    envs: tuple[str, ...] = ()
+    env_rotations: int = 0
+
+
 def scaled_linear_alphas_cumprod(T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> Tensor:
     """abar_t of Stable Diffusion's "scaled_linear" schedule (guidance-spec §1.1), float64 -> float32."""
     betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, T, dtype=torch.float64) ** 2

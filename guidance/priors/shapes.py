@@ -13,7 +13,7 @@ import torch
 
 from foundation import shapes
 from foundation.cameras import Cameras, orbit_cameras
-from guidance.priors.base import Cond, ConditionedPrior, PriorError
+from guidance.priors.base import Cond, ConditionedPrior, PriorContext, PriorError
 from guidance.priors.exemplar import MASKED, ExemplarPrior
 
 AZIMUTH_STEP = 10.0
@@ -75,8 +75,8 @@ class ShapesPrior(ExemplarPrior):
 
 # -- light-aware mode (DreamMat's idea on the shapes world) -----------------------------------------------------------
 LIGHT_AWARE = "shapes-light"
-"""The prior name of the light-aware mode (the `engine texture` preset's prior; engine/train.py builds it for the
-mesh renderer's environments and rotations)."""
+"""The prior name of the light-aware mode (the `engine texture` preset's prior; ``build_prior`` builds it for the
+run's context: the mesh renderer's environments and rotations, the prompt's shape)."""
 LIGHT_AZIMUTH_STEP = 30.0
 LIGHT_ELEVATIONS = (0.0, 20.0, 40.0)
 EXEMPLAR_ROUGHNESS = 0.7
@@ -107,6 +107,19 @@ class LightAwareShapesPrior(ExemplarPrior, ConditionedPrior):
 
     takes_condition = True
     condition_kind = "lighting"
+
+    @classmethod
+    def for_run(cls, cfg, context: PriorContext, device="cpu") -> "LightAwareShapesPrior":
+        """The prior a run needs: exemplars lit under the run's training environments and rotations, of the
+        prompt's shape only (all five without one). PriorError when the run's renders have no lighting conditions."""
+        if context.env_rotations <= 0 or not context.envs:
+            raise PriorError(f"prior {LIGHT_AWARE} needs --renderer mesh with renderer.env-rotations > 0 (as engine "
+                             f"texture sets them)")
+        try:
+            _, shape = shapes.parse_prompt(context.prompt)
+        except ValueError as e:
+            raise PriorError(str(e)) from None
+        return cls(cfg, tuple(context.envs), context.env_rotations, (shape,) if shape else None, device)
 
     def __init__(self, cfg, envs=("studio", "sky", "rgb", "sunset"), rotations: int = 4,
                  shapes_subset: tuple[str, ...] | None = None, device="cpu"):
