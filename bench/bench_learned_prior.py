@@ -85,8 +85,8 @@ def main() -> None:
                         f.write(json.dumps(r) + "\n")
     mode = "paper CFG scales" if a.paper else "the folder's recommended settings"
     print(f"\nprior {a.prior}, {mode}, 1 torch thread; extra flags: {' '.join(a.extra) or 'none'}\n")
-    print("| renderer | objective | prompt | PSNR dB | IoU | alpha in silhouette | closest shape | closest colour | right "
-          "| wall s |")
+    print("| renderer | objective | prompt | PSNR dB | IoU | alpha in silhouette | closest shape | closest colour "
+          "| right | wall s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r["rc"]:
