@@ -7,7 +7,8 @@ analytic shapes (foundation/shapes.py's SDFs and albedos; never used by training
 Each run is `engine generate "a <colour> <shape>" --prior shapes-exemplar --renderer R` with the defaults (400 steps),
 whose automatic export writes RUN/export/model.glb. "mesh" is the coarse-to-fine chain: the NeRF run of the same shape
 (trained first if "nerf" is not in the list), then `--renderer mesh --renderer.init-from NERF_RUN --steps 100` (the
-refinement measured in docs/benchmarks.md, "Mesh and PBR"); its wall time is the refinement's alone. Prints one
+refinement measured in docs/benchmarks.md, "Mesh and PBR"); its wall time is the refinement's alone. "texture" is
+`engine texture` on the exact primitive's mesh (the light-aware prior; only its albedo can be off). Prints one
 markdown row per run: accuracy and completeness (metres), the largest piece's share of the surface area, the mean
 baseColor (sRGB) against the true albedo, chromaticity distance and luminance ratio (linear RGB), the cube's
 face-to-face spread (sRGB /255), the held-out PSNR/IoU of the renders, and the wall time of the whole command and of
@@ -43,6 +44,8 @@ def run_one(renderer: str, shape: str, steps: int | None, seed: int, extra: list
 
     colour = COLOUR_OF[shape]
     out = os.path.join(folder, f"{renderer}-{shape}")
+    if renderer == "texture":
+        return texture_one(shape, colour, steps, seed, extra, out)
     argv = [f"a {colour} {shape}", "--prior", "shapes-exemplar", "--renderer", renderer, "--seed", str(seed),
             "--out", out, "--train.no-progress"]
     if renderer == "mesh":
@@ -67,6 +70,37 @@ def run_one(renderer: str, shape: str, steps: int | None, seed: int, extra: list
     fid = score_glb(glb, shape, colour, seed=seed).as_dict()
     return {"renderer": renderer, "shape": shape, "colour": colour, "steps": cfg.train.steps, "wall_s": wall,
             "export_s": export_s, "psnr": ev.get("psnr"), "iou": ev.get("iou"), **fid}
+
+
+def texture_one(shape: str, colour: str, steps: int | None, seed: int, extra: list[str], out: str) -> dict:
+    """Goal 3 of issue #17: `engine texture SHAPE.obj "a <colour> <shape>"` on the exact primitive (its geometry is
+    the truth, so only the baked albedo is measured)."""
+    import trimesh
+
+    from engine.cli import main as cli
+    from engine.export.fidelity import score_glb
+    from engine.runfolder import load_run
+    from renderers.reference import primitive_mesh
+
+    os.makedirs(out, exist_ok=True)
+    v, f = primitive_mesh(shape)
+    mesh_path = os.path.join(out, f"{shape}.obj")
+    trimesh.Trimesh(v.numpy(), f.numpy(), process=False).export(mesh_path)
+    run = os.path.join(out, "run")
+    argv = ["texture", mesh_path, f"a {colour} {shape}", "--out", run, "--seed", str(seed)]
+    argv += ["--steps", str(steps)] if steps is not None else []
+    t0 = time.perf_counter()
+    rc = cli(argv + extra)
+    wall = time.perf_counter() - t0
+    glb = os.path.join(run, "textured.glb")
+    if rc != 0 or not os.path.exists(glb):
+        return {"renderer": "texture", "shape": shape, "colour": colour, "error": f"engine texture exited {rc}"}
+    rep_path = os.path.join(run, "export", "model_export.json")
+    export_s = json.load(open(rep_path)).get("seconds") if os.path.exists(rep_path) else None
+    steps_run = load_run(run).config.train.steps
+    fid = score_glb(glb, shape, colour, seed=seed).as_dict()
+    return {"renderer": "texture", "shape": shape, "colour": colour, "steps": steps_run, "wall_s": wall,
+            "export_s": export_s, "psnr": None, "iou": None, **fid}
 
 
 def format_row(r: dict) -> str:
@@ -147,7 +181,8 @@ def diagnose(run_dir: str, shape: str, levels: list[float]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--renderers", nargs="+", default=["nerf", "gaussians"], choices=["nerf", "gaussians", "mesh"])
+    ap.add_argument("--renderers", nargs="+", default=["nerf", "gaussians"], 
+                    choices=["nerf", "gaussians", "mesh", "texture"])
     ap.add_argument("--shapes", nargs="+", default=["cube", "torus", "cone"], choices=sorted(COLOUR_OF))
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: the engine's, 400)")
     ap.add_argument("--mesh-steps", type=int, default=100, help="refinement steps of the mesh chain")
