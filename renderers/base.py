@@ -183,10 +183,15 @@ class BackgroundConfig:
     """One of "solid", "random", "learned"."""
     color: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """Solid (and initial learned) colour in [0,1]."""
+    random_prob: float = 1.0
+    """"random": the chance that a training render gets a uniform random colour; the others get ``color``
+    (threestudio's random background augmentation; a prior folder sets it to its own data's share)."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("solid", "random", "learned"):
             raise ValueError(f"background.kind must be solid, random or learned, got {self.kind!r}")
+        if not 0.0 <= self.random_prob <= 1.0:
+            raise ValueError(f"background.random_prob must be in [0, 1], got {self.random_prob}")
 
 
 class Background(nn.Module):
@@ -202,7 +207,11 @@ class Background(nn.Module):
         C, H, W = len(cams), cams.height, cams.width
         if self.cfg.kind == "random" and training:
             from foundation.device import to_device  # pinned copy: no host sync on a GPU
-            col = to_device(torch.rand(C, 1, 1, 3, generator=gen), cams.device)
+            col = torch.rand(C, 1, 1, 3, generator=gen)
+            if self.cfg.random_prob < 1.0:
+                solid = torch.sigmoid(self.logit.detach()).cpu().view(1, 1, 1, 3)  # what non-random renders use
+                col = torch.where(torch.rand(C, 1, 1, 1, generator=gen) < self.cfg.random_prob, col, solid)
+            col = to_device(col, cams.device)
         else:
             col = torch.sigmoid(self.logit).to(cams.device).view(1, 1, 1, 3).expand(C, 1, 1, 3)
         return col.expand(C, H, W, 3)

@@ -94,3 +94,30 @@ def test_view_labels_thresholds():
 def test_bad_camera_config_raises():
     with pytest.raises(ValueError, match="elevation"):
         CameraConfig(elevation=(10, 0))
+
+
+def test_random_background_mixes_the_solid_colour_at_its_rate():
+    """``background.random_prob``: each training render gets a random colour with that chance and the solid colour
+    otherwise (the prior folder matches its own data's share); 1.0 is every render random, as before; outside
+    training the background is always the solid colour."""
+    import pytest
+
+    from foundation.cameras import orbit_cameras
+    from renderers.base import Background, BackgroundConfig
+
+    cams = orbit_cameras(torch.zeros(400), torch.zeros(400), 2.5, 40.0, 4)
+    solid = Background(BackgroundConfig())(cams, None)  # the solid colour's renders (white, as stored)
+
+    def share_solid(p):
+        bg = Background(BackgroundConfig(kind="random", random_prob=p))(cams, torch.Generator().manual_seed(0))
+        return (bg == solid).all(-1).all(-1).all(-1).float().mean().item()
+
+    assert share_solid(1.0) == 0.0 and share_solid(0.0) == 1.0
+    assert 0.82 < share_solid(0.1) < 0.96  # 90% solid, binomial spread of 400 draws
+    everyone = Background(BackgroundConfig(kind="random"))(cams, torch.Generator().manual_seed(0))
+    assert torch.equal(everyone, Background(BackgroundConfig(kind="random", random_prob=1.0))(
+        cams, torch.Generator().manual_seed(0)))  # the default draws exactly what it drew before
+    held_out = Background(BackgroundConfig(kind="random", random_prob=0.5))(cams, None, training=False)
+    assert torch.equal(held_out, solid)
+    with pytest.raises(ValueError, match="random_prob"):
+        BackgroundConfig(kind="random", random_prob=1.5)
