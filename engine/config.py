@@ -208,6 +208,12 @@ GPU_RESOLUTION = {"vsd": 512, "ism": 512, "tsm": 512, "csm": 512}
 """Render side on a GPU per objective, from the papers: ProlificDreamer renders its NeRF at 512 (threestudio's
 prolificdreamer.yaml grows 64 -> 512), LucidDreamer (ISM), Dreamer XL (TSM) and TV-3DG (CSM) render at 512. The
 others keep DreamFusion's 64 (sds, csd) or ScaleDreamer's NeRF setting (asd, 64)."""
+BACKGROUND_AUGMENT = {"ism": 0.5, "tsm": 0.5, "csm": 0.5}
+"""Share of training renders whose background becomes a random colour (``background.augment``), per objective:
+LucidDreamer's recipe (ISM) renders on white with ``bg_aug_ratio`` 0.5 (half of those a random colour, half black;
+here all random), and Dreamer XL (TSM) and TV-3DG (CSM) train on its code base. Without it, ISM's inversion target
+accepts a half-transparent object on the white background as a lighter one: on the learned shapes prior the NeRF
+"blue torus" ended with a mean opacity of 0.55 in its silhouette and read as white (docs/learned-prior.md)."""
 GPU_NERF_FIELD = {"levels": 16, "max_resolution": 2048, "mlp_width": 64}
 """threestudio's implicit-volume hash grid (16 levels, N_min 16, per-level scale 1.4473 -> N_max 2048, F = 2,
 T = 2^19) with a 64-wide MLP, instead of the CPU-sized field (4 levels, N_max 64, width 32)."""
@@ -229,6 +235,9 @@ def tune_diffusion(cfg: GenerateConfig, family: str | None, cuda: bool) -> str:
         cfg.guidance.guidance_scale = SDS_SCALE_BY_FAMILY[family]
     if hasattr(cfg.guidance, "guidance_scale"):
         said.append(f"CFG {cfg.guidance.guidance_scale:g}")
+    if name in BACKGROUND_AUGMENT:
+        cfg.background.augment = BACKGROUND_AUGMENT[name]
+        said.append(f"background augmentation {cfg.background.augment:g}")
     if cuda:
         res = 64 if family == "if" else (512 if family == "sdxl" else GPU_RESOLUTION.get(name, 64))
         cfg.resolution = res

@@ -177,21 +177,23 @@ def scenes_of(scene) -> list:
 
 @dataclass
 class BackgroundConfig:
-    """Background behind the object: a solid colour, a random colour per step, or a learned colour."""
+    """Background behind the object: a solid colour, a random colour per step, or a learned colour; the first and
+    the last optionally replaced by a random colour on a share of the training renders (``augment``)."""
 
     kind: str = "solid"
     """One of "solid", "random", "learned"."""
     color: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """Solid (and initial learned) colour in [0,1]."""
-    random_prob: float = 1.0
-    """"random": the chance that a training render gets a uniform random colour; the others get ``color``
-    (threestudio's random background augmentation; a prior folder sets it to its own data's share)."""
+    augment: float = 0.0
+    """"solid" and "learned": the share of training renders whose background is replaced by a uniform random colour
+    (LucidDreamer's ``bg_aug_ratio``, which the ISM family's recipes use). A half-transparent object then shows a
+    different colour behind it from step to step, which the prior does not accept as a lighter object."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("solid", "random", "learned"):
             raise ValueError(f"background.kind must be solid, random or learned, got {self.kind!r}")
-        if not 0.0 <= self.random_prob <= 1.0:
-            raise ValueError(f"background.random_prob must be in [0, 1], got {self.random_prob}")
+        if not 0.0 <= self.augment <= 1.0:
+            raise ValueError(f"background.augment must be in [0, 1], got {self.augment}")
 
 
 class Background(nn.Module):
@@ -205,15 +207,15 @@ class Background(nn.Module):
 
     def forward(self, cams: Cameras, gen: torch.Generator | None = None, training: bool = True) -> Tensor:
         C, H, W = len(cams), cams.height, cams.width
+        from foundation.device import to_device  # pinned copy: no host sync on a GPU
         if self.cfg.kind == "random" and training:
-            from foundation.device import to_device  # pinned copy: no host sync on a GPU
-            col = torch.rand(C, 1, 1, 3, generator=gen)
-            if self.cfg.random_prob < 1.0:
-                solid = torch.sigmoid(self.logit.detach()).cpu().view(1, 1, 1, 3)  # what non-random renders use
-                col = torch.where(torch.rand(C, 1, 1, 1, generator=gen) < self.cfg.random_prob, col, solid)
-            col = to_device(col, cams.device)
+            col = to_device(torch.rand(C, 1, 1, 3, generator=gen), cams.device)
         else:
             col = torch.sigmoid(self.logit).to(cams.device).view(1, 1, 1, 3).expand(C, 1, 1, 3)
+            if self.cfg.augment > 0 and training:
+                rand = torch.rand(C, 1, 1, 3, generator=gen)
+                pick = torch.rand(C, 1, 1, 1, generator=gen) < self.cfg.augment
+                col = torch.where(to_device(pick, cams.device), to_device(rand, cams.device), col)
         return col.expand(C, H, W, 3)
 
     def param_groups(self, lr: float = 1e-3) -> dict[str, dict]:

@@ -96,10 +96,10 @@ def test_bad_camera_config_raises():
         CameraConfig(elevation=(10, 0))
 
 
-def test_random_background_mixes_the_solid_colour_at_its_rate():
-    """``background.random_prob``: each training render gets a random colour with that chance and the solid colour
-    otherwise (the prior folder matches its own data's share); 1.0 is every render random, as before; outside
-    training the background is always the solid colour."""
+def test_background_augmentation_replaces_a_share_of_the_training_backgrounds():
+    """``background.augment``: each training render keeps the solid (or learned) colour, or with that chance gets a
+    uniform random one (LucidDreamer's bg_aug_ratio); 0 is the plain solid colour; outside training never; the
+    "random" kind is unchanged (every training render random)."""
     import pytest
 
     from foundation.cameras import orbit_cameras
@@ -108,16 +108,15 @@ def test_random_background_mixes_the_solid_colour_at_its_rate():
     cams = orbit_cameras(torch.zeros(400), torch.zeros(400), 2.5, 40.0, 4)
     solid = Background(BackgroundConfig())(cams, None)  # the solid colour's renders (white, as stored)
 
-    def share_solid(p):
-        bg = Background(BackgroundConfig(kind="random", random_prob=p))(cams, torch.Generator().manual_seed(0))
+    def share_solid(p, kind="solid"):
+        bg = Background(BackgroundConfig(kind=kind, augment=p))(cams, torch.Generator().manual_seed(0))
         return (bg == solid).all(-1).all(-1).all(-1).float().mean().item()
 
-    assert share_solid(1.0) == 0.0 and share_solid(0.0) == 1.0
-    assert 0.82 < share_solid(0.1) < 0.96  # 90% solid, binomial spread of 400 draws
-    everyone = Background(BackgroundConfig(kind="random"))(cams, torch.Generator().manual_seed(0))
-    assert torch.equal(everyone, Background(BackgroundConfig(kind="random", random_prob=1.0))(
-        cams, torch.Generator().manual_seed(0)))  # the default draws exactly what it drew before
-    held_out = Background(BackgroundConfig(kind="random", random_prob=0.5))(cams, None, training=False)
+    assert share_solid(0.0) == 1.0 and share_solid(1.0) == 0.0
+    assert 0.43 < share_solid(0.5) < 0.57 and 0.43 < share_solid(0.5, "learned") < 0.57  # binomial spread, 400 draws
+    random = Background(BackgroundConfig(kind="random", augment=0.5))(cams, torch.Generator().manual_seed(0))
+    assert torch.equal(random, Background(BackgroundConfig(kind="random"))(cams, torch.Generator().manual_seed(0)))
+    held_out = Background(BackgroundConfig(augment=0.5))(cams, None, training=False)
     assert torch.equal(held_out, solid)
-    with pytest.raises(ValueError, match="random_prob"):
-        BackgroundConfig(kind="random", random_prob=1.5)
+    with pytest.raises(ValueError, match="augment"):
+        BackgroundConfig(augment=1.5)

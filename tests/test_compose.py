@@ -95,6 +95,23 @@ def test_bad_input_is_one_clear_line(choices, overrides, message):
     assert isinstance(e.value, ValueError)
 
 
+def test_the_ism_family_trains_with_its_recipes_background_augmentation(capsys):
+    """Rule 3: ISM, TSM and CSM (LucidDreamer's code base: bg_aug_ratio 0.5) replace half the training backgrounds by
+    a random colour, said in the preset's line; the prior folder's white background stays the colour; the others do
+    not augment; a flag wins."""
+    from engine.config import BACKGROUND_AUGMENT
+
+    assert set(BACKGROUND_AUGMENT) == {"ism", "tsm", "csm"}
+    for objective in ("ism", "tsm", "csm"):
+        cfg = compose(Choices(prompt="a blue torus", guidance=objective))
+        assert cfg.background.augment == 0.5 and cfg.background.kind == "solid", objective
+        assert cfg.background.color == (1.0, 1.0, 1.0)
+        assert "background augmentation 0.5" in capsys.readouterr().err
+    for objective in ("sds", "vsd", "asd", "csd"):
+        assert compose(Choices(prompt="a blue torus", guidance=objective)).background.augment == 0.0, objective
+    assert compose(Choices(prompt="a blue torus", guidance="ism"), {"background.augment": 0.0}).background.augment == 0
+
+
 def test_bounds_tighten_and_set_field_checks_the_enclosing_config():
     with pytest.raises(ConfigError, match="resolution must be in 16..32"):
         compose(Choices(prompt="a red cube"), {"resolution": 64}, bounds={"resolution": (16, 32)})
