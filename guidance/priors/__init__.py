@@ -126,6 +126,5 @@ def prior_family(name: str) -> str | None:
 
 
 __all__ = ["BUILTIN_FOLDERS", "EXEMPLAR_BUILTINS", "SHAPES_WORLD", "Cond", "Prior", "PriorConfig", "PriorContext",
-           "PriorError",
-           "apply_prior_defaults", "build_prior", "cache_dir", "is_exemplar", "prior_world", "prior_family",
-           "resolve_prior_folder"]
+           "PriorError", "apply_prior_defaults", "build_prior", "cache_dir", "is_exemplar", "prior_world",
+           "prior_family", "resolve_prior_folder"]
