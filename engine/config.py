@@ -186,15 +186,33 @@ def preset_texture() -> GenerateConfig:
     geometry fixed. Each view is shaded under one of three training environments at one of four rotations, and the
     light-aware shapes prior's exemplars are lit the same way (DreamMat's discouragement of baked lighting); the
     held-out environment is the evaluation one. SDS at CFG 1, standard convention (the shapes prior's calibrated
-    setting); orbit elevation 0-40 degrees, two views a step, 150 steps, 128-texel textures, no turntable."""
+    setting); two views a step, 150 steps, roughness and metallic held for the first half (``material_warmup``),
+    128-texel textures, no turntable. The views are the light-aware prior's own grid (azimuth every 30 degrees,
+    elevation -40 to 40 every 20), so the bottom is textured too and every training view has an exemplar taken from
+    exactly there (``texture_cameras``)."""
     return GenerateConfig(
         renderer=RENDERERS["mesh"](mode="fixed", envs=TEXTURE_TRAIN_ENVS, env_rotations=4,
-                                   eval_env=TEXTURE_HELD_OUT_ENV, texture_resolution=128, lr_material=3e-2),
+                                   eval_env=TEXTURE_HELD_OUT_ENV, texture_resolution=128, lr_material=1e-2,
+                                   material_warmup=75),
         prior=PriorConfig(name="shapes-light"),
-        cameras=CameraConfig(elevation=(0.0, 40.0), batch_size=2),
+        cameras=texture_cameras(light_aware=True, batch_size=2),
         train=TrainConfig(steps=150, preview_every=0, checkpoint_every=50, video_frames=0, eval_views=0,
                           export_texture_size=128),
     )
+
+
+def texture_cameras(light_aware: bool, batch_size: int) -> CameraConfig:
+    """The texture runs' training views. With the light-aware shapes prior: its exemplar grid (guidance/priors/
+    shapes.py ``LIGHT_AZIMUTH_STEP``, ``LIGHT_ELEVATIONS``), views from below included. Between grid views its
+    target would be the nearest exemplar, turned up to 15 degrees: on the red cube that left a 17/255 face spread
+    and a green cone's chromaticity at 0.062 (0.0 on the grid). With any other prior: the usual orbit, elevation 0-40
+    degrees at any angle (a diffusion model has seen few objects from below)."""
+    if not light_aware:
+        return CameraConfig(elevation=(0.0, 40.0), batch_size=batch_size)
+    from guidance.priors.shapes import LIGHT_AZIMUTH_STEP, LIGHT_ELEVATIONS
+    el_step = LIGHT_ELEVATIONS[1] - LIGHT_ELEVATIONS[0]
+    return CameraConfig(elevation=(min(LIGHT_ELEVATIONS), max(LIGHT_ELEVATIONS)), batch_size=batch_size,
+                        azimuth_step=LIGHT_AZIMUTH_STEP, elevation_step=el_step)
 
 
 PRESETS = {"exemplar": preset_exemplar, "diffusion": preset_diffusion, "material": preset_material,

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from engine.config import TEXTURE_HELD_OUT_ENV as HELD_OUT_ENV
 from engine.config import TEXTURE_TRAIN_ENVS as TRAIN_ENVS
-from engine.config import GenerateConfig, preset_texture
+from engine.config import GenerateConfig, preset_texture, texture_cameras
 from foundation.meshio import FolderResolver, LoadedMesh, MeshError, load_mesh, load_trimesh  # noqa: F401
 
 # The mesh reader lives on the ground floor (foundation/meshio.py); its error keeps this module's name for callers.
@@ -85,7 +85,7 @@ class TextureConfig:
     """Side of the optimised and written textures in texels."""
     batch: int = 2
     """Views per step."""
-    lr: float = 3e-2
+    lr: float = 1e-2
     """Learning rate of the materials."""
     seed: int = 0
     """The run's seed."""
@@ -145,8 +145,9 @@ def texture_config(cfg: TextureConfig, has_uv: bool) -> GenerateConfig:
     g.renderer = dataclasses.replace(g.renderer, mesh_path=os.path.abspath(cfg.mesh), mesh_size=cfg.size,
                                      material="uv" if has_uv else "field", envs=tuple(cfg.envs),
                                      env_rotations=cfg.rotations, eval_env=cfg.held_out_env,
-                                     texture_resolution=cfg.texture_resolution, lr_material=cfg.lr)
-    g.cameras.batch_size = cfg.batch
+                                     texture_resolution=cfg.texture_resolution, lr_material=cfg.lr,
+                                     material_warmup=cfg.steps // 2)
+    g.cameras = texture_cameras(light_aware, cfg.batch)
     g.train.steps = cfg.steps
     g.train.export = False  # the command writes its own asset (texture_outputs) at the end
     g.train.export_texture_size = cfg.texture_resolution

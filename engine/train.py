@@ -126,11 +126,14 @@ def _prepare(cfg: GenerateConfig, device: torch.device) -> tuple[Prior, PromptSe
 
 
 def _prior_context(cfg: GenerateConfig) -> PriorContext:
-    """What the prior may need to know of the run: the prompt, and the lighting conditions the renderer trains
-    under (the mesh renderer's environments x rotations; other renderers have none)."""
+    """What the prior may need to know of the run: the prompt, the lighting conditions the renderer trains under
+    (the mesh renderer's environments x rotations; other renderers have none), and the size a fixed mesh is
+    normalised to."""
     r = cfg.renderer
+    fixed_mesh = getattr(r, "mode", "") == "fixed" and getattr(r, "mesh_path", "")
     return PriorContext(prompt=cfg.prompt, envs=tuple(getattr(r, "envs", ()) or ()),
-                        env_rotations=int(getattr(r, "env_rotations", 0) or 0))
+                        env_rotations=int(getattr(r, "env_rotations", 0) or 0),
+                        object_size=float(r.mesh_size) if fixed_mesh else 0.0)
 
 
 def _build_scene(cfg: GenerateConfig, gen: torch.Generator, device, new: bool):

@@ -9,6 +9,7 @@ Conventions (shared/docs/conventions.md §3.3):
   boundaries.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -190,6 +191,11 @@ class CameraConfig:
     """Cameras per training step."""
     eval_elevation: float = 15.0
     """Elevation of the turntable and held-out evaluation views."""
+    azimuth_step: float = 0.0
+    """Draw training azimuths from the multiples of this many degrees inside the range (0: any angle). Set to an
+    exemplar prior's view grid, every training view is one the prior holds exactly (the texture preset)."""
+    elevation_step: float = 0.0
+    """The same for elevations (0: any angle)."""
 
     def __post_init__(self) -> None:
         for name in ("azimuth", "elevation", "distance", "fovy"):
@@ -198,10 +204,36 @@ class CameraConfig:
                 raise ValueError(f"cameras.{name} range is empty: ({lo}, {hi})")
         if self.batch_size < 1:
             raise ValueError(f"cameras.batch_size must be >= 1, got {self.batch_size}")
+        for name in ("azimuth", "elevation"):
+            step = getattr(self, f"{name}_step")
+            if step < 0:
+                raise ValueError(f"cameras.{name}_step must be >= 0, got {step}")
+            if step > 0 and len(grid_angles(*getattr(self, name), step, wrap=name == "azimuth")) == 0:
+                raise ValueError(f"cameras.{name} range {getattr(self, name)} holds no multiple of "
+                                 f"cameras.{name}_step {step}")
 
 
 def _uniform(lo: float, hi: float, n: int, gen: torch.Generator) -> Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=gen)
+
+
+def grid_angles(lo: float, hi: float, step: float, wrap: bool = False) -> Tensor:
+    """The multiples of ``step`` degrees in [lo, hi]; with ``wrap`` (azimuths) a full turn keeps one of -180/180."""
+    k0, k1 = math.ceil(lo / step - 1e-6), math.floor(hi / step + 1e-6)
+    angles = torch.arange(k0, k1 + 1, dtype=torch.float32) * step
+    if wrap and hi - lo >= 360.0 - 1e-6:
+        angles = angles[angles < lo + 360.0 - 1e-6]
+    return angles
+
+
+def _draw(lo: float, hi: float, step: float, wrap: bool, n: int, gen: torch.Generator) -> Tensor:
+    """``n`` angles uniform in [lo, hi], or uniform over its grid points when ``step`` > 0 (one draw per angle
+    either way, so a run's other random numbers do not move)."""
+    u = torch.rand(n, generator=gen)
+    if step <= 0:
+        return lo + (hi - lo) * u
+    grid = grid_angles(lo, hi, step, wrap)
+    return grid[(u * len(grid)).long().clamp(max=len(grid) - 1)]
 
 
 def sample_cameras(cfg: CameraConfig, resolution: int, gen: torch.Generator, n: int | None = None) -> Cameras:
@@ -210,8 +242,8 @@ def sample_cameras(cfg: CameraConfig, resolution: int, gen: torch.Generator, n: 
     Elevation is drawn uniformly in angle, as threestudio does.
     """
     n = cfg.batch_size if n is None else n
-    az = _uniform(*cfg.azimuth, n, gen)
-    el = _uniform(*cfg.elevation, n, gen)
+    az = _draw(*cfg.azimuth, cfg.azimuth_step, True, n, gen)
+    el = _draw(*cfg.elevation, cfg.elevation_step, False, n, gen)
     dist = _uniform(*cfg.distance, n, gen)
     fov = _uniform(*cfg.fovy, n, gen)
     return orbit_cameras(az, el, dist, fov, resolution)
@@ -263,4 +295,4 @@ def angular_distance_deg(a: Tensor, b: Tensor) -> Tensor:
 
 
 __all__ = ["Cameras", "CameraConfig", "ViewThresholds", "VIEW_LABELS", "look_at", "orbit_position", "orbit_cameras",
-           "sample_cameras", "turntable", "view_labels", "angular_distance_deg"]
+           "sample_cameras", "grid_angles", "turntable", "view_labels", "angular_distance_deg"]

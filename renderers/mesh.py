@@ -118,6 +118,13 @@ class MeshConfig:
     """Analytic antialiasing (silhouette gradients for the geometry)."""
     lr_material: float = 1e-2
     """Adam learning rate of the material field / textures."""
+    material_warmup: int = 0
+    """Training steps during which roughness and metallic hold their initial values (uniform: a field's heads for
+    them start at zero weight) and only the albedo (and the normal perturbation) learns. From a grey start the
+    renders are far too bright, and the quickest way down is a rougher, dimmer highlight: roughness runs to its
+    upper bound within ten steps and stays (the sigmoid saturates), the albedo then takes on the missing highlight
+    as a whitish tint. Once the albedo is about right the roughness gradient is about the highlight's shape
+    (issue #17 goal 3, docs/benchmarks.md)."""
     lr_geometry: float = 5e-3
     """Adam learning rate of the SDF and deformation."""
     init_from_lr_scale: float = 0.1
@@ -156,6 +163,8 @@ class MeshConfig:
             raise ValueError("mesh.normal_perturbation needs mesh.material field")
         if self.tet_resolution < 4:
             raise ValueError(f"mesh.tet_resolution must be >= 4, got {self.tet_resolution}")
+        if self.material_warmup < 0:
+            raise ValueError(f"mesh.material_warmup must be >= 0, got {self.material_warmup}")
 
     def default_weights(self) -> dict[str, float]:
         return {"albedo_smooth": self.lambda_albedo_smooth, "roughness_prior": self.lambda_roughness_prior,
@@ -284,6 +293,11 @@ class Mesh(nn.Module, MeshSource, PBRMaterial, AlbedoField, Relightable, Conditi
             self.deform = nn.Parameter(torch.zeros_like(grid))
             self.register_buffer("uv", torch.zeros(0, 2))
         self._build_material(gen)
+        self._material_steps = 0  # steps trained, kept on the host (no device sync per render)
+        if cfg.material_warmup:  # in the checkpoint, so a resumed run knows whether its warm-up is over
+            self.register_buffer("material_steps", torch.zeros((), dtype=torch.long))
+            self.register_load_state_dict_post_hook(
+                lambda module, _keys: setattr(module, "_material_steps", int(module.material_steps)))
         self.to(device)
 
     @classmethod
@@ -326,9 +340,13 @@ class Mesh(nn.Module, MeshSource, PBRMaterial, AlbedoField, Relightable, Conditi
             self.mlp = _mlp(self.encoding.out_dim, 32, 8 if cfg.normal_perturbation else 5, gen)
             with torch.no_grad():
                 self.mlp[2].weight[5:].zero_()  # the perturbation starts flat: shading uses the geometric normal
+                if cfg.material_warmup:  # roughness and metallic start uniform, and stay so while held
+                    self.mlp[2].weight[3:5].zero_()
 
     def _heads(self, raw: Tensor) -> dict[str, Tensor]:
         lo, hi = self.cfg.roughness_range
+        if self._material_steps < self.cfg.material_warmup:
+            raw = torch.cat([raw[..., :3], raw[..., 3:5].detach(), raw[..., 5:]], -1)  # albedo (and bump) only
         out = {"albedo": torch.sigmoid(raw[..., 0:3]),
                "roughness": lo + (hi - lo) * torch.sigmoid(raw[..., 3:4]),
                "metallic": self.cfg.max_metallic * torch.sigmoid(raw[..., 4:5])}
@@ -550,7 +568,9 @@ class Mesh(nn.Module, MeshSource, PBRMaterial, AlbedoField, Relightable, Conditi
         return regs
 
     def after_step(self, step: int, out: RenderOutput) -> None:
-        pass
+        self._material_steps = step + 1
+        if self.cfg.material_warmup:
+            self.material_steps.fill_(step + 1)
 
 
 def mesh_smoothness(v: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:

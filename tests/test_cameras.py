@@ -120,3 +120,26 @@ def test_background_augmentation_replaces_a_share_of_the_training_backgrounds():
     assert torch.equal(held_out, solid)
     with pytest.raises(ValueError, match="augment"):
         BackgroundConfig(augment=1.5)
+
+
+def test_grid_cameras_draw_only_grid_angles_and_as_many_random_numbers():
+    """``azimuth_step`` / ``elevation_step``: training views from the multiples of the steps inside the ranges (the
+    texture preset's views are the light-aware prior's exemplar grid); one draw per angle either way, so the run's
+    other random numbers do not move."""
+    from foundation.cameras import grid_angles
+
+    assert grid_angles(-180.0, 180.0, 30.0, wrap=True).tolist() == [float(a) for a in range(-180, 180, 30)]
+    assert grid_angles(-40.0, 40.0, 20.0).tolist() == [-40.0, -20.0, 0.0, 20.0, 40.0]
+    assert grid_angles(5.0, 45.0, 20.0).tolist() == [20.0, 40.0]
+    grid = CameraConfig(elevation=(-40.0, 40.0), azimuth_step=30.0, elevation_step=20.0, batch_size=400)
+    free = CameraConfig(elevation=(-40.0, 40.0), batch_size=400)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    cams = sample_cameras(grid, 8, g1)
+    sample_cameras(free, 8, g2)
+    assert torch.equal(g1.get_state(), g2.get_state())
+    assert set(cams.azimuth.tolist()) == set(range(-180, 180, 30))  # all 12, and 180 never doubles -180
+    assert set(cams.elevation.tolist()) == {-40.0, -20.0, 0.0, 20.0, 40.0}
+    with pytest.raises(ValueError, match="elevation_step"):
+        CameraConfig(elevation=(5.0, 15.0), elevation_step=20.0)
+    with pytest.raises(ValueError, match="azimuth_step"):
+        CameraConfig(azimuth_step=-1.0)

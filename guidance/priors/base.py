@@ -222,6 +222,9 @@ class PriorContext:
     prompt: str = ""
     envs: tuple[str, ...] = ()
     env_rotations: int = 0
+    object_size: float = 0.0
+    """The longest bounding-box side the renderer scales its object to, centred (a fixed mesh read from a file,
+    foundation/meshio.py ``load_mesh``); 0: the object keeps its own size and place."""
 
 
 def scaled_linear_alphas_cumprod(T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> Tensor:

@@ -78,7 +78,7 @@ LIGHT_AWARE = "shapes-light"
 """The prior name of the light-aware mode (the `engine texture` preset's prior; ``build_prior`` builds it for the
 run's context: the mesh renderer's environments and rotations, the prompt's shape)."""
 LIGHT_AZIMUTH_STEP = 30.0
-LIGHT_ELEVATIONS = (0.0, 20.0, 40.0)
+LIGHT_ELEVATIONS = (-40.0, -20.0, 0.0, 20.0, 40.0)
 EXEMPLAR_ROUGHNESS = 0.7
 
 
@@ -88,12 +88,17 @@ def lighting_word(env: str, rotation_index: int) -> str:
 
 
 class LightAwareShapesPrior(ExemplarPrior, ConditionedPrior):
-    """Shapes-world exemplars rendered with the engine's PBR shading (renderers/reference.py) under the procedural
-    environments, each tagged with its colour, shape and lighting word (``lighting_word``).
+    """Shapes-world exemplars rendered by the mesh renderer itself (renderers/reference.py
+    ``render_constant_material``) under the procedural environments, each tagged with its colour, shape and
+    lighting word (``lighting_word``).
 
     The exemplar material is a constant dielectric (the world's albedo, roughness 0.7, metallic 0), rendered
     under every environment in ``envs`` at ``rotations`` evenly spaced rotations about +Y, from azimuth every 30
-    degrees x elevation {0, 20, 40} at 2.5 m / 40 degrees. A prompt carrying a lighting word selects the
+    degrees x elevation {-40, -20, 0, 20, 40} at 2.5 m / 40 degrees (the texture preset trains on exactly these
+    views). Rendered by the training renderer's own path and placed as it places a user's mesh (``object_size``),
+    a training render of the true material is its exemplar to float rounding, so the truth is a fixed point of the
+    guidance: with the earlier supersampled reference renders and the primitive at its own size, a blue torus
+    scaled to 0.8 m was pulled lighter (0.196 chromaticity). A prompt carrying a lighting word selects the
     exemplars lit that way, so the guidance is *conditioned on the environment the render used*, as DreamMat's
     ControlNet is: the only albedo that matches every lit exemplar is the unshaded one, so shading cannot be baked
     into it. ``shapes`` restricts the world to the shapes needed (rendering is the cost: ~0.3 s per shape x lighting).
@@ -119,12 +124,13 @@ class LightAwareShapesPrior(ExemplarPrior, ConditionedPrior):
             _, shape = shapes.parse_prompt(context.prompt)
         except ValueError as e:
             raise PriorError(str(e)) from None
-        return cls(cfg, tuple(context.envs), context.env_rotations, (shape,) if shape else None, device)
+        return cls(cfg, tuple(context.envs), context.env_rotations, (shape,) if shape else None, device,
+                   object_size=context.object_size)
 
     def __init__(self, cfg, envs=("studio", "sky", "rgb", "sunset"), rotations: int = 4,
-                 shapes_subset: tuple[str, ...] | None = None, device="cpu"):
+                 shapes_subset: tuple[str, ...] | None = None, device="cpu", object_size: float = 0.0):
         from renderers.pbr import srgb_to_linear
-        from renderers.reference import compose_dielectric, primitive_mesh, render_constant_dielectric
+        from renderers.reference import primitive_mesh, render_constant_material
 
         res = cfg.resolution or 64
         az = torch.arange(0.0, 360.0, LIGHT_AZIMUTH_STEP)
@@ -132,14 +138,18 @@ class LightAwareShapesPrior(ExemplarPrior, ConditionedPrior):
         cams = orbit_cameras((az.reshape(-1) + 180.0) % 360.0 - 180.0, el.reshape(-1), DISTANCE, FOVY, res)
         images, dirs, tags = [], [], []
         self.envs, self.rotations = tuple(envs), rotations
+        albedos = srgb_to_linear(torch.tensor(list(shapes.COLOURS.values()), dtype=torch.float32) / 255.0)
         for shape in shapes_subset or shapes.SHAPES:
             v, f = primitive_mesh(shape)
+            if object_size > 0:  # placed as the renderer places a user's mesh: bounding box centred, longest side
+                lo, hi = v.min(0).values, v.max(0).values
+                v = (v - (lo + hi) / 2) * (object_size / float((hi - lo).max()))
             for env in envs:
                 for k in range(rotations):
-                    r = render_constant_dielectric(v, f, cams, env, 2 * math.pi * k / rotations, EXEMPLAR_ROUGHNESS)
-                    for colour, rgb in shapes.COLOURS.items():
-                        alb = srgb_to_linear(torch.tensor(rgb, dtype=torch.float32) / 255.0)
-                        images.append(compose_dielectric(r, alb).permute(0, 3, 1, 2) * 2 - 1)
+                    r = render_constant_material(v, f, cams, env, 2 * math.pi * k / rotations, albedos,
+                                                 EXEMPLAR_ROUGHNESS)
+                    for colour, img in zip(shapes.COLOURS, r):
+                        images.append(img.permute(0, 3, 1, 2) * 2 - 1)
                         dirs.append(cams.position)
                         tags += [(colour, shape, lighting_word(env, k))] * len(cams)
         super().__init__(torch.cat(images), torch.cat(dirs), tags, cfg.kappa, device, name="shapes-light",
