@@ -123,9 +123,9 @@ def test_light_aware_shapes_prior_conditions_on_lighting(tmp_path):
 
     prior = LightAwareShapesPrior(PriorConfig(resolution=16), envs=("studio", "sky"), rotations=2,
                                   shapes_subset=("cube",))
-    assert prior.images.shape[0] == 2 * 2 * 6 * 36
+    assert prior.images.shape[0] == 2 * 2 * 6 * 60  # envs x rotations x colours x (12 azimuths x 5 elevations)
     lp = prior.log_prior(f"a red cube {lighting_word('sky', 1)}")
-    assert int((lp == 0).sum()) == 36  # one colour x one lighting x the views
+    assert int((lp == 0).sum()) == 60  # one colour x one lighting x the views
     # the same colour under two environments gives different exemplar images (lighting is not baked in)
     a = prior.images[prior.log_prior(f"a red cube {lighting_word('studio', 0)}") == 0]
     b = prior.images[prior.log_prior(f"a red cube {lighting_word('sky', 0)}") == 0]
