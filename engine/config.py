@@ -205,7 +205,7 @@ def texture_cameras(light_aware: bool, batch_size: int) -> CameraConfig:
     """The texture runs' training views. With the light-aware shapes prior: its exemplar grid (guidance/priors/
     shapes.py ``LIGHT_AZIMUTH_STEP``, ``LIGHT_ELEVATIONS``), views from below included. Between grid views its
     target would be the nearest exemplar, turned up to 15 degrees: on the red cube that left a 17/255 face spread
-    and a green cone's chromaticity at 0.062 (0.0 on the grid). With any other prior: the usual orbit, elevation 0-40
+    and a green cone's chromaticity at 0.062 (0.005 on the grid). With any other prior: the usual orbit, elevation 0-40
     degrees at any angle (a diffusion model has seen few objects from below)."""
     if not light_aware:
         return CameraConfig(elevation=(0.0, 40.0), batch_size=batch_size)

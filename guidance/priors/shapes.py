@@ -101,7 +101,8 @@ class LightAwareShapesPrior(ExemplarPrior, ConditionedPrior):
     scaled to 0.8 m was pulled lighter (0.196 chromaticity). A prompt carrying a lighting word selects the
     exemplars lit that way, so the guidance is *conditioned on the environment the render used*, as DreamMat's
     ControlNet is: the only albedo that matches every lit exemplar is the unshaded one, so shading cannot be baked
-    into it. ``shapes`` restricts the world to the shapes needed (rendering is the cost: ~0.3 s per shape x lighting).
+    into it. ``shapes`` restricts the world to the shapes needed (rendering is the cost: ~2 s per shape x lighting
+    at 64 px, one thread).
     The default ``ShapesPrior`` is unchanged.
 
     The lighting reaches the prior in one of two ways: a lighting word in the prompt, or, in the training loop, as
