@@ -101,6 +101,11 @@ class TrainPriorConfig:
     vae_stop_at: int = 0
     """Stop the VAE phase after this many steps of its ``vae_steps`` schedule (0: run it all); replays a run that
     the time cap cut short."""
+    vae_from: str = ""
+    """Take the VAE from this prior folder (its ``vae/``) instead of training one (the VAE options then do nothing);
+    ``white_background`` then shapes the UNet's data alone, and the scaling factor is measured again on the new
+    latents. A whole run at 0.9 trained a VAE that decoded red, orange and yellow as one orange (59% of samples
+    right); the shipped VAE, trained at 0.5, keeps them apart (docs/learned-prior.md, session 23)."""
     decoder_steps: int = 0
     """Then fine-tune the VAE decoder alone, encoder frozen, on whole images (as SD's ft-MSE VAE was): the latent
     space, and so the UNet's data, stays exactly the same."""
@@ -158,6 +163,9 @@ class TrainPriorConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.text_hidden % self.text_heads:
             raise ValueError("text_hidden must be a multiple of text_heads")
+        if self.vae_from and not os.path.isfile(os.path.join(self.vae_from, "vae", "config.json")):
+            raise ValueError(f"vae_from: {self.vae_from} is not a prior folder with a vae/ (a diffusers "
+                             f"StableDiffusionPipeline folder)")
 
 
 # -- tokenizer and text encoder -------------------------------------------------------------------------------------
@@ -209,6 +217,12 @@ def make_text_encoder(cfg: TrainPriorConfig, vocab_size: int):
                           max_position_embeddings=cfg.max_tokens, projection_dim=cfg.text_hidden,
                           bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
     return CLIPTextModel(conf).eval().requires_grad_(False)
+
+
+def load_vae(folder: str):
+    """The AutoencoderKL of a prior folder, in float32 (the shipped weights are float16 on disk)."""
+    from diffusers import AutoencoderKL
+    return AutoencoderKL.from_pretrained(os.path.join(folder, "vae"), torch_dtype=torch.float32)
 
 
 def make_vae(cfg: TrainPriorConfig):
@@ -574,7 +588,11 @@ def train_prior(cfg: TrainPriorConfig, log=None) -> dict:
     tokenizer = make_tokenizer(cfg.max_tokens)
     text_encoder = make_text_encoder(cfg, len(tokenizer))
     t_vae = time.time()
-    vae, vae_steps, vae_losses = train_vae(cfg, data, gen_vae, work, clock, log)
+    if cfg.vae_from:
+        vae, vae_steps, vae_losses = load_vae(cfg.vae_from), 0, []
+        log(f"vae: taken from {cfg.vae_from}")
+    else:
+        vae, vae_steps, vae_losses = train_vae(cfg, data, gen_vae, work, clock, log)
     t_vae = time.time() - t_vae
     mean, std, labels, _ = encode_latents(cfg, vae, data, gen_vae)
     z = mean + std * torch.randn(mean.shape, generator=gen_vae)
@@ -595,7 +613,8 @@ def train_prior(cfg: TrainPriorConfig, log=None) -> dict:
                              if cfg.decoder_steps else (0, []))
     record = {"config": asdict(cfg), "vae_steps_run": vae_steps, "unet_steps_run": unet_steps,
               "decoder_steps_run": dec_steps,
-              "complete": vae_steps == (cfg.vae_stop_at or cfg.vae_steps) and dec_steps == cfg.decoder_steps
+              "complete": (bool(cfg.vae_from) or vae_steps == (cfg.vae_stop_at or cfg.vae_steps))
+              and dec_steps == cfg.decoder_steps
               and unet_steps == (cfg.unet_stop_at or cfg.unet_steps),
               "decoder_recon_last": _mean(dec_losses, cfg.log_every),
               "scaling_factor": scaling, "captions": len(captions),

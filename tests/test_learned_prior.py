@@ -77,6 +77,27 @@ def test_train_prior_is_deterministic_and_loads_offline(tmp_path, monkeypatch):
     assert ev["shape"] == "cube" and ev["closest_shape"] in ("cube", "sphere", "cylinder", "cone", "torus")
 
 
+def test_train_prior_takes_its_vae_from_a_folder(tmp_path, monkeypatch):
+    """``--vae-from FOLDER``: the VAE phase is the folder's VAE (byte for byte in the new folder), the background
+    share shapes the UNet's data alone and the scaling factor is measured again; a folder without a vae/ is refused
+    before anything is written."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert _run(["shapes", "--out", a, "--seed", "3", *TINY]) == 0
+    assert _run(["shapes", "--out", b, "--seed", "3", *TINY, "--vae-from", a, "--white-background", "0.9"]) == 0
+    da, db = _digest(a), _digest(b)
+    vae = "vae/diffusion_pytorch_model.safetensors"
+    assert da[vae] == db[vae] and da["unet/diffusion_pytorch_model.safetensors"] != db[
+        "unet/diffusion_pytorch_model.safetensors"]
+    record = json.load(open(os.path.join(b, "training.json")))
+    assert record["complete"] and record["vae_steps_run"] == 0 and record["unet_steps_run"] == 3
+    assert record["config"]["vae_from"] == a and record["config"]["white_background"] == 0.9
+    assert record["scaling_factor"] != json.load(open(os.path.join(a, "training.json")))["scaling_factor"]
+    with pytest.raises(SystemExit) as e:
+        _run(["shapes", "--out", str(tmp_path / "c"), "--vae-from", str(tmp_path)])
+    assert e.value.code == 2 and not os.path.exists(tmp_path / "c")
+
+
 def test_train_prior_refuses_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         _run(["castles", "--out", str(tmp_path / "x")])
