@@ -190,13 +190,14 @@ def preset_texture() -> GenerateConfig:
     128-texel textures, no turntable. The views are the light-aware prior's own grid (azimuth every 30 degrees,
     elevation -40 to 40 every 20), so the bottom is textured too and every training view has an exemplar taken from
     exactly there (``texture_cameras``)."""
+    steps = 150
     return GenerateConfig(
         renderer=RENDERERS["mesh"](mode="fixed", envs=TEXTURE_TRAIN_ENVS, env_rotations=4,
                                    eval_env=TEXTURE_HELD_OUT_ENV, texture_resolution=128, lr_material=1e-2,
-                                   material_warmup=75),
+                                   material_warmup=steps // 2),
         prior=PriorConfig(name="shapes-light"),
         cameras=texture_cameras(light_aware=True, batch_size=2),
-        train=TrainConfig(steps=150, preview_every=0, checkpoint_every=50, video_frames=0, eval_views=0,
+        train=TrainConfig(steps=steps, preview_every=0, checkpoint_every=50, video_frames=0, eval_views=0,
                           export_texture_size=128),
     )
 

@@ -229,11 +229,10 @@ def grid_angles(lo: float, hi: float, step: float, wrap: bool = False) -> Tensor
 def _draw(lo: float, hi: float, step: float, wrap: bool, n: int, gen: torch.Generator) -> Tensor:
     """``n`` angles uniform in [lo, hi], or uniform over its grid points when ``step`` > 0 (one draw per angle
     either way, so a run's other random numbers do not move)."""
-    u = torch.rand(n, generator=gen)
     if step <= 0:
-        return lo + (hi - lo) * u
+        return _uniform(lo, hi, n, gen)
     grid = grid_angles(lo, hi, step, wrap)
-    return grid[(u * len(grid)).long().clamp(max=len(grid) - 1)]
+    return grid[(torch.rand(n, generator=gen) * len(grid)).long().clamp(max=len(grid) - 1)]
 
 
 def sample_cameras(cfg: CameraConfig, resolution: int, gen: torch.Generator, n: int | None = None) -> Cameras:

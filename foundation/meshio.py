@@ -115,9 +115,17 @@ def load_mesh(path: str, size: float = 0.8) -> LoadedMesh:
         uv = uv[used] if uv is not None else None
         repairs.append(f"dropped {int(len(remap) - len(used))} unreferenced vertices")
     lo, hi = v.min(0), v.max(0)
-    extent = float((hi - lo).max())
-    if extent <= 0:
+    if float((hi - lo).max()) <= 0:
         raise MeshError(f"{path}: the mesh has zero size")
+    placed, centre, scale = normalise_placement(v, size)
+    return LoadedMesh(placed, f, uv, centre, scale, repairs)
+
+
+def normalise_placement(v: np.ndarray, size: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """(vertices [V,3] float32 with the bounding box centred and the longest side ``size``, centre, scale): how the
+    engine places a mesh read from a file (the file's frame is placed * scale + centre). The light-aware shapes
+    prior places its primitives with it too, so its exemplars match the training renders exactly."""
+    lo, hi = v.min(0), v.max(0)
     centre = (lo + hi) / 2
-    scale = extent / size
-    return LoadedMesh(((v - centre) / scale).astype(np.float32), f, uv, centre, scale, repairs)
+    scale = float((hi - lo).max()) / size
+    return ((v - centre) / scale).astype(np.float32), centre, scale

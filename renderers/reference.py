@@ -87,14 +87,12 @@ def render_constant_material(v: Tensor, f: Tensor, cams: Cameras, env: str, rota
     enough for SDS with Adam to walk the material along its near-flat roughness/albedo valley)."""
     from renderers.mesh import Mesh, MeshConfig
 
-    lo, hi = 0.0, 1.0
-    cfg = MeshConfig(mode="fixed", material="uv", texture_resolution=1, mipmap=False, roughness_range=(lo, hi),
+    cfg = MeshConfig(mode="fixed", material="uv", texture_resolution=1, mipmap=False, roughness_range=(0.0, 1.0),
                      max_metallic=1.0, envs=(env,), eval_env=env)
     mesh = Mesh.from_arrays(cfg, v, f, torch.zeros(len(v), 2), torch.Generator().manual_seed(0)).eval()
     mesh.set_lighting(env, rotation)
     bg = (torch.ones(3) if background is None else background).view(1, 1, 1, 3)
-    logit = lambda x: math.log(x / (1 - x))  # noqa: E731
-    rm = torch.tensor([logit(min(max(roughness, 1e-6), 1 - 1e-6)), logit(min(max(metallic, 1e-9), 1 - 1e-6))])
+    rm = torch.logit(torch.tensor([roughness, metallic], dtype=torch.float64).clamp(1e-9, 1 - 1e-6)).float()
     out = []
     for alb in albedos_linear:
         mesh.tex_albedo.copy_(torch.logit(alb.clamp(1e-6, 1 - 1e-6)).view(1, 1, 1, 3))

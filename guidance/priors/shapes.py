@@ -130,6 +130,7 @@ class LightAwareShapesPrior(ExemplarPrior, ConditionedPrior):
 
     def __init__(self, cfg, envs=("studio", "sky", "rgb", "sunset"), rotations: int = 4,
                  shapes_subset: tuple[str, ...] | None = None, device="cpu", object_size: float = 0.0):
+        from foundation.meshio import normalise_placement
         from renderers.pbr import srgb_to_linear
         from renderers.reference import primitive_mesh, render_constant_material
 
@@ -142,9 +143,8 @@ class LightAwareShapesPrior(ExemplarPrior, ConditionedPrior):
         albedos = srgb_to_linear(torch.tensor(list(shapes.COLOURS.values()), dtype=torch.float32) / 255.0)
         for shape in shapes_subset or shapes.SHAPES:
             v, f = primitive_mesh(shape)
-            if object_size > 0:  # placed as the renderer places a user's mesh: bounding box centred, longest side
-                lo, hi = v.min(0).values, v.max(0).values
-                v = (v - (lo + hi) / 2) * (object_size / float((hi - lo).max()))
+            if object_size > 0:  # placed as the renderer places a user's mesh (bounding box centred, longest side)
+                v = torch.from_numpy(normalise_placement(v.double().numpy(), object_size)[0])
             for env in envs:
                 for k in range(rotations):
                     r = render_constant_material(v, f, cams, env, 2 * math.pi * k / rotations, albedos,
