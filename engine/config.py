@@ -181,6 +181,12 @@ TEXTURE_TRAIN_ENVS = ("studio", "sky", "rgb")
 TEXTURE_HELD_OUT_ENV = "sunset"
 
 
+def texture_warmup(steps: int) -> int:
+    """The texture preset's ``material_warmup`` for a run of ``steps``: roughness and metallic held for the first
+    half, while the albedo settles (docs/benchmarks.md, "Goal 3 met (session 23)")."""
+    return steps // 2
+
+
 def preset_texture() -> GenerateConfig:
     """`engine texture` (engine/texture.py): relightable PBR materials for the mesh at --renderer.mesh-path, its
     geometry fixed. Each view is shaded under one of three training environments at one of four rotations, and the
@@ -194,7 +200,7 @@ def preset_texture() -> GenerateConfig:
     return GenerateConfig(
         renderer=RENDERERS["mesh"](mode="fixed", envs=TEXTURE_TRAIN_ENVS, env_rotations=4,
                                    eval_env=TEXTURE_HELD_OUT_ENV, texture_resolution=128, lr_material=1e-2,
-                                   material_warmup=steps // 2),
+                                   material_warmup=texture_warmup(steps)),
         prior=PriorConfig(name="shapes-light"),
         cameras=texture_cameras(light_aware=True, batch_size=2),
         train=TrainConfig(steps=steps, preview_every=0, checkpoint_every=50, video_frames=0, eval_views=0,

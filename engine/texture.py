@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from engine.config import TEXTURE_HELD_OUT_ENV as HELD_OUT_ENV
 from engine.config import TEXTURE_TRAIN_ENVS as TRAIN_ENVS
-from engine.config import GenerateConfig, preset_texture, texture_cameras
+from engine.config import GenerateConfig, preset_texture, texture_cameras, texture_warmup
 from foundation.meshio import FolderResolver, LoadedMesh, MeshError, load_mesh, load_trimesh  # noqa: F401
 
 # The mesh reader lives on the ground floor (foundation/meshio.py); its error keeps this module's name for callers.
@@ -146,7 +146,7 @@ def texture_config(cfg: TextureConfig, has_uv: bool) -> GenerateConfig:
                                      material="uv" if has_uv else "field", envs=tuple(cfg.envs),
                                      env_rotations=cfg.rotations, eval_env=cfg.held_out_env,
                                      texture_resolution=cfg.texture_resolution, lr_material=cfg.lr,
-                                     material_warmup=cfg.steps // 2)
+                                     material_warmup=texture_warmup(cfg.steps))
     g.cameras = texture_cameras(light_aware, cfg.batch)
     g.train.steps = cfg.steps
     g.train.export = False  # the command writes its own asset (texture_outputs) at the end
