@@ -122,7 +122,8 @@ class TrainPriorConfig:
     attention_head_dim: int = 8
     unet_steps: int = 5000
     """UNet steps (about 60 minutes at one thread on the 2-core machine). 2,500 steps sampled the prompted colour
-    and shape together 72.5% of the time, 5,000 steps 76.7% (docs/learned-prior.md)."""
+    and shape together 72.5% of the time, 5,000 steps 76.7%; 5,000 steps with 90% white on that run's VAE
+    (``vae_from``) 95.0% (docs/learned-prior.md; not shipped, ISM turns red orange on them)."""
     unet_batch: int = 48
     unet_stop_at: int = 0
     """Stop the UNet phase after this many steps of its ``unet_steps`` schedule (0: run it all)."""
