@@ -31,6 +31,7 @@ cuts a phase short, training.json says so, with the steps actually run, which re
 Checkpoints go to ``<out>.train/`` so a crash loses at most ``checkpoint_every`` steps (``resume`` continues).
 """
 
+import copy
 import json
 import math
 import os
@@ -123,7 +124,8 @@ class TrainPriorConfig:
     unet_steps: int = 5000
     """UNet steps (about 60 minutes at one thread on the 2-core machine). 2,500 steps sampled the prompted colour
     and shape together 72.5% of the time, 5,000 steps 76.7%; 5,000 steps with 90% white on that run's VAE
-    (``vae_from``) 95.0% (docs/learned-prior.md; not shipped, ISM turns red orange on them)."""
+    (``vae_from``) 95.0% (docs/learned-prior.md; not shipped, ISM turns red orange on them); the shipped weights
+    plus 2,200 steps at 0.9 (``unet_from``, 88 minutes in all) 95.8%, not shipped either (CSM's red turns orange)."""
     unet_batch: int = 48
     unet_stop_at: int = 0
     """Stop the UNet phase after this many steps of its ``unet_steps`` schedule (0: run it all)."""
@@ -131,6 +133,11 @@ class TrainPriorConfig:
     warmup: int = 100
     min_snr_gamma: float = 5.0
     """Min-SNR-gamma loss weighting (0 disables: plain epsilon MSE)."""
+    unet_from: str = ""
+    """Start the UNet from this prior folder's UNet (a fine-tune; the schedule of ``unet_steps`` / ``warmup`` /
+    ``unet_lr`` then runs from it) and take that folder's text encoder, tokenizer and VAE (unless ``vae_from``),
+    keeping its VAE scaling factor, which its UNet learned. The folder's own training.json is kept in this one's
+    under ``"from"``, so the chain of commands (and its total time) stays on record."""
     empty_caption: float = 0.1
     ema: float = 0.995
     minutes: float = 0.0
@@ -164,9 +171,12 @@ class TrainPriorConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.text_hidden % self.text_heads:
             raise ValueError("text_hidden must be a multiple of text_heads")
-        if self.vae_from and not os.path.isfile(os.path.join(self.vae_from, "vae", "config.json")):
-            raise ValueError(f"vae_from: {self.vae_from} is not a prior folder with a vae/ (a diffusers "
-                             f"StableDiffusionPipeline folder)")
+        for name in ("vae_from", "unet_from"):
+            folder = getattr(self, name)
+            part = "vae" if name == "vae_from" else "unet"
+            if folder and not os.path.isfile(os.path.join(folder, part, "config.json")):
+                raise ValueError(f"{name}: {folder} is not a prior folder with a {part}/ (a diffusers "
+                                 f"StableDiffusionPipeline folder)")
 
 
 # -- tokenizer and text encoder -------------------------------------------------------------------------------------
@@ -224,6 +234,25 @@ def load_vae(folder: str):
     """The AutoencoderKL of a prior folder, in float32 (the shipped weights are float16 on disk)."""
     from diffusers import AutoencoderKL
     return AutoencoderKL.from_pretrained(os.path.join(folder, "vae"), torch_dtype=torch.float32)
+
+
+def load_text(folder: str):
+    """The CLIPTokenizer and CLIPTextModel (float32) of a prior folder."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+    return (CLIPTokenizer.from_pretrained(os.path.join(folder, "tokenizer")),
+            CLIPTextModel.from_pretrained(os.path.join(folder, "text_encoder"), torch_dtype=torch.float32))
+
+
+def _read_record(folder: str) -> dict | None:
+    """A prior folder's training.json, or None when it has none."""
+    path = os.path.join(folder, "training.json")
+    return json.load(open(path)) if os.path.isfile(path) else None
+
+
+def load_unet(folder: str):
+    """The UNet2DConditionModel of a prior folder, in float32 (``unet_from``)."""
+    from diffusers import UNet2DConditionModel
+    return UNet2DConditionModel.from_pretrained(os.path.join(folder, "unet"), torch_dtype=torch.float32)
 
 
 def make_vae(cfg: TrainPriorConfig):
@@ -479,9 +508,8 @@ def encode_latents(cfg, vae, data: ShapesData, gen: torch.Generator) -> tuple[Te
 
 def train_unet(cfg, mean: Tensor, std: Tensor, labels: Tensor, embeds: Tensor, table: Tensor, scaling: float,
                gen: torch.Generator, work: str, clock: _Clock, log):
-    unet = make_unet(cfg)
-    ema = make_unet(cfg).requires_grad_(False)
-    ema.load_state_dict(unet.state_dict())
+    unet = load_unet(cfg.unet_from) if cfg.unet_from else make_unet(cfg)
+    ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.0)
     sched = make_scheduler()
     abar = sched.alphas_cumprod.float()
@@ -586,20 +614,29 @@ def train_prior(cfg: TrainPriorConfig, log=None) -> dict:
     gen_vae = torch.Generator().manual_seed(cfg.seed + 1)
     gen_unet = torch.Generator().manual_seed(cfg.seed + 2)
     gen_dec = torch.Generator().manual_seed(cfg.seed + 4)
-    tokenizer = make_tokenizer(cfg.max_tokens)
-    text_encoder = make_text_encoder(cfg, len(tokenizer))
+    if cfg.unet_from:  # a fine-tune: the UNet's own text encoder (its cross-attention learned to read it)
+        tokenizer, text_encoder = load_text(cfg.unet_from)
+    else:
+        tokenizer = make_tokenizer(cfg.max_tokens)
+        text_encoder = make_text_encoder(cfg, len(tokenizer))
     t_vae = time.time()
-    if cfg.vae_from:
-        vae, vae_steps, vae_losses = load_vae(cfg.vae_from), 0, []
-        log(f"vae: taken from {cfg.vae_from}")
+    vae_from = cfg.vae_from or cfg.unet_from
+    if vae_from:
+        vae, vae_steps, vae_losses = load_vae(vae_from), 0, []
+        log(f"vae: taken from {vae_from}")
     else:
         vae, vae_steps, vae_losses = train_vae(cfg, data, gen_vae, work, clock, log)
     t_vae = time.time() - t_vae
     mean, std, labels, _ = encode_latents(cfg, vae, data, gen_vae)
     z = mean + std * torch.randn(mean.shape, generator=gen_vae)
-    scaling = float(1.0 / z.std())
-    vae.register_to_config(scaling_factor=scaling)
-    log(f"latents: {len(mean)} images, std {float(z.std()):.4f} -> scaling_factor {scaling:.5f}")
+    if cfg.unet_from:
+        scaling = float(vae.config.scaling_factor)
+        log(f"latents: {len(mean)} images, std {float(z.std()):.4f}; scaling_factor {scaling:.5f} kept "
+            f"(the UNet of {cfg.unet_from} learned on it)")
+    else:
+        scaling = float(1.0 / z.std())
+        vae.register_to_config(scaling_factor=scaling)
+        log(f"latents: {len(mean)} images, std {float(z.std()):.4f} -> scaling_factor {scaling:.5f}")
     captions, table = caption_table()
     from guidance.priors.stable_diffusion import clip_prompt_ids
     with torch.no_grad():
@@ -614,7 +651,7 @@ def train_prior(cfg: TrainPriorConfig, log=None) -> dict:
                              if cfg.decoder_steps else (0, []))
     record = {"config": asdict(cfg), "vae_steps_run": vae_steps, "unet_steps_run": unet_steps,
               "decoder_steps_run": dec_steps,
-              "complete": (bool(cfg.vae_from) or vae_steps == (cfg.vae_stop_at or cfg.vae_steps))
+              "complete": (bool(vae_from) or vae_steps == (cfg.vae_stop_at or cfg.vae_steps))
               and dec_steps == cfg.decoder_steps
               and unet_steps == (cfg.unet_stop_at or cfg.unet_steps),
               "decoder_recon_last": _mean(dec_losses, cfg.log_every),
@@ -625,6 +662,8 @@ def train_prior(cfg: TrainPriorConfig, log=None) -> dict:
               "unet_eps_mse_last": _mean(unet_losses, cfg.log_every),
               "seconds_vae": round(t_vae, 1), "seconds_unet": round(time.time() - t_unet, 1),
               "seconds_total": round(clock.elapsed(), 1), "torch": torch.__version__, "threads": cfg.threads}
+    if cfg.unet_from:
+        record["from"] = _read_record(cfg.unet_from)
     pipe = build_pipeline(vae, text_encoder, tokenizer, unet)
     save_pipeline(pipe, cfg.out, cfg.fp16)
     with open(os.path.join(cfg.out, "training.json"), "w") as f:

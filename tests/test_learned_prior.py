@@ -98,6 +98,33 @@ def test_train_prior_takes_its_vae_from_a_folder(tmp_path, monkeypatch):
     assert e.value.code == 2 and not os.path.exists(tmp_path / "c")
 
 
+def test_train_prior_fine_tunes_a_folder(tmp_path, monkeypatch):
+    """``--unet-from FOLDER``: the UNet starts from the folder's (a fine-tune: the result differs from it but stays
+    close), the folder's text encoder and VAE come along byte for byte with its scaling factor, the folder's record
+    is kept under "from" (the chain of commands stays on record), and a folder without a unet/ is refused before
+    anything is written."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from safetensors.torch import load_file
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert _run(["shapes", "--out", a, "--seed", "3", *TINY]) == 0
+    assert _run(["shapes", "--out", b, "--seed", "3", *TINY, "--unet-from", a, "--white-background", "0.9",
+                 "--unet-lr", "1e-4"]) == 0
+    da, db = _digest(a), _digest(b)
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    for part in ("vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        assert da[part] == db[part]
+    assert da[unet] != db[unet]
+    ua, ub = (load_file(os.path.join(f, unet)) for f in (a, b))
+    moved = max((ua[k].float() - ub[k].float()).abs().max().item() for k in ua)
+    assert 0 < moved < 0.05  # three steps at 1e-4 from the folder's weights, not a fresh initialisation
+    record, first = (json.load(open(os.path.join(f, "training.json"))) for f in (b, a))
+    assert record["complete"] and record["from"] == first and record["scaling_factor"] == first["scaling_factor"]
+    assert record["config"]["unet_from"] == a and record["vae_steps_run"] == 0
+    with pytest.raises(SystemExit) as e:
+        _run(["shapes", "--out", str(tmp_path / "d"), "--unet-from", str(tmp_path)])
+    assert e.value.code == 2 and not os.path.exists(tmp_path / "d")
+
+
 def test_train_prior_refuses_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         _run(["castles", "--out", str(tmp_path / "x")])
