@@ -133,6 +133,15 @@ class TrainPriorConfig:
     warmup: int = 100
     min_snr_gamma: float = 5.0
     """Min-SNR-gamma loss weighting (0 disables: plain epsilon MSE)."""
+    unet_latents: str = "sample"
+    """What the UNet learns on: ``sample`` (a fresh posterior sample of each image's latent per step, as SD's
+    training code does) or ``mean`` (the posterior mean). SD's VAE is nearly deterministic, so there the two agree;
+    ours has a posterior std of about 2.5% of the latent scale, which at t = 1 is 60% of the diffusion noise, so on
+    samples no UNet can tell that part of the noise from the data (docs/learned-prior.md, session 25)."""
+    low_t_share: float = 0.0
+    """Share of each UNet batch whose timestep is drawn from [0, ``low_t_max``) instead of [0, 1000): more examples
+    where the prior's epsilon is least accurate (DDIM inversion, ISM / TSM / CSM, reads it at t = 1)."""
+    low_t_max: int = 50
     unet_from: str = ""
     """Start the UNet from this prior folder's UNet (a fine-tune; the schedule of ``unet_steps`` / ``warmup`` /
     ``unet_lr`` then runs from it) and take that folder's text encoder, tokenizer and VAE (unless ``vae_from``),
@@ -166,11 +175,19 @@ class TrainPriorConfig:
                      "decoder_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("empty_caption", "white_background", "overhead_fraction", "vae_share"):
+        if self.unet_latents not in ("sample", "mean"):
+            raise ValueError(f"unet_latents must be 'sample' or 'mean', got {self.unet_latents!r}")
+        if not 1 <= self.low_t_max <= 1000:
+            raise ValueError(f"low_t_max must be in [1, 1000], got {self.low_t_max}")
+        for name in ("empty_caption", "white_background", "overhead_fraction", "vae_share", "low_t_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.text_hidden % self.text_heads:
             raise ValueError("text_hidden must be a multiple of text_heads")
+        if self.unet_from and self.vae_from:
+            raise ValueError(f"vae_from cannot be combined with unet_from: the UNet of {self.unet_from} learned on "
+                             f"the latents of that folder's VAE, which another VAE changes (fine-tune with the "
+                             f"folder's own VAE, or train a new UNet on {self.vae_from}'s VAE without unet_from)")
         for name in ("vae_from", "unet_from"):
             folder = getattr(self, name)
             part = "vae" if name == "vae_from" else "unet"
@@ -247,6 +264,17 @@ def _read_record(folder: str) -> dict | None:
     """A prior folder's training.json, or None when it has none."""
     path = os.path.join(folder, "training.json")
     return json.load(open(path)) if os.path.isfile(path) else None
+
+
+def architecture(vae, text_encoder, tokenizer, unet) -> dict:
+    """The trained models' shape, read from the models themselves, under the names of the config's options (with
+    ``unet_from`` / ``vae_from`` those options do not apply; training.json records this beside the command)."""
+    t = text_encoder.config
+    return {"vae_channels": list(vae.config.block_out_channels), "vae_norm_groups": vae.config.norm_num_groups,
+            "text_hidden": t.hidden_size, "text_layers": t.num_hidden_layers, "text_heads": t.num_attention_heads,
+            "max_tokens": tokenizer.model_max_length, "unet_channels": list(unet.config.block_out_channels),
+            "unet_layers_per_block": unet.config.layers_per_block,
+            "attention_head_dim": unet.config.attention_head_dim}
 
 
 def load_unet(folder: str):
@@ -506,6 +534,22 @@ def encode_latents(cfg, vae, data: ShapesData, gen: torch.Generator) -> tuple[Te
     return torch.cat(means), torch.cat(stds), torch.stack([s, c, data.view[s, v]], 1), bg
 
 
+def draw_unet_batch(cfg, mean: Tensor, std: Tensor, scaling: float, gen: torch.Generator
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """One UNet batch: image indices [B], scaled latents [B,4,h,w] (posterior samples or means, ``unet_latents``)
+    and timesteps [B] (a ``low_t_share`` of them below ``low_t_max``)."""
+    B = cfg.unet_batch
+    idx = torch.randint(0, len(mean), (B,), generator=gen)
+    z0 = mean[idx]
+    if cfg.unet_latents == "sample":
+        z0 = z0 + std[idx] * torch.randn(z0.shape, generator=gen)
+    t = torch.randint(0, 1000, (B,), generator=gen)
+    if cfg.low_t_share > 0:
+        low = torch.rand(B, generator=gen) < cfg.low_t_share
+        t = torch.where(low, torch.randint(0, cfg.low_t_max, (B,), generator=gen), t)
+    return idx, z0 * scaling, t
+
+
 def train_unet(cfg, mean: Tensor, std: Tensor, labels: Tensor, embeds: Tensor, table: Tensor, scaling: float,
                gen: torch.Generator, work: str, clock: _Clock, log):
     unet = load_unet(cfg.unet_from) if cfg.unet_from else make_unet(cfg)
@@ -534,9 +578,7 @@ def train_unet(cfg, mean: Tensor, std: Tensor, labels: Tensor, embeds: Tensor, t
         for g in opt.param_groups:
             g["lr"] = _lr(step, cfg.unet_steps, cfg.warmup, cfg.unet_lr)
         B = cfg.unet_batch
-        idx = torch.randint(0, len(mean), (B,), generator=gen)
-        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scaling
-        t = torch.randint(0, 1000, (B,), generator=gen)
+        idx, z0, t = draw_unet_batch(cfg, mean, std, scaling, gen)
         noise = torch.randn(z0.shape, generator=gen)
         a = abar[t].sqrt()[:, None, None, None]
         sgm = (1 - abar[t]).sqrt()[:, None, None, None]
@@ -628,12 +670,12 @@ def train_prior(cfg: TrainPriorConfig, log=None) -> dict:
         vae, vae_steps, vae_losses = train_vae(cfg, data, gen_vae, work, clock, log)
     t_vae = time.time() - t_vae
     mean, std, labels, _ = encode_latents(cfg, vae, data, gen_vae)
-    z = mean + std * torch.randn(mean.shape, generator=gen_vae)
     if cfg.unet_from:
         scaling = float(vae.config.scaling_factor)
-        log(f"latents: {len(mean)} images, std {float(z.std()):.4f}; scaling_factor {scaling:.5f} kept "
-            f"(the UNet of {cfg.unet_from} learned on it)")
+        log(f"latents: {len(mean)} images, posterior-mean std {float(mean.std()):.4f}; scaling_factor "
+            f"{scaling:.5f} kept (the UNet of {cfg.unet_from} learned on it)")
     else:
+        z = mean + std * torch.randn(mean.shape, generator=gen_vae)
         scaling = float(1.0 / z.std())
         vae.register_to_config(scaling_factor=scaling)
         log(f"latents: {len(mean)} images, std {float(z.std()):.4f} -> scaling_factor {scaling:.5f}")
@@ -662,6 +704,13 @@ def train_prior(cfg: TrainPriorConfig, log=None) -> dict:
               "unet_eps_mse_last": _mean(unet_losses, cfg.log_every),
               "seconds_vae": round(t_vae, 1), "seconds_unet": round(time.time() - t_unet, 1),
               "seconds_total": round(clock.elapsed(), 1), "torch": torch.__version__, "threads": cfg.threads}
+    record["architecture"] = architecture(vae, text_encoder, tokenizer, unet)
+    if cfg.unet_from or cfg.vae_from:
+        given = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()
+                 if k in record["architecture"]}
+        loaded = {k: v for k, v in record["architecture"].items() if given[k] != v}
+        if loaded:
+            log(f"architecture from the loaded models (the options for it did nothing): {loaded}")
     if cfg.unet_from:
         record["from"] = _read_record(cfg.unet_from)
     pipe = build_pipeline(vae, text_encoder, tokenizer, unet)

@@ -107,7 +107,9 @@ def test_train_prior_fine_tunes_a_folder(tmp_path, monkeypatch):
     from safetensors.torch import load_file
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     assert _run(["shapes", "--out", a, "--seed", "3", *TINY]) == 0
-    assert _run(["shapes", "--out", b, "--seed", "3", *TINY, "--unet-from", a, "--white-background", "0.9",
+    # the architecture options are left at their defaults: the loaded models' shapes are what training.json records
+    tiny_training = TINY[:TINY.index("--vae-channels")] + TINY[TINY.index("--log-every"):]
+    assert _run(["shapes", "--out", b, "--seed", "3", *tiny_training, "--unet-from", a, "--white-background", "0.9",
                  "--unet-lr", "1e-4"]) == 0
     da, db = _digest(a), _digest(b)
     unet = "unet/diffusion_pytorch_model.safetensors"
@@ -120,9 +122,14 @@ def test_train_prior_fine_tunes_a_folder(tmp_path, monkeypatch):
     record, first = (json.load(open(os.path.join(f, "training.json"))) for f in (b, a))
     assert record["complete"] and record["from"] == first and record["scaling_factor"] == first["scaling_factor"]
     assert record["config"]["unet_from"] == a and record["vae_steps_run"] == 0
-    with pytest.raises(SystemExit) as e:
-        _run(["shapes", "--out", str(tmp_path / "d"), "--unet-from", str(tmp_path)])
-    assert e.value.code == 2 and not os.path.exists(tmp_path / "d")
+    assert record["config"]["unet_channels"] == [64, 128, 128]  # the command as given ...
+    assert record["architecture"] == first["architecture"]  # ... and the models as trained
+    assert first["architecture"]["unet_channels"] == [32, 32] and first["architecture"]["text_hidden"] == 32
+    assert first["architecture"]["vae_channels"] == [32, 32, 32, 32]
+    for bad in (["--unet-from", str(tmp_path)], ["--unet-from", a, "--vae-from", a]):
+        with pytest.raises(SystemExit) as e:
+            _run(["shapes", "--out", str(tmp_path / "d"), *bad])
+        assert e.value.code == 2 and not os.path.exists(tmp_path / "d")
 
 
 def test_train_prior_refuses_bad_input(tmp_path, capsys):
@@ -392,3 +399,23 @@ def test_ism_turns_a_blue_torus_into_an_opaque_blue_torus(tmp_path):
     assert ev["closest_shape"] == "torus" and ev["closest_colour"] == "blue", ev
     assert ev["mean_alpha_in_mask"] >= 0.62 and ev["psnr"] >= 17.8 and ev["iou"] >= 0.70, ev
 
+
+
+def test_unet_batches_follow_the_latent_and_timestep_options():
+    """``unet_latents``: posterior samples (fresh noise of the posterior's std per draw) or exactly the means;
+    ``low_t_share``: that share of the timesteps below ``low_t_max``, the rest over all 1000."""
+    from engine.train_prior import TrainPriorConfig, draw_unet_batch
+    mean, std = torch.randn(50, 4, 2, 2), torch.rand(50, 4, 2, 2) * 0.1 + 0.05
+    cfg = TrainPriorConfig(out="x", unet_batch=4000)
+    idx, z, t = draw_unet_batch(cfg, mean, std, 0.5, torch.Generator().manual_seed(0))
+    resid = (z / 0.5 - mean[idx]) / std[idx]
+    assert abs(resid.std().item() - 1) < 0.02 and abs(resid.mean().item()) < 0.02
+    assert t.min() >= 0 and t.max() <= 999 and (t < 50).float().mean() < 0.08
+    cfg = TrainPriorConfig(out="x", unet_batch=4000, unet_latents="mean", low_t_share=0.25, low_t_max=20)
+    idx, z, t = draw_unet_batch(cfg, mean, std, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(z, mean[idx] * 0.5)
+    share = (t < 20).float().mean().item()
+    assert abs(share - (0.25 + 0.75 * 0.02)) < 0.03 and t.max() > 900
+    for bad in ({"unet_latents": "mode"}, {"low_t_share": 1.5}, {"low_t_max": 0}):
+        with pytest.raises(ValueError):
+            TrainPriorConfig(out="x", **bad)
