@@ -624,9 +624,31 @@ def save_pipeline(pipe, out: str, fp16: bool) -> None:
     pipe.save_pretrained(tmp, safe_serialization=True)
     if fp16:
         pipe.to(torch.float32)
+    clean_loaded_keys(tmp)
     if os.path.isdir(out):
         shutil.rmtree(out)
     os.replace(tmp, out)
+
+
+LOADED_KEYS = ("_name_or_path", "is_local", "local_files_only")
+"""Keys that models loaded from a folder (``unet_from``) carry into their saved configs: where they were loaded from
+and how, not what they are."""
+
+
+def clean_loaded_keys(folder: str) -> None:
+    """Drop LOADED_KEYS from a saved pipeline's component configs, so a fine-tuned folder does not name the path
+    it was loaded from (or tell the tokenizer to load offline only)."""
+    for part in sorted(os.listdir(folder)):
+        for name in ("config.json", "tokenizer_config.json"):
+            path = os.path.join(folder, part, name)
+            if os.path.isfile(path):
+                with open(path) as f:
+                    doc = json.load(f)
+                if any(k in doc for k in LOADED_KEYS):
+                    with open(path, "w") as f:
+                        json.dump({k: v for k, v in doc.items() if k not in LOADED_KEYS}, f, indent=2,
+                                  sort_keys=True)
+                        f.write("\n")
 
 
 def _mean(xs: list[float], n: int) -> float | None:

@@ -126,6 +126,9 @@ def test_train_prior_fine_tunes_a_folder(tmp_path, monkeypatch):
     assert record["architecture"] == first["architecture"]  # ... and the models as trained
     assert first["architecture"]["unet_channels"] == [32, 32] and first["architecture"]["text_hidden"] == 32
     assert first["architecture"]["vae_channels"] == [32, 32, 32, 32]
+    for part, name in (("unet", "config.json"), ("vae", "config.json"), ("tokenizer", "tokenizer_config.json")):
+        saved = json.load(open(os.path.join(b, part, name)))  # not where, nor how, the fine-tune loaded them
+        assert not {"_name_or_path", "is_local", "local_files_only"} & set(saved), (part, saved)
     for bad in (["--unet-from", str(tmp_path)], ["--unet-from", a, "--vae-from", a]):
         with pytest.raises(SystemExit) as e:
             _run(["shapes", "--out", str(tmp_path / "d"), *bad])
