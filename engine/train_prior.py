@@ -124,8 +124,10 @@ class TrainPriorConfig:
     unet_steps: int = 5000
     """UNet steps (about 60 minutes at one thread on the 2-core machine). 2,500 steps sampled the prompted colour
     and shape together 72.5% of the time, 5,000 steps 76.7%; 5,000 steps with 90% white on that run's VAE
-    (``vae_from``) 95.0% (docs/learned-prior.md; not shipped, ISM turns red orange on them); the shipped weights
-    plus 2,200 steps at 0.9 (``unet_from``, 88 minutes in all) 95.8%, not shipped either (CSM's red turns orange)."""
+    (``vae_from``) 95.0% (docs/learned-prior.md; not shipped, ISM turns red orange on them); session 21's weights
+    plus 2,200 steps at 0.9 (``unet_from``, 88 minutes in all) 95.8%, not shipped either (CSM's red turns orange);
+    the same fine-tune on posterior means with plain MSE and a ``low_t_share`` (87 minutes in all) 95.8%, shipped
+    (session 26)."""
     unet_batch: int = 48
     unet_stop_at: int = 0
     """Stop the UNet phase after this many steps of its ``unet_steps`` schedule (0: run it all)."""
