@@ -404,7 +404,6 @@ def test_ism_turns_a_blue_torus_into_an_opaque_blue_torus(tmp_path):
     assert ev["mean_alpha_in_mask"] >= 0.62 and ev["psnr"] >= 17.8 and ev["iou"] >= 0.70, ev
 
 
-
 def test_unet_batches_follow_the_latent_and_timestep_options():
     """``unet_latents``: posterior samples (fresh noise of the posterior's std per draw) or exactly the means;
     ``low_t_share``: that share of the timesteps below ``low_t_max``, the rest over all 1000."""
