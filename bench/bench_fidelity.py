@@ -167,7 +167,11 @@ def diagnose(run_dir: str, shape: str, levels: list[float]) -> None:
     if levels:
         grid = sample_grid(scene, 128, bound)
         truth = true_surface_samples(shape, 5000)
+        lo, hi = float(grid.min()), float(grid.max())
         for level in levels:
+            if not lo < level < hi:
+                print(f"level {level:.4g}: outside the field's range [{lo:.4g}, {hi:.4g}], skipped")
+                continue
             g, _ = fill_cavities(grid, level)
             m = clean(remove_floaters(clean(marching_cubes(g, level, bound))))
             p = sample_surface(m.vertices, m.faces, 5000, np.random.default_rng(0)).points
