@@ -2,9 +2,10 @@
 analytic shapes (foundation/shapes.py's SDFs and albedos; never used by training), with engine/export/fidelity.py.
 
     python bench/bench_fidelity.py [--renderers nerf gaussians mesh] [--shapes cube torus cone] [--steps N]
-                                   [--mesh-steps 100] [--seed 0]
+                                   [--mesh-steps 100] [--seed 0] [--prior shapes-exemplar]
 
-Each run is `engine generate "a <colour> <shape>" --prior shapes-exemplar --renderer R` with the defaults (400 steps),
+Each run is `engine generate "a <colour> <shape>" --prior shapes-exemplar --renderer R` with the defaults (400 steps;
+`--prior shapes` for the learned prior),
 whose automatic export writes RUN/export/model.glb. "mesh" is the coarse-to-fine chain: the NeRF run of the same shape
 (trained first if "nerf" is not in the list), then `--renderer mesh --renderer.init-from NERF_RUN --steps 100` (the
 refinement measured in docs/benchmarks.md, "Mesh and PBR"); its wall time is the refinement's alone. "texture" is
@@ -36,7 +37,7 @@ COLOUR_OF = {"cube": "red", "torus": "blue", "cone": "green", "sphere": "yellow"
 
 
 def run_one(renderer: str, shape: str, steps: int | None, seed: int, extra: list[str], folder: str,
-            mesh_steps: int = 100) -> dict:
+            mesh_steps: int = 100, prior: str = "shapes-exemplar") -> dict:
     """Train, export and score one (renderer, shape) pair in ``folder``/<renderer>-<shape>; returns the row."""
     from engine.cli import build_generate_config
     from engine.export.fidelity import score_glb
@@ -46,12 +47,12 @@ def run_one(renderer: str, shape: str, steps: int | None, seed: int, extra: list
     out = os.path.join(folder, f"{renderer}-{shape}")
     if renderer == "texture":
         return texture_one(shape, colour, steps, seed, extra, out)
-    argv = [f"a {colour} {shape}", "--prior", "shapes-exemplar", "--renderer", renderer, "--seed", str(seed),
+    argv = [f"a {colour} {shape}", "--prior", prior, "--renderer", renderer, "--seed", str(seed),
             "--out", out, "--train.no-progress"]
     if renderer == "mesh":
         source = os.path.join(folder, f"nerf-{shape}")
         if not os.path.exists(os.path.join(source, "status.json")):
-            run_one("nerf", shape, steps, seed, extra, folder)
+            run_one("nerf", shape, steps, seed, extra, folder, prior=prior)
         argv += ["--renderer.init-from", source, "--steps", str(mesh_steps)]
     elif steps is not None:
         argv += ["--steps", str(steps)]
@@ -188,6 +189,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: the engine's, 400)")
     ap.add_argument("--mesh-steps", type=int, default=100, help="refinement steps of the mesh chain")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--prior", default="shapes-exemplar",
+                    help="the prior of every run (shapes-exemplar, the closed-form one; shapes, the learned default)")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     ap.add_argument("--keep", default=None, help="keep the run folders under this folder")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `engine generate` arguments")
@@ -206,7 +209,7 @@ def main() -> None:
         for renderer in args.renderers:
             for shape in args.shapes:
                 rows.append(run_one(renderer, shape, args.steps, args.seed, args.extra, args.keep or tmp,
-                                    args.mesh_steps))
+                                    args.mesh_steps, args.prior))
                 print(format_row(rows[-1]), flush=True)
     if args.json:
         with open(args.json, "w") as f:

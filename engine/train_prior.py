@@ -32,6 +32,7 @@ Checkpoints go to ``<out>.train/`` so a crash loses at most ``checkpoint_every``
 """
 
 import copy
+import glob
 import json
 import math
 import os
@@ -640,17 +641,13 @@ and how, not what they are."""
 def clean_loaded_keys(folder: str) -> None:
     """Drop LOADED_KEYS from a saved pipeline's component configs, so a fine-tuned folder does not name the path
     it was loaded from (or tell the tokenizer to load offline only)."""
-    for part in sorted(os.listdir(folder)):
-        for name in ("config.json", "tokenizer_config.json"):
-            path = os.path.join(folder, part, name)
-            if os.path.isfile(path):
-                with open(path) as f:
-                    doc = json.load(f)
-                if any(k in doc for k in LOADED_KEYS):
-                    with open(path, "w") as f:
-                        json.dump({k: v for k, v in doc.items() if k not in LOADED_KEYS}, f, indent=2,
-                                  sort_keys=True)
-                        f.write("\n")
+    for path in sorted(glob.glob(os.path.join(folder, "*", "*config.json"))):
+        with open(path) as f:
+            doc = json.load(f)
+        if any(k in doc for k in LOADED_KEYS):
+            with open(path, "w") as f:
+                json.dump({k: v for k, v in doc.items() if k not in LOADED_KEYS}, f, indent=2, sort_keys=True)
+                f.write("\n")
 
 
 def _mean(xs: list[float], n: int) -> float | None:
