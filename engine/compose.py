@@ -9,7 +9,8 @@ config beyond the dataclass defaults all live here, applied in this order:
    ``diffusion`` for any other, the default learned "shapes" prior included, unless one is named);
 2. the components: ``prior``, ``guidance`` (an image prompt alone selects csm), ``renderer``, ``device``;
 3. the diffusion preset's values by prior family, objective and device (engine.config.tune_diffusion, issue 13);
-4. Gaussians on a shapes-world prior (learned or exemplar) train under the world's key light (issue #17);
+4. on a shapes-world prior, Gaussians (learned or exemplar prior) and the NeRF (learned prior) train under the
+   world's key light (issue #17);
 5. the prior folder's recommended settings (distillery.json, guidance.priors.apply_prior_defaults);
 6. ``prompt`` and ``steps``;
 7. the command line's typed overrides (``parse``: tyro, in engine/cli.py), then the dotted ``overrides``;
@@ -165,18 +166,22 @@ def _components(cfg: "GenerateConfig", choices: Choices) -> None:
 
 def _tune(cfg: "GenerateConfig", choices: Choices, say: Callable[[str], None]) -> None:
     """Rules 3-5, for a config built from a preset; ``say`` takes what they chose."""
-    from guidance.priors import prior_world
+    from guidance.priors import is_exemplar, prior_world
 
     if _preset(choices) == "diffusion":
         line = _diffusion_defaults(cfg)
         if line:
             say(line)
-    # Issue #17: Gaussians on a shapes-world prior train under the world's own key light (renderers/keylight.py: the
-    # light its exemplars and the learned prior's training renders are lit by), so their colour learns the albedo;
-    # renderer.light overrides it. The NeRF keeps "dreamfusion" unless asked: its depth-normal shading lost 6.7 dB on
-    # the torus (docs/benchmarks.md, "Fidelity").
-    if prior_world(cfg.prior.name) == "shapes" and getattr(cfg.renderer, "light", None) == "none":
+    # Issue #17: on a shapes-world prior the renders are lit by the world's own key light (renderers/keylight.py: the
+    # light its exemplars and the learned prior's training renders are lit by), so the colour field learns the albedo
+    # instead of shaded colour; renderer.light overrides it. Gaussians always; the NeRF on the learned prior (its
+    # exported cube's luminance 0.61 -> 0.97 of the truth, face spread 20 -> 6), not on the exemplar prior, where its
+    # depth-normal shading lost 6.7 dB on the torus (docs/benchmarks.md, "Fidelity").
+    light = getattr(cfg.renderer, "light", None)
+    if prior_world(cfg.prior.name) == "shapes" and (
+            light == "none" or (light == "dreamfusion" and not is_exemplar(cfg.prior.name))):
         cfg.renderer.light = "shapes"
+        say("renderer.light shapes (renders lit by the shapes world's key light)")
     from guidance.priors import apply_prior_defaults
     try:
         applied = apply_prior_defaults(cfg)  # a prior folder's recommended settings; the user's overrides win

@@ -97,6 +97,12 @@ class TrainPriorConfig:
     vae_chroma: float = 1.0
     """Weight of an extra L1 term on chroma (each pixel minus its channel mean), so colour is learned as early as
     luminance; the world's objects differ mostly by hue."""
+    vae_free_albedo: float = 0.0
+    """Share of the autoencoder's images (VAE and decoder phases) whose object gets a uniform random albedo instead
+    of one of the six world colours (the UNet still learns the world's captioned colours). SD's VAE saw every colour;
+    one shown only the six encodes any other colour as a nearby world colour: the shipped VAE (0) reconstructs a grey
+    cube as green (67, 129, 86) and a dark grey one as dark green, so its encoder's gradient gives SDS no way from
+    the engine's grey start to green, and "a green cube" ends near black (docs/learned-prior.md, session 27)."""
     vae_crop: int = 32
     """The VAE trains on random square crops of this side (0: whole images). It is fully convolutional, and SD's
     autoencoder likewise trained on 256 px crops for 512 px use; a 32 px crop costs a quarter of a 64 px image."""
@@ -182,7 +188,8 @@ class TrainPriorConfig:
             raise ValueError(f"unet_latents must be 'sample' or 'mean', got {self.unet_latents!r}")
         if not 1 <= self.low_t_max <= 1000:
             raise ValueError(f"low_t_max must be in [1, 1000], got {self.low_t_max}")
-        for name in ("empty_caption", "white_background", "overhead_fraction", "vae_share", "low_t_share"):
+        for name in ("empty_caption", "white_background", "overhead_fraction", "vae_share", "low_t_share",
+                     "vae_free_albedo"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.text_hidden % self.text_heads:
@@ -334,12 +341,15 @@ class ShapesData:
     shaded: Tensor
     view: Tensor
 
-    def images(self, shape: Tensor, view: Tensor, colour: Tensor, background: Tensor) -> Tensor:
-        """[B,3,H,W] in [-1,1] for index tensors [B] and backgrounds [B,3] in [0,1]."""
-        albedo = torch.tensor([COLOURS[c] for c in COLOURS], dtype=torch.float32) / 255.0
+    def images(self, shape: Tensor, view: Tensor, colour: Tensor, background: Tensor,
+               albedo: Tensor | None = None) -> Tensor:
+        """[B,3,H,W] in [-1,1] for index tensors [B] and backgrounds [B,3] in [0,1]; ``albedo`` [B,3] in [0,1], where
+        given, replaces the world colours named by ``colour``."""
+        if albedo is None:
+            albedo = (torch.tensor([COLOURS[c] for c in COLOURS], dtype=torch.float32) / 255.0)[colour]
         cov = self.coverage[shape, view][:, None]
         sh = self.shaded[shape, view][:, None]
-        rgb = sh * albedo[colour][:, :, None, None] + (1 - cov) * background[:, :, None, None]
+        rgb = sh * albedo[:, :, None, None] + (1 - cov) * background[:, :, None, None]
         return rgb * 2 - 1
 
 
@@ -356,14 +366,21 @@ def render_data(cfg: TrainPriorConfig, gen: torch.Generator, log=print) -> Shape
     return ShapesData(torch.stack(covs), torch.stack(shades), labels.expand(len(SHAPES), -1).clone())
 
 
-def _draw_images(data, B: int, white_background: float, gen: torch.Generator) -> Tensor:
+def _draw_images(data, B: int, white_background: float, gen: torch.Generator, free_albedo: float = 0.0) -> Tensor:
     """B training images of random shapes, views and colours over random backgrounds (the autoencoder phases'
-    batch; the draws' order is part of the command's determinism)."""
+    batch; the draws' order is part of the command's determinism). A share ``free_albedo`` of the objects gets a
+    uniform random albedo instead of a world colour (drawn after everything else, so 0 keeps older runs' batches)."""
     S, N = data.coverage.shape[:2]
     s = torch.randint(0, S, (B,), generator=gen)
     v = torch.randint(0, N, (B,), generator=gen)
     c = torch.randint(0, len(COLOURS), (B,), generator=gen)
-    return data.images(s, v, c, random_backgrounds(B, white_background, gen))
+    bg = random_backgrounds(B, white_background, gen)
+    if free_albedo <= 0:
+        return data.images(s, v, c, bg)
+    world = (torch.tensor([COLOURS[k] for k in COLOURS], dtype=torch.float32) / 255.0)[c]
+    free = torch.rand(B, generator=gen) < free_albedo
+    albedo = torch.where(free[:, None], torch.rand(B, 3, generator=gen), world)
+    return data.images(s, v, c, bg, albedo)
 
 
 def random_backgrounds(n: int, white: float, gen: torch.Generator) -> Tensor:
@@ -452,7 +469,7 @@ def train_vae(cfg, data: ShapesData, gen: torch.Generator, work: str, clock: _Cl
         for g in opt.param_groups:
             g["lr"] = _lr(step, cfg.vae_steps, min(cfg.warmup, cfg.vae_steps // 10), cfg.vae_lr)
         B = cfg.vae_batch
-        x = _draw_images(data, B, cfg.white_background, gen)
+        x = _draw_images(data, B, cfg.white_background, gen, cfg.vae_free_albedo)
         if 0 < cfg.vae_crop < cfg.resolution:
             k = cfg.vae_crop
             oy, ox = (torch.randint(0, (cfg.resolution - k) // 8 + 1, (2,), generator=gen) * 8).tolist()
@@ -502,7 +519,7 @@ def finetune_decoder(cfg, vae, data: ShapesData, gen: torch.Generator, work: str
         for g in opt.param_groups:
             g["lr"] = _lr(step, cfg.decoder_steps, min(cfg.warmup, cfg.decoder_steps // 10), cfg.decoder_lr)
         B = cfg.decoder_batch
-        x = _draw_images(data, B, cfg.white_background, gen)
+        x = _draw_images(data, B, cfg.white_background, gen, cfg.vae_free_albedo)
         with torch.no_grad():
             post = vae.encode(x).latent_dist
             z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)

@@ -18,7 +18,7 @@ References and notation:
 - Shading (DreamFusion §3.1): a point light at ℓ; with l̂ = (ℓ − x)/‖ℓ − x‖ and k_a = 0.1, k_d = 0.9,
   albedo → a, textureless → k_a + k_d·max(0, n·l̂), lambertian → a·(k_a + k_d·max(0, n·l̂)). Training uses albedo
   for the first ``ambient_only_steps`` steps, then draws a mode per render from ``shading_probs``.
-  ``light="shapes"`` (set by the CLI for the shapes prior) replaces all of this: every render, in training and
+  ``light="shapes"`` (set by engine/compose.py for the learned shapes prior) replaces all of this: every render, in training and
   outside it, is the albedo lit per pixel by the shapes world's own key light (renderers/keylight.py), the light
   its exemplars are rendered with, so the colour field learns the true albedo (issue #17).
 - Volume rendering (renderers/kernels): w_i = T_i·(1 − exp(−σ_i δ_i)); rgb = Σ w_i c_i + (1 − A)·bg, A = Σ w_i.
@@ -109,7 +109,8 @@ class NeRFConfig:
     """Shading mode outside training: albedo, textureless or lambertian (light at the camera)."""
     light: str = "dreamfusion"
     """"dreamfusion" (the shading modes above) or "shapes" (every render lit by the shapes world's fixed key light,
-    per pixel from depth normals; the prior's exemplars are lit the same way, so the colour field learns albedo)."""
+    per pixel from depth normals; the prior's exemplars are lit the same way, so the colour field learns albedo;
+    the default of runs on the learned shapes prior, engine/compose.py)."""
     light_distance: tuple[float, float] = (1.5, 3.0)
     """Range of the training point light's distance from the origin, in metres."""
     light_perturb: float = 1.0

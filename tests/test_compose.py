@@ -38,10 +38,15 @@ def test_the_rules_are_applied_in_one_place(capsys, monkeypatch):
     # the closed-form exemplar keeps its calibrated preset (GenerateConfig's defaults: CFG 1)
     exemplar = compose(Choices(prompt="a red cube", prior="shapes-exemplar"))
     assert exemplar.guidance.guidance_scale == 1.0 and capsys.readouterr().err == ""
-    # a shapes-world prior's Gaussians train under the world's key light; the NeRF keeps its shading
+    # a shapes-world prior's Gaussians train under the world's key light, and so does the NeRF on the learned prior;
+    # on the exemplar prior the NeRF keeps DreamFusion's shading; a typed override wins
     for prior in ("shapes", "shapes-exemplar"):
         assert compose(Choices(prompt="a red cube", prior=prior, renderer="gaussians"), say=None).renderer.light \
             == "shapes"
+    assert compose(Choices(prompt="a red cube", prior="shapes"), say=None).renderer.light == "shapes"
+    assert compose(Choices(prompt="a red cube", prior="shapes-exemplar"), say=None).renderer.light == "dreamfusion"
+    assert compose(Choices(prompt="a red cube"), {"renderer.light": "dreamfusion"}, say=None).renderer.light \
+        == "dreamfusion"
     # a prompt the shapes world cannot show is refused before anything runs, whichever of its priors
     for prior in ("shapes", "shapes-exemplar"):
         with pytest.raises(ConfigError, match="knows no word of 'a purple dragon'"):

@@ -363,9 +363,11 @@ PAPER_CFG = {"sds": ["--guidance.guidance-scale", "100", "--guidance.cfg-convent
 """DreamFusion's scale; every other objective's paper uses 7.5, the shipped folder's recommendation
 (bench/bench_learned_prior.py PAPER_CFG)."""
 OBJECTIVE_STEPS = 400
-OBJECTIVE_BARS = {"psnr": 12.5, "iou": 0.65}
+OBJECTIVE_BARS = {"psnr": 12.0, "iou": 0.65}
 """The folder's run length (what a user's run does). Measured at 400 steps, NeRF, one thread on the shipped
-(session-26) weights (docs/benchmarks.md): PSNR 12.89-16.76 dB, IoU 0.706-0.844 for the seven objectives (on the
+(session-26) weights (docs/benchmarks.md): PSNR 12.47-16.93 dB, IoU 0.677-0.854 for the seven objectives since the
+NeRF trains under the world's key light (session 27; the ISM family lost 0.2-0.6 dB for an exported albedo that meets
+issue #17's bounds); before it 12.89-16.76 / 0.706-0.844 (on the
 session-21 weights 14.14-17.14 / 0.749-0.865, with samples 76.7% right instead of 95.8%); the untrained starting blob
 scores about 10.9 dB / 0.60. At 200 steps, ISM and CSM with their background augmentation were still pale (closest
 colour orange, opacity not yet up), so the test runs the full length."""
@@ -394,14 +396,15 @@ def test_ism_turns_a_blue_torus_into_an_opaque_blue_torus(tmp_path):
     """Issue #12's former misses: on a plain white background ISM's inversion target accepted a half-transparent
     torus as a lighter one (mean opacity 0.55 in the silhouette, closest colour white). With its recipe's background
     augmentation (the diffusion preset's 0.5 for the ISM family) the NeRF torus is blue and mostly opaque: measured
-    18.57 dB, IoU 0.762, opacity 0.69 at 400 steps (docs/benchmarks.md, session 22)."""
+    18.57 dB, IoU 0.762, opacity 0.69 at 400 steps (docs/benchmarks.md, session 22); under the world's key light
+    (the default since session 27) 18.17 dB, IoU 0.690, opacity 0.642."""
     from engine.cli import main
     run = tmp_path / "run"
     assert main(["generate", "a blue torus", "--prior", "shapes", "--guidance", "ism", "--out", str(run),
                  "--train.no-export", "--train.video-frames", "0", "--train.no-progress"]) == 0
     ev = json.load(open(run / "eval.json"))
     assert ev["closest_shape"] == "torus" and ev["closest_colour"] == "blue", ev
-    assert ev["mean_alpha_in_mask"] >= 0.62 and ev["psnr"] >= 17.8 and ev["iou"] >= 0.70, ev
+    assert ev["mean_alpha_in_mask"] >= 0.60 and ev["psnr"] >= 17.5 and ev["iou"] >= 0.65, ev
 
 
 def test_unet_batches_follow_the_latent_and_timestep_options():
@@ -422,3 +425,32 @@ def test_unet_batches_follow_the_latent_and_timestep_options():
     for bad in ({"unet_latents": "mode"}, {"low_t_share": 1.5}, {"low_t_max": 0}):
         with pytest.raises(ValueError):
             TrainPriorConfig(out="x", **bad)
+
+
+def test_autoencoder_batches_can_show_every_colour():
+    """``vae_free_albedo``: that share of the autoencoder's objects gets a uniform random albedo instead of a world
+    colour; at 0 the batch is the one older runs drew (same generator, same images), so shipped recipes replay."""
+    from engine.train_prior import ShapesData, TrainPriorConfig, _draw_images
+    from foundation.shapes import COLOURS
+    cov = torch.zeros(2, 3, 8, 8)
+    cov[..., 2:6, 2:6] = 1.0
+    data = ShapesData(cov, cov * 0.5, torch.zeros(2, 3, dtype=torch.long))  # flat shading 0.5 inside the square
+
+    def colours(x):  # the object's albedo per image (shading 0.5, so the pixel is albedo / 2)
+        return ((x[:, :, 4, 4] + 1) / 2) * 2
+
+    world = torch.tensor(list(COLOURS.values()), dtype=torch.float32) / 255.0
+
+    def is_world(a):
+        return (a[:, None, :] - world[None]).abs().amax(-1).amin(-1) < 1e-5
+
+    old = _draw_images(data, 400, 0.5, torch.Generator().manual_seed(1))
+    assert torch.equal(_draw_images(data, 400, 0.5, torch.Generator().manual_seed(1), 0.0), old)
+    assert is_world(colours(old)).all()
+    mixed = colours(_draw_images(data, 400, 0.5, torch.Generator().manual_seed(1), 0.5))
+    share = 1 - is_world(mixed).float().mean().item()
+    assert 0.4 < share < 0.6
+    free = colours(_draw_images(data, 400, 0.5, torch.Generator().manual_seed(1), 1.0))
+    assert not is_world(free).any() and free.min() < 0.05 and free.max() > 0.95 and free.std(0).min() > 0.2
+    with pytest.raises(ValueError):
+        TrainPriorConfig(out="x", vae_free_albedo=1.5)
