@@ -18,9 +18,10 @@ References and notation:
 - Shading (DreamFusion §3.1): a point light at ℓ; with l̂ = (ℓ − x)/‖ℓ − x‖ and k_a = 0.1, k_d = 0.9,
   albedo → a, textureless → k_a + k_d·max(0, n·l̂), lambertian → a·(k_a + k_d·max(0, n·l̂)). Training uses albedo
   for the first ``ambient_only_steps`` steps, then draws a mode per render from ``shading_probs``.
-  ``light="shapes"`` (set by engine/compose.py for the learned shapes prior) replaces all of this: every render, in training and
-  outside it, is the albedo lit per pixel by the shapes world's own key light (renderers/keylight.py), the light
-  its exemplars are rendered with, so the colour field learns the true albedo (issue #17).
+  ``light="shapes"`` (engine/compose.py sets it for the learned shapes prior) replaces all of this: every render,
+  in training and outside it, is the albedo lit per pixel by the shapes world's own key light
+  (renderers/keylight.py), the light its exemplars are rendered with, so the colour field learns the true albedo
+  (issue #17).
 - Volume rendering (renderers/kernels): w_i = T_i·(1 − exp(−σ_i δ_i)); rgb = Σ w_i c_i + (1 − A)·bg, A = Σ w_i.
 - Regularisers (threestudio): orientation Σ_i sg(w_i)·max(0, n_i·d)² / #rays with A > 0 (Ref-NeRF, arXiv 2112.03907),
   sparsity mean √(A² + 0.01), opacity entropy −mean[A log A + (1 − A) log(1 − A)] ("opaque").

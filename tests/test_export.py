@@ -599,9 +599,9 @@ def test_cli_export_run_folder(tmp_path, capsys):
 @pytest.mark.parametrize("prior, silhouette_bar", [("shapes", 0.70), ("shapes-exemplar", 0.85)])
 def test_red_cube_demo_run_exports_the_cube(tmp_path, prior, silhouette_bar):
     """The README demo (`engine generate "a red cube"`, the learned prior) and the same on the closed-form prior end
-    with a GLB that is the cube and red; the demo's baseColor meets issue #17's albedo bounds. Measured GLB silhouette IoU (4 views, 32 px): 0.745 on the learned prior,
-    whose soft, slightly oversized cube the export follows looser than the run's own evaluation (0.844; issue #17);
-    above 0.85 on the exemplar prior."""
+    with a GLB that is the cube and red; the demo's baseColor meets issue #17's albedo bounds. Measured GLB
+    silhouette IoU (4 views, 32 px): 0.745 on the learned prior, whose soft, slightly oversized cube the export
+    follows looser than the run's own evaluation (0.844; issue #17); above 0.85 on the exemplar prior."""
     from engine.cli import build_generate_config
     from engine.train import generate
 

@@ -1,0 +1,173 @@
+"""Probes of a shapes-world prior folder that need no 3D run (issue #17; docs/learned-prior.md, session 27).
+
+    python bench/bench_prior_probe.py framing     [--prior FOLDER]
+    python bench/bench_prior_probe.py encoder-fit [--prior FOLDER] [--colours green red blue yellow]
+    python bench/bench_prior_probe.py colour-sds  [--prior FOLDER] [--shape cube] [--colours green red]
+                                                  [--start 0.5 0.5 0.5] [--cfg 7.5] [--steps 300]
+
+- ``framing``: which camera distance the prior finds most likely for the true red cube, blue torus and green cone
+  (the engine's shapes preset otherwise: elevation 20, fov 40, 12 azimuths). Likelihood proxy: the conditional
+  denoising MSE E_t,n ||eps(z_t, t, y) - n||^2 over 20 timesteps (t = 25, 75, ..., 975) and fixed noises, the
+  simple-weighted ELBO of DDPM (Ho et al. 2020, Eq. 14). The minimum says at what framing the prior's "a red cube"
+  is most at home; a NeRF that comes out larger than the truth at the engine's distance is not explained by a
+  prior that prefers larger cubes when this minimum is at that distance.
+- ``encoder-fit``: can gradients through the VAE encoder alone take a cube's albedo to a world colour? Minimise
+  ||E(x(a)) - E(x_true)||^2 over the albedo a (3 numbers; 4 views, the key-light shading of the world) with Adam
+  from grey starts. This is the path SDS's gradient takes from latent to pixels (J_E^T); an encoder trained only on
+  the world's six colours may map greys into one colour's basin, and then no latent target moves the albedo out.
+- ``colour-sds``: SDS (DreamFusion Eq. 3, w(t) = 1 - abar_t, CFG) on the albedo alone, with the true shape, views
+  and shading: the colour a 3D run would reach if its geometry were exact. Starts from ``--start``.
+
+Loaded with plain diffusers; CPU; one thread is enough (about a minute per colour).
+"""
+
+import argparse
+import os
+import platform
+
+import torch
+
+from foundation import shapes
+from foundation.cameras import orbit_cameras
+
+DEFAULT_PRIOR = os.path.join("guidance", "priors", "weights", "shapes-sd")
+
+
+def _views(n: int, distance: float = 2.5, resolution: int = 64):
+    az = torch.arange(n, dtype=torch.float32) * (360.0 / n) + 15.0
+    return orbit_cameras(az, torch.full((n,), 20.0), torch.full((n,), distance), torch.full((n,), 40.0), resolution)
+
+
+def _albedo_image(render, albedo: torch.Tensor) -> torch.Tensor:
+    """[C,3,H,W] in [0,1]: the world's shading times ``albedo`` [3], on white (foundation.shapes colourise)."""
+    cov, sh = render.coverage[:, None], render.shaded[:, None]
+    return sh * albedo[None, :, None, None] + (1 - cov)
+
+
+def _embed(pipe, prompts: list[str]) -> torch.Tensor:
+    ids = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         return_tensors="pt").input_ids
+    with torch.no_grad():
+        return pipe.text_encoder(ids)[0]
+
+
+def _latent(pipe, x01: torch.Tensor) -> torch.Tensor:
+    return pipe.vae.encode(x01 * 2 - 1).latent_dist.mean * pipe.vae.config.scaling_factor
+
+
+def framing(pipe, distances: list[float]) -> None:
+    abar = pipe.scheduler.alphas_cumprod
+    ts = list(range(25, 1000, 50))
+    print(f"| prompt | {' | '.join(f'{d:g} m' for d in distances)} | most likely |")
+    print(f"|---|{'---|' * len(distances)}---|")
+    for shape, colour in (("cube", "red"), ("torus", "blue"), ("cone", "green")):
+        emb = _embed(pipe, [f"a {colour} {shape}"] * 12)
+        row = []
+        with torch.no_grad():
+            for d in distances:
+                z = _latent(pipe, shapes.render_shape(shape, _views(12, d)).colourise(colour).permute(0, 3, 1, 2))
+                tot = 0.0
+                for k, t in enumerate(ts):
+                    n = torch.randn(z.shape, generator=torch.Generator().manual_seed(k))
+                    zt = abar[t].sqrt() * z + (1 - abar[t]).sqrt() * n
+                    tot += float((pipe.unet(zt, torch.full((12,), t), emb).sample - n).square().mean())
+                row.append(tot / len(ts))
+        best = distances[min(range(len(row)), key=row.__getitem__)]
+        print(f"| a {colour} {shape} | {' | '.join(f'{v:.4f}' for v in row)} | {best:g} m |", flush=True)
+
+
+def encoder_fit(pipe, colours: list[str], starts: list[tuple[float, float, float]], steps: int = 300) -> None:
+    vae = pipe.vae.requires_grad_(False)
+    render = shapes.render_shape("cube", _views(4))
+    print(f"| colour (true sRGB) | {' | '.join(f'from {tuple(round(v * 255) for v in s)}' for s in starts)} |")
+    print(f"|---|{'---|' * len(starts)}")
+    for colour in colours:
+        true = torch.tensor(shapes.COLOURS[colour], dtype=torch.float32) / 255.0
+        with torch.no_grad():
+            target = vae.encode(_albedo_image(render, true) * 2 - 1).latent_dist.mean
+        cells = []
+        for start in starts:
+            logit = torch.logit(torch.tensor(start)).requires_grad_(True)
+            opt = torch.optim.Adam([logit], lr=0.02)
+            for _ in range(steps):
+                z = vae.encode(_albedo_image(render, torch.sigmoid(logit)) * 2 - 1).latent_dist.mean
+                loss = (z - target).square().mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            cells.append(str(tuple(round(float(v) * 255) for v in torch.sigmoid(logit.detach()))))
+        print(f"| {colour} {tuple(shapes.COLOURS[colour])} | {' | '.join(cells)} |", flush=True)
+
+
+def colour_sds(pipe, shape: str, colours: list[str], start: tuple[float, float, float], cfg: float, steps: int,
+               batch: int = 4) -> None:
+    for p in [*pipe.unet.parameters(), *pipe.vae.parameters(), *pipe.text_encoder.parameters()]:
+        p.requires_grad_(False)
+    abar = pipe.scheduler.alphas_cumprod
+    render = shapes.render_shape(shape, _views(12))
+    emb_u = _embed(pipe, [""])
+    print(f"| prompt | from | {' | '.join(f'step {s}' for s in range(0, steps + 1, 100))} | true |")
+    print(f"|---|---|{'---|' * (steps // 100 + 1)}---|")
+    for colour in colours:
+        emb_y = _embed(pipe, [f"a {colour} {shape}"])
+        g = torch.Generator().manual_seed(0)
+        logit = torch.logit(torch.tensor(start)).requires_grad_(True)
+        opt = torch.optim.Adam([logit], lr=0.02)
+        seen = []
+        for step in range(steps + 1):
+            if step % 100 == 0:
+                seen.append(str(tuple(round(float(v) * 255) for v in torch.sigmoid(logit.detach()))))
+            if step == steps:
+                break
+            v = torch.randint(0, 12, (batch,), generator=g)
+            cov, sh = render.coverage[v][:, None], render.shaded[v][:, None]
+            z = _latent(pipe, sh * torch.sigmoid(logit)[None, :, None, None] + (1 - cov))
+            t = torch.randint(20, 981, (batch,), generator=g)
+            n = torch.randn(z.shape, generator=g)
+            a = abar[t][:, None, None, None]
+            with torch.no_grad():
+                zt = a.sqrt() * z + (1 - a).sqrt() * n
+                e = pipe.unet(torch.cat([zt, zt]), torch.cat([t, t]),
+                              torch.cat([emb_u.expand(batch, -1, -1), emb_y.expand(batch, -1, -1)])).sample
+                eu, ey = e.chunk(2)
+                grad = (1 - a) * (eu + cfg * (ey - eu) - n)
+            loss = (grad * z).sum() / batch
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        print(f"| a {colour} {shape} | {tuple(round(v * 255) for v in start)} | {' | '.join(seen)} | "
+              f"{tuple(shapes.COLOURS[colour])} |", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("probe", choices=["framing", "encoder-fit", "colour-sds"])
+    ap.add_argument("--prior", default=DEFAULT_PRIOR)
+    ap.add_argument("--distances", type=float, nargs="+", default=[2.0, 2.2, 2.3, 2.4, 2.5, 2.6, 2.7, 2.8])
+    ap.add_argument("--colours", nargs="+", default=None)
+    ap.add_argument("--shape", default="cube", choices=list(shapes.SHAPES))
+    ap.add_argument("--start", type=float, nargs=3, default=[0.5, 0.5, 0.5])
+    ap.add_argument("--cfg", type=float, default=7.5)
+    ap.add_argument("--steps", type=int, default=300)
+    args = ap.parse_args()
+    for c in args.colours or []:
+        if c not in shapes.COLOURS:
+            ap.error(f"unknown colour {c!r}; the shapes world has {', '.join(shapes.COLOURS)}")
+    if not 0.0 < min(args.start) <= max(args.start) < 1.0:
+        ap.error("--start needs three albedo values strictly between 0 and 1")
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(args.prior, torch_dtype=torch.float32, safety_checker=None)
+    print(f"prior {args.prior}; machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    if args.probe == "framing":
+        framing(pipe, args.distances)
+    elif args.probe == "encoder-fit":
+        encoder_fit(pipe, args.colours or ["green", "red", "blue", "yellow"],
+                    [(0.5, 0.5, 0.5), (0.8, 0.8, 0.8), (0.25, 0.25, 0.25)], args.steps)
+    else:
+        colour_sds(pipe, args.shape, args.colours or ["green", "red"], tuple(args.start), args.cfg, args.steps)
+
+
+if __name__ == "__main__":
+    main()
