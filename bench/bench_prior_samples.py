@@ -69,10 +69,10 @@ class Classifier:
 
     def __init__(self, resolution: int = 64):
         from foundation.cameras import orbit_cameras
-        from foundation.shapes import COLOURS, SHAPES, render_shape
+        from foundation.shapes import ALBEDO, COLOURS, SHAPES, render_shape
 
         self.colours, self.shapes = list(COLOURS), list(SHAPES)
-        self.albedo = torch.tensor([COLOURS[c] for c in COLOURS], dtype=torch.float32) / 255.0
+        self.albedo = ALBEDO
         az = torch.arange(0.0, 360.0, 30.0).repeat_interleave(len(ELEVATIONS))
         el = torch.tensor(ELEVATIONS).repeat(12)
         cams = orbit_cameras(az, el, 2.5, 40.0, resolution)

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from foundation.cameras import orbit_cameras, view_labels
-from foundation.shapes import COLOURS, SHAPES, render_shape
+from foundation.shapes import ALBEDO, COLOURS, SHAPES, render_shape
 
 WORDS = ("a", "an", "the", "photo", "of", "dslr", "3d", "render", "object", "shape", "red", "green", "blue", "yellow",
          "white", "orange", "cube", "sphere", "cylinder", "cone", "torus", "front", "side", "back", "overhead", "view")
@@ -346,7 +346,7 @@ class ShapesData:
         """[B,3,H,W] in [-1,1] for index tensors [B] and backgrounds [B,3] in [0,1]; ``albedo`` [B,3] in [0,1], where
         given, replaces the world colours named by ``colour``."""
         if albedo is None:
-            albedo = (torch.tensor([COLOURS[c] for c in COLOURS], dtype=torch.float32) / 255.0)[colour]
+            albedo = ALBEDO[colour]
         cov = self.coverage[shape, view][:, None]
         sh = self.shaded[shape, view][:, None]
         rgb = sh * albedo[:, :, None, None] + (1 - cov) * background[:, :, None, None]
@@ -377,9 +377,8 @@ def _draw_images(data, B: int, white_background: float, gen: torch.Generator, fr
     bg = random_backgrounds(B, white_background, gen)
     if free_albedo <= 0:
         return data.images(s, v, c, bg)
-    world = (torch.tensor([COLOURS[k] for k in COLOURS], dtype=torch.float32) / 255.0)[c]
     free = torch.rand(B, generator=gen) < free_albedo
-    albedo = torch.where(free[:, None], torch.rand(B, 3, generator=gen), world)
+    albedo = torch.where(free[:, None], torch.rand(B, 3, generator=gen), ALBEDO[c])
     return data.images(s, v, c, bg, albedo)
 
 

@@ -33,6 +33,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "white": (235, 235, 235),
     "orange": (235, 120, 30),
 }
+ALBEDO = torch.tensor(list(COLOURS.values()), dtype=torch.float32) / 255.0
+"""[6,3] the colours' albedos in [0,1], in COLOURS' order (index i is the i-th colour name)."""
 SHAPES = ("cube", "sphere", "cylinder", "cone", "torus")
 LIGHT_DIR = (0.4, 0.8, 0.45)
 AMBIENT, DIFFUSE = 0.6, 0.4

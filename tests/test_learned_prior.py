@@ -430,8 +430,8 @@ def test_unet_batches_follow_the_latent_and_timestep_options():
 def test_autoencoder_batches_can_show_every_colour():
     """``vae_free_albedo``: that share of the autoencoder's objects gets a uniform random albedo instead of a world
     colour; at 0 the batch is the one older runs drew (same generator, same images), so shipped recipes replay."""
-    from engine.train_prior import ShapesData, TrainPriorConfig, _draw_images
-    from foundation.shapes import COLOURS
+    from engine.train_prior import ShapesData, TrainPriorConfig, _draw_images, random_backgrounds
+    from foundation.shapes import ALBEDO
     cov = torch.zeros(2, 3, 8, 8)
     cov[..., 2:6, 2:6] = 1.0
     data = ShapesData(cov, cov * 0.5, torch.zeros(2, 3, dtype=torch.long))  # flat shading 0.5 inside the square
@@ -439,12 +439,12 @@ def test_autoencoder_batches_can_show_every_colour():
     def colours(x):  # the object's albedo per image (shading 0.5, so the pixel is albedo / 2)
         return ((x[:, :, 4, 4] + 1) / 2) * 2
 
-    world = torch.tensor(list(COLOURS.values()), dtype=torch.float32) / 255.0
-
     def is_world(a):
-        return (a[:, None, :] - world[None]).abs().amax(-1).amin(-1) < 1e-5
+        return (a[:, None, :] - ALBEDO[None]).abs().amax(-1).amin(-1) < 1e-5
 
-    old = _draw_images(data, 400, 0.5, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)  # the batch before the option: shape, view, colour, background, in order
+    s, v, c = (torch.randint(0, n, (400,), generator=g) for n in (2, 3, len(ALBEDO)))
+    old = data.images(s, v, c, random_backgrounds(400, 0.5, g))
     assert torch.equal(_draw_images(data, 400, 0.5, torch.Generator().manual_seed(1), 0.0), old)
     assert is_world(colours(old)).all()
     mixed = colours(_draw_images(data, 400, 0.5, torch.Generator().manual_seed(1), 0.5))

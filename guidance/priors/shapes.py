@@ -140,7 +140,7 @@ class LightAwareShapesPrior(ExemplarPrior, ConditionedPrior):
         cams = orbit_cameras((az.reshape(-1) + 180.0) % 360.0 - 180.0, el.reshape(-1), DISTANCE, FOVY, res)
         images, dirs, tags = [], [], []
         self.envs, self.rotations = tuple(envs), rotations
-        albedos = srgb_to_linear(torch.tensor(list(shapes.COLOURS.values()), dtype=torch.float32) / 255.0)
+        albedos = srgb_to_linear(shapes.ALBEDO)
         for shape in shapes_subset or shapes.SHAPES:
             v, f = primitive_mesh(shape)
             if object_size > 0:  # placed as the renderer places a user's mesh (bounding box centred, longest side)
