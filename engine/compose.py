@@ -88,9 +88,9 @@ def compose(choices: Choices, overrides: Mapping[str, Any] | None = None, *,
     """
     cfg = _base(choices)
     _components(cfg, choices)
-    notes: list[str] = []  # what the presets chose, said once the whole config has passed its checks
+    notes: list[tuple[str, dict, bool]] = []  # what the presets chose, said once the whole config has passed its checks
     if choices.load_config is None:
-        _tune(cfg, choices, notes.append)
+        _tune(cfg, choices, lambda text, fields=None, listed=False: notes.append((text, fields or {}, listed)))
     if choices.prompt is not None:
         cfg.prompt = choices.prompt
     if choices.steps is not None:
@@ -101,8 +101,37 @@ def compose(choices: Choices, overrides: Mapping[str, Any] | None = None, *,
         set_field(cfg, key, value)
     check_generate_config(cfg, bounds)
     if say is not None and notes:
-        say("; ".join(notes))
+        say(_announcement(cfg, notes))
     return cfg
+
+
+def _get(cfg: Any, path: str) -> Any:
+    for part in path.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists (a config field holds a tuple where distillery.json has a list), to compare and print."""
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _announcement(cfg: "GenerateConfig", notes: list[tuple[str, dict, bool]]) -> str:
+    """One line of what the presets chose, as the run will use it: a choice the typed overrides replaced is left out
+    (a note whose every field was replaced is dropped) and the user's values are named at the end.
+
+    Each note is (text, {dotted field: value it set}, listed); a listed note's text is followed by its fields that
+    still hold their value, as ``key=value``."""
+    parts, replaced = [], {}
+    for text, fields, listed in notes:
+        kept = {k: v for k, v in fields.items() if _plain(_get(cfg, k)) == _plain(v)}
+        replaced.update({k: _get(cfg, k) for k in fields if k not in kept})
+        if fields and not kept:
+            continue
+        parts.append(text + (", ".join(f"{k}={_plain(v)}" for k, v in kept.items()) if listed else ""))
+    if replaced:
+        parts.append("yours instead: " + ", ".join(f"{k}={_plain(v)}" for k, v in replaced.items()))
+    return "; ".join(parts)
 
 
 def _base(choices: Choices) -> "GenerateConfig":
@@ -164,8 +193,10 @@ def _components(cfg: "GenerateConfig", choices: Choices) -> None:
         set_field(cfg, "device", choices.device)
 
 
-def _tune(cfg: "GenerateConfig", choices: Choices, say: Callable[[str], None]) -> None:
-    """Rules 3-5, for a config built from a preset; ``say`` takes what they chose."""
+def _tune(cfg: "GenerateConfig", choices: Choices, say: Callable[..., None]) -> None:
+    """Rules 3-5, for a config built from a preset; ``say(text, fields, listed)`` takes what they chose: a line, the
+    dotted fields it set with their values (so that a typed override can take the line back) and whether the fields
+    are to be listed after it."""
     from guidance.priors import is_exemplar, prior_world
 
     if _preset(choices) == "diffusion":
@@ -181,14 +212,15 @@ def _tune(cfg: "GenerateConfig", choices: Choices, say: Callable[[str], None]) -
     if prior_world(cfg.prior.name) == "shapes" and (
             light == "none" or (light == "dreamfusion" and not is_exemplar(cfg.prior.name))):
         cfg.renderer.light = "shapes"
-        say("renderer.light shapes (renders lit by the shapes world's key light)")
+        say("renderer.light shapes (renders lit by the shapes world's key light)", {"renderer.light": "shapes"})
     from guidance.priors import apply_prior_defaults
     try:
         applied = apply_prior_defaults(cfg)  # a prior folder's recommended settings; the user's overrides win
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if applied:
-        say(f"then the settings of the prior {cfg.prior.name}: {', '.join(applied)}")
+        keys = [item.split("=", 1)[0] for item in applied]
+        say(f"then the settings of the prior {cfg.prior.name}: ", {k: _get(cfg, k) for k in keys}, True)
 
 
 def _diffusion_defaults(cfg: "GenerateConfig") -> str:

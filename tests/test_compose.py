@@ -47,6 +47,14 @@ def test_the_rules_are_applied_in_one_place(capsys, monkeypatch):
     assert compose(Choices(prompt="a red cube", prior="shapes-exemplar"), say=None).renderer.light == "dreamfusion"
     assert compose(Choices(prompt="a red cube"), {"renderer.light": "dreamfusion"}, say=None).renderer.light \
         == "dreamfusion"
+    # the announcement says what the run will use: choices the user's values replaced are not claimed, theirs are named
+    capsys.readouterr()
+    compose(Choices(prompt="a red cube", steps=10), {"renderer.light": "dreamfusion", "guidance.guidance_scale": 20})
+    err = capsys.readouterr().err
+    assert "renderer.light shapes" not in err and "train.steps=400" not in err and "guidance_scale=7.5" not in err
+    assert "cameras.distance=[2.5, 2.5]" in err  # the prior's settings nobody replaced are still listed
+    assert "yours instead: " in err and "renderer.light=dreamfusion" in err and "train.steps=10" in err \
+        and "guidance.guidance_scale=20.0" in err
     # a prompt the shapes world cannot show is refused before anything runs, whichever of its priors
     for prior in ("shapes", "shapes-exemplar"):
         with pytest.raises(ConfigError, match="knows no word of 'a purple dragon'"):
