@@ -113,7 +113,8 @@ class TrainPriorConfig:
     """Take the VAE from this prior folder (its ``vae/``) instead of training one (the VAE options then do nothing);
     ``white_background`` then shapes the UNet's data alone, and the scaling factor is measured again on the new
     latents. A whole run at 0.9 trained a VAE that decoded red, orange and yellow as one orange (59% of samples
-    right); the shipped VAE, trained at 0.5, keeps them apart (docs/learned-prior.md, session 23)."""
+    right); the shipped VAE, trained at 0.5, keeps them apart (docs/learned-prior.md, session 23). The folder's
+    training.json is kept in this one's under ``"from"``."""
     decoder_steps: int = 0
     """Then fine-tune the VAE decoder alone, encoder frozen, on whole images (as SD's ft-MSE VAE was): the latent
     space, and so the UNet's data, stays exactly the same."""
@@ -748,8 +749,8 @@ def train_prior(cfg: TrainPriorConfig, log=None) -> dict:
         loaded = {k: v for k, v in record["architecture"].items() if given[k] != v}
         if loaded:
             log(f"architecture from the loaded models (the options for it did nothing): {loaded}")
-    if cfg.unet_from:
-        record["from"] = _read_record(cfg.unet_from)
+    if cfg.unet_from or cfg.vae_from:  # the run this one builds on, so the whole chain of commands stays on record
+        record["from"] = _read_record(cfg.unet_from or cfg.vae_from)
     pipe = build_pipeline(vae, text_encoder, tokenizer, unet)
     save_pipeline(pipe, cfg.out, cfg.fp16)
     with open(os.path.join(cfg.out, "training.json"), "w") as f:

@@ -92,7 +92,9 @@ def test_train_prior_takes_its_vae_from_a_folder(tmp_path, monkeypatch):
     record = json.load(open(os.path.join(b, "training.json")))
     assert record["complete"] and record["vae_steps_run"] == 0 and record["unet_steps_run"] == 3
     assert record["config"]["vae_from"] == a and record["config"]["white_background"] == 0.9
-    assert record["scaling_factor"] != json.load(open(os.path.join(a, "training.json")))["scaling_factor"]
+    first = json.load(open(os.path.join(a, "training.json")))
+    assert record["scaling_factor"] != first["scaling_factor"]
+    assert record["from"]["config"] == first["config"]  # the VAE's own run stays on record
     with pytest.raises(SystemExit) as e:
         _run(["shapes", "--out", str(tmp_path / "c"), "--vae-from", str(tmp_path)])
     assert e.value.code == 2 and not os.path.exists(tmp_path / "c")
