@@ -48,7 +48,7 @@ _PARAM_ATTRS = {"means": "means", "scales": "log_scales", "quats": "quats", "opa
 class GaussiansConfig:
     """3D Gaussian splatting: initialisation, colour, learning rates, densification, regularisers and backend."""
 
-    REGULARIZERS: ClassVar[tuple[str, ...]] = ("scale", "anisotropy", "opacity", "colour_smooth")
+    REGULARIZERS: ClassVar[tuple[str, ...]] = ("scale", "anisotropy", "opacity")
     """The terms ``Gaussians.regularizers`` returns: the keys a run's ``regularizers:`` may weight."""
 
     num_points: int = 2000
@@ -124,14 +124,6 @@ class GaussiansConfig:
     """Largest scale ratio free of the anisotropy penalty."""
     opacity_reg: float = 0.0
     """Weight of mean(opacity) (encourages fewer, more transparent splats)."""
-    colour_smooth_reg: float = 0.0
-    """Weight of the colour smoothness term: mean over Gaussians of ||c_i - mean of its ``colour_smooth_k`` nearest
-    neighbours' c_j||² (DC colour in [0,1]). Where no view decides a colour (a cube's bottom, lit by ambient light
-    only and seen at grazing angles) the splats otherwise keep a half-trained one; the NeRF's smooth field fills such
-    places from their surroundings. Computed only when this is > 0 (the neighbours are found again whenever the set
-    of Gaussians changes, else every 50 steps)."""
-    colour_smooth_k: int = 8
-    """Neighbours of the colour smoothness term."""
     light: str = "none"
     """"none" (the splats' colour is what renders) or "shapes" (every render lit per pixel, from depth normals, by
     the shapes world's fixed key light: the light of its exemplars, so the colour learns the true albedo)."""
@@ -394,35 +386,17 @@ class Gaussians(nn.Module, DensityField, GaussianSplats, OwnOptimizer):
     def regularizer_weights(self) -> dict[str, float]:
         """Default weights of the terms of :meth:`regularizers` (the loop overrides them by name)."""
         c = self.cfg
-        return {"scale": c.scale_reg, "anisotropy": c.anisotropy_reg, "opacity": c.opacity_reg,
-                "colour_smooth": c.colour_smooth_reg}
+        return {"scale": c.scale_reg, "anisotropy": c.anisotropy_reg, "opacity": c.opacity_reg}
 
     def regularizers(self, out: RenderOutput, step: int) -> dict[str, Tensor]:
-        """Unweighted terms: mean scale (metres), mean excess anisotropy, mean opacity, colour smoothness (weights:
-        above)."""
-        zero = self.means.sum() * 0.0
+        """Unweighted terms: mean scale (metres), mean excess anisotropy, mean opacity (weights: above)."""
         if self.num_gaussians == 0:
-            return {"scale": zero, "anisotropy": zero, "opacity": zero, "colour_smooth": zero}
+            zero = self.means.sum() * 0.0
+            return {"scale": zero, "anisotropy": zero, "opacity": zero}
         ratio = torch.exp(self.log_scales.amax(-1) - self.log_scales.amin(-1))
         return {"scale": self.scales.mean(),
                 "anisotropy": F.relu(ratio - self.cfg.anisotropy_max).mean(),
-                "opacity": self.opacities.mean(),
-                "colour_smooth": self._colour_smoothness(step) if self.cfg.colour_smooth_reg > 0 else zero}
-
-    def _colour_smoothness(self, step: int) -> Tensor:
-        """mean_i ||c_i - mean_{j in kNN(i)} c_j||² over the DC colours; the neighbour lists are cached."""
-        n, k = self.num_gaussians, min(self.cfg.colour_smooth_k, self.num_gaussians - 1)
-        if k < 1:
-            return self.sh_dc.sum() * 0.0
-        cached = getattr(self, "_neighbours", None)
-        if cached is None or cached[0].shape[0] != n or cached[0].shape[1] != k or step - cached[1] >= 50:
-            with torch.no_grad():
-                pts = self.means.detach()
-                idx = torch.cat([torch.cdist(pts[i:i + 2048], pts).topk(k + 1, largest=False).indices[:, 1:]
-                                 for i in range(0, n, 2048)])
-            self._neighbours = cached = (idx, step)
-        colour = SH_C0 * self.sh_dc
-        return (colour - colour[cached[0]].mean(1)).square().sum(-1).mean()
+                "opacity": self.opacities.mean()}
 
     # ------------------------------------------------------------------------------------------- densification
     @torch.no_grad()
@@ -545,7 +519,6 @@ class Gaussians(nn.Module, DensityField, GaussianSplats, OwnOptimizer):
         self.grad2d_count = torch.zeros(self.num_gaussians, device=self.means.device)
         self.seen_weight = torch.zeros(self.num_gaussians, device=self.means.device)
         self.seen_steps = 0
-        self._neighbours = None  # the colour smoothness term's lists name rows that moved
 
     def _swap_param(self, name: str, data: Tensor, resize_state) -> None:
         """Replace parameter ``name`` by a new Parameter holding ``data``, in the module and the attached optimiser.

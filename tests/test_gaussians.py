@@ -488,32 +488,3 @@ def test_cuda_backend_matches_torch_backend():
     for x, y, (name, rt) in zip(ga, gb, tol.items()):
         err = (x - y).norm() / y.norm().clamp_min(1e-8)
         assert err < rt, f"{name}: relative gradient error {err:.3g} >= {rt}"
-
-
-def test_colour_smoothness_pulls_a_lone_colour_to_its_neighbours_and_follows_densification():
-    """The colour smoothness term (issue #17: a splat no view decides keeps a half-trained colour) is zero for one
-    colour everywhere, pulls an outlier towards its neighbours' mean, costs nothing when off, and finds new
-    neighbours after the set of Gaussians changes."""
-    from renderers.gaussians import rgb_to_sh0
-
-    off = _scene(num_points=64)
-    assert float(off.regularizers(None, 0)["colour_smooth"].detach()) == 0.0 and getattr(off, "_neighbours", None) is None
-    scene = _scene(num_points=64, colour_smooth_reg=1.0, colour_smooth_k=4, prune_isolated=0.0)
-    with torch.no_grad():
-        scene.sh_dc.copy_(rgb_to_sh0(torch.tensor([0.8, 0.1, 0.1])).expand(64, 3))
-    assert float(scene.regularizers(None, 0)["colour_smooth"].detach()) < 1e-12
-    with torch.no_grad():
-        scene.sh_dc[5] = rgb_to_sh0(torch.tensor([0.8, 0.6, 0.6]))  # a lighter splat among red ones
-    term = scene.regularizers(None, 1)["colour_smooth"]
-    assert float(term.detach()) > 0
-    term.backward()
-    grad = scene.sh_dc.grad
-    assert grad[5, 1] > 0 and grad[5, 2] > 0 and grad[5, 0].abs() < 1e-9  # descent lowers its green and blue
-    assert grad.abs().sum(-1).argmax() == 5
-    # after a prune the cached lists are dropped and rebuilt for the new rows
-    with torch.no_grad():
-        scene.opacity_logits[:10] = -10.0
-    scene.prune()
-    assert scene.num_gaussians == 54 and scene._neighbours is None
-    scene.regularizers(None, 2)
-    assert scene._neighbours[0].shape == (54, 4) and int(scene._neighbours[0].max()) < 54
