@@ -1,9 +1,11 @@
 """Probes of a shapes-world prior folder that need no 3D run (issue #17; docs/learned-prior.md, session 27).
 
     python bench/bench_prior_probe.py framing     [--prior FOLDER]
+    python bench/bench_prior_probe.py brightness  [--prior FOLDER] [--scales 0.7 0.85 1 1.15 1.3]
     python bench/bench_prior_probe.py encoder-fit [--prior FOLDER] [--colours green red blue yellow]
     python bench/bench_prior_probe.py colour-sds  [--prior FOLDER] [--shape cube] [--colours green red]
                                                   [--start 0.5 0.5 0.5] [--cfg 7.5] [--steps 300]
+                                                  [--t-range 20 980]
 
 - ``framing``: which camera distance the prior finds most likely for the true red cube, blue torus and green cone
   (the engine's shapes preset otherwise: elevation 20, fov 40, 12 azimuths). Likelihood proxy: the conditional
@@ -11,6 +13,9 @@
   simple-weighted ELBO of DDPM (Ho et al. 2020, Eq. 14). The minimum says at what framing the prior's "a red cube"
   is most at home; a NeRF that comes out larger than the truth at the engine's distance is not explained by a
   prior that prefers larger cubes when this minimum is at that distance.
+- ``brightness``: the same likelihood proxy at the engine's framing over the true albedo scaled by each factor: is
+  an object the 3D runs make too bright one the prior itself finds more likely brighter (its model), or is the
+  excess SDS's (mode seeking, CFG)?
 - ``encoder-fit``: can gradients through the VAE encoder alone take a cube's albedo to a world colour? Minimise
   ||E(x(a)) - E(x_true)||^2 over the albedo a (3 numbers; 4 views, the key-light shading of the world) with Adam
   from grey starts. This is the path SDS's gradient takes from latent to pixels (J_E^T); an encoder trained only on
@@ -76,6 +81,31 @@ def framing(pipe, distances: list[float]) -> None:
         print(f"| a {colour} {shape} | {' | '.join(f'{v:.4f}' for v in row)} | {best:g} m |", flush=True)
 
 
+def brightness(pipe, scales: list[float]) -> None:
+    """The same denoising error as ``framing``, at the engine's framing, for the true shape with its albedo scaled by
+    each of ``scales`` (clamped to 1): where the prior's likelihood puts each object's brightness."""
+    abar = pipe.scheduler.alphas_cumprod
+    ts = list(range(25, 1000, 50))
+    print(f"| prompt | {' | '.join(f'x{k:g}' for k in scales)} | most likely |")
+    print(f"|---|{'---|' * len(scales)}---|")
+    for shape, colour in (("cube", "red"), ("torus", "blue"), ("cone", "green")):
+        emb = _embed(pipe, [f"a {colour} {shape}"] * 12)
+        render = shapes.render_shape(shape, _views(12))
+        true = torch.tensor(shapes.COLOURS[colour], dtype=torch.float32) / 255.0
+        row = []
+        with torch.no_grad():
+            for k in scales:
+                z = _latent(pipe, _albedo_image(render, (true * k).clamp(0, 1)))
+                tot = 0.0
+                for i, t in enumerate(ts):
+                    n = torch.randn(z.shape, generator=torch.Generator().manual_seed(i))
+                    zt = abar[t].sqrt() * z + (1 - abar[t]).sqrt() * n
+                    tot += float((pipe.unet(zt, torch.full((12,), t), emb).sample - n).square().mean())
+                row.append(tot / len(ts))
+        best = scales[min(range(len(row)), key=row.__getitem__)]
+        print(f"| a {colour} {shape} | {' | '.join(f'{v:.4f}' for v in row)} | x{best:g} |", flush=True)
+
+
 def encoder_fit(pipe, colours: list[str], starts: list[tuple[float, float, float]], steps: int = 300) -> None:
     vae = pipe.vae.requires_grad_(False)
     render = shapes.render_shape("cube", _views(4))
@@ -100,7 +130,7 @@ def encoder_fit(pipe, colours: list[str], starts: list[tuple[float, float, float
 
 
 def colour_sds(pipe, shape: str, colours: list[str], start: tuple[float, float, float], cfg: float, steps: int,
-               batch: int = 4) -> None:
+               batch: int = 4, t_range: tuple[int, int] = (20, 980)) -> None:
     for p in [*pipe.unet.parameters(), *pipe.vae.parameters(), *pipe.text_encoder.parameters()]:
         p.requires_grad_(False)
     abar = pipe.scheduler.alphas_cumprod
@@ -122,7 +152,7 @@ def colour_sds(pipe, shape: str, colours: list[str], start: tuple[float, float, 
             v = torch.randint(0, 12, (batch,), generator=g)
             cov, sh = render.coverage[v][:, None], render.shaded[v][:, None]
             z = _latent(pipe, sh * torch.sigmoid(logit)[None, :, None, None] + (1 - cov))
-            t = torch.randint(20, 981, (batch,), generator=g)
+            t = torch.randint(t_range[0], t_range[1] + 1, (batch,), generator=g)
             n = torch.randn(z.shape, generator=g)
             a = abar[t][:, None, None, None]
             with torch.no_grad():
@@ -141,14 +171,17 @@ def colour_sds(pipe, shape: str, colours: list[str], start: tuple[float, float, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("probe", choices=["framing", "encoder-fit", "colour-sds"])
+    ap.add_argument("probe", choices=["framing", "brightness", "encoder-fit", "colour-sds"])
     ap.add_argument("--prior", default=DEFAULT_PRIOR)
     ap.add_argument("--distances", type=float, nargs="+", default=[2.0, 2.2, 2.3, 2.4, 2.5, 2.6, 2.7, 2.8])
     ap.add_argument("--colours", nargs="+", default=None)
+    ap.add_argument("--scales", type=float, nargs="+", default=[0.7, 0.85, 1.0, 1.15, 1.3],
+                    help="brightness: albedo scales")
     ap.add_argument("--shape", default="cube", choices=list(shapes.SHAPES))
     ap.add_argument("--start", type=float, nargs=3, default=[0.5, 0.5, 0.5])
     ap.add_argument("--cfg", type=float, default=7.5)
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--t-range", type=int, nargs=2, default=[20, 980], help="colour-sds: timesteps drawn from here")
     args = ap.parse_args()
     for c in args.colours or []:
         if c not in shapes.COLOURS:
@@ -162,11 +195,14 @@ def main() -> None:
           f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     if args.probe == "framing":
         framing(pipe, args.distances)
+    elif args.probe == "brightness":
+        brightness(pipe, args.scales)
     elif args.probe == "encoder-fit":
         encoder_fit(pipe, args.colours or ["green", "red", "blue", "yellow"],
                     [(0.5, 0.5, 0.5), (0.8, 0.8, 0.8), (0.25, 0.25, 0.25)], args.steps)
     else:
-        colour_sds(pipe, args.shape, args.colours or ["green", "red"], tuple(args.start), args.cfg, args.steps)
+        colour_sds(pipe, args.shape, args.colours or ["green", "red"], tuple(args.start), args.cfg, args.steps,
+                   t_range=tuple(args.t_range))
 
 
 if __name__ == "__main__":
