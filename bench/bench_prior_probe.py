@@ -60,23 +60,28 @@ def _latent(pipe, x01: torch.Tensor) -> torch.Tensor:
     return pipe.vae.encode(x01 * 2 - 1).latent_dist.mean * pipe.vae.config.scaling_factor
 
 
-def framing(pipe, distances: list[float]) -> None:
+@torch.no_grad()
+def _denoising_error(pipe, z: torch.Tensor, emb: torch.Tensor) -> float:
+    """E_t,n ||eps(z_t, t, y) - n||^2 over t = 25, 75, ..., 975 and one fixed noise per t (DDPM's simple ELBO)."""
     abar = pipe.scheduler.alphas_cumprod
     ts = list(range(25, 1000, 50))
+    tot = 0.0
+    for k, t in enumerate(ts):
+        n = torch.randn(z.shape, generator=torch.Generator().manual_seed(k))
+        zt = abar[t].sqrt() * z + (1 - abar[t]).sqrt() * n
+        tot += float((pipe.unet(zt, torch.full((z.shape[0],), t), emb).sample - n).square().mean())
+    return tot / len(ts)
+
+
+def framing(pipe, distances: list[float]) -> None:
     print(f"| prompt | {' | '.join(f'{d:g} m' for d in distances)} | most likely |")
     print(f"|---|{'---|' * len(distances)}---|")
     for shape, colour in (("cube", "red"), ("torus", "blue"), ("cone", "green")):
         emb = _embed(pipe, [f"a {colour} {shape}"] * 12)
         row = []
-        with torch.no_grad():
-            for d in distances:
-                z = _latent(pipe, shapes.render_shape(shape, _views(12, d)).colourise(colour).permute(0, 3, 1, 2))
-                tot = 0.0
-                for k, t in enumerate(ts):
-                    n = torch.randn(z.shape, generator=torch.Generator().manual_seed(k))
-                    zt = abar[t].sqrt() * z + (1 - abar[t]).sqrt() * n
-                    tot += float((pipe.unet(zt, torch.full((12,), t), emb).sample - n).square().mean())
-                row.append(tot / len(ts))
+        for d in distances:
+            z = _latent(pipe, shapes.render_shape(shape, _views(12, d)).colourise(colour).permute(0, 3, 1, 2))
+            row.append(_denoising_error(pipe, z, emb))
         best = distances[min(range(len(row)), key=row.__getitem__)]
         print(f"| a {colour} {shape} | {' | '.join(f'{v:.4f}' for v in row)} | {best:g} m |", flush=True)
 
@@ -84,8 +89,6 @@ def framing(pipe, distances: list[float]) -> None:
 def brightness(pipe, scales: list[float]) -> None:
     """The same denoising error as ``framing``, at the engine's framing, for the true shape with its albedo scaled by
     each of ``scales`` (clamped to 1): where the prior's likelihood puts each object's brightness."""
-    abar = pipe.scheduler.alphas_cumprod
-    ts = list(range(25, 1000, 50))
     print(f"| prompt | {' | '.join(f'x{k:g}' for k in scales)} | most likely |")
     print(f"|---|{'---|' * len(scales)}---|")
     for shape, colour in (("cube", "red"), ("torus", "blue"), ("cone", "green")):
@@ -93,15 +96,8 @@ def brightness(pipe, scales: list[float]) -> None:
         render = shapes.render_shape(shape, _views(12))
         true = torch.tensor(shapes.COLOURS[colour], dtype=torch.float32) / 255.0
         row = []
-        with torch.no_grad():
-            for k in scales:
-                z = _latent(pipe, _albedo_image(render, (true * k).clamp(0, 1)))
-                tot = 0.0
-                for i, t in enumerate(ts):
-                    n = torch.randn(z.shape, generator=torch.Generator().manual_seed(i))
-                    zt = abar[t].sqrt() * z + (1 - abar[t]).sqrt() * n
-                    tot += float((pipe.unet(zt, torch.full((12,), t), emb).sample - n).square().mean())
-                row.append(tot / len(ts))
+        for k in scales:
+            row.append(_denoising_error(pipe, _latent(pipe, _albedo_image(render, (true * k).clamp(0, 1))), emb))
         best = scales[min(range(len(row)), key=row.__getitem__)]
         print(f"| a {colour} {shape} | {' | '.join(f'{v:.4f}' for v in row)} | x{best:g} |", flush=True)
 
