@@ -179,6 +179,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--t-range", type=int, nargs=2, default=[20, 980], help="colour-sds: timesteps drawn from here")
     args = ap.parse_args()
+    if not 0 <= args.t_range[0] <= args.t_range[1] <= 999:
+        ap.error(f"--t-range needs 0 <= low <= high <= 999, got {args.t_range}")
     for c in args.colours or []:
         if c not in shapes.COLOURS:
             ap.error(f"unknown colour {c!r}; the shapes world has {', '.join(shapes.COLOURS)}")

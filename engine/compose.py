@@ -219,8 +219,7 @@ def _tune(cfg: "GenerateConfig", choices: Choices, say: Callable[..., None]) -> 
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if applied:
-        keys = [item.split("=", 1)[0] for item in applied]
-        say(f"then the settings of the prior {cfg.prior.name}: ", {k: _get(cfg, k) for k in keys}, True)
+        say(f"then the settings of the prior {cfg.prior.name}: ", applied, True)
 
 
 def _diffusion_defaults(cfg: "GenerateConfig") -> str:

@@ -29,9 +29,10 @@ from guidance.priors.config import (
 )
 
 
-def apply_prior_defaults(cfg, name: str | None = None) -> list[str]:
+def apply_prior_defaults(cfg, name: str | None = None) -> dict:
     """Apply the recommended defaults of the prior folder named by ``cfg.prior.name`` (its distillery.json) to the
-    run config ``cfg``, in place; returns "key=value" for each applied one (empty when the folder has none).
+    run config ``cfg``, in place; returns {dotted key: value as set} for each applied one (empty when the folder has
+    none).
 
     Keys are dotted field paths of the run config. A key whose last field the chosen component lacks (e.g. a CFG
     scale for an objective without one) is skipped; an unknown path is the folder's error (ValueError).
@@ -42,13 +43,13 @@ def apply_prior_defaults(cfg, name: str | None = None) -> list[str]:
     folder = resolve_prior_folder(name if name is not None else cfg.prior.name)
     path = os.path.join(folder, DEFAULTS_FILE)
     if not os.path.isfile(path):
-        return []
+        return {}
     try:
         with open(path) as f:
             defaults = json.load(f).get("defaults", {})
     except (OSError, ValueError, AttributeError) as e:
         raise ValueError(f"cannot read the prior's defaults {path}: {e}") from None
-    applied = []
+    applied = {}
     for key, value in defaults.items():
         *parents, leaf = key.split(".")
         obj = cfg
@@ -63,7 +64,7 @@ def apply_prior_defaults(cfg, name: str | None = None) -> list[str]:
                 continue  # the chosen objective / renderer has no such field
             raise ValueError(f"{path}: unknown setting {key!r}")
         setattr(obj, leaf, tuple(value) if isinstance(value, list) else value)
-        applied.append(f"{key}={value}")
+        applied[key] = getattr(obj, leaf)
     return applied
 
 
