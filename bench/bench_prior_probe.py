@@ -5,7 +5,7 @@
     python bench/bench_prior_probe.py encoder-fit [--prior FOLDER] [--colours green red blue yellow]
     python bench/bench_prior_probe.py colour-sds  [--prior FOLDER] [--shape cube] [--colours green red]
                                                   [--start 0.5 0.5 0.5] [--cfg 7.5] [--steps 300]
-                                                  [--t-range 20 980]
+                                                  [--t-range 20 980] [--objective sds|elbo]
 
 - ``framing``: which camera distance the prior finds most likely for the true red cube, blue torus and green cone
   (the engine's shapes preset otherwise: elevation 20, fov 40, 12 azimuths). Likelihood proxy: the conditional
@@ -21,7 +21,9 @@
   from grey starts. This is the path SDS's gradient takes from latent to pixels (J_E^T); an encoder trained only on
   the world's six colours may map greys into one colour's basin, and then no latent target moves the albedo out.
 - ``colour-sds``: SDS (DreamFusion Eq. 3, w(t) = 1 - abar_t, CFG) on the albedo alone, with the true shape, views
-  and shading: the colour a 3D run would reach if its geometry were exact. Starts from ``--start``.
+  and shading: the colour a 3D run would reach if its geometry were exact. Starts from ``--start``. With
+  ``--objective elbo`` it descends the conditional denoising error itself, through the UNet (guidance/elbo.py): where
+  the likelihood, rather than SDS's fixed point, puts the colour.
 
 Loaded with plain diffusers; CPU; one thread is enough (about a minute per colour).
 """
@@ -126,7 +128,7 @@ def encoder_fit(pipe, colours: list[str], starts: list[tuple[float, float, float
 
 
 def colour_sds(pipe, shape: str, colours: list[str], start: tuple[float, float, float], cfg: float, steps: int,
-               batch: int = 4, t_range: tuple[int, int] = (20, 980)) -> None:
+               batch: int = 4, t_range: tuple[int, int] = (20, 980), objective: str = "sds") -> None:
     for p in [*pipe.unet.parameters(), *pipe.vae.parameters(), *pipe.text_encoder.parameters()]:
         p.requires_grad_(False)
     abar = pipe.scheduler.alphas_cumprod
@@ -151,13 +153,17 @@ def colour_sds(pipe, shape: str, colours: list[str], start: tuple[float, float, 
             t = torch.randint(t_range[0], t_range[1] + 1, (batch,), generator=g)
             n = torch.randn(z.shape, generator=g)
             a = abar[t][:, None, None, None]
-            with torch.no_grad():
+            if objective == "elbo":
                 zt = a.sqrt() * z + (1 - a).sqrt() * n
-                e = pipe.unet(torch.cat([zt, zt]), torch.cat([t, t]),
-                              torch.cat([emb_u.expand(batch, -1, -1), emb_y.expand(batch, -1, -1)])).sample
-                eu, ey = e.chunk(2)
-                grad = (1 - a) * (eu + cfg * (ey - eu) - n)
-            loss = (grad * z).sum() / batch
+                loss = (pipe.unet(zt, t, emb_y.expand(batch, -1, -1)).sample - n).square().sum() / batch
+            else:
+                with torch.no_grad():
+                    zt = a.sqrt() * z + (1 - a).sqrt() * n
+                    e = pipe.unet(torch.cat([zt, zt]), torch.cat([t, t]),
+                                  torch.cat([emb_u.expand(batch, -1, -1), emb_y.expand(batch, -1, -1)])).sample
+                    eu, ey = e.chunk(2)
+                    grad = (1 - a) * (eu + cfg * (ey - eu) - n)
+                loss = (grad * z).sum() / batch
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -178,6 +184,9 @@ def main() -> None:
     ap.add_argument("--cfg", type=float, default=7.5)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--t-range", type=int, nargs=2, default=[20, 980], help="colour-sds: timesteps drawn from here")
+    ap.add_argument("--objective", choices=["sds", "elbo"], default="sds",
+                    help="colour-sds: 'sds' (no UNet Jacobian, CFG) or 'elbo' (the conditional denoising error "
+                         "itself, differentiated through the UNet: the likelihood the brightness probe measures)")
     args = ap.parse_args()
     if not 0 <= args.t_range[0] <= args.t_range[1] <= 999:
         ap.error(f"--t-range needs 0 <= low <= high <= 999, got {args.t_range}")
@@ -200,7 +209,7 @@ def main() -> None:
                     [(0.5, 0.5, 0.5), (0.8, 0.8, 0.8), (0.25, 0.25, 0.25)], args.steps)
     else:
         colour_sds(pipe, args.shape, args.colours or ["green", "red"], tuple(args.start), args.cfg, args.steps,
-                   t_range=tuple(args.t_range))
+                   t_range=tuple(args.t_range), objective=args.objective)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from guidance.asd import ASDConfig
 from guidance.base import Guidance, GuidanceOutput
 from guidance.csm import CSDConfig, CSMConfig
+from guidance.elbo import ELBOConfig
 from guidance.ism import ISMConfig, TSMConfig
 from guidance.sds import SDSConfig
 from guidance.vsd import VSDConfig
@@ -15,7 +16,8 @@ GUIDANCES: dict[str, type] = {
     "asd": ASDConfig,
     "csm": CSMConfig,
     "csd": CSDConfig,
+    "elbo": ELBOConfig,
 }
 
 __all__ = ["GUIDANCES", "Guidance", "GuidanceOutput", "SDSConfig", "VSDConfig", "ISMConfig", "TSMConfig", "ASDConfig",
-           "CSMConfig", "CSDConfig"]
+           "CSMConfig", "CSDConfig", "ELBOConfig"]

@@ -9,7 +9,7 @@ from tiny_models import tiny_if_path, tiny_sdxl_path
 
 from engine.cli import main
 
-GUIDANCES = ("sds", "vsd", "ism", "tsm", "asd", "csm", "csd")
+GUIDANCES = ("sds", "vsd", "ism", "tsm", "asd", "csm", "csd", "elbo")
 
 
 @pytest.fixture(scope="module")

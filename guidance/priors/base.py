@@ -12,6 +12,7 @@ objectives, wrappers and the training loop check ``declares(prior, Ability)``, n
 - ``DeferredChecks``: ``nonfinite_report()``, NaN checks read on logged steps (the training loop).
 - ``OwnGenerator``: ``generator``, the prior's own sampling stream, saved in checkpoints (the training loop).
 - ``LoRAHost``: ``attach_lora``, ``lora_output``: VSD's particle score on the prior's own network (guidance/vsd.py).
+- ``InputGradient``: ``predict_eps_grad``, the noise prediction differentiable w.r.t. its input (guidance/elbo.py).
 - ``UNetResiduals``: ``unet_residuals(provider)``, extra UNet inputs for the calls inside (the ControlNet wrapper).
 - ``ConditionedPrior``: ``condition_kind``, per-view condition images riding on the cameras (training-loop wiring).
 - ``ExemplarImages``: ``images``, ``tags``, ``size``: a visual prompt picks exemplars by image (visual_prompt.py).
@@ -171,6 +172,16 @@ class LoRAHost(Protocol):
         """The adapted network's raw output [B,c,h,w] (native parameterisation), with gradient to the adapter and to
         ``time_offset`` [B,time_embed_dim] (added to the time embedding); ``predict_eps`` stays pretrained.
         ``control`` / ``cams``: a conditioned prior's condition images, given or read from the cameras."""
+
+
+class InputGradient(Protocol):
+    """A prior whose noise prediction can carry a gradient back to its input x_t (the network's weights stay frozen):
+    what the likelihood objective needs (guidance/elbo.py), which differentiates the denoising loss itself instead
+    of dropping the network's Jacobian as SDS does."""
+
+    @abstractmethod
+    def predict_eps_grad(self, x_t: Tensor, t: Tensor, cond: "Cond", cams: Cameras | None = None) -> Tensor:
+        """``predict_eps`` with autograd through the network to ``x_t`` (none to the weights)."""
 
 
 class UNetResiduals(Protocol):

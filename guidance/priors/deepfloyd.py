@@ -40,8 +40,8 @@ class DeepFloydIFPrior(DiffusersPrior):
         out = self.text_encoder(inputs.input_ids.to(self.device), attention_mask=inputs.attention_mask.to(self.device))
         return {"prompt_embeds": out[0]}
 
-    def _unet_output(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
-        return super()._unet_output(x_t, t, cond)[:, : x_t.shape[1]]
+    def _unet_output(self, x_t: Tensor, t: Tensor, cond: Cond, grad: bool = False) -> Tensor:
+        return super()._unet_output(x_t, t, cond, grad)[:, : x_t.shape[1]]
 
     def encode(self, rgb: Tensor) -> Tensor:
         """Renders [B,H,W,3] in [0,1] -> pixels [B,3,r,r] in [-1,1] (fp32), differentiable."""

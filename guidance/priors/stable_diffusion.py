@@ -33,6 +33,7 @@ from guidance.priors.base import (
     Cond,
     DeferredChecks,
     ImageAdapterHost,
+    InputGradient,
     LoRAHost,
     OwnGenerator,
     PriorError,
@@ -351,7 +352,7 @@ class PeftLoRA:
                 params[k].copy_(v)
 
 
-class DiffusersPrior(TextEncoderRelease, DeferredChecks, OwnGenerator, LoRAHost, UNetResiduals):
+class DiffusersPrior(TextEncoderRelease, DeferredChecks, OwnGenerator, LoRAHost, UNetResiduals, InputGradient):
     """What every diffusers prior shares: UNet + schedule loading, prompt caches and epsilon prediction.
 
     Text encoders are loaded lazily, on the first prompt missing from both the memory and the disk cache, and
@@ -514,10 +515,10 @@ class DiffusersPrior(TextEncoderRelease, DeferredChecks, OwnGenerator, LoRAHost,
             return {"image_embeds": [cond.tensors["image_embeds"].to(self.dtype)]}
         return {}
 
-    def _unet_output(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
+    def _unet_output(self, x_t: Tensor, t: Tensor, cond: Cond, grad: bool = False) -> Tensor:
         added = self._added_cond(cond, x_t)
         extra = self.unet_kwargs(x_t, t, cond) if self.unet_kwargs is not None else {}
-        with torch.no_grad():
+        with torch.enable_grad() if grad else torch.no_grad():
             out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=cond.tensors["prompt_embeds"].to(self.dtype),
                             added_cond_kwargs=added or None, cross_attention_kwargs=self.cross_attention_kwargs,
                             return_dict=False, **extra)[0]
@@ -570,6 +571,13 @@ class DiffusersPrior(TextEncoderRelease, DeferredChecks, OwnGenerator, LoRAHost,
         The UNet runs under no_grad in its own dtype; the result comes back in x_t's dtype, always as epsilon,
         and is checked for NaN/Inf. ``cams`` is unused by text-conditioned priors.
         """
+        return self._predict_eps(x_t, t, cond, grad=False)
+
+    def predict_eps_grad(self, x_t: Tensor, t: Tensor, cond: Cond, cams: Cameras | None = None) -> Tensor:
+        """``predict_eps`` with autograd through the UNet to ``x_t`` (``InputGradient``); the weights stay frozen."""
+        return self._predict_eps(x_t, t, cond, grad=True)
+
+    def _predict_eps(self, x_t: Tensor, t: Tensor, cond: Cond, grad: bool) -> Tensor:
         if x_t.ndim != 4:
             raise ValueError(f"x_t must be [B,c,h,w], got {tuple(x_t.shape)}")
         b = x_t.shape[0]
@@ -580,8 +588,8 @@ class DiffusersPrior(TextEncoderRelease, DeferredChecks, OwnGenerator, LoRAHost,
             raise ValueError(f"t must be [B={b}] integer timesteps, got {tuple(t.shape)}")
         if len(cond) != b:
             raise ValueError(f"cond has {len(cond)} rows but x_t has batch {b}")
-        x_t = x_t.detach().to(self.device)
-        out = self._unet_output(x_t, t, cond.to(self.device))
+        x_t = x_t.to(self.device) if grad else x_t.detach().to(self.device)
+        out = self._unet_output(x_t, t, cond.to(self.device), grad=grad)
         eps = self._to_eps(out, x_t, t)
         return self._finite("the noise prediction", eps, "The UNet overflowed; try dtype float32 or bfloat16.")
 
