@@ -3,6 +3,7 @@
     python bench/bench_prior_probe.py framing     [--prior FOLDER]
     python bench/bench_prior_probe.py brightness  [--prior FOLDER] [--scales 0.7 0.85 1 1.15 1.3]
     python bench/bench_prior_probe.py encoder-fit [--prior FOLDER] [--colours green red blue yellow]
+    python bench/bench_prior_probe.py run-likelihood --runs RUN [RUN ...] [--prior FOLDER]
     python bench/bench_prior_probe.py colour-sds  [--prior FOLDER] [--shape cube] [--colours green red]
                                                   [--start 0.5 0.5 0.5] [--cfg 7.5] [--steps 300]
                                                   [--t-range 20 980] [--objective sds|elbo]
@@ -16,6 +17,10 @@
 - ``brightness``: the same likelihood proxy at the engine's framing over the true albedo scaled by each factor: is
   an object the 3D runs make too bright one the prior itself finds more likely brighter (its model), or is the
   excess SDS's (mode seeking, CFG)?
+- ``run-likelihood``: the same likelihood proxy for what 3D runs made: each run folder's scene rendered from the
+  probe's 12 views (the engine's framing, elevation 20) against the true object's renders for the run's prompt, the
+  truth with its albedo scaled by 0.9, and the background alone. A run whose renders score far above the truth did
+  not reach the likelihood's optimum, whatever its objective's fixed point is.
 - ``encoder-fit``: can gradients through the VAE encoder alone take a cube's albedo to a world colour? Minimise
   ||E(x(a)) - E(x_true)||^2 over the albedo a (3 numbers; 4 views, the key-light shading of the world) with Adam
   from grey starts. This is the path SDS's gradient takes from latent to pixels (J_E^T); an encoder trained only on
@@ -104,6 +109,29 @@ def brightness(pipe, scales: list[float]) -> None:
         print(f"| a {colour} {shape} | {' | '.join(f'{v:.4f}' for v in row)} | x{best:g} |", flush=True)
 
 
+def run_likelihood(pipe, runs: list[str]) -> None:
+    from engine import runfolder
+    from renderers.base import scenes_of
+
+    cams = _views(12)
+    print("| run | prompt | run's renders | truth | truth, albedo x0.9 | white |")
+    print("|---|---|---|---|---|---|")
+    for run in runs:
+        cfg = runfolder.read_config(run)
+        colour, shape = shapes.parse_prompt(cfg.prompt)
+        if shape is None or colour is None:
+            raise SystemExit(f"{run}: the prompt {cfg.prompt!r} names no shapes-world colour and shape")
+        emb = _embed(pipe, [cfg.prompt] * 12)
+        scene = scenes_of(runfolder.load_run(run).scene)[0].eval()
+        with torch.no_grad():
+            rgb = scene.render(cams, torch.ones(3)).rgb.permute(0, 3, 1, 2).clamp(0, 1)
+        ref = shapes.render_shape(shape, cams)
+        true = torch.tensor(shapes.COLOURS[colour], dtype=torch.float32) / 255.0
+        cells = [_denoising_error(pipe, _latent(pipe, x), emb)
+                 for x in (rgb, _albedo_image(ref, true), _albedo_image(ref, true * 0.9), torch.ones_like(rgb))]
+        print(f"| {run} | {cfg.prompt} | {' | '.join(f'{v:.4f}' for v in cells)} |", flush=True)
+
+
 def encoder_fit(pipe, colours: list[str], starts: list[tuple[float, float, float]], steps: int = 300) -> None:
     vae = pipe.vae.requires_grad_(False)
     render = shapes.render_shape("cube", _views(4))
@@ -173,7 +201,8 @@ def colour_sds(pipe, shape: str, colours: list[str], start: tuple[float, float, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("probe", choices=["framing", "brightness", "encoder-fit", "colour-sds"])
+    ap.add_argument("probe", choices=["framing", "brightness", "run-likelihood", "encoder-fit", "colour-sds"])
+    ap.add_argument("--runs", nargs="+", default=[], help="run-likelihood: run folders of shapes-world prompts")
     ap.add_argument("--prior", default=DEFAULT_PRIOR)
     ap.add_argument("--distances", type=float, nargs="+", default=[2.0, 2.2, 2.3, 2.4, 2.5, 2.6, 2.7, 2.8])
     ap.add_argument("--colours", nargs="+", default=None)
@@ -204,6 +233,10 @@ def main() -> None:
         framing(pipe, args.distances)
     elif args.probe == "brightness":
         brightness(pipe, args.scales)
+    elif args.probe == "run-likelihood":
+        if not args.runs:
+            ap.error("run-likelihood needs --runs RUN [RUN ...]")
+        run_likelihood(pipe, args.runs)
     elif args.probe == "encoder-fit":
         encoder_fit(pipe, args.colours or ["green", "red", "blue", "yellow"],
                     [(0.5, 0.5, 0.5), (0.8, 0.8, 0.8), (0.25, 0.25, 0.25)], args.steps)
