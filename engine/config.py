@@ -256,8 +256,9 @@ def tune_diffusion(cfg: GenerateConfig, family: str | None, cuda: bool) -> str:
     family = family or "sd"
     name = component_name(cfg.guidance, GUIDANCES)
     said = [f"{family} prior", name]
-    if name == "sds" and hasattr(cfg.guidance, "guidance_scale"):
+    if name in ("sds", "elbo") and hasattr(cfg.guidance, "guidance_scale"):  # elbo's is its SDS warm-up's
         cfg.guidance.guidance_scale = SDS_SCALE_BY_FAMILY[family]
+        cfg.guidance.cfg_convention = "threestudio"
     if hasattr(cfg.guidance, "guidance_scale"):
         said.append(f"CFG {cfg.guidance.guidance_scale:g}")
     if name in BACKGROUND_AUGMENT:
