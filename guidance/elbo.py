@@ -40,18 +40,10 @@ from torch import Tensor
 
 from foundation.abilities import declares
 from foundation.cameras import Cameras
-from guidance.base import (
-    GuidanceOutput,
-    Objective,
-    TimestepConfig,
-    add_noise,
-    check_choices,
-    surrogate_loss,
-    weight,
-)
-from guidance.perp_neg import guided_eps
+from guidance.base import GuidanceOutput, Objective, TimestepConfig, add_noise, check_choices, weight
 from guidance.priors.base import Cond, InputGradient, Prior
 from guidance.prompts import PromptSet
+from guidance.sds import SDS, SDSConfig
 
 
 @dataclass
@@ -92,6 +84,12 @@ class ELBOConfig:
 class ELBO(Objective):
     """Stateless; each call is one Monte-Carlo sample (t, n) per view of the weighted denoising loss."""
 
+    def __init__(self, cfg: ELBOConfig, prior, gen: torch.Generator, total_steps: int):
+        super().__init__(cfg, prior, gen, total_steps)
+        warm = SDSConfig(guidance_scale=cfg.guidance_scale, cfg_convention=cfg.cfg_convention,
+                         weighting=cfg.weighting, timesteps=cfg.timesteps, reduction="mean")
+        self.warm_up = SDS(warm, prior, gen, total_steps)
+
     def likelihood_stage(self, step: int) -> bool:
         return step >= self.cfg.sds_until * self.total_steps
 
@@ -103,12 +101,8 @@ class ELBO(Objective):
         ac = prior.alphas_cumprod
         t, noise = self.draw_t_noise(z, step, t, noise)
         w = weight(t, ac, cfg.weighting).view(-1, *([1] * (z.ndim - 1)))
-        if not self.likelihood_stage(step):  # SDS (DreamFusion Eq. 3) through the detached-target surrogate
-            with torch.no_grad():
-                x_t = add_noise(z.detach(), noise, t, ac)
-                g = w * (guided_eps(prior, x_t, t, prompts, cams, cfg.guidance_scale, cfg.cfg_convention) - noise)
-            loss = surrogate_loss(z, g, "mean")
-            return GuidanceOutput(loss, {"loss_sds": loss.detach(), "t": t.float().mean()})
+        if not self.likelihood_stage(step):  # the warm-up: SDS itself (DreamFusion Eq. 3), at this step's t and n
+            return self.warm_up.from_sample(z, prompts, cams, t, noise)
         x_t = add_noise(z, noise, t, ac)
         cond = prompts.cond(cams)
 

@@ -66,10 +66,14 @@ class SDS(Objective):
     def __call__(self, rgb: Tensor, prompts: PromptSet, cams: Cameras, step: int, *, t: Tensor | None = None,
                  noise: Tensor | None = None) -> GuidanceOutput:
         """rgb [B,H,W,3] in [0,1]; ``t`` [B] and ``noise`` (sample-shaped) may be injected for tests."""
-        prior, cfg = self.prior, self.cfg
-        z = prior.encode(rgb)
-        ac = prior.alphas_cumprod
+        z = self.prior.encode(rgb)
         t, noise = self.draw_t_noise(z, step, t, noise)
+        return self.from_sample(z, prompts, cams, t, noise)
+
+    def from_sample(self, z: Tensor, prompts: PromptSet, cams: Cameras, t: Tensor, noise: Tensor) -> GuidanceOutput:
+        """The SDS loss on an encoded sample ``z`` at given timesteps and noise (the ELBO objective's warm-up)."""
+        prior, cfg = self.prior, self.cfg
+        ac = prior.alphas_cumprod
         with torch.no_grad():
             x_t = add_noise(z.detach(), noise, t, ac)
             if cfg.perp_neg.enabled:  # Perp-Neg is defined in the standard convention
