@@ -181,12 +181,11 @@ def colour_sds(pipe, shape: str, colours: list[str], start: tuple[float, float, 
             t = torch.randint(t_range[0], t_range[1] + 1, (batch,), generator=g)
             n = torch.randn(z.shape, generator=g)
             a = abar[t][:, None, None, None]
+            zt = a.sqrt() * z + (1 - a).sqrt() * n
             if objective == "elbo":
-                zt = a.sqrt() * z + (1 - a).sqrt() * n
                 loss = (pipe.unet(zt, t, emb_y.expand(batch, -1, -1)).sample - n).square().sum() / batch
             else:
                 with torch.no_grad():
-                    zt = a.sqrt() * z + (1 - a).sqrt() * n
                     e = pipe.unet(torch.cat([zt, zt]), torch.cat([t, t]),
                                   torch.cat([emb_u.expand(batch, -1, -1), emb_y.expand(batch, -1, -1)])).sample
                     eu, ey = e.chunk(2)

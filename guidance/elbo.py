@@ -100,9 +100,9 @@ class ELBO(Objective):
         z = prior.encode(rgb)
         ac = prior.alphas_cumprod
         t, noise = self.draw_t_noise(z, step, t, noise)
-        w = weight(t, ac, cfg.weighting).view(-1, *([1] * (z.ndim - 1)))
         if not self.likelihood_stage(step):  # the warm-up: SDS itself (DreamFusion Eq. 3), at this step's t and n
             return self.warm_up.from_sample(z, prompts, cams, t, noise)
+        w = weight(t, ac, cfg.weighting).view(-1, *([1] * (z.ndim - 1)))
         x_t = add_noise(z, noise, t, ac)
         cond = prompts.cond(cams)
 
