@@ -468,7 +468,10 @@ class App:
 
         have_model = model_available(self.model_id)
         prior0 = PRIOR_MODEL if have_model else PRIOR_SHAPES
-        d = component_defaults("sds", prior0, self.model_id)
+        from guidance.priors import prior_objective
+        # the objective a run on the built-in prior gets when none is named (its folder's recommendation), else SDS
+        guidance0 = (prior_objective("shapes") if prior0 == PRIOR_SHAPES else None) or "sds"
+        d = component_defaults(guidance0, prior0, self.model_id)
         steps0 = self.default_steps or d["steps"]
         gr_inputs = {}
 
@@ -482,7 +485,7 @@ class App:
                     gr_inputs["prompt"] = gr.Textbox(label="Prompt", placeholder="a red cube", elem_id="prompt")
                     gr_inputs["negative_prompt"] = gr.Textbox(label="Negative prompt", elem_id="negative-prompt")
                     with gr.Row():
-                        gr_inputs["guidance"] = gr.Dropdown(list(GUIDANCES), value="sds", label="Guidance")
+                        gr_inputs["guidance"] = gr.Dropdown(list(GUIDANCES), value=guidance0, label="Guidance")
                         gr_inputs["renderer"] = gr.Dropdown(list(RENDERERS), value=next(iter(RENDERERS)),
                                                             label="Renderer")
                     gr_inputs["prior"] = gr.Radio([PRIOR_SHAPES, PRIOR_MODEL], value=prior0, label="Prior")

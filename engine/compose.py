@@ -7,7 +7,8 @@ config beyond the dataclass defaults all live here, applied in this order:
 
 1. the base: a saved config (``load_config``) or a preset (``exemplar`` for the closed-form "shapes-exemplar" prior,
    ``diffusion`` for any other, the default learned "shapes" prior included, unless one is named);
-2. the components: ``prior``, ``guidance`` (an image prompt alone selects csm), ``renderer``, ``device``;
+2. the components: ``prior``, ``guidance`` (an image prompt alone selects csm; else, when none is named, the
+   objective the prior folder recommends, its distillery.json "objective"), ``renderer``, ``device``;
 3. the diffusion preset's values by prior family, objective and device (engine.config.tune_diffusion, issue 13);
 4. on a shapes-world prior, Gaussians (learned or exemplar prior) and the NeRF (learned prior) train under the
    world's key light (issue #17);
@@ -87,8 +88,10 @@ def compose(choices: Choices, overrides: Mapping[str, Any] | None = None, *,
         ConfigError: one line naming the refused choice, field or value.
     """
     cfg = _base(choices)
-    _components(cfg, choices)
     notes: list[tuple[str, dict, bool]] = []  # what the presets chose, said once the whole config has passed its checks
+    objective = _components(cfg, choices)
+    if objective:
+        notes.append((f"guidance {objective} (the prior's recommended objective; --guidance sds for SDS)", {}, False))
     if choices.load_config is None:
         _tune(cfg, choices, lambda text, fields=None, listed=False: notes.append((text, fields or {}, listed)))
     if choices.prompt is not None:
@@ -163,9 +166,12 @@ def _known(what: str, name: str, registry: Mapping) -> None:
         raise ConfigError(f"--{what}: {name!r} is not one of {', '.join(sorted(registry))}")
 
 
-def _components(cfg: "GenerateConfig", choices: Choices) -> None:
-    """Rule 2: the prior, the objective (csm for an image prompt alone), the renderer and the device."""
+def _components(cfg: "GenerateConfig", choices: Choices) -> str | None:
+    """Rule 2: the prior, the objective (csm for an image prompt alone; the prior folder's recommended one when
+    none is named and no saved config is loaded), the renderer and the device. Returns the recommended objective
+    when it was taken, else None."""
     from guidance import GUIDANCES
+    from guidance.priors import prior_objective
     from renderers import RENDERERS
 
     if choices.prior is not None:
@@ -175,6 +181,12 @@ def _components(cfg: "GenerateConfig", choices: Choices) -> None:
     guidance = choices.guidance
     if choices.image is not None and guidance is None and not hasattr(cfg.guidance, "image"):
         guidance = "csm"  # the objective with visual prompts
+    recommended = None
+    if guidance is None and choices.load_config is None:
+        recommended = guidance = prior_objective(cfg.prior.name)
+        if guidance is not None and guidance not in GUIDANCES:
+            raise ConfigError(f"the prior {cfg.prior.name} recommends the objective {guidance!r}, which is not one "
+                              f"of {', '.join(sorted(GUIDANCES))}; name one with --guidance")
     if guidance is not None:
         _known("guidance", guidance, GUIDANCES)
         if type(cfg.guidance) is not GUIDANCES[guidance]:
@@ -191,6 +203,7 @@ def _components(cfg: "GenerateConfig", choices: Choices) -> None:
             cfg.renderer = RENDERERS[choices.renderer]()
     if choices.device is not None:
         set_field(cfg, "device", choices.device)
+    return recommended
 
 
 def _tune(cfg: "GenerateConfig", choices: Choices, say: Callable[..., None]) -> None:

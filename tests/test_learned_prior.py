@@ -235,6 +235,35 @@ def test_prior_folder_defaults_apply_and_yield_to_flags(tmp_path, capsys):
     assert e.value.code == 2 and "no_such_thing" in capsys.readouterr().err
 
 
+def test_prior_folder_recommends_an_objective_for_runs_that_name_none(tmp_path, capsys):
+    """A folder's distillery.json "objective" is the objective of a run that names none (said on stderr, with the
+    way back to SDS); a named --guidance, an image prompt (csm) and a saved config win; a name that is not an
+    objective is the folder's one-line error."""
+    from engine.cli import build_generate_config
+    from engine.compose import Choices, compose
+    from engine.config import save_config
+    from guidance.elbo import ELBOConfig
+    from guidance.sds import SDSConfig
+    folder = tmp_path / "prior"
+    folder.mkdir()
+    (folder / "distillery.json").write_text(json.dumps({"objective": "elbo",
+                                                        "defaults": {"guidance.guidance_scale": 7.5}}))
+    cfg, _ = build_generate_config(["a red cube", "--prior", str(folder)])
+    assert type(cfg.guidance) is ELBOConfig and cfg.guidance.guidance_scale == 7.5
+    assert "guidance elbo (the prior's recommended objective" in capsys.readouterr().err
+    cfg, _ = build_generate_config(["a red cube", "--prior", str(folder), "--guidance", "sds"])
+    assert type(cfg.guidance) is SDSConfig
+    saved = str(tmp_path / "config.yaml")
+    save_config(compose(Choices(prompt="a red cube", prior=str(folder), guidance="vsd"), say=None), saved)
+    assert type(compose(Choices(load_config=saved), say=None).guidance).__name__ == "VSDConfig"
+    (folder / "distillery.json").write_text(json.dumps({"objective": "no-such-objective"}))
+    with pytest.raises(SystemExit) as e:
+        build_generate_config(["a red cube", "--prior", str(folder)])
+    assert e.value.code == 2 and "recommends the objective 'no-such-objective'" in capsys.readouterr().err
+    cfg, _ = build_generate_config(["a red cube", "--prior", str(folder), "--guidance", "sds"])  # named: not read
+    assert type(cfg.guidance) is SDSConfig
+
+
 def test_vsd_lora_learns_on_the_shipped_prior():
     """VSD's particle LoRA trains through the shipped prior: after a few steps every LoRA tensor has moved (B starts
     at 0), and the particle's epsilon for a fixed (x_t, t) has changed and differs from the frozen prior's

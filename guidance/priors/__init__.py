@@ -24,6 +24,7 @@ from guidance.priors.config import (
     SHAPES_WORLD,
     PriorConfig,
     cache_dir,
+    prior_objective,
     prior_world,
     resolve_prior_folder,
 )
@@ -127,5 +128,5 @@ def prior_family(name: str) -> str | None:
 
 
 __all__ = ["BUILTIN_FOLDERS", "EXEMPLAR_BUILTINS", "SHAPES_WORLD", "Cond", "Prior", "PriorConfig", "PriorContext",
-           "PriorError", "apply_prior_defaults", "build_prior", "cache_dir", "is_exemplar", "prior_world",
-           "prior_family", "resolve_prior_folder"]
+           "PriorError", "apply_prior_defaults", "build_prior", "cache_dir", "is_exemplar", "prior_objective",
+           "prior_world", "prior_family", "resolve_prior_folder"]

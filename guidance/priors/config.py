@@ -79,25 +79,38 @@ SHAPES_WORLD = ("shapes", "shapes-sd", "shapes-exemplar")
 
 DEFAULTS_FILE = "distillery.json"
 """A prior folder's recommended run settings, {"defaults": {"train.steps": 600, "guidance.guidance_scale": 7.5}},
-and optionally the built-in world it models, {"world": "shapes"} (its runs are then evaluated against that world's
-ground truth, as the built-in priors' are)."""
+optionally the built-in world it models, {"world": "shapes"} (its runs are then evaluated against that world's
+ground truth, as the built-in priors' are), and optionally the objective for a run that names none,
+{"objective": "elbo"} (engine/compose.py rule 2)."""
+
+
+def _folder_settings(name: str) -> dict:
+    """The prior folder's distillery.json as a dict; {} when there is none or it cannot be read."""
+    import json
+
+    path = os.path.join(resolve_prior_folder(name.strip()), DEFAULTS_FILE)
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def prior_world(name: str) -> str | None:
     """"shapes" when the prior named ``name`` models the built-in shapes world (a built-in name, or a folder whose
     distillery.json says so: what `engine train-prior shapes` writes); None otherwise, or when it cannot be read."""
-    import json
-
     name = name.strip()
     if name in SHAPES_WORLD:
         return "shapes"
-    path = os.path.join(resolve_prior_folder(name), DEFAULTS_FILE)
-    try:
-        with open(path) as f:
-            world = json.load(f).get("world")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return world if world == "shapes" else None
+    return "shapes" if _folder_settings(name).get("world") == "shapes" else None
+
+
+def prior_objective(name: str) -> str | None:
+    """The objective (a key of guidance.GUIDANCES) the prior folder named ``name`` recommends for a run that names
+    none: its distillery.json's "objective"; None when it names none (the preset's objective, SDS, is used)."""
+    objective = _folder_settings(name).get("objective")
+    return objective if isinstance(objective, str) and objective else None
 
 
 def cache_dir(cfg: PriorConfig) -> str:
