@@ -253,6 +253,10 @@ def test_prior_folder_recommends_an_objective_for_runs_that_name_none(tmp_path, 
     assert "guidance elbo (the prior's recommended objective" in capsys.readouterr().err
     cfg, _ = build_generate_config(["a red cube", "--prior", str(folder), "--guidance", "sds"])
     assert type(cfg.guidance) is SDSConfig
+    from PIL import Image
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / "ref.png")
+    assert type(compose(Choices(prompt="a red cube", prior=str(folder), image=str(tmp_path / "ref.png")),
+                        say=None).guidance).__name__ == "CSMConfig"  # an image prompt alone selects csm
     saved = str(tmp_path / "config.yaml")
     save_config(compose(Choices(prompt="a red cube", prior=str(folder), guidance="vsd"), say=None), saved)
     assert type(compose(Choices(load_config=saved), say=None).guidance).__name__ == "VSDConfig"
