@@ -4,7 +4,8 @@ References and notation:
 - Field (Instant-NGP, arXiv 2201.05989): features h(x) = hash-grid encoding of x mapped from the bbox
   [−r, r]³ to [0,1]³; one small MLP (one hidden layer) maps h to the density pre-activation and the albedo
   logits. threestudio uses two MLPs; sharing the hidden layer halves the MLP cost on a CPU.
-- Density (Magic3D, arXiv 2211.10440; threestudio's ``blob_magic3d``): σ(x) = softplus(MLP_σ(h(x)) + b(x)) with
+- Density (Magic3D, arXiv 2211.10440; threestudio's ``blob_magic3d``): σ(x) = softplus(MLP_σ(h(x)) + b(x)) (or exp,
+  ``density_activation``) with
   the blob b(x) = λ_blob·(1 − ‖x‖/s_blob), which starts the optimisation from a soft ball instead of empty space.
 - Albedo a(x) = sigmoid(MLP_a(h(x))).
 - Normals n = −∇σ/‖∇σ‖ (DreamFusion, arXiv 2209.14988, §3.1), taken by forward finite differences of the density
@@ -24,7 +25,9 @@ References and notation:
   (issue #17).
 - Volume rendering (renderers/kernels): w_i = T_i·(1 − exp(−σ_i δ_i)); rgb = Σ w_i c_i + (1 − A)·bg, A = Σ w_i.
 - Regularisers (threestudio): orientation Σ_i sg(w_i)·max(0, n_i·d)² / #rays with A > 0 (Ref-NeRF, arXiv 2112.03907),
-  sparsity mean √(A² + 0.01), opacity entropy −mean[A log A + (1 − A) log(1 − A)] ("opaque").
+  sparsity mean √(A² + 0.01), opacity entropy −mean[A log A + (1 − A) log(1 − A)] ("opaque"), and Mip-NeRF 360's
+  distortion loss (arXiv 2111.12077, eq. 15; renderers/kernels/volume_torch.py ``distortion``), which turns a
+  soft cloud into a surface.
 
 All randomness (stratified jitter, light placement, shading choice, occupancy refresh) comes from the generator
 passed to ``NeRFConfig.build``, so one seed gives one run.
@@ -43,6 +46,7 @@ from torch import Tensor, nn
 from foundation.cameras import Cameras
 from renderers import kernels
 from renderers.base import DensityField, OptionalNormals, RenderOutput, composite
+from renderers.kernels import volume_torch
 from renderers.kernels.hashgrid_torch import HashGrid
 from renderers.kernels.volume_torch import OccupancyGrid
 from renderers.keylight import shade_under_key_light
@@ -56,7 +60,7 @@ AMBIENT, DIFFUSE = 0.1, 0.9
 class NeRFConfig:
     """A hash-grid NeRF. Defaults are tuned for a 2-core CPU at 64×64 (see bench/bench_nerf.py)."""
 
-    REGULARIZERS: ClassVar[tuple[str, ...]] = ("orient", "sparsity", "opaque")
+    REGULARIZERS: ClassVar[tuple[str, ...]] = ("orient", "sparsity", "opaque", "distortion")
     """The terms ``NeRF.regularizers`` returns: the keys a run's ``regularizers:`` may weight (engine/config.py)."""
 
     radius: float = 0.8
@@ -73,6 +77,10 @@ class NeRFConfig:
     """log2 of the table size T; levels with (N_l + 1)³ ≤ T are stored densely (faster on a CPU)."""
     mlp_width: int = 32
     """Hidden width of the MLP (one hidden layer) giving the density pre-activation and the albedo logits."""
+    density_activation: str = "softplus"
+    """σ = activation(pre-activation): "softplus" (threestudio's default) or "exp" (Instant-NGP's trunc_exp). With
+    softplus the density grows only as fast as Adam moves the pre-activation (about linearly), so 400 CPU steps end
+    in a soft cloud (σ ≈ 5 /m inside the demo cube); exp lets it reach a surface's σ in a few steps."""
     blob_strength: float = 5.0
     """λ of the Magic3D density blob λ·(1 − ‖x‖/s) added before the softplus."""
     blob_radius: float = 0.5
@@ -122,6 +130,9 @@ class NeRFConfig:
     """Default weight of the "sparsity" regulariser."""
     lambda_opaque: float = 0.0
     """Default weight of the "opaque" (opacity entropy) regulariser."""
+    lambda_distortion: float = 0.0
+    """Default weight of the "distortion" regulariser (Mip-NeRF 360's, in metres, mean over the rendered rays): it
+    gathers each ray's weight into one short interval, so the field becomes a surface rather than a soft cloud."""
     cuda_step_size: float = 5e-3
     """Marching step in metres for the cuda backend's occupancy-grid sampler."""
     backend: str = "auto"
@@ -136,6 +147,8 @@ class NeRFConfig:
         probs = self.shading_probs
         if len(probs) != 3 or min(probs) < 0 or abs(sum(probs) - 1) > 1e-6:
             raise ValueError(f"nerf.shading_probs must be 3 non-negative numbers summing to 1, got {probs}")
+        if self.density_activation not in ("softplus", "exp"):
+            raise ValueError(f"nerf.density_activation must be softplus or exp, got {self.density_activation!r}")
         if self.init_albedo not in ("grey", "random"):
             raise ValueError(f"nerf.init_albedo must be grey or random, got {self.init_albedo!r}")
         if self.eval_shading not in SHADINGS:
@@ -147,7 +160,8 @@ class NeRFConfig:
 
     def default_weights(self) -> dict[str, float]:
         """Regulariser weights by the names ``NeRF.regularizers`` returns (the loop may override them)."""
-        return {"orient": self.lambda_orient, "sparsity": self.lambda_sparsity, "opaque": self.lambda_opaque}
+        return {"orient": self.lambda_orient, "sparsity": self.lambda_sparsity, "opaque": self.lambda_opaque,
+                "distortion": self.lambda_distortion}
 
     def build(self, gen: torch.Generator, device: torch.device | str = "cpu") -> "NeRF":
         """A NeRF on ``device`` whose initialisation and training randomness come from ``gen`` (a CPU generator)."""
@@ -169,6 +183,21 @@ def _mlp(d_in: int, width: int, d_out: int, gen: torch.Generator) -> nn.Sequenti
             layer.weight.copy_((torch.rand(layer.weight.shape, generator=gen) * 2 - 1) * bound)
             layer.bias.copy_((torch.rand(layer.bias.shape, generator=gen) * 2 - 1) * bound)
     return net
+
+
+class _TruncExp(torch.autograd.Function):
+    """exp(x) whose backward uses exp(min(x, 15)) (Instant-NGP's and threestudio's trunc_exp): a dense start cannot
+    blow the gradient up."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return g * torch.exp(x.clamp(max=15.0))
 
 
 class NeRF(nn.Module, DensityField, OptionalNormals):
@@ -218,15 +247,21 @@ class NeRF(nn.Module, DensityField, OptionalNormals):
         out = self.mlp(self._encode(x))
         return out[:, 0] + self._blob(x), out[:, 1:]
 
+    def _sigma(self, raw: Tensor) -> Tensor:
+        """σ from the density pre-activation: softplus, or exp with its backward clamped at exp(15) (trunc_exp)."""
+        if self.cfg.density_activation == "exp":
+            return _TruncExp.apply(raw)
+        return F.softplus(raw)
+
     def _density_nograd(self, x: Tensor) -> Tensor:
         with torch.no_grad():
-            return F.softplus(self._field(x)[0])
+            return self._sigma(self._field(x)[0])
 
     def query_density(self, x: Float[Tensor, "N 3"], chunk: int = 1 << 18) -> Float[Tensor, "N"]:
         """σ at world points (0 outside the bbox), in chunks; for mesh extraction."""
         if x.ndim != 2 or x.shape[-1] != 3:
             raise ValueError(f"query_density expects points [N,3], got {tuple(x.shape)}")
-        out = [F.softplus(self._field(c)[0]) * self._inside(c) for c in x.split(chunk)]
+        out = [self._sigma(self._field(c)[0]) * self._inside(c) for c in x.split(chunk)]
         return torch.cat(out) if out else x.new_zeros(0)
 
     def query_albedo(self, x: Float[Tensor, "N 3"], chunk: int = 1 << 18) -> Float[Tensor, "N 3"]:
@@ -292,7 +327,7 @@ class NeRF(nn.Module, DensityField, OptionalNormals):
             gen=self.gen if self.training else None, cuda_step_size=self.cfg.cuda_step_size)
         x = samples.positions(o, d)
         raw, albedo_logits = self._field(x)
-        w = kernels.render_weights(self.cfg.backend, samples, F.softplus(raw))
+        w = kernels.render_weights(self.cfg.backend, samples, self._sigma(raw))
         albedo = torch.sigmoid(albedo_logits)
 
         normals = None
@@ -311,6 +346,8 @@ class NeRF(nn.Module, DensityField, OptionalNormals):
         maps = kernels.accumulate_along_rays(self.cfg.backend, samples, w, torch.cat(values, -1)).view(C, H, W, -1)
         alpha = kernels.accumulate_along_rays(self.cfg.backend, samples, w).view(C, H, W, 1)
         extras: dict = {"shading": mode, "n_samples": len(samples)}
+        if self.training:
+            extras["distortion"] = volume_torch.distortion(samples, w).mean()
         normal_map = None
         if normals is not None:
             normal_map = F.normalize(maps[..., 7:10], dim=-1)
@@ -337,13 +374,15 @@ class NeRF(nn.Module, DensityField, OptionalNormals):
         return self.cfg.default_weights()
 
     def regularizers(self, out: RenderOutput, step: int) -> dict[str, Tensor]:
-        """Unweighted "orient" (0 when no normals were rendered), "sparsity" and "opaque" terms."""
+        """Unweighted "orient" (0 when no normals were rendered), "sparsity", "opaque" and "distortion" (0 outside
+        training) terms."""
         a = out.alpha
         orient = out.extras.get("orient", a.new_zeros(()))
         sparsity = torch.sqrt(a**2 + 0.01).mean()
         ac = a.clamp(1e-5, 1 - 1e-5)
         opaque = -(ac * torch.log(ac) + (1 - ac) * torch.log(1 - ac)).mean()
-        return {"orient": orient, "sparsity": sparsity, "opaque": opaque}
+        distortion = out.extras.get("distortion", a.new_zeros(()))
+        return {"orient": orient, "sparsity": sparsity, "opaque": opaque, "distortion": distortion}
 
     def after_step(self, step: int, out: RenderOutput) -> None:
         """Advance the step counter and refresh the occupancy grid every ``occupancy_every`` steps."""

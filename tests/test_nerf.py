@@ -114,7 +114,7 @@ def test_gradients_reach_every_parameter_group():
     out = nerf.render(c, white(c))
     assert out.extras["shading"] == "lambertian" and "orient" in out.extras
     regs = nerf.regularizers(out, 0)
-    assert set(regs) == {"orient", "sparsity", "opaque"}
+    assert set(regs) == {"orient", "sparsity", "opaque", "distortion"}
     (out.rgb.mean() + sum(regs.values())).backward()
     for name, group in nerf.param_groups().items():
         grads = [p.grad for p in group["params"]]
@@ -162,7 +162,7 @@ def test_hierarchical_render_step_state_and_weights():
     other = build(seed=1, importance_samples=8)
     other.load_state_dict(nerf.state_dict())
     assert nerf.step == other.step == 42  # a resumed run keeps its place in the shading schedule
-    assert nerf.regularizer_weights == {"orient": 10.0, "sparsity": 0.0, "opaque": 0.0}
+    assert nerf.regularizer_weights == {"orient": 10.0, "sparsity": 0.0, "opaque": 0.0, "distortion": 0.0}
 
 
 def test_query_density_and_albedo():
@@ -383,6 +383,54 @@ def test_resolve_backend(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert kernels.resolve_backend("auto") == "torch"  # warns once only
+
+
+def test_distortion_loss_matches_the_double_sum_and_prefers_a_surface():
+    """Mip-NeRF 360's distortion loss (eq. 15) in O(M) over packed samples equals its O(S²) double sum per ray, with
+    the same gradient; rays without samples score 0; one ray's weight gathered in a thin shell scores lower than the
+    same total weight spread through a cloud (what the "distortion" regulariser rewards)."""
+    g = torch.Generator().manual_seed(0)
+    counts = [3, 0, 7, 1, 4]
+    ray = torch.cat([torch.full((c,), i) for i, c in enumerate(counts)])
+    edges = [torch.sort(torch.rand(c + 1, generator=g, dtype=torch.float64))[0] for c in counts]
+    t0 = torch.cat([e[:-1] for e in edges])
+    t1 = torch.cat([e[1:] for e in edges])
+    s = volume_torch.RaySamples(ray, t0, t1, (t0 + t1) / 2, len(counts))
+    w = torch.rand(len(ray), generator=g, dtype=torch.float64).requires_grad_(True)
+    got = volume_torch.distortion(s, w)
+    ref = []
+    for r in range(len(counts)):
+        k = ray == r
+        wr, m, dt = w[k], (t0[k] + t1[k]) / 2, t1[k] - t0[k]
+        ref.append((wr[:, None] * wr[None] * (m[:, None] - m[None]).abs()).sum() + (wr**2 * dt).sum() / 3)
+    ref = torch.stack(ref)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    assert got[1] == 0
+    torch.testing.assert_close(torch.autograd.grad(got.sum(), w)[0], torch.autograd.grad(ref.sum(), w)[0])
+    e = torch.linspace(0, 1, 33)
+    one = volume_torch.RaySamples(torch.zeros(32, dtype=torch.long), e[:-1], e[1:], (e[:-1] + e[1:]) / 2, 1)
+    shell = torch.zeros(32).index_fill(0, torch.tensor([10, 11]), 0.45)
+    cloud = torch.full((32,), 0.9 / 32)
+    assert volume_torch.distortion(one, shell) < 0.1 * volume_torch.distortion(one, cloud)
+    nerf = build(seed=0).train()
+    out = nerf.render(cams(1, 16), torch.ones(1, 16, 16, 3))
+    reg = nerf.regularizers(out, 0)
+    assert reg["distortion"] > 0 and reg["distortion"].requires_grad and "distortion" in nerf.regularizer_weights
+
+
+def test_exp_density_activation_is_exp_with_a_clamped_gradient():
+    """``density_activation="exp"`` (Instant-NGP's trunc_exp): σ = exp(pre-activation), whose backward uses
+    exp(min(x, 15)) so that a dense start cannot overflow the gradient; an unknown name is refused."""
+    soft, exp = build(seed=0), build(seed=0, density_activation="exp")
+    x = torch.rand(64, 3) * 1.2 - 0.6
+    raw = soft._field(x)[0].detach()
+    torch.testing.assert_close(exp.query_density(x), torch.exp(raw))
+    torch.testing.assert_close(soft.query_density(x), torch.nn.functional.softplus(raw))
+    z = torch.tensor([0.0, 20.0], requires_grad=True)
+    exp._sigma(z).sum().backward()
+    torch.testing.assert_close(z.grad, torch.tensor([1.0, math.exp(15.0)]))
+    with pytest.raises(ValueError, match="density_activation"):
+        NeRFConfig(density_activation="relu")
 
 
 @pytest.mark.cuda
