@@ -3,7 +3,7 @@
     for step in range(steps):
         cams = sample_cameras(...); out = scene.render(cams, background)
         g = guidance(out.rgb, prompts, cams, step)  # cams carry out's per-view condition images, if any
-        regs = scene.regularizers(out, step)
+        regs = scene.regularizers(out, step, w)  # a term of weight 0 may be left out
         loss = g.loss + sum(w[k] * regs[k]); backward; optimiser step; scene.after_step(step, out)
 
 One torch.Generator seeded from cfg.seed drives cameras, timesteps, noise and initialisation, so a run is
@@ -308,7 +308,7 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
             if "control" in out.extras:
                 cams = cams.with_condition(out.extras["control"])
             g = guidance(out.rgb, prompts, cams, step)
-            regs = scene.regularizers(out, step)
+            regs = scene.regularizers(out, step, weights)
             loss = g.loss + sum(weights.get(k, 1.0) * v for k, v in regs.items())
             watch.record(loss, step)
             if not watch.lazy:

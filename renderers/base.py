@@ -18,6 +18,7 @@ and the main paths check ``declares(scene, Ability)`` once, with a clear error w
 """
 
 from abc import abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -61,8 +62,10 @@ class Scene(Protocol):
         """Optimiser groups by name: {name: {"params": [...], "lr": float, ...}}."""
         ...
 
-    def regularizers(self, out: RenderOutput, step: int) -> dict[str, Tensor]:
-        """Named scalar regulariser terms for this step (weights are applied by the training loop)."""
+    def regularizers(self, out: RenderOutput, step: int, weights: Mapping[str, float] | None = None
+                     ) -> dict[str, Tensor]:
+        """Named scalar regulariser terms for this step (weights are applied by the training loop). ``weights`` are
+        the run's; a scene may leave out a term whose weight there is 0 instead of computing it."""
         ...
 
     def after_step(self, step: int, out: RenderOutput) -> None:

@@ -21,6 +21,7 @@ non-finite Gaussians are pruned, all under a hard cap. It changes the number of 
 
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -388,7 +389,8 @@ class Gaussians(nn.Module, DensityField, GaussianSplats, OwnOptimizer):
         c = self.cfg
         return {"scale": c.scale_reg, "anisotropy": c.anisotropy_reg, "opacity": c.opacity_reg}
 
-    def regularizers(self, out: RenderOutput, step: int) -> dict[str, Tensor]:
+    def regularizers(self, out: RenderOutput, step: int, weights: Mapping[str, float] | None = None
+                     ) -> dict[str, Tensor]:
         """Unweighted terms: mean scale (metres), mean excess anisotropy, mean opacity (weights: above)."""
         if self.num_gaussians == 0:
             zero = self.means.sum() * 0.0

@@ -40,6 +40,7 @@ Condition images: the training loop (engine/train.py ``_wire_condition``) sets `
 """
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -377,7 +378,8 @@ class MaterialScene(nn.Module, ConditionRenderer):
     def regularizer_weights(self) -> dict[str, float]:
         return self.cfg.regularizer_weights
 
-    def regularizers(self, out: RenderOutput, step: int) -> dict[str, Tensor]:
+    def regularizers(self, out: RenderOutput, step: int, weights: Mapping[str, float] | None = None
+                     ) -> dict[str, Tensor]:
         """"detail": mean square of the learned normal detail (the height should explain the relief);
         "metallic_binary": mean m(1 - m) of the metallic map, zero for pure dielectrics and pure metals (real metalness
         maps are nearly binary), which breaks the near-degeneracy of a rough surface's albedo and a small metallic."""

@@ -30,6 +30,7 @@ row 0 is the top (nvdiffrast's clip y = −1 is row 0).
 import dataclasses
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -553,7 +554,8 @@ class Mesh(nn.Module, MeshSource, PBRMaterial, AlbedoField, Relightable, Conditi
     def regularizer_weights(self) -> dict[str, float]:
         return self.cfg.default_weights()
 
-    def regularizers(self, out: RenderOutput, step: int) -> dict[str, Tensor]:
+    def regularizers(self, out: RenderOutput, step: int, weights: Mapping[str, float] | None = None
+                     ) -> dict[str, Tensor]:
         zero = out.rgb.new_zeros(())
         regs = {"albedo_smooth": out.extras.get("albedo_smooth", zero)}
         r, m = out.extras.get("roughness_mean"), out.extras.get("metallic_mean")

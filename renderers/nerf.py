@@ -35,6 +35,7 @@ passed to ``NeRFConfig.build``, so one seed gives one run.
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -346,8 +347,8 @@ class NeRF(nn.Module, DensityField, OptionalNormals):
         maps = kernels.accumulate_along_rays(self.cfg.backend, samples, w, torch.cat(values, -1)).view(C, H, W, -1)
         alpha = kernels.accumulate_along_rays(self.cfg.backend, samples, w).view(C, H, W, 1)
         extras: dict = {"shading": mode, "n_samples": len(samples)}
-        if self.training:
-            extras["distortion"] = volume_torch.distortion(samples, w).mean()
+        if self.training:  # the distortion term's inputs; ``regularizers`` evaluates it only when it is weighted
+            extras["ray_weights"] = (samples, w)
         normal_map = None
         if normals is not None:
             normal_map = F.normalize(maps[..., 7:10], dim=-1)
@@ -373,16 +374,21 @@ class NeRF(nn.Module, DensityField, OptionalNormals):
         """Default weights of the terms of :meth:`regularizers` (the training loop overrides them by name)."""
         return self.cfg.default_weights()
 
-    def regularizers(self, out: RenderOutput, step: int) -> dict[str, Tensor]:
+    def regularizers(self, out: RenderOutput, step: int, weights: Mapping[str, float] | None = None
+                     ) -> dict[str, Tensor]:
         """Unweighted "orient" (0 when no normals were rendered), "sparsity", "opaque" and "distortion" (0 outside
-        training) terms."""
+        training) terms. "distortion" (O(samples)) is left out when ``weights`` gives it weight 0."""
         a = out.alpha
         orient = out.extras.get("orient", a.new_zeros(()))
         sparsity = torch.sqrt(a**2 + 0.01).mean()
         ac = a.clamp(1e-5, 1 - 1e-5)
         opaque = -(ac * torch.log(ac) + (1 - ac) * torch.log(1 - ac)).mean()
-        distortion = out.extras.get("distortion", a.new_zeros(()))
-        return {"orient": orient, "sparsity": sparsity, "opaque": opaque, "distortion": distortion}
+        regs = {"orient": orient, "sparsity": sparsity, "opaque": opaque}
+        if weights is None or weights.get("distortion", 1.0) != 0:
+            ray_weights = out.extras.get("ray_weights")
+            regs["distortion"] = (a.new_zeros(()) if ray_weights is None
+                                  else volume_torch.distortion(*ray_weights).mean())
+        return regs
 
     def after_step(self, step: int, out: RenderOutput) -> None:
         """Advance the step counter and refresh the occupancy grid every ``occupancy_every`` steps."""

@@ -6,6 +6,7 @@ rendered (each keeps its own term, so the loop's weights still apply), ``after_s
 particle's own slice of the render, and the state dict nests each particle's under "p<i>.".
 """
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -86,11 +87,12 @@ class Particles(SceneGroup, OwnOptimizer):
                 groups[f"p{i}.{name}"] = g
         return groups
 
-    def regularizers(self, out: RenderOutput, step: int) -> dict[str, Tensor]:
+    def regularizers(self, out: RenderOutput, step: int, weights: Mapping[str, float] | None = None
+                     ) -> dict[str, Tensor]:
         """Each named term averaged over the particles that rendered this step."""
         sums: dict[str, list[Tensor]] = {}
         for p, o in self._outputs(out):
-            for k, v in self.scenes[p].regularizers(o, step).items():
+            for k, v in self.scenes[p].regularizers(o, step, weights).items():
                 sums.setdefault(k, []).append(v)
         return {k: torch.stack(v).mean() for k, v in sums.items()}
 

@@ -416,6 +416,9 @@ def test_distortion_loss_matches_the_double_sum_and_prefers_a_surface():
     out = nerf.render(cams(1, 16), torch.ones(1, 16, 16, 3))
     reg = nerf.regularizers(out, 0)
     assert reg["distortion"] > 0 and reg["distortion"].requires_grad and "distortion" in nerf.regularizer_weights
+    # a run that does not weight it does not pay for it (the training loop passes its weights)
+    assert "distortion" not in nerf.regularizers(out, 0, {"distortion": 0.0})
+    assert nerf.regularizers(out, 0, {"distortion": 1.0})["distortion"] == reg["distortion"]
 
 
 def test_exp_density_activation_is_exp_with_a_clamped_gradient():

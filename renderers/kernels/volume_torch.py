@@ -267,12 +267,13 @@ def distortion(samples: RaySamples, weights: Float[Tensor, "M"]) -> Float[Tensor
     m = 0.5 * (samples.t_starts + samples.t_ends)
     delta = samples.t_ends - samples.t_starts
     w64, wm64 = weights.double(), (weights * m).double()
+    # Each sample's ray's first packed index (samples are grouped by ray), found once for both prefix sums.
+    first = torch.full((samples.n_rays,), len(ray), dtype=torch.long, device=ray.device)
+    first = first.scatter_reduce(0, ray, torch.arange(len(ray), device=ray.device), "amin")[ray]
 
     def exclusive_per_ray(x: Tensor) -> Tensor:
         c = torch.cumsum(x, 0) - x  # exclusive, over the whole packed array
-        first = torch.full((samples.n_rays,), len(x), dtype=torch.long, device=x.device)
-        first = first.scatter_reduce(0, ray, torch.arange(len(x), device=x.device), "amin")
-        return c - c[first[ray]]
+        return c - c[first]
 
     cross = 2.0 * weights * (m * exclusive_per_ray(w64).to(m.dtype) - exclusive_per_ray(wm64).to(m.dtype))
     return out.index_add(0, ray, cross + weights**2 * delta / 3.0)
