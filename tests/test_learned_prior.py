@@ -268,6 +268,30 @@ def test_prior_folder_recommends_an_objective_for_runs_that_name_none(tmp_path, 
     assert type(cfg.guidance) is SDSConfig
 
 
+def test_prior_folder_defaults_by_objective_apply_to_that_objective_only(tmp_path, capsys):
+    """distillery.json "defaults_by_objective"[<objective>] applies after "defaults" to runs of that objective only
+    (the recommended one or a named one), and yields to flags; a malformed entry is the folder's one-line error."""
+    from engine.cli import build_generate_config
+    folder = tmp_path / "prior"
+    folder.mkdir()
+    (folder / "distillery.json").write_text(json.dumps({
+        "objective": "elbo", "defaults": {"cameras.batch_size": 2, "train.steps": 77},
+        "defaults_by_objective": {"elbo": {"cameras.batch_size": 4}, "vsd": {"train.steps": 88}}}))
+    cfg, _ = build_generate_config(["a red cube", "--prior", str(folder)])  # elbo, recommended
+    assert cfg.cameras.batch_size == 4 and cfg.train.steps == 77
+    assert "cameras.batch_size=4" in capsys.readouterr().err
+    cfg, _ = build_generate_config(["a red cube", "--prior", str(folder), "--guidance", "sds"])
+    assert cfg.cameras.batch_size == 2 and cfg.train.steps == 77
+    cfg, _ = build_generate_config(["a red cube", "--prior", str(folder), "--guidance", "vsd"])
+    assert cfg.cameras.batch_size == 2 and cfg.train.steps == 88
+    cfg, _ = build_generate_config(["a red cube", "--prior", str(folder), "--cameras.batch-size", "1"])
+    assert cfg.cameras.batch_size == 1
+    (folder / "distillery.json").write_text(json.dumps({"defaults_by_objective": {"sds": [1, 2]}}))
+    with pytest.raises(SystemExit) as e:
+        build_generate_config(["a red cube", "--prior", str(folder), "--guidance", "sds"])
+    assert e.value.code == 2 and "cannot read the prior's defaults" in capsys.readouterr().err
+
+
 def test_vsd_lora_learns_on_the_shipped_prior():
     """VSD's particle LoRA trains through the shipped prior: after a few steps every LoRA tensor has moved (B starts
     at 0), and the particle's epsilon for a fixed (x_t, t) has changed and differs from the frozen prior's

@@ -35,11 +35,14 @@ def apply_prior_defaults(cfg, name: str | None = None) -> dict:
     run config ``cfg``, in place; returns {dotted key: value as set} for each applied one (empty when the folder has
     none).
 
-    Keys are dotted field paths of the run config. A key whose last field the chosen component lacks (e.g. a CFG
-    scale for an objective without one) is skipped; an unknown path is the folder's error (ValueError).
+    "defaults" apply to every run; then "defaults_by_objective"[<the run's objective, a key of guidance.GUIDANCES>]
+    (a setting one objective wants and another does not, e.g. four views a step for elbo, which draws VSD's particle
+    into a sphere). Keys are dotted field paths of the run config. A key whose last field the chosen component lacks
+    (e.g. a CFG scale for an objective without one) is skipped; an unknown path is the folder's error (ValueError).
     """
-    import dataclasses
     import json
+
+    from guidance import GUIDANCES
 
     folder = resolve_prior_folder(name if name is not None else cfg.prior.name)
     path = os.path.join(folder, DEFAULTS_FILE)
@@ -47,26 +50,45 @@ def apply_prior_defaults(cfg, name: str | None = None) -> dict:
         return {}
     try:
         with open(path) as f:
-            defaults = json.load(f).get("defaults", {})
-    except (OSError, ValueError, AttributeError) as e:
+            doc = json.load(f)
+        defaults = dict(doc.get("defaults", {}))
+        by_objective = doc.get("defaults_by_objective", {})
+        objective = next((k for k, c in GUIDANCES.items() if type(cfg.guidance) is c), None)
+        defaults.update(by_objective.get(objective, {}) if objective else {})
+    except (OSError, ValueError, AttributeError, TypeError) as e:
         raise ValueError(f"cannot read the prior's defaults {path}: {e}") from None
     applied = {}
     for key, value in defaults.items():
-        *parents, leaf = key.split(".")
-        obj = cfg
-        for part in parents:
-            if not dataclasses.is_dataclass(obj) or not hasattr(obj, part):
-                raise ValueError(f"{path}: unknown setting {key!r}")
-            obj = getattr(obj, part)
-        if not dataclasses.is_dataclass(obj):
-            raise ValueError(f"{path}: unknown setting {key!r}")
-        if leaf not in {f.name for f in dataclasses.fields(obj)}:
-            if parents and parents[0] in ("guidance", "renderer"):
-                continue  # the chosen objective / renderer has no such field
-            raise ValueError(f"{path}: unknown setting {key!r}")
-        setattr(obj, leaf, tuple(value) if isinstance(value, list) else value)
-        applied[key] = getattr(obj, leaf)
+        if _set_default(cfg, key, value, path):
+            applied[key] = _field(cfg, key)
     return applied
+
+
+def _field(cfg, key: str):
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _set_default(cfg, key: str, value, path: str) -> bool:
+    """Set the dotted ``key`` of ``cfg`` to ``value`` (a list becomes a tuple); False (nothing set) for a guidance /
+    renderer field the chosen component lacks, ValueError for an unknown path."""
+    import dataclasses
+
+    *parents, leaf = key.split(".")
+    obj = cfg
+    for part in parents:
+        if not dataclasses.is_dataclass(obj) or not hasattr(obj, part):
+            raise ValueError(f"{path}: unknown setting {key!r}")
+        obj = getattr(obj, part)
+    if not dataclasses.is_dataclass(obj):
+        raise ValueError(f"{path}: unknown setting {key!r}")
+    if leaf not in {f.name for f in dataclasses.fields(obj)}:
+        if parents and parents[0] in ("guidance", "renderer"):
+            return False  # the chosen objective / renderer has no such field
+        raise ValueError(f"{path}: unknown setting {key!r}")
+    setattr(obj, leaf, tuple(value) if isinstance(value, list) else value)
+    return True
 
 
 def is_exemplar(name: str) -> bool:

@@ -80,8 +80,9 @@ SHAPES_WORLD = ("shapes", "shapes-sd", "shapes-exemplar")
 DEFAULTS_FILE = "distillery.json"
 """A prior folder's recommended run settings, {"defaults": {"train.steps": 600, "guidance.guidance_scale": 7.5}},
 optionally the built-in world it models, {"world": "shapes"} (its runs are then evaluated against that world's
-ground truth, as the built-in priors' are), and optionally the objective for a run that names none,
-{"objective": "elbo"} (engine/compose.py rule 2)."""
+ground truth, as the built-in priors' are), optionally the objective for a run that names none,
+{"objective": "elbo"} (engine/compose.py rule 2), and optionally settings for one objective's runs only,
+{"defaults_by_objective": {"elbo": {"cameras.batch_size": 4}}} (applied after "defaults")."""
 
 
 def _folder_settings(name: str) -> dict:
