@@ -23,7 +23,7 @@ def main() -> None:
     ap.add_argument("--prompt", default="a red cube")
     ap.add_argument("--prior", default="shapes", help="shapes (learned, the demo's) or shapes-exemplar, a folder...")
     ap.add_argument("--renderer", default="nerf")
-    ap.add_argument("--guidance", default="sds")
+    ap.add_argument("--guidance", default=None, help="default: the prior's recommended objective (the demo's)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--eval-every", type=int, default=50, help="evaluate against ground truth every N steps")
@@ -42,7 +42,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as tmp:
-            argv = [args.prompt, "--prior", args.prior, "--renderer", args.renderer, "--guidance", args.guidance,
+            argv = [args.prompt, "--prior", args.prior, "--renderer", args.renderer,
+                    *(["--guidance", args.guidance] if args.guidance else []),
                     "--seed", str(seed), "--out", os.path.join(tmp, "run"), "--train.no-progress",
                     "--train.eval-every", str(args.eval_every)]
             if args.steps is not None:
@@ -56,7 +57,8 @@ def main() -> None:
                 else {}
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         reach = next((r["train_s"] for r in rows if r.get("eval_psnr", -1) >= args.target_psnr), None)
-        print(f"| {args.prompt} | {args.prior} | {args.renderer} | {args.guidance} | {seed} | {cfg.train.steps} | "
+        objective = type(cfg.guidance).__name__.removesuffix("Config").lower()
+        print(f"| {args.prompt} | {args.prior} | {args.renderer} | {objective} | {seed} | {cfg.train.steps} | "
               f"{wall:.1f} | "
               f"{rows[-1]['train_s']:.1f} | {rows[-1]['it_per_s']:.2f} | {rss:.0f} | "
               f"{ev.get('psnr', float('nan')):.2f} | {ev.get('iou', float('nan')):.3f} | "
