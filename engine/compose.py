@@ -226,9 +226,11 @@ def _tune(cfg: "GenerateConfig", choices: Choices, say: Callable[..., None]) -> 
             light == "none" or (light == "dreamfusion" and not is_exemplar(cfg.prior.name))):
         cfg.renderer.light = "shapes"
         say("renderer.light shapes (renders lit by the shapes world's key light)", {"renderer.light": "shapes"})
+    from guidance import GUIDANCES
     from guidance.priors import apply_prior_defaults
-    try:
-        applied = apply_prior_defaults(cfg)  # a prior folder's recommended settings; the user's overrides win
+    objective = next((k for k, c in GUIDANCES.items() if type(cfg.guidance) is c), None)
+    try:  # a prior folder's recommended settings (those for the run's objective last); the user's overrides win
+        applied = apply_prior_defaults(cfg, objective=objective)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if applied:

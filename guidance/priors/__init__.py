@@ -30,19 +30,17 @@ from guidance.priors.config import (
 )
 
 
-def apply_prior_defaults(cfg, name: str | None = None) -> dict:
+def apply_prior_defaults(cfg, name: str | None = None, objective: str | None = None) -> dict:
     """Apply the recommended defaults of the prior folder named by ``cfg.prior.name`` (its distillery.json) to the
     run config ``cfg``, in place; returns {dotted key: value as set} for each applied one (empty when the folder has
     none).
 
-    "defaults" apply to every run; then "defaults_by_objective"[<the run's objective, a key of guidance.GUIDANCES>]
+    "defaults" apply to every run; then "defaults_by_objective"[``objective``] (the run's, a key of guidance.GUIDANCES)
     (a setting one objective wants and another does not, e.g. four views a step for elbo, which draws VSD's particle
     into a sphere). Keys are dotted field paths of the run config. A key whose last field the chosen component lacks
     (e.g. a CFG scale for an objective without one) is skipped; an unknown path is the folder's error (ValueError).
     """
     import json
-
-    from guidance import GUIDANCES
 
     folder = resolve_prior_folder(name if name is not None else cfg.prior.name)
     path = os.path.join(folder, DEFAULTS_FILE)
@@ -53,7 +51,6 @@ def apply_prior_defaults(cfg, name: str | None = None) -> dict:
             doc = json.load(f)
         defaults = dict(doc.get("defaults", {}))
         by_objective = doc.get("defaults_by_objective", {})
-        objective = next((k for k, c in GUIDANCES.items() if type(cfg.guidance) is c), None)
         defaults.update(by_objective.get(objective, {}) if objective else {})
     except (OSError, ValueError, AttributeError, TypeError) as e:
         raise ValueError(f"cannot read the prior's defaults {path}: {e}") from None
