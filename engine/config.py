@@ -261,6 +261,12 @@ def tune_diffusion(cfg: GenerateConfig, family: str | None, cuda: bool) -> str:
         cfg.guidance.cfg_convention = "threestudio"
     if hasattr(cfg.guidance, "guidance_scale"):
         said.append(f"CFG {cfg.guidance.guidance_scale:g}")
+    if name == "csd" and family in ("sd", "sdxl"):
+        # CSD's reference configs: csd-if.yaml (DeepFloyd, pixels) weighs t uniformly, csd-sd-refine.yaml (SD 2.1)
+        # by w(t) = 1 - abar_t (guidance-spec §2.6). On the shipped shapes prior the uniform weight drew a pink-red
+        # cube (closest colour orange, 13.3 dB); 1 - abar_t a red one (16.0 dB; docs/benchmarks.md, session 32).
+        cfg.guidance.weighting = "sds"
+        said.append("w(t) = 1 - abar_t (csd-sd)")
     if name in BACKGROUND_AUGMENT:
         cfg.background.augment = BACKGROUND_AUGMENT[name]
         said.append(f"background augmentation {cfg.background.augment:g}")

@@ -210,6 +210,16 @@ def test_diffusion_preset_by_family_objective_and_device(tiny_sd, tiny_if, capsy
     assert cfg.guidance.guidance_scale == 100.0 and cfg.resolution == 64  # dreamfusion-sd
     assert "sd prior, sds, CFG 100" in capsys.readouterr().err
 
+    # CSD's weighting follows its reference configs by family: 1 - abar_t for SD (csd-sd), uniform for IF (csd-if)
+    cfg, _ = build_generate_config(["a red cube", "--prior", tiny_sd, "--guidance", "csd"])
+    assert cfg.guidance.weighting == "sds" and "csd-sd" in capsys.readouterr().err
+    cfg, _ = build_generate_config(["a red cube", "--prior", tiny_if, "--guidance", "csd"])
+    assert cfg.guidance.weighting == "uniform"
+    cfg, _ = build_generate_config(["a red cube", "--prior", tiny_sd, "--guidance", "csd", "--guidance.weighting",
+                                    "uniform"])
+    assert cfg.guidance.weighting == "uniform"  # the user's override wins
+    capsys.readouterr()
+
     cfg, _ = build_generate_config(["a red cube", "--prior", "shapes-exemplar"])  # the exemplar preset is untouched
     assert cfg.resolution == 64 and cfg.guidance.guidance_scale == 1.0 and not capsys.readouterr().err
 
@@ -630,8 +640,8 @@ def test_lazy_nan_check_in_the_loop_keeps_the_last_good_checkpoint(tmp_path, mon
         lambda out: GuidanceOutput(out.loss * float("nan"), out.logs) if step == 4 else out)(
         real(self, rgb, prompts, cams, step, **kw)))
     run = str(tmp_path / "run")
-    cfg, _ = build_generate_config(["a red cube", "--steps", "8", "--resolution", "16", "--out", run,
-                                    "--train.log-every", "2", "--train.checkpoint-every", "3",
+    cfg, _ = build_generate_config(["a red cube", "--guidance", "sds", "--steps", "8", "--resolution", "16",
+                                    "--out", run, "--train.log-every", "2", "--train.checkpoint-every", "3",
                                     "--train.preview-every", "0", "--train.video-frames", "0",
                                     "--train.no-progress", "--train.no-export"])
     with pytest.raises(train.RunError, match="the loss became nan at step 4"):
