@@ -770,19 +770,36 @@ RECOMMENDED_DEFAULTS: dict = {
     "resolution": 64,
     "guidance.guidance_scale": 7.5,
     "guidance.cfg_convention": "standard",
+    "renderer.density_activation": "exp",
 }
 """The run settings a shapes-world prior folder recommends (its distillery.json, applied by `engine generate` under
 the user's flags): the cameras and white background of the engine's `shapes` preset, which the training data
 covers; 400 steps at 64 px, the size the model was trained at; CFG 7.5 (standard convention) for every objective,
 SDS included, whose paper uses 100: on this small prior SDS at 7.5 beat 100 (docs/learned-prior.md, where both are
-measured; bench/bench_learned_prior.py --paper runs every objective at its paper's scale)."""
+measured; bench/bench_learned_prior.py --paper runs every objective at its paper's scale); the NeRF's density
+through exp (trunc_exp), whose surfaces come out firmer than softplus's soft cloud on this prior (docs/benchmarks.md,
+session 31)."""
+
+
+RECOMMENDED_OBJECTIVE = "elbo"
+"""The objective of a run on the folder that names none (distillery.json "objective"): the likelihood objective
+(guidance/elbo.py), whose fixed point puts the albedo's brightness where the model's likelihood does, where SDS's
+ends too bright on the free-albedo VAE's priors (docs/learned-prior.md, sessions 28-31)."""
+
+RECOMMENDED_BY_OBJECTIVE: dict = {"elbo": {"cameras.batch_size": 2}}
+"""Settings for one objective's runs only (distillery.json "defaults_by_objective"): two views a step for elbo, without
+which the NeRF's thin parts erode (the cone's IoU 0.647 at one view, 0.790 at two, 0.936 at four, for 50 / 68 / 114 s
+at one thread; two put the demo cube's face spread under 10/255) and which would draw VSD's particle into a sphere
+(at four views; docs/benchmarks.md, sessions 31-32)."""
 
 
 def write_defaults(out: str) -> None:
-    """distillery.json: the world the folder models (its runs are evaluated against that world's ground truth) and
-    RECOMMENDED_DEFAULTS."""
-    doc = {"about": "Written by `engine train-prior shapes` (engine/train_prior.py RECOMMENDED_DEFAULTS).",
-           "world": "shapes", "defaults": RECOMMENDED_DEFAULTS}
+    """distillery.json: the world the folder models (its runs are evaluated against that world's ground truth),
+    RECOMMENDED_DEFAULTS, RECOMMENDED_OBJECTIVE and RECOMMENDED_BY_OBJECTIVE."""
+    doc = {"about": "Written by `engine train-prior shapes` (engine/train_prior.py RECOMMENDED_DEFAULTS, "
+                    "RECOMMENDED_OBJECTIVE, RECOMMENDED_BY_OBJECTIVE).",
+           "world": "shapes", "objective": RECOMMENDED_OBJECTIVE, "defaults": RECOMMENDED_DEFAULTS,
+           "defaults_by_objective": RECOMMENDED_BY_OBJECTIVE}
     with open(os.path.join(out, "distillery.json"), "w") as f:
         json.dump(doc, f, indent=1)
 

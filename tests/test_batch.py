@@ -70,7 +70,7 @@ def test_three_prompts_complete_with_glbs_and_a_summary(three_prompts):
     for name, r in rows.items():
         assert r["state"] == "complete" and r["steps"] == "4" and r["target_steps"] == "4", r
         assert (r["guidance"], r["renderer"], r["prior"], r["seed"], r["attempts"]) == \
-            ("sds", "mesh", "shapes", "0", "1")
+            ("elbo", "mesh", "shapes", "0", "1")  # the shipped prior's recommended objective
         assert float(r["seconds"]) > 0 and float(r["it_per_s"]) > 0 and float(r["peak_mem_mb"]) > 100
         assert 0 < float(r["iou"]) <= 1 and float(r["psnr"]) > 5
         assert r["glb"] == f"{name}/export/model.glb"
@@ -222,7 +222,7 @@ def test_per_row_overrides_reach_the_run_config(mixed_batch):
     out = mixed_batch["out"]
     cfg = yaml.safe_load(open(os.path.join(out, "a-red-cube-seed7", "config.yaml")))
     assert cfg["seed"] == 7 and cfg["train"]["steps"] == 3 and cfg["resolution"] == 16
-    assert cfg["guidance"]["name"] == "sds" and cfg["guidance"]["guidance_scale"] == 2.5
+    assert cfg["guidance"]["name"] == "elbo" and cfg["guidance"]["guidance_scale"] == 2.5
     assert cfg["renderer"]["name"] == "mesh" and cfg["renderer"]["tet_resolution"] == 12  # shared options too
     assert cfg["prior"]["name"] == "shapes"  # an empty CSV cell leaves the default
     failed = yaml.safe_load(open(os.path.join(out, "a-green-cone-seed0", "config.yaml")))

@@ -30,7 +30,7 @@ def test_the_rules_are_applied_in_one_place(capsys, monkeypatch):
     # the default prior is the learned shapes prior: the diffusion preset, then its folder's recommended settings,
     # said in one line once the config has passed its checks
     demo = compose(Choices(prompt="a red cube"))
-    assert demo.prior.name == "shapes" and type(demo.guidance).__name__ == "SDSConfig"
+    assert demo.prior.name == "shapes" and type(demo.guidance).__name__ == "ELBOConfig"
     assert (demo.guidance.guidance_scale, demo.guidance.cfg_convention, demo.train.steps, demo.resolution) == \
         (7.5, "standard", 400, 64)
     err = capsys.readouterr().err

@@ -64,10 +64,11 @@ def test_train_prior_is_deterministic_and_loads_offline(tmp_path, monkeypatch):
 
     # The folder says which world it models (distillery.json), so a run on it is evaluated against that world's
     # ground truth like a run on a built-in prior, and its recommended settings are applied.
-    from engine.train_prior import RECOMMENDED_DEFAULTS
-    from guidance.priors import prior_world
+    from engine.train_prior import RECOMMENDED_BY_OBJECTIVE, RECOMMENDED_DEFAULTS, RECOMMENDED_OBJECTIVE
+    from guidance.priors import prior_objective, prior_world
     doc = json.load(open(os.path.join(a, "distillery.json")))
     assert doc["world"] == "shapes" and doc["defaults"] == RECOMMENDED_DEFAULTS
+    assert doc["defaults_by_objective"] == RECOMMENDED_BY_OBJECTIVE and prior_objective(a) == RECOMMENDED_OBJECTIVE
     assert prior_world(a) == "shapes" and prior_world(str(tmp_path)) is None and prior_world("shapes") == "shapes"
     from engine.cli import main
     run = str(tmp_path / "run")
@@ -413,6 +414,10 @@ def test_shipped_prior_recommended_defaults_are_applied(capsys):
     assert "then the settings of the prior shapes" in capsys.readouterr().err
     cfg, _ = build_generate_config(["a red cube", "--prior", "shapes", "--guidance", "vsd"])
     assert cfg.guidance.guidance_scale == 7.5 and cfg.background.kind == "solid"  # VSD has no cfg_convention: skipped
+    assert cfg.cameras.batch_size == 1  # two views a step are elbo's setting only
+    cfg, _ = build_generate_config(["a red cube", "--prior", "shapes"])  # its recommended objective, elbo
+    assert type(cfg.guidance).__name__ == "ELBOConfig" and cfg.cameras.batch_size == 2
+    assert cfg.renderer.density_activation == "exp"
     cfg, _ = build_generate_config(["a red cube", "--prior", "shapes", "--guidance.guidance-scale", "100",
                                     "--background.kind", "random"])
     assert cfg.guidance.guidance_scale == 100 and cfg.background.kind == "random"
