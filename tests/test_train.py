@@ -80,7 +80,7 @@ def test_nan_stops_the_run_and_keeps_checkpoints(tmp_path, monkeypatch):
 
     monkeypatch.setattr(SDS, "__call__", poisoned)
     with pytest.raises(RunError, match="became nan at step 4"):
-        generate(_cfg(tmp_path))
+        generate(_cfg(tmp_path, "run", 6, "--guidance", "sds"))  # the objective poisoned above
     run = str(tmp_path / "run")
     status = read_status(run)
     assert status["state"] == "failed" and "step_000003" in status["message"]
