@@ -116,12 +116,13 @@ def test_sh_matches_gsplat(degree):
 def _brute_force(means2d, conics, opac, feats, depths, radii, W, H):
     """gsplat's per-pixel loop, literally: every Gaussian at every pixel, depth order, skip / clamp / stop rules."""
     C = means2d.shape[0]
-    ys, xs = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=means2d.dtype) + 0.5, torch.arange(W, dtype=means2d.dtype) + 0.5,
+                            indexing="ij")
     px, py = xs.reshape(-1), ys.reshape(-1)
     imgs, alphas = [], []
     for c in range(C):
-        T = torch.ones(H * W)
-        out = torch.zeros(H * W, feats.shape[-1])
+        T = torch.ones(H * W, dtype=means2d.dtype)
+        out = torch.zeros(H * W, feats.shape[-1], dtype=means2d.dtype)
         done = torch.zeros(H * W, dtype=torch.bool)
         for g in torch.argsort(depths[c], stable=True).tolist():
             if radii[c, g, 0] <= 0:
@@ -163,6 +164,33 @@ def test_compositor_matches_brute_force_values_and_gradients():
     gb = torch.autograd.grad((ref_img * ct).sum() + ref_alpha.sum(), leaves)
     for a, b, name in zip(ga, gb, ("means", "scales", "opacities", "colors")):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * max(1.0, b.abs().max().item()), msg=name)
+
+
+@pytest.mark.parametrize("max_dense", [1 << 22, 64 * 8])
+def test_compositor_float64_partial_tiles_batches_and_clamped_alpha_match_brute_force(max_dense):
+    """The analytic backward against autograd through gsplat's literal loop, in float64: a 30x20 image (partial
+    tiles), tiles composited in one batch or in many, and opacities above 0.999 (α clamped: no gradient there)."""
+    means, quats, scales, opac, colors = (t.double() for t in _random_splats(48, seed=11))
+    opac[:6] = 0.99999
+    cams = orbit_cameras(torch.tensor([20.0, 200.0]), 25.0, 2.0, 45.0, 30, 20)
+    vm, K = cams.viewmat_opencv().double(), cams.intrinsics().double()
+    leaves = [t.clone().requires_grad_(True) for t in (means, scales, opac, colors)]
+    m, s, o, col = leaves
+    proj = project(m, covariance(quats, s), vm, K, 30, 20, opacities=o)
+    feats = col[None].expand(2, -1, -1)
+    img, alpha = rasterize(proj.means2d, proj.conics, proj.opacities, feats, proj.depths, proj.radii, 30, 20,
+                           tile_size=8, max_dense=max_dense)
+    ref_img, ref_alpha = _brute_force(proj.means2d, proj.conics, proj.opacities, feats, proj.depths, proj.radii,
+                                      30, 20)
+    assert img.shape == (2, 20, 30, 3) and alpha.max() > 0.99
+    torch.testing.assert_close(img, ref_img, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(alpha, ref_alpha, rtol=1e-9, atol=1e-12)
+    ct = torch.randn_like(img)
+    ga = torch.autograd.grad((img * ct).sum() + 0.7 * alpha.sum(), leaves, retain_graph=True)
+    gb = torch.autograd.grad((ref_img * ct).sum() + 0.7 * ref_alpha.sum(), leaves)
+    for a, b, name in zip(ga, gb, ("means", "scales", "opacities", "colors")):
+        assert b.abs().max() > 0, name
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10 * max(1.0, b.abs().max().item()), msg=name)
 
 
 def test_tile_checkpointing_gives_same_values_and_gradients():

@@ -1,6 +1,7 @@
 """Pure-torch 3D Gaussian splatting: EWA projection and a tile-culled, depth-sorted compositor.
 
-This is the readable reference that also runs on CPU; autograd provides the backward pass. It follows gsplat
+This is the readable reference that also runs on CPU; autograd provides the backward pass of the projection, the
+compositor writes its own (below). It follows gsplat
 1.5.3's forward math (shared/docs/renderers.md §1.2) so that the CPU and CUDA backends agree:
 
 1. Σ = R S Sᵀ Rᵀ from a (w,x,y,z) quaternion (normalised here) and scales.
@@ -13,11 +14,15 @@ This is the readable reference that also runs on CPU; autograd provides the back
    σ = ½(a dx² + c dy²) + b dx dy with d = μ₂ − p and pixel centres p = (j+0.5, i+0.5);
    α = min(0.999, o·exp(−σ)), skipped when σ < 0 or α < 1/255; a Gaussian whose T·(1−α) would fall to ≤ 1e-4
    ends the pixel and is not added (exactly gsplat's rule). Transmittance is an exclusive cumulative sum in log
-   space, which is cheaper to differentiate than cumprod and never divides by zero.
+   space, which never divides by zero. All tiles of all cameras are composited together in a few vectorised
+   batches (no per-tile Python loop), and the backward pass is written out (3DGS's, ``_CompositePairs``) over the
+   contributing pairs alone, as gsplat's is: on the demo's 5k-Gaussian scene at two 64 px views, render + backward
+   went from 115 ms (per-tile loop, autograd) to about 72 ms.
 
-Memory: each tile keeps a few [tile pixels, Gaussians in the tile] tensors for the backward pass, i.e. O(Σ over
-tiles of 256·|tile list|), never a dense [pixels, N] graph. ``checkpoint=True`` recomputes each tile in the
-backward pass instead, so only one tile's intermediates are alive at a time.
+Memory: each batch keeps one float64 [tile pixels, tile list] decision matrix (at most ``MAX_DENSE`` entries) while
+it is composited, and the backward pass keeps a few numbers per contributing (pixel, Gaussian) pair, never a dense
+[pixels, N] graph. ``checkpoint=True`` recomputes each batch in the backward pass instead, so only one batch's
+pairs are alive at a time.
 """
 
 import math
@@ -151,116 +156,203 @@ def _exclusive_segment_cumsum(values: Tensor, seg: Tensor, n_seg: int) -> Tensor
     return before[:-1] - before[first[seg]]
 
 
-def _composite_tile(px: Tensor, py: Tensor, packed: Tensor, n_feat: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Front-to-back compositing of one tile.
+class _CompositePairs(torch.autograd.Function):
+    """Front-to-back compositing of the contributing (pixel, Gaussian) pairs, with the analytic backward pass.
+
+    Pairs k come grouped by pixel (``seg``) in depth order, with α_k and w_k = α_k T_k (T_k = Π_{j<k} (1 − α_j)
+    over the pixel's earlier pairs) already found by the decision pass; the forward pass only sums
+    C = Σ_k w_k f_k and A = 1 − Π_k (1 − α_k) into the pixels. The backward pass is 3DGS's (Kerbl et al. 2023,
+    and gsplat's rasterize backward): with g_C, g_A the output gradients, c_k = w_k (g_C · f_k) and S_k the sum of
+    c_j over the pixel's pairs behind k,
+
+        ∂L/∂f_k = w_k g_C,   ∂L/∂α_k = T_k (g_C · f_k) − (S_k − g_A T_final) / (1 − α_k),
+
+    then α = o e^{−σ} (zero gradient where α was clamped at 0.999), σ = ½(a dx² + c dy²) + b dx dy, dx = μx − px,
+    gives ∂σ/∂μ = (a dx + b dy, b dx + c dy) and ∂σ/∂(a, b, c) = (½dx², dx dy, ½dy²). Per pair this is a handful of
+    vector operations, against autograd's graph of every intermediate (about 2x the time on the demo's scene).
+    """
+
+    @staticmethod
+    def forward(ctx, packed: Tensor, prow: Tensor, pix: Tensor, xy: Tensor, seg: Tensor, alpha: Tensor,
+                weights: Tensor, free: Tensor, n_out: int) -> tuple[Tensor, Tensor]:
+        f = packed.index_select(0, prow)[:, 6:]
+        feats = packed.new_zeros(n_out, f.shape[1]).index_add_(0, pix, weights[:, None] * f)
+        log_t = packed.new_zeros(n_out).index_add_(0, pix, torch.log1p(-alpha))
+        t_final = torch.exp(log_t)
+        ctx.save_for_backward(packed, prow, pix, xy, seg, alpha, weights, free, t_final)
+        return feats, 1.0 - t_final
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_feats: Tensor, g_acc: Tensor):
+        packed, prow, pix, xy, seg, alpha, weights, free, t_final = ctx.saved_tensors
+        rows = packed.index_select(0, prow)
+        g_c = g_feats.index_select(0, pix)  # [K,D]
+        dot = (g_c * rows[:, 6:]).sum(-1)
+        contrib = weights * dot
+        n_seg = t_final.shape[0]
+        behind = (packed.new_zeros(n_seg, dtype=torch.float64).index_add_(0, seg, contrib.double()).index_select(0, seg)
+                  - _exclusive_segment_cumsum(contrib, seg, n_seg) - contrib.double()).to(alpha.dtype)
+        g_alpha = (weights / alpha) * dot - (behind - g_acc.index_select(0, pix) * t_final.index_select(0, pix)) \
+            / (1.0 - alpha)
+        g_alpha = torch.where(free, g_alpha, torch.zeros_like(g_alpha))
+        g_sigma = -alpha * g_alpha
+        dx, dy = rows[:, 0] - xy[:, 0], rows[:, 1] - xy[:, 1]
+        a, b, c = rows[:, 2], rows[:, 3], rows[:, 4]
+        grad_rows = torch.cat([torch.stack([g_sigma * (a * dx + b * dy), g_sigma * (b * dx + c * dy),
+                                            g_sigma * 0.5 * dx * dx, g_sigma * dx * dy, g_sigma * 0.5 * dy * dy,
+                                            g_alpha * alpha / rows[:, 5]], -1),
+                               weights[:, None] * g_c], -1)
+        g_packed = torch.zeros_like(packed).index_add_(0, prow, grad_rows)
+        return g_packed, None, None, None, None, None, None, None, None
+
+
+def _composite_tiles(packed: Tensor, row: Tensor, tile: Tensor, corner: Tensor, inside: Tensor, n_feat: int,
+                     tile_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Front-to-back compositing of a batch of tiles at once.
 
     Which (pixel, Gaussian) pairs contribute is decided without autograd; only those pairs (typically 1-20 % of
-    the tile's [P,S] matrix) are then computed differentiably, as gsplat's backward pass visits only the
-    contributing pairs. The decision touches the dense matrix once: the quadratic form σ = ½(a dx² + c dy²) + b dx dy
-    is linear in the six monomials (x², y², xy, x, y, 1) of the pixel centre (tile-local, float64, so expanding
-    it loses nothing), i.e. one [P,6]×[6,S] matrix product, and α ≥ 1/255 is the comparison σ ≤ ln(255·o); the
-    transmittance cut-off (T ≤ 1e-4) is then a segmented cumulative sum over the surviving pairs alone.
-    Per-pixel exclusive transmittance of the kept pairs is the same segmented sum (float64: the running sum over a
-    tile stays exact to ~1e-12), so neither pass materialises more than that one comparison matrix.
+    the dense [tile pixels, tile list] matrices) are then computed differentiably, as gsplat's backward pass visits
+    only the contributing pairs. The decision touches each dense matrix once: the quadratic form
+    σ = ½(a dx² + c dy²) + b dx dy is linear in the six monomials (x², y², xy, x, y, 1) of the pixel centre
+    (relative to its tile's centre, float64, so expanding it loses nothing), i.e. one [P,6]×[6,I] matrix product
+    over all I (tile, Gaussian) intersections, and α ≥ 1/255 is the comparison σ ≤ ln(255·o). Read pixel-major, the
+    surviving pairs come grouped by (pixel, tile) and, within a group, in depth order (the intersections are sorted
+    by tile, then depth), so the transmittance cut-off (T ≤ 1e-4) and the per-pixel exclusive transmittance of the
+    kept pairs are segmented cumulative sums over those pairs alone (float64: exact to ~1e-12).
 
     Args:
-        px, py: [P] pixel-centre coordinates.
-        packed: [S,6+D] depth-sorted rows (μx, μy, a, b, c, opacity, features...).
+        packed: [M,6+D] rows (μx, μy, a, b, c, opacity, features...), depth-sorted within each camera.
+        row, tile: [I] each intersection's row of ``packed`` and its tile (0..T-1 in this batch), sorted by tile,
+            then depth.
+        corner: [T,2] pixel coordinates (x, y) of each tile's top-left corner.
+        inside: [T,P] whether each of a tile's P = tile_size² pixels lies in the image.
     Returns:
-        premultiplied features [P,D], alpha [P], and (no gradient) each row's largest blending weight α·T over the
-        tile's pixels [S].
+        premultiplied features [T,P,D], alpha [T,P], and (no gradient) each intersection's largest blending
+        weight α·T over its tile's pixels [I].
     """
-    P = px.shape[0]
+    T, P, n_isect = corner.shape[0], tile_size * tile_size, row.shape[0]
+    dev, dt = packed.device, packed.dtype
+    j = torch.arange(tile_size, device=dev, dtype=torch.float64) + 0.5
+    ly, lx = torch.meshgrid(j, j, indexing="ij")  # pixel centres relative to the tile's corner, row-major
+    lx, ly = lx.reshape(-1), ly.reshape(-1)
     with torch.no_grad():
-        q = packed.detach().double()
-        ox, oy = float(px.mean()), float(py.mean())
-        x, y = px.double() - ox, py.double() - oy
-        mx, my = q[:, 0] - ox, q[:, 1] - oy
+        q = packed.detach().index_select(0, row).double()
+        half = 0.5 * tile_size
+        x, y = lx - half, ly - half
+        centre = corner.double().index_select(0, tile) + half  # [I,2]
+        mx, my = q[:, 0] - centre[:, 0], q[:, 1] - centre[:, 1]
         a, b, c = q[:, 2], q[:, 3], q[:, 4]
         monomials = torch.stack([x * x, y * y, x * y, x, y, torch.ones_like(x)], -1)  # [P,6]
         coef = torch.stack([0.5 * a, 0.5 * c, b, -a * mx - b * my, -c * my - b * mx,
-                            0.5 * a * mx * mx + 0.5 * c * my * my + b * mx * my], 0)  # [6,S]
-        sigma = monomials @ coef  # [P,S]
+                            0.5 * a * mx * mx + 0.5 * c * my * my + b * mx * my], 0)  # [6,I]
+        sigma = monomials @ coef  # [P,I]
         # α = min(0.999, o·e^(−σ)) ≥ 1/255  ⇔  σ ≤ ln(o/ALPHA_MIN)  (0.999 > 1/255)
         reach = torch.log((q[:, 5] / ALPHA_MIN).clamp_min(1e-30))
-        p0, s0 = ((sigma >= 0) & (sigma <= reach)).nonzero(as_tuple=True)
-        alpha0 = torch.clamp_max(q[s0, 5] * torch.exp(-sigma[p0, s0]), ALPHA_MAX)
+        # Pixel-major flat indices of σ ≤ reach: grouped by (pixel, tile), depth order inside each group. σ < 0
+        # (no positive-definite conic) and pixels outside the image are dropped from the few survivors.
+        flat = (sigma <= reach).view(-1).nonzero().squeeze(1)
+        sig0 = sigma.view(-1).index_select(0, flat)
+        p0 = torch.div(flat, n_isect, rounding_mode="floor")
+        i0 = flat - p0 * n_isect
+        t0 = tile.index_select(0, i0)
+        ok = (sig0 >= 0) & inside.view(-1).index_select(0, t0 * P + p0)
+        p0, i0, t0, sig0 = p0[ok], i0[ok], t0[ok], sig0[ok]
+        seg0 = p0 * T + t0  # non-decreasing along the pairs
+        opac0 = q[:, 5].index_select(0, i0) * torch.exp(-sig0)
+        alpha0 = torch.clamp_max(opac0, ALPHA_MAX)
         log_1m0 = torch.log1p(-alpha0)
+        log_t0 = _exclusive_segment_cumsum(log_1m0, seg0, T * P)  # log of the exclusive transmittance
         # The first Gaussian that would bring T to <= 1e-4 and everything behind it are dropped (gsplat's rule).
-        keep = _exclusive_segment_cumsum(log_1m0, p0, P) + log_1m0 > math.log(T_MIN)
-        p_idx, s_idx = p0[keep], s0[keep]
-    rows = packed.index_select(0, s_idx)  # [K,6+D], differentiable
-    dx = rows[:, 0] - px[p_idx]
-    dy = rows[:, 1] - py[p_idx]
-    sigma = 0.5 * (rows[:, 2] * dx * dx + rows[:, 4] * dy * dy) + rows[:, 3] * dx * dy
-    alpha = torch.clamp_max(rows[:, 5] * torch.exp(-sigma), ALPHA_MAX)
-    log_1m = torch.log1p(-alpha)
-    weights = alpha * torch.exp(_exclusive_segment_cumsum(log_1m, p_idx, P).to(alpha.dtype))  # α_i T_i, T exclusive
-    feats = packed.new_zeros(P, n_feat).index_add(0, p_idx, weights[:, None] * rows[:, 6:6 + n_feat])
-    log_t_pix = packed.new_zeros(P).index_add(0, p_idx, log_1m)
-    top = packed.new_zeros(packed.shape[0]).scatter_reduce(0, s_idx, weights.detach(), "amax")
-    return feats, 1.0 - torch.exp(log_t_pix), top
+        # T only falls along a segment, so the kept pairs are a prefix of each and their log T stays as computed.
+        keep = (log_t0 + log_1m0 > math.log(T_MIN)).nonzero().squeeze(1)
+        i_idx, t_idx, seg = i0[keep], t0[keep], seg0[keep]
+        p_idx = p0[keep]
+        alpha = alpha0[keep]
+        weights = alpha * torch.exp(log_t0[keep])  # α_i T_i
+        pix = t_idx * P + p_idx  # output slot, tile-major
+        xy = corner.index_select(0, t_idx).to(dt) + torch.stack([lx, ly], -1).to(dt).index_select(0, p_idx)
+        top = packed.new_zeros(n_isect).scatter_reduce(0, i_idx, weights.to(dt), "amax")
+    feats, acc = _CompositePairs.apply(packed, row[i_idx], pix, xy, seg, alpha.to(dt), weights.to(dt),
+                                       opac0[keep] < ALPHA_MAX, T * P)
+    return feats.reshape(T, P, n_feat), acc.reshape(T, P), top
+
+
+MAX_DENSE = 1 << 22
+"""Largest (intersection x tile pixel) decision matrix one batch of tiles builds (float64: 32 MiB); rasterize splits
+the tiles into batches under it (a tile whose list alone exceeds it forms a batch of its own)."""
 
 
 def rasterize(means2d: Float[Tensor, "C N 2"], conics: Float[Tensor, "C N 3"], opacities: Float[Tensor, "C N"],
               features: Float[Tensor, "C N D"], depths: Float[Tensor, "C N"], radii: Int[Tensor, "C N 2"],
               width: int, height: int, *, tile_size: int = 16, checkpoint: bool = False,
-              max_weight: Tensor | None = None) -> tuple[Float[Tensor, "C H W D"], Float[Tensor, "C H W 1"]]:
+              max_weight: Tensor | None = None, max_dense: int = MAX_DENSE
+              ) -> tuple[Float[Tensor, "C H W D"], Float[Tensor, "C H W 1"]]:
     """Composite projected Gaussians into premultiplied feature images and alpha (no background).
 
-    One global depth sort per camera; each tile then keeps, in that order, the Gaussians whose box
-    [μ₂ − r, μ₂ + r] touches it (gsplat's tile binning without the 64-bit keys). ``max_weight``, a [C,N] tensor if
-    given, receives (in place, as a running maximum) each Gaussian's largest blending weight α·T over the pixels of
-    each image: 0 for a Gaussian that colours no pixel (culled, behind T ≤ 1e-4, or fainter than 1/255 everywhere).
+    One depth sort per camera; every (tile, Gaussian) pair whose box [μ₂ − r, μ₂ + r] touches the tile is then listed
+    (gsplat's tile intersection, without its 64-bit keys), sorted by tile and, within a tile, by depth, and the tiles
+    of all cameras are composited together in batches (``_composite_tiles``) of at most ``max_dense`` decision
+    entries. ``checkpoint=True`` recomputes each batch in the backward pass, so only one batch's intermediates are
+    alive at a time. ``max_weight``, a [C,N] tensor if given, receives (in place, as a running maximum) each
+    Gaussian's largest blending weight α·T over the pixels of each image: 0 for a Gaussian that colours no pixel
+    (culled, behind T ≤ 1e-4, or fainter than 1/255 everywhere).
     """
     C, N, D = features.shape
     dev, dt = features.device, features.dtype
-    ntx, nty = (width + tile_size - 1) // tile_size, (height + tile_size - 1) // tile_size
-    images, alphas = [], []
-    for c in range(C):
+    ts, P = tile_size, tile_size * tile_size
+    ntx, nty = (width + ts - 1) // ts, (height + ts - 1) // ts
+    n_tiles = C * nty * ntx
+    with torch.no_grad():
+        cam, gid = (radii > 0).any(-1).nonzero(as_tuple=True)
+        order = torch.argsort(depths[cam, gid], stable=True)
+        order = order[torch.argsort(cam[order], stable=True)]  # by camera, then depth
+        cam, gid = cam[order], gid[order]
+        m, r = means2d[cam, gid].detach(), radii[cam, gid].to(dt)
+        # Tiles touched: [floor((μ-r)/ts), ceil((μ+r)/ts)) clamped to the grid, as gsplat bins them.
+        t0 = torch.floor((m - r) / ts).clamp_min(0).long()
+        t1 = torch.ceil((m + r) / ts).long()
+        t1 = torch.stack([t1[:, 0].clamp_max(ntx), t1[:, 1].clamp_max(nty)], -1)
+        span = (t1 - t0).clamp_min(0)
+        count = span[:, 0] * span[:, 1]
+        row = torch.repeat_interleave(torch.arange(cam.shape[0], device=dev), count)
+        k = torch.arange(row.shape[0], device=dev) - (torch.cumsum(count, 0) - count)[row]
+        nx = span[row, 0].clamp_min(1)
+        tile = (cam[row] * nty + t0[row, 1] + k // nx) * ntx + t0[row, 0] + k % nx
+        by_tile = torch.argsort(tile, stable=True)  # stable: depth order kept inside each tile
+        row, tile = row[by_tile], tile[by_tile]
+        per_tile = torch.bincount(tile, minlength=n_tiles)
+        first = torch.cumsum(per_tile, 0) - per_tile  # each tile's first intersection
+        batch = (first * P) // max(max_dense, P)  # non-decreasing: consecutive tiles share a batch
+        bounds = torch.cat([torch.tensor([0], device=dev), (batch[1:] != batch[:-1]).nonzero().squeeze(1) + 1,
+                            torch.tensor([n_tiles], device=dev)]).tolist()
+        ids = torch.arange(n_tiles, device=dev)
+        corner = torch.stack([ids % ntx * ts, ids // ntx % nty * ts], -1)  # [n_tiles,2] (x, y)
+        j = torch.arange(ts, device=dev)
+        inside = (((corner[:, 0, None, None] + j[None, None, :]) < width)
+                  & ((corner[:, 1, None, None] + j[None, :, None]) < height)).reshape(n_tiles, P)
+        first = first.tolist() + [row.shape[0]]
+    packed = torch.cat([means2d[cam, gid], conics[cam, gid], opacities[cam, gid, None], features[cam, gid]], -1)
+    feats, alphas, tops = [], [], []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        s, e = first[a], first[b]
+        args = (packed, row[s:e], tile[s:e] - a, corner[a:b], inside[a:b], D, ts)
+        if checkpoint and packed.requires_grad:
+            f, al, top = _checkpoint(_composite_tiles, *args, use_reentrant=False)
+        else:
+            f, al, top = _composite_tiles(*args)
+        feats.append(f)
+        alphas.append(al)
+        tops.append(top)
+    img = torch.cat(feats).reshape(C, nty, ntx, ts, ts, D).permute(0, 1, 3, 2, 4, 5)
+    img = img.reshape(C, nty * ts, ntx * ts, D)[:, :height, :width]
+    acc = torch.cat(alphas).reshape(C, nty, ntx, ts, ts).permute(0, 1, 3, 2, 4)
+    acc = acc.reshape(C, nty * ts, ntx * ts)[:, :height, :width, None]
+    if max_weight is not None and cam.shape[0] > 0:
         with torch.no_grad():
-            vis = (radii[c] > 0).any(-1).nonzero().squeeze(1)
-            vis = vis[torch.argsort(depths[c, vis], stable=True)]
-            m, r = means2d[c, vis].detach(), radii[c, vis].to(dt)
-            # Tiles touched: [floor((μ-r)/ts), ceil((μ+r)/ts)) clamped to the grid, as gsplat bins them.
-            t0 = torch.floor((m - r) / tile_size).clamp_min(0)
-            t1 = torch.ceil((m + r) / tile_size)
-            t1 = torch.stack([t1[:, 0].clamp_max(ntx), t1[:, 1].clamp_max(nty)], -1)
-        packed = torch.cat([means2d[c, vis], conics[c, vis], opacities[c, vis, None], features[c, vis]], -1)
-        img = torch.zeros(height, width, D, dtype=dt, device=dev)
-        acc = torch.zeros(height, width, dtype=dt, device=dev)
-        tiles_f, tiles_a = [], []
-        for ty in range(nty):
-            row_f, row_a = [], []
-            y0, y1 = ty * tile_size, min(height, (ty + 1) * tile_size)
-            in_row = (t0[:, 1] <= ty) & (t1[:, 1] > ty)
-            for tx in range(ntx):
-                x0, x1 = tx * tile_size, min(width, (tx + 1) * tile_size)
-                sel = (in_row & (t0[:, 0] <= tx) & (t1[:, 0] > tx)).nonzero().squeeze(1)
-                if sel.numel() == 0:
-                    row_f.append(torch.zeros(y1 - y0, x1 - x0, D, dtype=dt, device=dev))
-                    row_a.append(torch.zeros(y1 - y0, x1 - x0, dtype=dt, device=dev))
-                    continue
-                py, px = torch.meshgrid(torch.arange(y0, y1, device=dev, dtype=dt) + 0.5,
-                                        torch.arange(x0, x1, device=dev, dtype=dt) + 0.5, indexing="ij")
-                rows = packed.index_select(0, sel)
-                if checkpoint and rows.requires_grad:
-                    f, a, top = _checkpoint(_composite_tile, px.reshape(-1), py.reshape(-1), rows, D,
-                                            use_reentrant=False)
-                else:
-                    f, a, top = _composite_tile(px.reshape(-1), py.reshape(-1), rows, D)
-                if max_weight is not None:
-                    idx = vis[sel]
-                    max_weight[c, idx] = torch.maximum(max_weight[c, idx], top.detach().to(max_weight.dtype))
-                row_f.append(f.reshape(y1 - y0, x1 - x0, D))
-                row_a.append(a.reshape(y1 - y0, x1 - x0))
-            tiles_f.append(torch.cat(row_f, dim=1))
-            tiles_a.append(torch.cat(row_a, dim=1))
-        img = torch.cat(tiles_f, dim=0) if tiles_f else img
-        acc = torch.cat(tiles_a, dim=0) if tiles_a else acc
-        images.append(img)
-        alphas.append(acc[..., None])
-    return torch.stack(images), torch.stack(alphas)
+            top_row = torch.zeros(cam.shape[0], dtype=dt, device=dev).scatter_reduce(0, row, torch.cat(tops), "amax")
+            max_weight[cam, gid] = torch.maximum(max_weight[cam, gid], top_row.to(max_weight.dtype))
+    return img, acc
 
 
 @dataclass
