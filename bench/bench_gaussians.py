@@ -1,6 +1,8 @@
 """Forward+backward time and peak memory of the Gaussian splat backends; prints a markdown table.
 
     python bench/bench_gaussians.py [--sizes 64 128 256] [--counts 1000 10000 50000] [--budget 60]
+    python bench/bench_gaussians.py --run RUN_FOLDER [--views 2] [--sizes 64]
+
 
 Scene: N Gaussians uniform in a ball of radius 0.6, scale 0.03, opacity 0.3, random rotations, one camera at 2.5 m
 with a 40° field of view, features = RGB + distance + normal (D = 7, what Gaussians.render composites).
@@ -68,6 +70,31 @@ def run_one(backend: str, n: int, size: int, repeats: int, device: torch.device)
     return min(times), peak
 
 
+def run_scene(run_dir: str, views: int, size: int, repeats: int) -> tuple[int, float]:
+    """(N, minimum seconds of forward+backward) of a trained Gaussians run's newest checkpoint, at ``views`` orbit
+    cameras (elevation 20°, 2.5 m, 40°; the demo's two views a step by default) and the torch backend on CPU."""
+    from engine.runfolder import load_run
+
+    scene = load_run(run_dir).scene
+    if not hasattr(scene, "quats"):
+        raise SystemExit(f"{run_dir} is not a Gaussians run")
+    az = torch.linspace(0.0, 360.0, views + 1)[:-1] + 30.0
+    cams = orbit_cameras(az, 20.0, 2.5, 40.0, size)
+    vm, K = cams.viewmat_opencv(), cams.intrinsics()
+    with torch.no_grad():
+        leaves = [t.detach().clone().requires_grad_(True)
+                  for t in (scene.means, scene.quats, scene.scales, scene.opacities)]
+    feats = torch.rand(views, leaves[0].shape[0], 7, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    times = []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        r = splat("torch", *leaves, feats, vm, K, size, size)
+        (r.render.square().sum() + r.alpha.sum()).backward()
+        if i > 0:
+            times.append(time.perf_counter() - t0)
+    return leaves[0].shape[0], min(times)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
@@ -75,12 +102,21 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--budget", type=float, default=60.0, help="skip larger combos once one takes this long (s)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--run", default=None, help="time a trained Gaussians run's scene instead of random ones")
+    ap.add_argument("--views", type=int, default=2, help="cameras per render with --run")
     ap.add_argument("--one", nargs=4, metavar=("BACKEND", "DEVICE", "N", "SIZE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
         b, dev, n, size = args.one
         print(json.dumps(run_one(b, int(n), int(size), args.repeats, torch.device(dev))))
+        return
+    if args.run:
+        print("| run | N | views | resolution | fwd+bwd (ms) |")
+        print("|---|---|---|---|---|")
+        for size in args.sizes:
+            n, sec = run_scene(args.run, args.views, size, args.repeats)
+            print(f"| {args.run} | {n} | {args.views} | {size}² | {1000 * sec:.0f} |", flush=True)
         return
     runs = [("torch", torch.device("cpu"))]
     if splat_cuda.available():

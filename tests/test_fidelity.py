@@ -112,12 +112,14 @@ def test_gaussian_field_query_is_local_and_exact():
 # "a red cube" with the defaults (400 steps and the automatic export), as `python bench/bench_fidelity.py` runs it.
 # Bounds are what the defaults reach there (docs/benchmarks.md, "Fidelity"), with a margin: they guard against
 # regressions. The issue's goals that are not met (geometry for both, the NeRF's albedo) are listed in that section,
-# not asserted here. Gaussians meet the albedo goals on the cube (chromaticity, luminance). Their face spread is the
-# noisiest number: 16.9 and 20.2 from two splatters whose images agree to 8e-6 (session 20's compositor), so its
-# bound allows that run-to-run spread.
+# not asserted here. Gaussians meet the albedo goals on the cube (chromaticity, luminance). Their geometry and face
+# spread move with rounding: runs whose only difference is the splatter's rounding or the thread count scored
+# accuracy 0.027-0.039 and spread 16.9-24.97 (sessions 20 and 33: 16.9 and 20.2 from two splatters whose images agree
+# to 8e-6; 23.4 at one thread and 24.97 at two for session 33's), and seeds 1 and 2 0.043 / 0.041, 30.1 and
+# 0.028 / 0.030, 25.6 (docs/benchmarks.md, session 33), so the Gaussians' bounds sit above that spread.
 RUNS = {
     "nerf": {"accuracy": 0.04, "completeness": 0.045, "chroma": 0.04, "lum": (0.35, 1.15), "spread": 30.0},
-    "gaussians": {"accuracy": 0.033, "completeness": 0.035, "chroma": 0.03, "lum": (0.85, 1.15), "spread": 23.0},
+    "gaussians": {"accuracy": 0.048, "completeness": 0.048, "chroma": 0.03, "lum": (0.85, 1.15), "spread": 34.0},
 }
 
 

@@ -16,9 +16,9 @@ compositor writes its own (below). It follows gsplat
    ends the pixel and is not added (exactly gsplat's rule). Transmittance is an exclusive cumulative sum in log
    space, which never divides by zero. All tiles of all cameras are composited together in a few vectorised
    batches (no per-tile Python loop), and the backward pass is written out (3DGS's, ``_CompositePairs``) over the
-   contributing pairs alone, as gsplat's is: on the demo's end-of-run scene (5k Gaussians, two 64 px views),
-   projection + compositing + backward went from 108 to 80 ms at 2 threads (132 to 108 ms at one) against the
-   per-tile loop under autograd.
+   contributing pairs alone, as gsplat's is: on the demo's end-of-run scene (5k Gaussians, two 64 px views,
+   ``bench/bench_gaussians.py --run``), projection + compositing + backward went from 115 to 90 ms at 2 threads
+   (127 to 117 ms at one) against the per-tile loop under autograd.
 
 Memory: each batch keeps one float64 [tile pixels, tile list] decision matrix (at most ``MAX_DENSE`` entries) while
 it is composited, and the backward pass keeps a few numbers per contributing (pixel, Gaussian) pair, never a dense
@@ -215,15 +215,15 @@ def _composite_tiles(geo: Tensor, feat: Tensor, row: Tensor, tile: Tensor, corne
 
     Which (pixel, Gaussian) pairs contribute is decided without autograd; only those pairs (typically 1-20 % of
     the dense [tile pixels, tile list] matrices) are then composited (``_CompositePairs``), as gsplat's backward pass
-    visits only the contributing pairs. The dense matrices are touched once, to shortlist: the quadratic form
+    visits only the contributing pairs. The decision touches each dense matrix once: the quadratic form
     σ = ½(a dx² + c dy²) + b dx dy is linear in the six monomials (x², y², xy, x, y, 1) of the pixel centre
-    (relative to its tile's centre), i.e. one float32 [P,6]×[6,I] matrix product over all I (tile, Gaussian)
-    intersections, compared with the reach of α ≥ 1/255, σ ≤ ln(255·o), plus a bound on the product's rounding
-    error. The shortlisted pairs then get σ exactly (float64, from dx and dy) and gsplat's tests (σ ≥ 0,
-    α ≥ 1/255). Read pixel-major, the pairs come grouped by (pixel, tile) and, within a group, in depth order (the
-    intersections are sorted by tile, then depth), so the transmittance cut-off (T ≤ 1e-4) and the per-pixel
-    exclusive transmittance of the kept pairs are segmented cumulative sums over those pairs alone (float64: exact
-    to ~1e-12).
+    (relative to its tile's centre, float64, so expanding it loses nothing), i.e. one [P,6]×[6,I] matrix product
+    over all I (tile, Gaussian) intersections, and α ≥ 1/255 is the comparison σ ≤ ln(255·o). Read pixel-major, the
+    surviving pairs come grouped by (pixel, tile) and, within a group, in depth order (the intersections are sorted
+    by tile, then depth), so the transmittance cut-off (T ≤ 1e-4) and the per-pixel exclusive transmittance of the
+    kept pairs are segmented cumulative sums over those pairs alone (float64: exact to ~1e-12). (A float32 product
+    with a rounding margin and exact σ for its shortlist was tried: faster at 64 px and two threads, 82 against
+    90 ms, but 5-20 % slower at 128-256 px, where re-deriving σ for the shortlist costs more than it saves.)
 
     Args:
         geo: [M,6] rows (μx, μy, a, b, c, opacity), depth-sorted within each camera; feat: [M,D] their features.
@@ -250,21 +250,17 @@ def _composite_tiles(geo: Tensor, feat: Tensor, row: Tensor, tile: Tensor, corne
         monomials = torch.stack([x * x, y * y, x * y, x, y, torch.ones_like(x)], -1)  # [P,6]
         coef = torch.stack([0.5 * a, 0.5 * c, b, -a * mx - b * my, -c * my - b * mx,
                             0.5 * a * mx * mx + 0.5 * c * my * my + b * mx * my], 0)  # [6,I]
-        # α = min(0.999, o·e^(−σ)) ≥ 1/255  ⇔  σ ≤ ln(o/ALPHA_MIN)  (0.999 > 1/255). The float32 product's error is
-        # below 7 ulps (float32: 2^-24 each) of Σ|coef·monomial|; the margin, 1e-5 of that sum, is 24x more.
+        # α = min(0.999, o·e^(−σ)) ≥ 1/255  ⇔  σ ≤ ln(o/ALPHA_MIN)  (0.999 > 1/255)
         reach = torch.log((q[:, 5] / ALPHA_MIN).clamp_min(1e-30))
-        margin = 1e-5 * (coef.abs() * monomials.abs().amax(0)[:, None]).sum(0) + 1e-6
-        sigma32 = monomials.float() @ coef.float()  # [P,I]
-        flat = (sigma32 <= (reach + margin).float()).view(-1).nonzero().squeeze(1)
+        sigma = monomials @ coef  # [P,I]
+        # Pixel-major flat indices of σ ≤ reach: grouped by (pixel, tile), depth order inside each group. σ < 0
+        # (no positive-definite conic) and pixels outside the image are dropped from the few survivors.
+        flat = (sigma <= reach).view(-1).nonzero().squeeze(1)
+        sig0 = sigma.view(-1).index_select(0, flat)
         p0 = torch.div(flat, n_isect, rounding_mode="floor")
         i0 = flat - p0 * n_isect
         t0 = tile.index_select(0, i0)
-        # Exact σ of the shortlist; σ < 0 (no positive-definite conic), α < 1/255 and pixels outside the image go.
-        qi = q.index_select(0, i0)
-        d = qi[:, :2] - corner.double().index_select(0, t0) - local.index_select(0, p0)
-        sig0 = 0.5 * (qi[:, 2] * d[:, 0] * d[:, 0] + qi[:, 4] * d[:, 1] * d[:, 1]) + qi[:, 3] * d[:, 0] * d[:, 1]
-        ok = ((sig0 >= 0) & (sig0 <= reach.index_select(0, i0))
-              & inside.view(-1).index_select(0, t0 * P + p0)).nonzero().squeeze(1)
+        ok = ((sig0 >= 0) & inside.view(-1).index_select(0, t0 * P + p0)).nonzero().squeeze(1)
         p0, i0, t0, sig0 = (v.index_select(0, ok) for v in (p0, i0, t0, sig0))
         seg0 = p0 * T + t0  # non-decreasing along the pairs
         opac0 = q[:, 5].index_select(0, i0) * torch.exp(-sig0)
