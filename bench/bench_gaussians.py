@@ -3,7 +3,6 @@
     python bench/bench_gaussians.py [--sizes 64 128 256] [--counts 1000 10000 50000] [--budget 60]
     python bench/bench_gaussians.py --run RUN_FOLDER [--views 2] [--sizes 64]
 
-
 Scene: N Gaussians uniform in a ball of radius 0.6, scale 0.03, opacity 0.3, random rotations, one camera at 2.5 m
 with a 40° field of view, features = RGB + distance + normal (D = 7, what Gaussians.render composites).
 Each combination runs in a fresh subprocess. Time is the minimum of ``--repeats`` runs after one warm-up (the minimum,
@@ -74,16 +73,16 @@ def run_scene(run_dir: str, views: int, size: int, repeats: int) -> tuple[int, f
     """(N, minimum seconds of forward+backward) of a trained Gaussians run's newest checkpoint, at ``views`` orbit
     cameras (elevation 20°, 2.5 m, 40°; the demo's two views a step by default) and the torch backend on CPU."""
     from engine.runfolder import load_run
+    from renderers.gaussians import Gaussians
 
     scene = load_run(run_dir).scene
-    if not hasattr(scene, "quats"):
-        raise SystemExit(f"{run_dir} is not a Gaussians run")
+    if not isinstance(scene, Gaussians):
+        raise SystemExit(f"{run_dir} is not a Gaussians run (its scene is {type(scene).__name__})")
     az = torch.linspace(0.0, 360.0, views + 1)[:-1] + 30.0
     cams = orbit_cameras(az, 20.0, 2.5, 40.0, size)
     vm, K = cams.viewmat_opencv(), cams.intrinsics()
-    with torch.no_grad():
-        leaves = [t.detach().clone().requires_grad_(True)
-                  for t in (scene.means, scene.quats, scene.scales, scene.opacities)]
+    params = (scene.means, scene.quats, scene.scales, scene.opacities)
+    leaves = [t.detach().clone().requires_grad_(True) for t in params]
     feats = torch.rand(views, leaves[0].shape[0], 7, generator=torch.Generator().manual_seed(0), requires_grad=True)
     times = []
     for i in range(repeats + 1):

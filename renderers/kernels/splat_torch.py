@@ -232,8 +232,8 @@ def _composite_tiles(geo: Tensor, feat: Tensor, row: Tensor, tile: Tensor, corne
         corner: [T,2] pixel coordinates (x, y) of each tile's top-left corner.
         inside: [T,P] whether each of a tile's P = tile_size² pixels lies in the image.
     Returns:
-        premultiplied features [T,P,D], alpha [T,P], and (no gradient) each intersection's largest blending
-        weight α·T over its tile's pixels [I].
+        premultiplied features [T,P,D], alpha [T,P], and (no gradient) each row's largest blending weight α·T over
+        this batch's pixels [M].
     """
     T, P, n_isect = corner.shape[0], tile_size * tile_size, row.shape[0]
     dev, dt = feat.device, feat.dtype
@@ -276,9 +276,10 @@ def _composite_tiles(geo: Tensor, feat: Tensor, row: Tensor, tile: Tensor, corne
         free = opac0.index_select(0, keep) < ALPHA_MAX
         pix = t_idx * P + p_idx  # output slot, tile-major
         xy = (corner.index_select(0, t_idx) + local.index_select(0, p_idx)).to(dt)
-        top = feat.new_zeros(n_isect).scatter_reduce(0, i_idx, weights.to(dt), "amax")
-    feats, acc = _CompositePairs.apply(geo, feat, row.index_select(0, i_idx), pix, xy, seg, alpha.to(dt),
-                                       weights.to(dt), free.to(dt), T * P)
+        prow = row.index_select(0, i_idx)
+        weights = weights.to(dt)
+        top = feat.new_zeros(geo.shape[0]).scatter_reduce(0, prow, weights, "amax")
+    feats, acc = _CompositePairs.apply(geo, feat, prow, pix, xy, seg, alpha.to(dt), weights, free.to(dt), T * P)
     return feats.reshape(T, P, -1), acc.reshape(T, P), top
 
 
@@ -338,25 +339,25 @@ def rasterize(means2d: Float[Tensor, "C N 2"], conics: Float[Tensor, "C N 3"], o
         first = first.tolist() + [row.shape[0]]
     geo = torch.cat([means2d[cam, gid], conics[cam, gid], opacities[cam, gid, None]], -1)
     feat = features[cam, gid]
-    feats, alphas, tops = [], [], []
+    feats, alphas = [], []
+    top = torch.zeros(cam.shape[0], dtype=dt, device=dev)
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         s, e = first[a], first[b]
         args = (geo, feat, row[s:e], tile[s:e] - a, corner[a:b], inside[a:b], ts)
         if checkpoint and (geo.requires_grad or feat.requires_grad):
-            f, al, top = _checkpoint(_composite_tiles, *args, use_reentrant=False)
+            f, al, batch_top = _checkpoint(_composite_tiles, *args, use_reentrant=False)
         else:
-            f, al, top = _composite_tiles(*args)
+            f, al, batch_top = _composite_tiles(*args)
         feats.append(f)
         alphas.append(al)
-        tops.append(top)
+        top = torch.maximum(top, batch_top)
     img = torch.cat(feats).reshape(C, nty, ntx, ts, ts, D).permute(0, 1, 3, 2, 4, 5)
     img = img.reshape(C, nty * ts, ntx * ts, D)[:, :height, :width]
     acc = torch.cat(alphas).reshape(C, nty, ntx, ts, ts).permute(0, 1, 3, 2, 4)
     acc = acc.reshape(C, nty * ts, ntx * ts)[:, :height, :width, None]
     if max_weight is not None and cam.shape[0] > 0:
         with torch.no_grad():
-            top_row = torch.zeros(cam.shape[0], dtype=dt, device=dev).scatter_reduce(0, row, torch.cat(tops), "amax")
-            max_weight[cam, gid] = torch.maximum(max_weight[cam, gid], top_row.to(max_weight.dtype))
+            max_weight[cam, gid] = torch.maximum(max_weight[cam, gid], top.detach().to(max_weight.dtype))
     return img, acc
 
 
