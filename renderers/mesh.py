@@ -53,6 +53,7 @@ from renderers.base import (
 from renderers.condition import CONTROL_CHANNELS, CONTROL_MATERIALS, condition_maps  # noqa: F401 (API)
 from renderers.kernels import raster as K
 from renderers.kernels.hashgrid_torch import HashGrid
+from renderers.keylight import key_light_factor
 
 NEAR, FAR = 0.05, 50.0
 
@@ -105,6 +106,11 @@ class MeshConfig:
     """Training environments (procedural names or equirect .hdr/.exr/.png files), one drawn per render."""
     env_rotations: int = 0
     """0: continuous random rotation about +Y during training; k > 0: one of k evenly spaced rotations."""
+    light: str = "env"
+    """Training light: "env" (the environments above, split-sum PBR) or "shapes" (the shapes world's fixed key light,
+    as ``eval_shading`` "shapes": what the learned shapes prior's exemplars are lit with). Under the key light the
+    shading follows the mesh's own normals, so the prior's view of the shading pulls on the geometry (Fantasia3D's
+    geometry stage: flat faces shade flat)."""
     eval_env: str = "studio"
     """Environment outside training."""
     env_height: int = 32
@@ -160,6 +166,8 @@ class MeshConfig:
             raise ValueError(f"mesh.eval_shading must be pbr, albedo or shapes, got {self.eval_shading!r}")
         if not self.envs:
             raise ValueError("mesh.envs must name at least one environment")
+        if self.light not in ("env", "shapes"):
+            raise ValueError(f"mesh.light must be env or shapes, got {self.light!r}")
         if self.normal_perturbation and self.material != "field":
             raise ValueError("mesh.normal_perturbation needs mesh.material field")
         if self.tet_resolution < 4:
@@ -499,14 +507,12 @@ class Mesh(nn.Module, MeshSource, PBRMaterial, AlbedoField, Relightable, Conditi
             n = torch.where(back, -n_p, n_p)
         else:
             n = n_geo
-        shading = self.cfg.eval_shading if not self.training else "pbr"
+        shading = self.cfg.eval_shading if not self.training else ("shapes" if self.cfg.light == "shapes" else "pbr")
         if shading == "pbr":
             env = pbr.environment(env_name, self.cfg.env_height).to(v.device)
             lin = pbr.shade(mat["albedo"], mat["roughness"], mat["metallic"], n, view, env, rot)["rgb"]
         elif shading == "shapes":
-            light = F.normalize(torch.tensor(shapes.LIGHT_DIR, dtype=n.dtype, device=n.device), dim=0)
-            shade = 0.6 + 0.4 * (n * light).sum(-1, keepdim=True).clamp_min(0)
-            lin = pbr.srgb_to_linear(pbr.linear_to_srgb(mat["albedo"]) * shade)
+            lin = pbr.srgb_to_linear(pbr.linear_to_srgb(mat["albedo"]) * key_light_factor(n))
         else:
             lin = mat["albedo"]
 

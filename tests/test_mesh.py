@@ -285,3 +285,40 @@ def test_shapes_evaluation_names_the_closest_world_object():
     assert other["colour"] == "green" and other["closest_colour"] == "red" and other["psnr"] < ev["psnr"] - 5, other
     # the opaque mesh covers the true silhouette: its mean opacity there is ~1 (edge pixels are partly covered)
     assert 0.9 < ev["mean_alpha_in_mask"] <= 1.0, ev
+
+
+def test_training_under_the_key_light_renders_the_worlds_shading_and_moves_the_geometry():
+    """``light="shapes"``: training renders are the albedo under the shapes world's key light (what the learned shapes
+    prior's exemplars show: the true red cube matches foundation.shapes' render), and the shading follows the
+    mesh's own normals, so a loss on the image reaches the vertices through the normals too."""
+    from foundation import shapes
+    from renderers import pbr
+
+    cams = orbit_cameras([30.0, 200.0], 25.0, 2.5, 40.0, 48)
+    v, f = primitive_mesh("cube")
+    lin = pbr.srgb_to_linear(torch.tensor(shapes.COLOURS["red"]) / 255.0)
+    # crease 30 degrees: a cube edge's smooth vertex normal is exactly 45 degrees from both faces, so at the default
+    # crease angle rounding decides which corners shade smooth
+    scene = Mesh.from_arrays(MeshConfig(light="shapes", antialias=False, crease_angle=30.0), v, f, None,
+                             torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        scene.mlp[2].weight.zero_()
+        scene.mlp[2].bias[:3] = torch.logit(lin)
+    scene.train()
+    out = scene.render(cams, torch.ones(2, 48, 48, 3))
+    truth = shapes.render_shape("cube", cams).colourise("red")
+    diff = (out.rgb - truth).abs().amax(-1)
+    inside = (out.alpha[..., 0] > 0.5) & (truth.sum(-1) < 2.9)
+    # away from silhouettes and the cube's edges (one pixel either side), where coverage and face differ by rounding
+    smooth = torch.nn.functional.max_pool2d(truth.permute(0, 3, 1, 2), 3, 1, 1) - \
+        -torch.nn.functional.max_pool2d(-truth.permute(0, 3, 1, 2), 3, 1, 1)
+    inner = inside & (smooth.amax(1) < 1e-3)
+    assert inner.sum() > 500
+    assert diff[inner].max() < 2e-3, diff[inner].max()
+    with pytest.raises(ValueError, match="mesh.light"):
+        MeshConfig(light="sun")
+    # geometry gradient through the shading alone (no antialiasing, so no silhouette term)
+    verts = v.float().clone().requires_grad_(True)
+    scene.vertices = verts
+    scene.render(cams, torch.ones(2, 48, 48, 3)).rgb.mean().backward()
+    assert verts.grad is not None and verts.grad.abs().sum() > 0
