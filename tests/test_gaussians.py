@@ -516,3 +516,20 @@ def test_cuda_backend_matches_torch_backend():
     for x, y, (name, rt) in zip(ga, gb, tol.items()):
         err = (x - y).norm() / y.norm().clamp_min(1e-8)
         assert err < rt, f"{name}: relative gradient error {err:.3g} >= {rt}"
+
+
+def test_opacity_entropy_is_the_mean_binary_entropy_and_pushes_away_from_one_half():
+    """``opacity_entropy``: −o·ln o − (1−o)·ln(1−o) averaged over the splats; its gradient moves opacities below 1/2
+    down and above 1/2 up (to gone or solid), and it is off unless weighted."""
+    scene = _scene()
+    assert scene.regularizer_weights["opacity_entropy"] == 0.0
+    o = torch.tensor([0.1, 0.4, 0.6, 0.9])
+    with torch.no_grad():
+        scene.opacity_logits.data = torch.logit(o).repeat(scene.num_gaussians // 4 + 1)[:scene.num_gaussians]
+    out = scene.render(_cams(1, 16), torch.ones(1, 16, 16, 3))
+    term = scene.regularizers(out, 0)["opacity_entropy"]
+    p = torch.sigmoid(scene.opacity_logits.detach())
+    torch.testing.assert_close(term, -(p * p.log() + (1 - p) * (1 - p).log()).mean())
+    term.backward()
+    g = scene.opacity_logits.grad
+    assert (g[p < 0.5] > 0).all() and (g[p > 0.5] < 0).all()  # descent lowers the faint ones, raises the solid ones
