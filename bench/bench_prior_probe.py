@@ -7,6 +7,9 @@
     python bench/bench_prior_probe.py colour-sds  [--prior FOLDER] [--shape cube] [--colours green red]
                                                   [--start 0.5 0.5 0.5] [--cfg 7.5] [--steps 300]
                                                   [--t-range 20 980] [--objective sds|elbo]
+    python bench/bench_prior_probe.py size        [--prior FOLDER] [--shape cube] [--mesh GLB] [--scale 1.25]
+                                                  [--cfg 7.5] [--steps 300] [--t-range 20 980] [--objective sds|elbo]
+                                                  [--weighting sds|uniform] [--profile 0.9 0.95 1 1.05 1.1 1.2]
 
 - ``framing``: which camera distance the prior finds most likely for the true red cube, blue torus and green cone
   (the engine's shapes preset otherwise: elevation 20, fov 40, 12 azimuths). Likelihood proxy: the conditional
@@ -29,6 +32,12 @@
   and shading: the colour a 3D run would reach if its geometry were exact. Starts from ``--start``. With
   ``--objective elbo`` it descends the conditional denoising error itself, through the UNet (guidance/elbo.py): where
   the likelihood, rather than SDS's fixed point, puts the colour.
+- ``size``: the same descent on one number, the scale of a shape with its true albedo under the world's key light
+  (rasterised and antialiased, renderers/kernels/raster.py, so the silhouette carries the gradient): the true
+  primitive by default, or ``--mesh`` (e.g. a run's exported model.glb) scaled about the origin. Does the objective
+  bring a too-large shape back to the truth's size, and does that hold for the shapes runs actually make?
+  ``--profile S ...`` prints instead the likelihood proxy of ``framing`` (12 views at elevation 20) of the shape at
+  each scale: how sharply the prior itself tells sizes apart, for the exact shape and for a run's.
 
 Loaded with plain diffusers; CPU; one thread is enough (about a minute per colour).
 """
@@ -43,6 +52,7 @@ from foundation import shapes
 from foundation.cameras import orbit_cameras
 
 DEFAULT_PRIOR = os.path.join("guidance", "priors", "weights", "shapes-sd")
+COLOUR_OF = {"cube": "red", "torus": "blue", "cone": "green", "sphere": "yellow", "cylinder": "orange"}
 
 
 def _views(n: int, distance: float = 2.5, resolution: int = 64):
@@ -198,9 +208,97 @@ def colour_sds(pipe, shape: str, colours: list[str], start: tuple[float, float, 
               f"{tuple(shapes.COLOURS[colour])} |", flush=True)
 
 
+def _key_lit_render(v: torch.Tensor, f: torch.Tensor, albedo: torch.Tensor, cams) -> torch.Tensor:
+    """[C,3,H,W] in [0,1]: the mesh (v [V,3], f [F,3]) in ``albedo`` (sRGB [3]) under the world's key light, on white,
+    antialiased (the torch raster kernels; differentiable in v)."""
+    import torch.nn.functional as F
+
+    from renderers.kernels import raster as K
+    from renderers.keylight import key_light_factor
+    from renderers.mesh import corner_normals, projection
+
+    pos = torch.einsum("cij,vj->cvi", projection(cams).to(v), F.pad(v, (0, 1), value=1.0))
+    rast = K.rasterize("torch", pos, f, (cams.height, cams.width))
+    normal = K.interpolate("torch", corner_normals(v, f, 45.0), rast, torch.arange(f.numel()).view(-1, 3))
+    cov = (rast[..., 3:4] > 0).to(v)
+    rgb = cov * albedo * key_light_factor(F.normalize(normal, dim=-1)) + (1 - cov)
+    return K.antialias("torch", rgb, rast, pos, f, None).permute(0, 3, 1, 2)
+
+
+def size_profile(pipe, shape: str, colour: str, mesh: str | None, scales: list[float]) -> list[float]:
+    """The denoising error (``_denoising_error``) of the key-lit shape (or ``mesh``) at each scale; printed as a row."""
+    v, f = _probe_mesh(shape, mesh)
+    cams = _views(12)
+    emb = _embed(pipe, [f"a {colour} {shape}"] * 12)
+    albedo = torch.tensor(shapes.COLOURS[colour], dtype=torch.float32) / 255.0
+    with torch.no_grad():
+        row = [_denoising_error(pipe, _latent(pipe, _key_lit_render(v * k, f, albedo, cams)), emb) for k in scales]
+    cells = " | ".join(f"x{k:g} {e:.4f}" for k, e in zip(scales, row, strict=True))
+    print(f"| {mesh or 'the true ' + shape} | {cells} | x{scales[min(range(len(row)), key=row.__getitem__)]:g} |",
+          flush=True)
+    return row
+
+
+def _probe_mesh(shape: str, mesh: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(vertices [V,3] float32, faces [F,3] long) of ``mesh`` (any file trimesh reads) or of the true primitive."""
+    if mesh:
+        import trimesh
+
+        m = trimesh.load(mesh, force="mesh")
+        return torch.tensor(m.vertices, dtype=torch.float32), torch.tensor(m.faces, dtype=torch.long)
+    from renderers.reference import primitive_mesh
+
+    v, f = primitive_mesh(shape)
+    return v.float(), f.long()
+
+
+def size(pipe, shape: str, colour: str, mesh: str | None, scale: float, cfg: float, steps: int, batch: int = 2,
+         t_range: tuple[int, int] = (20, 980), objective: str = "elbo", weighting: str = "sds") -> list[float]:
+    """Adam (lr 0.01) on log(scale) of the shape under ``objective`` with w(t) ``weighting`` ("sds": 1 - abar_t, as
+    guidance/elbo.py's default; "uniform": DDPM's simple loss, what ``framing`` measures); prints and returns the
+    scale every 50 steps."""
+    from foundation.cameras import orbit_cameras
+
+    for p in [*pipe.unet.parameters(), *pipe.vae.parameters(), *pipe.text_encoder.parameters()]:
+        p.requires_grad_(False)
+    v0, f = _probe_mesh(shape, mesh)
+    albedo = torch.tensor(shapes.COLOURS[colour], dtype=torch.float32) / 255.0
+    abar = pipe.scheduler.alphas_cumprod
+    emb_y, emb_u = _embed(pipe, [f"a {colour} {shape}"]), _embed(pipe, [""])
+    g = torch.Generator().manual_seed(0)
+    log_s = torch.tensor(float(torch.log(torch.tensor(scale))), requires_grad=True)
+    opt = torch.optim.Adam([log_s], lr=0.01)
+    seen = []
+    for step in range(steps + 1):
+        if step % 50 == 0:
+            seen.append(float(log_s.detach().exp()))
+            print(f"step {step}: scale {seen[-1]:.3f}", flush=True)
+        if step == steps:
+            break
+        az, el = torch.rand(batch, generator=g) * 360 - 180, torch.rand(batch, generator=g) * 40
+        z = _latent(pipe, _key_lit_render(v0 * log_s.exp(), f, albedo, orbit_cameras(az, el, 2.5, 40.0, 64)))
+        t = torch.randint(t_range[0], t_range[1] + 1, (batch,), generator=g)
+        n = torch.randn(z.shape, generator=g)
+        a = abar[t][:, None, None, None]
+        zt = a.sqrt() * z + (1 - a).sqrt() * n
+        w = 1 - a if weighting == "sds" else torch.ones_like(a)
+        if objective == "elbo":  # guidance/elbo.py's loss
+            loss = 0.5 * (w * (pipe.unet(zt, t, emb_y.expand(batch, -1, -1)).sample - n).square()).sum() / batch
+        else:
+            with torch.no_grad():
+                emb = torch.cat([emb_u.expand(batch, -1, -1), emb_y.expand(batch, -1, -1)])
+                eu, ey = pipe.unet(torch.cat([zt, zt]), torch.cat([t, t]), emb).sample.chunk(2)
+                grad = w * (eu + cfg * (ey - eu) - n)
+            loss = (grad * z).sum() / batch
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return seen
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("probe", choices=["framing", "brightness", "run-likelihood", "encoder-fit", "colour-sds"])
+    ap.add_argument("probe", choices=["framing", "brightness", "run-likelihood", "encoder-fit", "colour-sds", "size"])
     ap.add_argument("--runs", nargs="+", default=[], help="run-likelihood: run folders of shapes-world prompts")
     ap.add_argument("--prior", default=DEFAULT_PRIOR)
     ap.add_argument("--distances", type=float, nargs="+", default=[2.0, 2.2, 2.3, 2.4, 2.5, 2.6, 2.7, 2.8])
@@ -209,6 +307,11 @@ def main() -> None:
                     help="brightness: albedo scales")
     ap.add_argument("--shape", default="cube", choices=list(shapes.SHAPES))
     ap.add_argument("--start", type=float, nargs=3, default=[0.5, 0.5, 0.5])
+    ap.add_argument("--mesh", default=None, help="size: a mesh file to scale instead of the true primitive")
+    ap.add_argument("--scale", type=float, default=1.25, help="size: the starting scale")
+    ap.add_argument("--weighting", choices=["sds", "uniform"], default="sds", help="size: w(t) of the loss")
+    ap.add_argument("--profile", type=float, nargs="+", default=None,
+                    help="size: print the likelihood proxy at these scales instead of descending")
     ap.add_argument("--cfg", type=float, default=7.5)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--t-range", type=int, nargs=2, default=[20, 980], help="colour-sds: timesteps drawn from here")
@@ -239,6 +342,12 @@ def main() -> None:
     elif args.probe == "encoder-fit":
         encoder_fit(pipe, args.colours or ["green", "red", "blue", "yellow"],
                     [(0.5, 0.5, 0.5), (0.8, 0.8, 0.8), (0.25, 0.25, 0.25)], args.steps)
+    elif args.probe == "size" and args.profile:
+        size_profile(pipe, args.shape, (args.colours or [COLOUR_OF[args.shape]])[0], args.mesh, args.profile)
+    elif args.probe == "size":
+        colour = (args.colours or [COLOUR_OF[args.shape]])[0]
+        size(pipe, args.shape, colour, args.mesh, args.scale, args.cfg, args.steps, t_range=tuple(args.t_range),
+             objective=args.objective, weighting=args.weighting)
     else:
         colour_sds(pipe, args.shape, args.colours or ["green", "red"], tuple(args.start), args.cfg, args.steps,
                    t_range=tuple(args.t_range), objective=args.objective)
