@@ -20,7 +20,9 @@ Materials (linear albedo k_d, perceptual roughness r, metallic m; conventions.md
 Shading: per rendered image one environment (random among ``envs``, random rotation about +Y; DreamMat's
 discouragement of baked lighting), Cook–Torrance GGX split-sum + Lambert irradiance (renderers/pbr.py), then the sRGB
 OETF, composited over the background and antialiased (silhouette gradients). ``set_lighting`` pins the
-environment (the light-aware shapes prior and the ControlNet condition use the same one). Normals are per corner:
+environment (the light-aware shapes prior and the ControlNet condition use the same one). With ``light="shapes"`` every
+training render is instead the albedo under the shapes world's key light (renderers/keylight.py's factor, per pixel
+from the interpolated normals), the light the learned shapes prior's exemplars show. Normals are per corner:
 the smooth vertex normal, or the face normal where they differ by more than ``crease_angle`` (hard edges).
 
 Camera: the OpenGL c2w of foundation/cameras.py, perspective with near 0.05 m / far 50 m, and P[1,1] negated so image
