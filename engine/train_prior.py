@@ -71,7 +71,7 @@ class TrainPriorConfig:
     seed: int = 0
     """Seed of every random choice (cameras, backgrounds, initialisation, batches, noise)."""
     resolution: int = 64
-    """Image side in pixels (latents are resolution / 8)."""
+    """Image side in pixels (latents are resolution / the VAE's factor: 8, or 4 with three ``vae_channels``)."""
     views_per_shape: int = 160
     """Rendered cameras per shape (each is shown in all six colours)."""
     overhead_fraction: float = 0.1
@@ -81,7 +81,9 @@ class TrainPriorConfig:
     shipped weights' samples are right 94% of the time on white and 68% on a colour (object and background hues
     confused); a run at 0.9 is measured in docs/learned-prior.md (session 22)."""
     vae_channels: tuple[int, ...] = (32, 64, 64, 64)
-    """AutoencoderKL block_out_channels (4 blocks: factor 8)."""
+    """AutoencoderKL block_out_channels: 4 blocks give SD's factor 8 (64 px -> 8x8 latents), 3 blocks factor 4 (64 px ->
+    16x16: a finer latent grid for geometry, docs/benchmarks.md session 34; the UNet then costs ~3.7x per training
+    step)."""
     vae_norm_groups: int = 8
     """GroupNorm groups in the VAE. With one channel per group (32 groups on 32 channels) each feature map is
     normalised on its own, which scales away how strongly each colour channel responds: red, green and blue objects
@@ -171,13 +173,18 @@ class TrainPriorConfig:
     """Continue from ``<out>.train/`` checkpoints."""
     log_every: int = 50
 
+    @property
+    def latent_factor(self) -> int:
+        """Pixels per latent pixel: 2^(VAE blocks - 1)."""
+        return 2 ** (len(self.vae_channels) - 1)
+
     def __post_init__(self) -> None:
         if self.resolution % 8 or self.resolution < 16:
             raise ValueError(f"resolution must be a multiple of 8 and at least 16, got {self.resolution}")
         if self.vae_crop % 8 or self.vae_crop > self.resolution:
             raise ValueError(f"vae_crop must be a multiple of 8 no larger than the resolution, got {self.vae_crop}")
-        if len(self.vae_channels) != 4:
-            raise ValueError(f"vae_channels needs 4 entries (factor 8), got {self.vae_channels}")
+        if len(self.vae_channels) not in (3, 4):
+            raise ValueError(f"vae_channels needs 3 entries (factor 4) or 4 (factor 8), got {self.vae_channels}")
         for name in ("views_per_shape", "vae_batch", "unet_batch", "threads", "text_hidden", "text_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -297,15 +304,16 @@ def load_unet(folder: str):
 def make_vae(cfg: TrainPriorConfig):
     from diffusers import AutoencoderKL
     return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
-                         block_out_channels=tuple(cfg.vae_channels), down_block_types=("DownEncoderBlock2D",) * 4,
-                         up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=cfg.vae_norm_groups,
-                         sample_size=cfg.resolution)
+                         block_out_channels=tuple(cfg.vae_channels),
+                         down_block_types=("DownEncoderBlock2D",) * len(cfg.vae_channels),
+                         up_block_types=("UpDecoderBlock2D",) * len(cfg.vae_channels),
+                         norm_num_groups=cfg.vae_norm_groups, sample_size=cfg.resolution)
 
 
 def make_unet(cfg: TrainPriorConfig):
     from diffusers import UNet2DConditionModel
     n = len(cfg.unet_channels)
-    return UNet2DConditionModel(sample_size=cfg.resolution // 8, in_channels=4, out_channels=4,
+    return UNet2DConditionModel(sample_size=cfg.resolution // cfg.latent_factor, in_channels=4, out_channels=4,
                                 layers_per_block=cfg.unet_layers_per_block, block_out_channels=tuple(cfg.unet_channels),
                                 down_block_types=("CrossAttnDownBlock2D",) * n,
                                 up_block_types=("CrossAttnUpBlock2D",) * n, cross_attention_dim=cfg.text_hidden,
@@ -472,7 +480,8 @@ def train_vae(cfg, data: ShapesData, gen: torch.Generator, work: str, clock: _Cl
         x = _draw_images(data, B, cfg.white_background, gen, cfg.vae_free_albedo)
         if 0 < cfg.vae_crop < cfg.resolution:
             k = cfg.vae_crop
-            oy, ox = (torch.randint(0, (cfg.resolution - k) // 8 + 1, (2,), generator=gen) * 8).tolist()
+            f = cfg.latent_factor
+            oy, ox = (torch.randint(0, (cfg.resolution - k) // f + 1, (2,), generator=gen) * f).tolist()
             x = x[:, :, oy:oy + k, ox:ox + k]
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)

@@ -537,3 +537,27 @@ def test_the_likelihood_brings_an_oversized_true_cube_back_to_its_size():
     seen = probe.size(pipe, "cube", "red", None, 1.25, 7.5, 100, objective="elbo")
     assert seen[0] == pytest.approx(1.25)
     assert 0.93 < seen[-1] < 1.05, seen
+
+
+def test_train_prior_builds_a_factor_four_autoencoder_the_engine_loads(tmp_path, monkeypatch):
+    """Three ``--vae-channels``: a VAE of factor 4 (32 px -> 8x8 latents) and a UNet of that latent size, which the
+    engine's loader takes as such (its factor read from the VAE) and a run renders through."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = str(tmp_path / "f4")
+    argv = [a for a in TINY]
+    i = argv.index("--vae-channels")
+    argv[i + 1:i + 5] = ["32", "32", "32"]
+    assert _run(["shapes", "--out", out, "--seed", "0", *argv]) == 0
+    from diffusers import StableDiffusionPipeline
+    pipe = StableDiffusionPipeline.from_pretrained(out, dtype=torch.float32)
+    assert pipe.vae_scale_factor == 4 and pipe.unet.config.sample_size == 8
+    with torch.no_grad():
+        z = pipe.vae.encode(torch.zeros(1, 3, 32, 32)).latent_dist.mean
+    assert z.shape == (1, 4, 8, 8)
+    prior = build_prior(PriorConfig(name=out))
+    assert prior.vae_scale == 4 and prior.native_resolution == 32
+    from engine.cli import main
+    run = str(tmp_path / "run")
+    assert main(["generate", "a red cube", "--prior", out, "--out", run, "--train.steps", "2", "--train.no-export",
+                 "--train.video-frames", "0", "--train.no-progress", "--resolution", "32"]) == 0
+    assert os.path.exists(os.path.join(run, "eval.json"))
