@@ -33,8 +33,9 @@
   ``--objective elbo`` it descends the conditional denoising error itself, through the UNet (guidance/elbo.py): where
   the likelihood, rather than SDS's fixed point, puts the colour.
 - ``size``: the same descent on one number, the scale of a shape with its true albedo under the world's key light
-  (rasterised and antialiased, renderers/kernels/raster.py, so the silhouette carries the gradient): the true
-  primitive by default, or ``--mesh`` (e.g. a run's exported model.glb) scaled about the origin. Does the objective
+  (the engine's mesh scene as it trains with ``light="shapes"``: antialiased, so the silhouette carries the
+  gradient): the true primitive by default, or ``--mesh`` (e.g. a run's exported model.glb) scaled about the
+  origin. Does the objective
   bring a too-large shape back to the truth's size, and does that hold for the shapes runs actually make?
   ``--profile S ...`` prints instead the likelihood proxy of ``framing`` (12 views at elevation 20) of the shape at
   each scale: how sharply the prior itself tells sizes apart, for the exact shape and for a run's.
@@ -43,6 +44,7 @@ Loaded with plain diffusers; CPU; one thread is enough (about a minute per colou
 """
 
 import argparse
+import math
 import os
 import platform
 
@@ -208,31 +210,37 @@ def colour_sds(pipe, shape: str, colours: list[str], start: tuple[float, float, 
               f"{tuple(shapes.COLOURS[colour])} |", flush=True)
 
 
-def _key_lit_render(v: torch.Tensor, f: torch.Tensor, albedo: torch.Tensor, cams) -> torch.Tensor:
-    """[C,3,H,W] in [0,1]: the mesh (v [V,3], f [F,3]) in ``albedo`` (sRGB [3]) under the world's key light, on white,
-    antialiased (the torch raster kernels; differentiable in v)."""
-    import torch.nn.functional as F
+def _key_lit_scene(v: torch.Tensor, f: torch.Tensor, colour: str):
+    """The mesh (v [V,3], f [F,3]) as the engine's mesh scene with the world's ``colour`` as its albedo everywhere,
+    rendering as it trains under ``light="shapes"`` (the world's key light, antialiased silhouettes); move it by
+    assigning ``scene.vertices`` (differentiable)."""
+    from renderers import pbr
+    from renderers.mesh import Mesh, MeshConfig
 
-    from renderers.kernels import raster as K
-    from renderers.keylight import key_light_factor
-    from renderers.mesh import corner_normals, projection
+    scene = Mesh.from_arrays(MeshConfig(light="shapes"), v, f, None, torch.Generator().manual_seed(0))
+    lin = pbr.srgb_to_linear(torch.tensor(shapes.COLOURS[colour], dtype=torch.float32) / 255.0)
+    with torch.no_grad():  # the material field's last layer: no weights, the albedo's logit as bias
+        scene.mlp[2].weight.zero_()
+        scene.mlp[2].bias[:3] = torch.logit(lin)
+    scene.requires_grad_(False)
+    return scene.train()
 
-    pos = torch.einsum("cij,vj->cvi", projection(cams).to(v), F.pad(v, (0, 1), value=1.0))
-    rast = K.rasterize("torch", pos, f, (cams.height, cams.width))
-    normal = K.interpolate("torch", corner_normals(v, f, 45.0), rast, torch.arange(f.numel()).view(-1, 3))
-    cov = (rast[..., 3:4] > 0).to(v)
-    rgb = cov * albedo * key_light_factor(F.normalize(normal, dim=-1)) + (1 - cov)
-    return K.antialias("torch", rgb, rast, pos, f, None).permute(0, 3, 1, 2)
+
+def _render(scene, cams) -> torch.Tensor:
+    """[C,3,H,W] in [0,1] on white."""
+    return scene.render(cams, torch.ones(len(cams), cams.height, cams.width, 3)).rgb.permute(0, 3, 1, 2)
 
 
 def size_profile(pipe, shape: str, colour: str, mesh: str | None, scales: list[float]) -> list[float]:
     """The denoising error (``_denoising_error``) of the key-lit shape (or ``mesh``) at each scale; printed as a row."""
     v, f = _probe_mesh(shape, mesh)
-    cams = _views(12)
+    scene, cams = _key_lit_scene(v, f, colour), _views(12)
     emb = _embed(pipe, [f"a {colour} {shape}"] * 12)
-    albedo = torch.tensor(shapes.COLOURS[colour], dtype=torch.float32) / 255.0
+    row = []
     with torch.no_grad():
-        row = [_denoising_error(pipe, _latent(pipe, _key_lit_render(v * k, f, albedo, cams)), emb) for k in scales]
+        for k in scales:
+            scene.vertices = v * k
+            row.append(_denoising_error(pipe, _latent(pipe, _render(scene, cams)), emb))
     cells = " | ".join(f"x{k:g} {e:.4f}" for k, e in zip(scales, row, strict=True))
     print(f"| {mesh or 'the true ' + shape} | {cells} | x{scales[min(range(len(row)), key=row.__getitem__)]:g} |",
           flush=True)
@@ -262,11 +270,11 @@ def size(pipe, shape: str, colour: str, mesh: str | None, scale: float, cfg: flo
     for p in [*pipe.unet.parameters(), *pipe.vae.parameters(), *pipe.text_encoder.parameters()]:
         p.requires_grad_(False)
     v0, f = _probe_mesh(shape, mesh)
-    albedo = torch.tensor(shapes.COLOURS[colour], dtype=torch.float32) / 255.0
+    scene = _key_lit_scene(v0, f, colour)
     abar = pipe.scheduler.alphas_cumprod
     emb_y, emb_u = _embed(pipe, [f"a {colour} {shape}"]), _embed(pipe, [""])
     g = torch.Generator().manual_seed(0)
-    log_s = torch.tensor(float(torch.log(torch.tensor(scale))), requires_grad=True)
+    log_s = torch.tensor(math.log(scale), requires_grad=True)
     opt = torch.optim.Adam([log_s], lr=0.01)
     seen = []
     for step in range(steps + 1):
@@ -276,7 +284,8 @@ def size(pipe, shape: str, colour: str, mesh: str | None, scale: float, cfg: flo
         if step == steps:
             break
         az, el = torch.rand(batch, generator=g) * 360 - 180, torch.rand(batch, generator=g) * 40
-        z = _latent(pipe, _key_lit_render(v0 * log_s.exp(), f, albedo, orbit_cameras(az, el, 2.5, 40.0, 64)))
+        scene.vertices = v0 * log_s.exp()
+        z = _latent(pipe, _render(scene, orbit_cameras(az, el, 2.5, 40.0, 64)))
         t = torch.randint(t_range[0], t_range[1] + 1, (batch,), generator=g)
         n = torch.randn(z.shape, generator=g)
         a = abar[t][:, None, None, None]
@@ -342,12 +351,13 @@ def main() -> None:
     elif args.probe == "encoder-fit":
         encoder_fit(pipe, args.colours or ["green", "red", "blue", "yellow"],
                     [(0.5, 0.5, 0.5), (0.8, 0.8, 0.8), (0.25, 0.25, 0.25)], args.steps)
-    elif args.probe == "size" and args.profile:
-        size_profile(pipe, args.shape, (args.colours or [COLOUR_OF[args.shape]])[0], args.mesh, args.profile)
     elif args.probe == "size":
         colour = (args.colours or [COLOUR_OF[args.shape]])[0]
-        size(pipe, args.shape, colour, args.mesh, args.scale, args.cfg, args.steps, t_range=tuple(args.t_range),
-             objective=args.objective, weighting=args.weighting)
+        if args.profile:
+            size_profile(pipe, args.shape, colour, args.mesh, args.profile)
+        else:
+            size(pipe, args.shape, colour, args.mesh, args.scale, args.cfg, args.steps, t_range=tuple(args.t_range),
+                 objective=args.objective, weighting=args.weighting)
     else:
         colour_sds(pipe, args.shape, args.colours or ["green", "red"], tuple(args.start), args.cfg, args.steps,
                    t_range=tuple(args.t_range), objective=args.objective)
