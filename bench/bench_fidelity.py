@@ -12,14 +12,16 @@ refinement measured in docs/benchmarks.md, "Mesh and PBR"); its wall time is the
 `engine texture` on the exact primitive's mesh (the light-aware prior; only its albedo can be off). Prints one
 markdown row per run: accuracy and completeness (metres), the largest piece's share of the surface area, the mean
 baseColor (sRGB) against the true albedo, chromaticity distance and luminance ratio (linear RGB), the cube's
-face-to-face spread (sRGB /255), the held-out PSNR/IoU of the renders, and the wall time of the whole command and of
-its export. `--json PATH` also writes the rows.
+face-to-face spread (sRGB /255) and corner ratio (the mid-height section's largest over smallest radius: sqrt(2)
+for the true cube, 1 for a cylinder, see engine.export.fidelity.corner_ratio), the held-out PSNR/IoU of the renders,
+and the wall time of the whole command and of its export. `--json PATH` also writes the rows.
 
     python bench/bench_fidelity.py --diagnose RUN_FOLDER SHAPE [--levels L1 L2 ...]
 
 Where a run's exported geometry is off, and whether the field or the extraction is to blame: the silhouette IoU of
 the scene's own renders against the true shape's and against the extracted mesh's (16 orbit views, 64² and 128²,
-alpha 0.5), the mean signed distance of the mesh by region (cube faces, or thirds of the height), and for each
+alpha 0.5), the mean signed distance of the mesh by region (cube faces, or thirds of the height), the radius of
+three horizontal sections per azimuth sector (a cube's reaches from 0.40 to 0.566 m), and for each
 `--levels` value the accuracy / completeness of the mesh marching cubes gives at that level (a sweep against the
 ground truth: a diagnostic, never a way to pick the export's level).
 """
@@ -108,6 +110,8 @@ def format_row(r: dict) -> str:
     bc = ", ".join(f"{x:.0f}" for x in r["base_colour"])
     tc = ", ".join(f"{x:.0f}" for x in r["true_colour"])
     spread = "" if r["face_spread"] is None else f"{r['face_spread']:.1f}"
+    if r.get("corner_ratio") is not None:
+        spread += f", {r['corner_ratio']:.2f}"
     exp = "" if r["export_s"] is None else f"{r['export_s']:.1f}"
     return (f"| a {r['colour']} {r['shape']} | {r['renderer']} | {r['steps']} | {r['accuracy']:.3f} | "
             f"{r['completeness']:.3f} | {100 * r['largest_piece']:.1f}% ({r['pieces']}) | ({bc}) vs ({tc}) | "
@@ -115,8 +119,9 @@ def format_row(r: dict) -> str:
             f"{r['psnr'] or float('nan'):.2f} / {r['iou'] or float('nan'):.3f} | {r['wall_s']:.1f} | {exp} |")
 
 
-HEADER = ("| prompt | renderer | steps | accuracy m | completeness m | largest piece (pieces) | baseColor vs true "
-          "albedo | chroma dist | lum ratio | cube face spread /255 | PSNR dB / IoU | wall s | export s |\n"
+HEADER = ("| prompt | renderer | steps | accuracy m | completeness m | largest piece (pieces) | baseColor vs "
+          "true albedo | chroma dist | lum ratio | cube face spread /255, corner ratio | PSNR dB / IoU | wall s | "
+          "export s |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
@@ -129,6 +134,7 @@ def diagnose(run_dir: str, shape: str, levels: list[float]) -> None:
         _nearest_distance,
         _sdf,
         sample_surface,
+        section_radii,
         signed_error_by_region,
         true_surface_samples,
     )
@@ -165,6 +171,10 @@ def diagnose(run_dir: str, shape: str, levels: list[float]) -> None:
               f"mesh {float((sil > 0.5).sum()):.0f}, true {float((gt > 0.5).sum()):.0f}")
     regions = signed_error_by_region(mesh.vertices, mesh.faces, shape)
     print("mean signed sdf by region: " + ", ".join(f"{r} {d:+.4f} ({100 * w:.0f}%)" for r, (d, w) in regions.items()))
+    for y in (-0.3, 0.0, 0.3):  # the horizontal sections: a cube's reach sqrt(2) from faces to edges, a cylinder 1
+        r = section_radii(mesh.vertices, mesh.faces, y)
+        print(f"section y {y:+.1f}: radius {np.nanmin(r):.3f}-{np.nanmax(r):.3f} over {len(r)} azimuth sectors "
+              f"(max/min {np.nanmax(r) / np.nanmin(r):.3f}; the true cube 0.400-0.566, 1.414)")
     if levels:
         grid = sample_grid(scene, 128, bound)
         truth = true_surface_samples(shape, 5000)

@@ -201,6 +201,7 @@ class Fidelity:
     chromaticity_distance: float
     luminance_ratio: float
     face_spread: float | None  # cube only: sRGB 0-255
+    corner_ratio: float | None = None  # cube only: see corner_ratio(); sqrt(2) for the truth, 1 for a cylinder
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -235,8 +236,9 @@ def score_asset(asset: LoadedAsset, shape: str, colour: str, n: int = DEFAULT_SA
     chroma = float(np.linalg.norm(chromaticity(mean_lin) - chromaticity(true_lin)))
     lum = float(luminance(mean_lin) / luminance(true_lin))
     spread = cube_face_spread(s.points, col) if shape == "cube" else None
+    corners = corner_ratio(asset.vertices, asset.faces) if shape == "cube" else None
     return Fidelity(accuracy, completeness, share, pieces, tuple(float(x) for x in linear_to_srgb255(mean_lin)),
-                    tuple(float(x) for x in shapes.COLOURS[colour]), chroma, lum, spread)
+                    tuple(float(x) for x in shapes.COLOURS[colour]), chroma, lum, spread, corners)
 
 
 def score_glb(path: str, shape: str, colour: str, n: int = DEFAULT_SAMPLES, seed: int = 0) -> Fidelity:
@@ -246,7 +248,7 @@ def score_glb(path: str, shape: str, colour: str, n: int = DEFAULT_SAMPLES, seed
 
 __all__ = ["Fidelity", "LoadedAsset", "score_asset", "score_glb", "load_glb", "sample_surface",
            "true_surface_samples", "largest_piece_share", "cube_face_spread", "chromaticity", "luminance",
-           "srgb_to_linear"]
+           "srgb_to_linear", "section_radii", "corner_ratio"]
 
 
 def signed_error_by_region(vertices: np.ndarray, faces: np.ndarray, shape: str, n: int = DEFAULT_SAMPLES,
@@ -271,3 +273,47 @@ def signed_error_by_region(vertices: np.ndarray, faces: np.ndarray, shape: str, 
         names = np.where(n[:, 1] > 0.5, "up", np.where(n[:, 1] < -0.5, "down",
                                                        np.where(radial >= 0, "side out", "side in")))
     return {r: (float(d[names == r].mean()), float((names == r).mean())) for r in sorted(set(names.tolist()))}
+
+
+def section_radii(vertices: np.ndarray, faces: np.ndarray, height: float, sectors: int = 64) -> np.ndarray:
+    """[sectors] distances from the y axis to the mesh's cross-section by the plane y = ``height``, along ``sectors``
+    equally spaced horizontal directions (azimuth 2 pi k / sectors from +x towards +z; the farthest crossing; NaN
+    where the ray meets none). Tells a cube from its rotational average: the shapes world's cube (half-size 0.4)
+    gives 0.40 towards a face and 0.566 towards an edge, a max/min of sqrt(2); a surface of revolution (a cylinder,
+    the union of the cube over every yaw) gives a constant. A diagnostic of the benchmark, like
+    :func:`signed_error_by_region`."""
+    tri = np.asarray(vertices, dtype=np.float64)[np.asarray(faces)]  # [F,3,3]
+    above = tri[..., 1] > height
+    tri, above = tri[above.any(1) & ~above.all(1)], above[above.any(1) & ~above.all(1)]
+    ends = []
+    for i, j in ((0, 1), (1, 2), (2, 0)):  # a cut triangle has exactly two edges across the plane: its segment
+        a, b = tri[:, i], tri[:, j]
+        t = np.clip((height - a[:, 1]) / np.where(b[:, 1] == a[:, 1], 1.0, b[:, 1] - a[:, 1]), 0.0, 1.0)
+        ends.append((above[:, i] != above[:, j], (a + t[:, None] * (b - a))[:, [0, 2]]))
+    cross = np.stack([c for c, _ in ends], 1)  # [F,3]
+    pts = np.stack([p for _, p in ends], 1)  # [F,3,2]
+    first = cross.argmax(1)
+    second = 2 - cross[:, ::-1].argmax(1)
+    rows = np.arange(pts.shape[0])
+    p0, p1 = pts[rows, first], pts[rows, second]  # [S,2] segment ends
+    ang = 2 * np.pi * np.arange(sectors) / sectors
+    out = np.full(sectors, np.nan)
+    e = p1 - p0
+    for k, phi in enumerate(ang):
+        d = np.array([np.cos(phi), np.sin(phi)])
+        den = d[0] * e[:, 1] - d[1] * e[:, 0]  # solve r d = p0 + u e for (r, u)
+        ok = np.abs(den) > 1e-12
+        r = (p0[:, 0] * e[:, 1] - p0[:, 1] * e[:, 0]) / np.where(ok, den, 1.0)
+        u = (p0[:, 0] * d[1] - p0[:, 1] * d[0]) / np.where(ok, den, 1.0)
+        hit = ok & (r > 0) & (u >= -1e-9) & (u <= 1 + 1e-9)
+        if hit.any():
+            out[k] = r[hit].max()
+    return out
+
+
+def corner_ratio(vertices: np.ndarray, faces: np.ndarray, height: float = 0.0, sectors: int = 64) -> float:
+    """Largest over smallest :func:`section_radii` at ``height``: sqrt(2) for the true cube, 1 for a surface of
+    revolution (sampled along ``sectors`` directions, so a yawed cube's corners are met to within half a sector: at 64,
+at least 1.33); NaN when a direction meets no section (none closed there)."""
+    r = section_radii(vertices, faces, height, sectors)
+    return float(np.max(r) / np.min(r)) if np.isfinite(r).all() and np.min(r) > 0 else float("nan")
