@@ -301,7 +301,7 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
     try:
         for step in range(start, tc.steps):
             t_step = time.perf_counter()
-            cams = _cams_to(sample_cameras(cfg.cameras, cfg.resolution, gen), device)
+            cams = _cams_to(sample_cameras(cfg.cameras, cfg.resolution, gen, step=step), device)
             bg = background(cams, gen)
             out = scene.render(cams, bg)
             # per-view condition images ride with their cameras (guidance/priors/controlnet.py)

@@ -196,6 +196,13 @@ class CameraConfig:
     exemplar prior's view grid, every training view is one the prior holds exactly (the texture preset)."""
     elevation_step: float = 0.0
     """The same for elevations (0: any angle)."""
+    azimuth_widen: int = 0
+    """Progressive views: over the first this many steps the azimuth range grows linearly from its centre
+    ± ``azimuth_widen_from`` degrees to the full range (0: the full range from the start). A symmetric start (a
+    blob) seen from every side at once settles into the average of the prompt over its unseen yaw (the demo cube
+    became a cylinder); a narrow first arc lets one orientation form before the orbit closes."""
+    azimuth_widen_from: float = 30.0
+    """Half-width in degrees of the first azimuth arc of ``azimuth_widen``."""
 
     def __post_init__(self) -> None:
         for name in ("azimuth", "elevation", "distance", "fovy"):
@@ -204,6 +211,9 @@ class CameraConfig:
                 raise ValueError(f"cameras.{name} range is empty: ({lo}, {hi})")
         if self.batch_size < 1:
             raise ValueError(f"cameras.batch_size must be >= 1, got {self.batch_size}")
+        if self.azimuth_widen < 0 or self.azimuth_widen_from < 0:
+            raise ValueError(f"cameras.azimuth_widen and azimuth_widen_from must be >= 0, got {self.azimuth_widen} "
+                             f"and {self.azimuth_widen_from}")
         for name in ("azimuth", "elevation"):
             step = getattr(self, f"{name}_step")
             if step < 0:
@@ -235,13 +245,26 @@ def _draw(lo: float, hi: float, step: float, wrap: bool, n: int, gen: torch.Gene
     return grid[(torch.rand(n, generator=gen) * len(grid)).long().clamp(max=len(grid) - 1)]
 
 
-def sample_cameras(cfg: CameraConfig, resolution: int, gen: torch.Generator, n: int | None = None) -> Cameras:
+def azimuth_range(cfg: CameraConfig, step: int | None = None) -> tuple[float, float]:
+    """The azimuth range training draws from at ``step``: ``cfg.azimuth``, narrowed about its centre during the
+    first ``cfg.azimuth_widen`` steps (see there); None means the full range."""
+    lo, hi = cfg.azimuth
+    if step is None or cfg.azimuth_widen <= 0 or step >= cfg.azimuth_widen:
+        return lo, hi
+    centre, full = (lo + hi) / 2, (hi - lo) / 2
+    half = min(full, cfg.azimuth_widen_from + (full - cfg.azimuth_widen_from) * step / cfg.azimuth_widen)
+    return centre - half, centre + half
+
+
+def sample_cameras(cfg: CameraConfig, resolution: int, gen: torch.Generator, n: int | None = None,
+                   step: int | None = None) -> Cameras:
     """Random orbit cameras; ``gen`` (a CPU generator) is the run's single source of randomness for cameras.
+    ``step`` (the training step) narrows the azimuths while ``cfg.azimuth_widen`` says so.
 
     Elevation is drawn uniformly in angle, as threestudio does.
     """
     n = cfg.batch_size if n is None else n
-    az = _draw(*cfg.azimuth, cfg.azimuth_step, True, n, gen)
+    az = _draw(*azimuth_range(cfg, step), cfg.azimuth_step, True, n, gen)
     el = _draw(*cfg.elevation, cfg.elevation_step, False, n, gen)
     dist = _uniform(*cfg.distance, n, gen)
     fov = _uniform(*cfg.fovy, n, gen)

@@ -143,3 +143,24 @@ def test_grid_cameras_draw_only_grid_angles_and_as_many_random_numbers():
         CameraConfig(elevation=(5.0, 15.0), elevation_step=20.0)
     with pytest.raises(ValueError, match="azimuth_step"):
         CameraConfig(azimuth_step=-1.0)
+
+
+def test_azimuth_widen_opens_the_orbit_from_a_narrow_arc():
+    """Progressive views (``azimuth_widen``): the training azimuths start within ± ``azimuth_widen_from`` of the
+    range's centre and reach the full range at step ``azimuth_widen``, drawing as many random numbers as ever."""
+    from foundation.cameras import azimuth_range
+
+    cfg = CameraConfig(azimuth_widen=100, azimuth_widen_from=20.0, batch_size=500)
+    assert azimuth_range(cfg, 0) == (-20.0, 20.0)
+    assert azimuth_range(cfg, 50) == (-100.0, 100.0)  # halfway: 20 + (180 - 20) / 2
+    assert azimuth_range(cfg, 100) == (-180.0, 180.0) == azimuth_range(cfg, None) == azimuth_range(CameraConfig(), 0)
+    assert azimuth_range(CameraConfig(azimuth=(0.0, 90.0), azimuth_widen=10, azimuth_widen_from=5.0), 0) == (40.0, 50.0)
+    g1, g2 = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+    early = sample_cameras(cfg, 8, g1, step=0)
+    sample_cameras(CameraConfig(batch_size=500), 8, g2, step=0)
+    assert torch.equal(g1.get_state(), g2.get_state())
+    assert early.azimuth.abs().max() <= 20.0 and early.azimuth.abs().max() > 19.0
+    late = sample_cameras(cfg, 8, torch.Generator().manual_seed(2), step=100)
+    assert late.azimuth.abs().max() > 170.0
+    with pytest.raises(ValueError, match="azimuth_widen"):
+        CameraConfig(azimuth_widen=-1)
