@@ -46,6 +46,18 @@ def test_metrics_see_a_bigger_shape_a_floater_and_a_darker_colour():
     assert abs(dark.luminance_ratio - 0.5) < 1e-6 and dark.chromaticity_distance < 1e-9
 
 
+def _drum(radius: float = 0.55, n: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """A closed cylinder about y, height 0.8 (the cube's): a ring of quads and two fans."""
+    a = 2 * math.pi * np.arange(n) / n
+    ring = np.stack([radius * np.cos(a), np.zeros(n), radius * np.sin(a)], -1)
+    cv = np.concatenate([ring + [0, -0.4, 0], ring + [0, 0.4, 0], [[0, -0.4, 0], [0, 0.4, 0]]])
+    k, k1 = np.arange(n), (np.arange(n) + 1) % n
+    bottom, top = np.full(n, 2 * n), np.full(n, 2 * n + 1)
+    cf = np.concatenate([np.stack([k, k1, k1 + n], -1), np.stack([k, k1 + n, k + n], -1),
+                         np.stack([bottom, k1, k], -1), np.stack([top, k + n, k1 + n], -1)])
+    return cv, cf
+
+
 def test_corner_ratio_tells_the_cube_from_its_rotational_average():
     """The demo cube came out a cylinder of radius 0.55 (the union of the cube over every yaw) while its accuracy
     looked like a 35% too wide cube: the sections' radius per azimuth shows which."""
@@ -55,19 +67,29 @@ def test_corner_ratio_tells_the_cube_from_its_rotational_average():
     assert math.isclose(fid.corner_ratio(v, f), math.sqrt(2), rel_tol=1e-9)
     yaw = np.array([[math.cos(0.3), 0, -math.sin(0.3)], [0, 1, 0], [math.sin(0.3), 0, math.cos(0.3)]])
     assert 1.33 < fid.corner_ratio(v @ yaw.T, f) <= math.sqrt(2) + 1e-9  # any yaw, to the rays' sampling
-    n = 96  # a closed cylinder of radius 0.55 about y: a ring of quads and two fans
-    a = 2 * math.pi * np.arange(n) / n
-    ring = np.stack([0.55 * np.cos(a), np.zeros(n), 0.55 * np.sin(a)], -1)
-    cv = np.concatenate([ring + [0, -0.4, 0], ring + [0, 0.4, 0], [[0, -0.4, 0], [0, 0.4, 0]]])
-    k, k1 = np.arange(n), (np.arange(n) + 1) % n
-    bottom, top = np.full(n, 2 * n), np.full(n, 2 * n + 1)
-    cf = np.concatenate([np.stack([k, k1, k1 + n], -1), np.stack([k, k1 + n, k + n], -1),
-                         np.stack([bottom, k1, k], -1), np.stack([top, k + n, k1 + n], -1)])
+    cv, cf = _drum()
     assert abs(fid.corner_ratio(cv, cf) - 1) < 2e-3
     assert fid.score_asset(_asset(cv, cf), "cube", "red").corner_ratio < 1.01
     assert fid.score_asset(_asset(v, f), "cube", "red").corner_ratio > 1.41
     assert fid.score_asset(_asset(cv, cf), "cone", "red").corner_ratio is None  # the cube's measure only
     assert np.isnan(fid.section_radii(v, f, 0.9)).all()  # above the mesh: no section
+
+
+def test_best_yaw_scores_a_turned_cube_as_the_cube_it_is():
+    """A perfect cube turned 30 degrees about y is 5 cm off the axis-aligned truth, and exact at its best yaw (60
+    degrees back, the cube's 90-degree symmetry); a drum has no yaw that helps."""
+    v, f = _split_cube()
+    straight = fid.score_asset(_asset(v, f), "cube", "red")
+    assert straight.yaw == 0.0 and straight.yaw_accuracy == straight.accuracy
+    assert straight.yaw_completeness == straight.completeness
+    turned = fid.score_asset(_asset(v @ fid.yaw_matrix(30.0).T, f), "cube", "red")
+    assert turned.accuracy > 0.03 and turned.completeness > 0.03
+    assert turned.yaw == 60.0 and turned.yaw_accuracy < 1e-6
+    assert abs(turned.yaw_completeness - straight.completeness) < 1e-3
+    cv, cf = _drum()
+    drum = fid.score_asset(_asset(cv, cf), "cube", "red")
+    assert drum.yaw_accuracy > 0.9 * drum.accuracy > 0.04
+    assert fid.score_asset(_asset(v, f), "torus", "red").yaw is None  # the cube's measure only
 
 
 def test_true_surface_samples_lie_on_the_surface():

@@ -202,6 +202,9 @@ class Fidelity:
     luminance_ratio: float
     face_spread: float | None  # cube only: sRGB 0-255
     corner_ratio: float | None = None  # cube only: see corner_ratio(); sqrt(2) for the truth, 1 for a cylinder
+    yaw: float | None = None  # cube only: the turn about y (degrees) that best aligns the asset, see best_yaw()
+    yaw_accuracy: float | None = None  # cube only: accuracy and completeness of the asset turned by ``yaw``
+    yaw_completeness: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -237,8 +240,31 @@ def score_asset(asset: LoadedAsset, shape: str, colour: str, n: int = DEFAULT_SA
     lum = float(luminance(mean_lin) / luminance(true_lin))
     spread = cube_face_spread(s.points, col) if shape == "cube" else None
     corners = corner_ratio(asset.vertices, asset.faces) if shape == "cube" else None
+    yaw = best_yaw(s.points, shape, truth) if shape == "cube" else (None, None, None)
     return Fidelity(accuracy, completeness, share, pieces, tuple(float(x) for x in linear_to_srgb255(mean_lin)),
-                    tuple(float(x) for x in shapes.COLOURS[colour]), chroma, lum, spread, corners)
+                    tuple(float(x) for x in shapes.COLOURS[colour]), chroma, lum, spread, corners, *yaw)
+
+
+def yaw_matrix(degrees: float) -> np.ndarray:
+    """[3,3] rotation about the y axis (up) by ``degrees``, taking +x towards -z (right-handed, y up)."""
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+
+
+def best_yaw(points: np.ndarray, shape: str, truth: np.ndarray, step: float = 1.0,
+             period: float = 90.0) -> tuple[float, float, float]:
+    """(yaw in degrees, accuracy, completeness) of the surface samples ``points`` turned about the y axis by the yaw in
+    [0, ``period``) (``step`` apart) that minimises their accuracy; completeness against ``truth`` at that yaw.
+
+    The prompt "a cube" does not say which way the cube faces, and the shapes world's priors cannot tell (its cube is
+    seen from every azimuth, and a cube turned 45 degrees is as likely, docs/benchmarks.md session 35): a cube that
+    formed at another yaw is a right answer that the axis-aligned scores count 5 cm off. The cube's scores at its best
+    yaw are reported beside, never instead of, the axis-aligned ones (period 90: the cube's symmetry)."""
+    yaws = np.arange(0.0, period, step)
+    acc = [float(np.abs(_sdf(shape, points @ yaw_matrix(y).T)).mean()) for y in yaws]
+    k = int(np.argmin(acc))
+    comp = float(_nearest_distance(truth, points @ yaw_matrix(yaws[k]).T).mean())
+    return float(yaws[k]), acc[k], comp
 
 
 def score_glb(path: str, shape: str, colour: str, n: int = DEFAULT_SAMPLES, seed: int = 0) -> Fidelity:
@@ -248,7 +274,7 @@ def score_glb(path: str, shape: str, colour: str, n: int = DEFAULT_SAMPLES, seed
 
 __all__ = ["Fidelity", "LoadedAsset", "score_asset", "score_glb", "load_glb", "sample_surface",
            "true_surface_samples", "largest_piece_share", "cube_face_spread", "chromaticity", "luminance",
-           "srgb_to_linear", "section_radii", "corner_ratio"]
+           "srgb_to_linear", "section_radii", "corner_ratio", "best_yaw", "yaw_matrix"]
 
 
 def signed_error_by_region(vertices: np.ndarray, faces: np.ndarray, shape: str, n: int = DEFAULT_SAMPLES,
