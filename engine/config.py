@@ -17,6 +17,7 @@ from typing import Any, Union
 
 import yaml
 
+from engine.anchor import AnchorConfig
 from foundation.cameras import CameraConfig
 from guidance import GUIDANCES
 from guidance.priors import PriorConfig
@@ -94,6 +95,8 @@ class GenerateConfig:
     """Background behind the object."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Loop length, logging, previews, checkpoints, video."""
+    anchor: AnchorConfig = field(default_factory=AnchorConfig)
+    """Anchor views: reference images the prior commits to, fitted beside the objective (engine/anchor.py)."""
     regularizers: dict[str, float] = field(default_factory=dict)
     """Weights of the scene's regularisers by name (unset names use the scene's defaults); the names are the
     renderer config's ``REGULARIZERS``, and any other is refused (check_config)."""

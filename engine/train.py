@@ -4,7 +4,8 @@
         cams = sample_cameras(...); out = scene.render(cams, background)
         g = guidance(out.rgb, prompts, cams, step)  # cams carry out's per-view condition images, if any
         regs = scene.regularizers(out, step, w)  # a term of weight 0 may be left out
-        loss = g.loss + sum(w[k] * regs[k]); backward; optimiser step; scene.after_step(step, out)
+        loss = g.loss + sum(w[k] * regs[k]) (+ the anchor views' fit, engine/anchor.py)
+        backward; optimiser step; scene.after_step(step, out)
 
 One torch.Generator seeded from cfg.seed drives cameras, timesteps, noise and initialisation, so a run is
 reproducible and a resumed run continues the same random stream.
@@ -24,6 +25,7 @@ from typing import Callable
 import torch
 
 from engine import init_from, outputs, runfolder
+from engine.anchor import Anchors
 from engine.checkpoint import latest_checkpoint, prune_checkpoints, save_checkpoint, step_path
 from engine.config import GenerateConfig, default_run_dir, save_config
 from foundation.abilities import declares
@@ -98,6 +100,9 @@ class Hooks:
     step and timings otherwise (reading the losses every step would cost a GPU sync each)."""
     should_stop: Callable[[], bool] | None = None
     on_preview: Callable[[str], None] | None = None
+    init_scene: Callable[[object], None] | None = None
+    """init_scene(scene): called once on a new run's freshly built scene, before its optimiser exists (a benchmark
+    starts a run from a known state this way: bench/bench_fidelity.py --from-truth)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -179,8 +184,9 @@ def _prior_generator(guidance) -> torch.Generator | None:
     return guidance.prior.generator if declares(guidance.prior, OwnGenerator) else None
 
 
-def _state(step, scene, guidance, background, opt, gen) -> dict:
+def _state(step, scene, guidance, background, opt, gen, anchors) -> dict:
     state = {"step": step, "scene": scene.state_dict(), "guidance": guidance.state_dict(),
+             "anchor": anchors.state_dict(),
              "background": background.state_dict(), "optimizer": opt.state_dict(),
              "rng": gen.get_state(), "torch_rng": torch.get_rng_state()}
     prior_gen = _prior_generator(guidance)
@@ -222,11 +228,14 @@ def generate(cfg: GenerateConfig, resume: str | None = None, hooks: Hooks | None
 
     try:  # a config the scene or the objective refuses (a backend name, an image prompt...) is bad input
         scene = _build_scene(cfg, gen, device, new=run is None)
+        if run is None and hooks.init_scene is not None:
+            hooks.init_scene(scene)
         guidance = cfg.guidance.build(prior, gen, cfg.train.steps)
     except ValueError as e:
         raise RunError(str(e), code=2) from None
     _wire_condition(prior, scene)
     background = Background(cfg.background).to(device)
+    anchors = Anchors(cfg.anchor, cfg.cameras, cfg.resolution, cfg.train.steps, gen)
     start = 0
     ckpt = run is not None
     state = run.state if run is not None else {}
@@ -235,6 +244,7 @@ def generate(cfg: GenerateConfig, resume: str | None = None, hooks: Hooks | None
         if state["guidance"]:
             guidance.load_state_dict(state["guidance"])
         background.load_state_dict(state["background"])
+        anchors.load_state_dict(state.get("anchor", {}))
     opt = _make_optimizer(cfg, scene, guidance, background)
     if ckpt:
         opt.load_state_dict(state["optimizer"])
@@ -272,7 +282,7 @@ def generate(cfg: GenerateConfig, resume: str | None = None, hooks: Hooks | None
             shutil.rmtree(run_dir, ignore_errors=True)
         raise RunError(f"cannot write the run folder {run_dir}: {e.strerror or e}", code=2) from None
     try:
-        _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, device, hooks)
+        _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, device, anchors, hooks)
     except (RunError, OSError, KeyboardInterrupt):
         raise  # the loop recorded why in status.json; the folder is kept, whatever it holds
     except BaseException:
@@ -285,7 +295,8 @@ def generate(cfg: GenerateConfig, resume: str | None = None, hooks: Hooks | None
     return run_dir
 
 
-def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, device, hooks: Hooks) -> None:
+def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, device, anchors: Anchors,
+          hooks: Hooks) -> None:
     tc = cfg.train
     ckpt_dir = os.path.join(run_dir, "ckpts")
     metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a")
@@ -297,6 +308,9 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
     weights = {**scene.regularizer_weights, **cfg.regularizers}  # names checked at config time (check_config)
     train_s, step = 0.0, start  # seconds spent in training steps (previews, evals, checkpoints excluded)
     watch = _FiniteWatch(device, run_dir, ckpt_dir, guidance.prior)
+    if tc.preview_every:  # what the prior committed each anchor view to, beside the render it started from
+        anchors.on_draw = lambda k, s, render, target: outputs.save_png(
+            os.path.join(run_dir, "previews", f"anchor{k}_step_{s:06d}.png"), torch.cat([render[0], target[0]], 1))
     outputs.set_status(run_dir, "running", step)
     try:
         for step in range(start, tc.steps):
@@ -310,6 +324,10 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
             g = guidance(out.rgb, prompts, cams, step)
             regs = scene.regularizers(out, step, weights)
             loss = g.loss + sum(weights.get(k, 1.0) * v for k, v in regs.items())
+            anchor = anchors.term(scene, guidance.prior, prompts, step, _eval_bg(background).to(device))
+            if anchor is not None:  # the anchor views' fit to their committed targets (engine/anchor.py)
+                loss = loss + anchor
+                regs = {**regs, "anchor": anchor}
             watch.record(loss, step)
             if not watch.lazy:
                 watch.stop_if_bad()
@@ -345,17 +363,17 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
                     hooks.on_preview(path)
             if tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < tc.steps:
                 watch.stop_if_bad()
-                _checkpoint(ckpt_dir, done, scene, guidance, background, opt, gen, tc.keep_checkpoints)
+                _checkpoint(ckpt_dir, done, scene, guidance, background, opt, gen, anchors, tc.keep_checkpoints)
             if hooks.on_step:
                 hooks.on_step(done, tc.steps, logs)
             if hooks.should_stop and hooks.should_stop():
                 watch.stop_if_bad()
-                _checkpoint(ckpt_dir, done, scene, guidance, background, opt, gen, tc.keep_checkpoints)
+                _checkpoint(ckpt_dir, done, scene, guidance, background, opt, gen, anchors, tc.keep_checkpoints)
                 outputs.set_status(run_dir, "interrupted", done, "stopped on request; resume with --resume")
                 return
         step = tc.steps
         watch.stop_if_bad()
-        _checkpoint(ckpt_dir, step, scene, guidance, background, opt, gen, tc.keep_checkpoints)
+        _checkpoint(ckpt_dir, step, scene, guidance, background, opt, gen, anchors, tc.keep_checkpoints)
         _finish(cfg, run_dir, scene, background, device, step)
     except RunError:
         raise
@@ -363,7 +381,7 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
         done = step  # the step in flight is redone on resume
         watch.stop_if_bad()  # never checkpoint a state a pending non-finite loss has spoiled
         try:
-            _checkpoint(ckpt_dir, done, scene, guidance, background, opt, gen, tc.keep_checkpoints)
+            _checkpoint(ckpt_dir, done, scene, guidance, background, opt, gen, anchors, tc.keep_checkpoints)
         except OSError as err:
             last = latest_checkpoint(ckpt_dir)
             e.note = (f"interrupted; the checkpoint could not be written ({err.strerror or err})"
@@ -454,8 +472,8 @@ def _eval_bg(background: Background) -> torch.Tensor:
     return torch.sigmoid(background.logit.detach()).cpu()
 
 
-def _checkpoint(ckpt_dir, step, scene, guidance, background, opt, gen, keep) -> None:
-    save_checkpoint(step_path(ckpt_dir, step), _state(step, scene, guidance, background, opt, gen))
+def _checkpoint(ckpt_dir, step, scene, guidance, background, opt, gen, anchors, keep) -> None:
+    save_checkpoint(step_path(ckpt_dir, step), _state(step, scene, guidance, background, opt, gen, anchors))
     prune_checkpoints(ckpt_dir, keep)
 
 

@@ -8,6 +8,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from checkpoint_tools import flat_tensors  # noqa: E402
 from tiny_models import tiny_sd_path  # noqa: E402
 
 from foundation.cameras import orbit_cameras  # noqa: E402
@@ -155,23 +156,10 @@ def test_resume_with_a_diffusers_prior_reproduces_the_uninterrupted_run(tiny_sd,
     b = load_checkpoint(latest_checkpoint(os.path.join(stopped, "ckpts")))
     assert a["step"] == b["step"] == 3
     assert torch.equal(a["prior_rng"], b["prior_rng"])
-    fa, fb = _flat(a["scene"]), _flat(b["scene"])
+    fa, fb = flat_tensors(a["scene"]), flat_tensors(b["scene"])
     assert fa.keys() == fb.keys() and fa
     for k in fa:
         assert torch.equal(fa[k], fb[k]), k
-
-
-def _flat(obj, prefix="", out=None) -> dict:
-    out = {} if out is None else out
-    if isinstance(obj, torch.Tensor):
-        out[prefix] = obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            _flat(v, f"{prefix}/{k}", out)
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            _flat(v, f"{prefix}/{i}", out)
-    return out
 
 
 # ---- item 2: the diffusion preset depends on the prior family, the objective and the device ------------------------

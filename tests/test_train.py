@@ -6,8 +6,9 @@ import os
 
 import pytest
 import torch
+from checkpoint_tools import flat_tensors, newest_state
 
-from engine.checkpoint import latest_checkpoint, load_checkpoint
+from engine.checkpoint import latest_checkpoint
 from engine.cli import build_generate_config
 from engine.outputs import read_status
 from engine.train import Hooks, RunError, generate
@@ -26,20 +27,7 @@ def _cfg(tmp_path, name="run", steps=6, *extra):
 
 def _scene_tensors(run_dir):
     """The scene's tensors from the newest checkpoint, flattened to {path: tensor}."""
-    flat = {}
-
-    def walk(obj, prefix):
-        if isinstance(obj, torch.Tensor):
-            flat[prefix] = obj
-        elif isinstance(obj, dict):
-            for k, v in obj.items():
-                walk(v, f"{prefix}/{k}")
-        elif isinstance(obj, (list, tuple)):
-            for i, v in enumerate(obj):
-                walk(v, f"{prefix}/{i}")
-
-    walk(load_checkpoint(latest_checkpoint(os.path.join(run_dir, "ckpts")))["scene"], "")
-    return flat
+    return flat_tensors(newest_state(run_dir)["scene"])
 
 
 def test_run_folder_layout(tmp_path):
@@ -95,3 +83,21 @@ def test_same_seed_same_result_different_seed_differs(tmp_path):
     c = _scene_tensors(generate(_cfg(tmp_path, "c", 3, "--seed", "1")))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a if a[k].shape == c[k].shape)
+
+
+def test_init_scene_hook_starts_a_new_run_from_its_state_and_a_resume_from_the_checkpoint(tmp_path):
+    """Hooks.init_scene runs once, on a new run's fresh scene, before the first step (what it sets is what training
+    starts from); a resumed run takes its scene from the checkpoint and does not call it."""
+    seen = []
+
+    def zero_albedo_bias(scene):
+        seen.append(scene.step)
+        with torch.no_grad():
+            scene.mlp[2].bias[1:4] = -20.0  # albedo sigmoid(-20): black
+
+    run = generate(_cfg(tmp_path, "hooked", 3), hooks=Hooks(init_scene=zero_albedo_bias, should_stop=lambda: True))
+    assert seen == [0] and read_status(run)["step"] == 1
+    bias = newest_state(run)["scene"]["mlp.2.bias"]
+    assert (bias[1:4] < -19).all()  # one step of Adam moved it by at most ~1e-3, from -20
+    generate(None, resume=run, hooks=Hooks(init_scene=lambda scene: seen.append("again")))
+    assert seen == [0] and read_status(run)["state"] == "complete"
