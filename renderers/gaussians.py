@@ -79,6 +79,12 @@ class GaussiansConfig:
     """Grow the active SH degree by one every N steps, starting at 0 (0: use sh_degree from the start)."""
     lr_means: float = 2e-3
     """Adam learning rate of the means (metres)."""
+    lr_means_final: float = 0.0
+    """The means' learning rate after ``lr_means_decay_steps``, reached by exponential decay from ``lr_means`` (the
+    position schedule of 3D Gaussian splatting, Kerbl et al. 2023, https://arxiv.org/abs/2308.04079, §7.1); 0 keeps
+    ``lr_means`` for the whole run."""
+    lr_means_decay_steps: int = 400
+    """Steps over which the means' learning rate decays to ``lr_means_final``."""
     lr_scales: float = 5e-3
     """Adam learning rate of the log-scales."""
     lr_quats: float = 1e-3
@@ -163,6 +169,10 @@ class GaussiansConfig:
             raise ValueError(f"gaussians.init_opacity must be in (0,1), got {self.init_opacity}")
         if self.init == "file" and not self.init_path:
             raise ValueError("gaussians.init='file' needs gaussians.init_path")
+        decays = self.lr_means_final > 0
+        if self.lr_means_final < 0 or (decays and (self.lr_means <= 0 or self.lr_means_decay_steps < 1)):
+            raise ValueError(f"gaussians.lr_means_final must be >= 0, with lr_means > 0 and lr_means_decay_steps >= 1 "
+                             f"to decay from (got {self.lr_means_final}, {self.lr_means}, {self.lr_means_decay_steps})")
         if self.init != "file" and not 1 <= self.num_points <= self.max_gaussians:
             raise ValueError(f"gaussians.num_points must be in [1, max_gaussians={self.max_gaussians}], "
                              f"got {self.num_points}")
@@ -420,6 +430,8 @@ class Gaussians(nn.Module, DensityField, GaussianSplats, OwnOptimizer):
     def after_step(self, step: int, out: RenderOutput) -> None:
         """Accumulate screen-space gradient statistics; densify, prune and reset opacity on schedule; grow SH."""
         c = self.cfg
+        if c.lr_means_final > 0 and self._optimizer is not None:
+            self._decay_means_lr(step + 1)
         if c.sh_degree_interval > 0 and step > 0 and step % c.sh_degree_interval == 0:
             self.active_sh_degree.fill_(min(c.sh_degree, int(self.active_sh_degree) + 1))
         if not c.densify or step >= c.densify_stop:
@@ -432,6 +444,16 @@ class Gaussians(nn.Module, DensityField, GaussianSplats, OwnOptimizer):
             self.densify_and_prune()
             if c.opacity_reset_every > 0 and step % c.opacity_reset_every == 0:
                 self.reset_opacity()
+
+    def _decay_means_lr(self, step: int) -> None:
+        """Set the means' group to lr0 (final / lr_means)^min(step / decay_steps, 1), lr0 its rate at the first call
+        (the loop's lr_scale included; kept in the group, so a resumed optimiser goes on from it)."""
+        c = self.cfg
+        u = min(step, c.lr_means_decay_steps) / max(c.lr_means_decay_steps, 1)
+        for group in self._optimizer.param_groups:
+            if group.get("name") == "means":
+                group.setdefault("lr_means_start", group["lr"])
+                group["lr"] = group["lr_means_start"] * (c.lr_means_final / c.lr_means) ** u
 
     def _accumulate_grad_stats(self, out: RenderOutput) -> None:
         m2d = out.extras.get("means2d")

@@ -533,3 +533,23 @@ def test_opacity_entropy_is_the_mean_binary_entropy_and_pushes_away_from_one_hal
     term.backward()
     g = scene.opacity_logits.grad
     assert (g[p < 0.5] > 0).all() and (g[p > 0.5] < 0).all()  # descent lowers the faint ones, raises the solid ones
+
+
+def test_means_learning_rate_decays_exponentially_to_its_final_value():
+    """lr_means_final: the means' rate goes from the optimiser's start rate (lr_scale included) to lr_scale times
+    lr_means_final over lr_means_decay_steps, log-linearly, then stays; other groups keep theirs."""
+    cfg = GaussiansConfig(num_points=50, lr_means=2e-3, lr_means_final=1e-4, lr_means_decay_steps=100,
+                          densify=False, backend="torch")
+    scene = cfg.build(torch.Generator().manual_seed(0))
+    groups = [{**g, "lr": g["lr"] * 0.5} for g in scene.param_groups().values()]  # a run's lr_scale 0.5
+    opt = torch.optim.Adam(groups)
+    scene.attach_optimizer(opt)
+    lr = {}
+    for step in range(150):
+        scene.after_step(step, None)
+        lr[step + 1] = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lr[50]["means"] == pytest.approx(0.5 * 2e-3 * (1e-4 / 2e-3) ** 0.5)
+    assert lr[100]["means"] == pytest.approx(0.5 * 1e-4) and lr[150]["means"] == pytest.approx(0.5 * 1e-4)
+    assert all(lr[s]["scales"] == 0.5 * cfg.lr_scales for s in lr)
+    with pytest.raises(ValueError, match="lr_means_final"):
+        GaussiansConfig(lr_means_final=-1.0)
