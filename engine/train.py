@@ -324,7 +324,8 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
             g = guidance(out.rgb, prompts, cams, step)
             regs = scene.regularizers(out, step, weights)
             loss = g.loss + sum(weights.get(k, 1.0) * v for k, v in regs.items())
-            anchor = anchors.term(scene, guidance.prior, prompts, step, _eval_bg(background).to(device))
+            anchor = (anchors.term(scene, guidance.prior, prompts, step, torch.sigmoid(background.logit.detach()))
+                      if anchors.active else None)  # the background colour stays on the device: no sync a step
             if anchor is not None:  # the anchor views' fit to their committed targets (engine/anchor.py)
                 loss = loss + anchor
                 regs = {**regs, "anchor": anchor}
