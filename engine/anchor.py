@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from foundation.cameras import CameraConfig, Cameras, orbit_cameras
-from guidance.base import add_noise, classifier_free_guidance, ddim_move
+from guidance.base import add_noise, classifier_free_guidance, ddim_move, x0_hat
 
 
 @dataclass
@@ -87,13 +87,13 @@ class Anchors:
     """The anchor views of one run: ``term`` gives the step's loss (None outside [start, end) or when off)."""
 
     def __init__(self, cfg: AnchorConfig, cameras: CameraConfig, resolution: int, total_steps: int,
-                 gen: torch.Generator):
+                 gen: torch.Generator, device: torch.device | str = "cpu"):
         self.cfg, self.gen, self.total = cfg, gen, total_steps
         distance = sum(cameras.distance) / 2
         fovy = sum(cameras.fovy) / 2
         n = len(cfg.azimuths)
         self.cams = [orbit_cameras(torch.tensor([float(a)]), torch.tensor([cfg.elevation]), torch.tensor([distance]),
-                                   fovy, resolution) for a in cfg.azimuths]
+                                   fovy, resolution).to(device) for a in cfg.azimuths]  # moved once, not a step
         self.first = [self._step(cfg.start) + (self._step(cfg.stagger) if k else 0) for k in range(n)]
         self.targets: list[Tensor | None] = [None] * n
         self.draws = 0
@@ -125,12 +125,11 @@ class Anchors:
         noise = torch.randn(z0.shape, generator=self.gen).to(z0.device, z0.dtype)
         x = add_noise(z0, noise, torch.tensor([t0], device=z0.device), ac)
         cond, uncond = prompts.cond(cams), prompts.uncond(1)
-        for k, t in enumerate(ts[:-1]):
+        for t, t_next in zip(ts[:-1], ts[1:], strict=True):
             tt = torch.tensor([t], device=z0.device)
             eps = classifier_free_guidance(prior.predict_eps(x, tt, uncond, cams),
                                            prior.predict_eps(x, tt, cond, cams), self.cfg.guidance_scale)
-            abar_to = ac[ts[k + 1]] if k + 1 < len(ts) - 1 else torch.ones((), device=ac.device, dtype=ac.dtype)
-            x = ddim_move(x, eps, ac[t], abar_to)
+            x = ddim_move(x, eps, ac[t], ac[t_next]) if t_next > 0 else x0_hat(x, eps, ac[t])  # the last: to x0
         image = prior.decode(x).clamp(0, 1)
         if image.shape[1:3] != render.shape[1:3]:  # the prior's own size (the render is resized in encode)
             image = F.interpolate(image.permute(0, 3, 1, 2), size=tuple(render.shape[1:3]), mode="bilinear",
@@ -141,12 +140,11 @@ class Anchors:
         """The anchor loss of ``step`` (drawing the targets that are due first), or None."""
         if not self.active or not self._step(self.cfg.start) <= step < self._step(self.cfg.end):
             return None
-        device = background.device
         for k, cam in enumerate(self.cams):
             due = step >= self.first[k] and (self.targets[k] is None or (step - self.first[k]) % self.cfg.every == 0)
             if due:
                 with torch.no_grad():
-                    render = scene.render(cam.to(device), background).rgb
+                    render = scene.render(cam, background).rgb
                 self.targets[k] = self.sdedit(prior, prompts, render, cam, self.strength_at(step))
                 self.draws += 1
                 if self.on_draw is not None:
@@ -155,7 +153,7 @@ class Anchors:
         if not live:
             return None
         k = live[step % len(live)]
-        out = scene.render(self.cams[k].to(device), background)
+        out = scene.render(self.cams[k], background)
         return self.cfg.weight * ((out.rgb - self.targets[k]) ** 2).mean()
 
     def state_dict(self) -> dict[str, Tensor]:

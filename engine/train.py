@@ -235,7 +235,7 @@ def generate(cfg: GenerateConfig, resume: str | None = None, hooks: Hooks | None
         raise RunError(str(e), code=2) from None
     _wire_condition(prior, scene)
     background = Background(cfg.background).to(device)
-    anchors = Anchors(cfg.anchor, cfg.cameras, cfg.resolution, cfg.train.steps, gen)
+    anchors = Anchors(cfg.anchor, cfg.cameras, cfg.resolution, cfg.train.steps, gen, device)
     start = 0
     ckpt = run is not None
     state = run.state if run is not None else {}
@@ -324,8 +324,8 @@ def _loop(cfg, run_dir, start, scene, guidance, background, opt, gen, prompts, d
             g = guidance(out.rgb, prompts, cams, step)
             regs = scene.regularizers(out, step, weights)
             loss = g.loss + sum(weights.get(k, 1.0) * v for k, v in regs.items())
-            anchor = (anchors.term(scene, guidance.prior, prompts, step, torch.sigmoid(background.logit.detach()))
-                      if anchors.active else None)  # the background colour stays on the device: no sync a step
+            anchor = (anchors.term(scene, guidance.prior, prompts, step, _bg_colour(background))
+                      if anchors.active else None)
             if anchor is not None:  # the anchor views' fit to their committed targets (engine/anchor.py)
                 loss = loss + anchor
                 regs = {**regs, "anchor": anchor}
@@ -469,8 +469,13 @@ def _host_logs(logs: dict) -> dict:
     return out
 
 
+def _bg_colour(background: Background) -> torch.Tensor:
+    """The background's colour [3] on its device (no host sync: the training step may read it)."""
+    return torch.sigmoid(background.logit.detach())
+
+
 def _eval_bg(background: Background) -> torch.Tensor:
-    return torch.sigmoid(background.logit.detach()).cpu()
+    return _bg_colour(background).cpu()
 
 
 def _checkpoint(ckpt_dir, step, scene, guidance, background, opt, gen, anchors, keep) -> None:
