@@ -7,6 +7,8 @@ Beside ``Scene``, the abilities a scene may declare (foundation/abilities.py: a 
 and the main paths check ``declares(scene, Ability)`` once, with a clear error when it is missing):
 
 - ``AlbedoField``: ``query_albedo(x)``, display-referred colour at points (export's bake without materials).
+- ``SurfaceColour``: ``surface_colour(x, n)``, the colour a view along −n sees at surface points (the bake prefers
+  it to ``query_albedo`` where a point query is not what the renderer composites: splats).
 - ``DensityField``: also ``query_density(x)``, ``field_kind``, ``bound`` (export's marching cubes, mesh init_from).
 - ``MeshSource``: ``export_mesh()``, its own triangle mesh (export without marching cubes).
 - ``PBRMaterial``: ``query_material(x, uv)``, ``uv_material`` (export's bake of albedo, ORM and normals).
@@ -90,6 +92,16 @@ class AlbedoField(Protocol):
     @abstractmethod
     def query_albedo(self, x: Tensor) -> Tensor:
         """Display-referred albedo [N,3] in [0,1] at points ``x`` [N,3]."""
+
+
+class SurfaceColour(Protocol):
+    """Colour as the renderer composites it at a surface, for scenes whose point query is not what a view shows (3D
+    Gaussians: faint splats around and inside the surface enter a density-weighted mean but are seen through)."""
+
+    @abstractmethod
+    def surface_colour(self, x: Tensor, n: Tensor) -> Tensor:
+        """Display-referred colour [N,3] in [0,1] a view along −n sees at surface points ``x`` [N,3] (outward unit
+        normals ``n`` [N,3])."""
 
 
 class DensityField(AlbedoField, Protocol):

@@ -33,7 +33,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from foundation.cameras import Cameras
-from renderers.base import DensityField, GaussianSplats, OwnOptimizer, RenderOutput, composite
+from renderers.base import DensityField, GaussianSplats, OwnOptimizer, RenderOutput, SurfaceColour, composite
 from renderers.kernels import resolve_backend, splat
 from renderers.kernels.splat_torch import SH_C0, covariance, eval_sh, quat_to_rotmat
 from renderers.keylight import LIGHTS, shade_under_key_light
@@ -289,11 +289,12 @@ def _initial_points(cfg: GaussiansConfig, gen: torch.Generator) -> tuple[Tensor,
             raise ValueError(f"unknown init {cfg.init!r}")
 
 
-class Gaussians(nn.Module, DensityField, GaussianSplats, OwnOptimizer):
+class Gaussians(nn.Module, DensityField, GaussianSplats, OwnOptimizer, SurfaceColour):
     """A set of 3D Gaussians with SH colour, rendered by splatting (the Scene protocol of renderers/base.py).
 
     Abilities: a ``DensityField`` of kind "opacity" (the summed splat opacity) in the default [-1, 1]^3 box,
-    ``GaussianSplats`` (PLY export) and ``OwnOptimizer`` (densification edits the optimiser's state)."""
+    ``GaussianSplats`` (PLY export), ``OwnOptimizer`` (densification edits the optimiser's state) and
+    ``SurfaceColour`` (the export bakes the colour the splats composite to, not a point query)."""
 
     field_kind = "opacity"
 
@@ -597,27 +598,17 @@ class Gaussians(nn.Module, DensityField, GaussianSplats, OwnOptimizer):
         return result
 
     # ---------------------------------------------------------------------------------------- field queries
-    @torch.no_grad()
-    def _query(self, x: Tensor, with_albedo: bool, block: float = 0.15) -> tuple[Tensor, Tensor | None]:
-        """Density (and albedo) at points x [M,3], evaluated locally block by block.
-
-        Points are binned into cubic cells of side ``block``; each cell only meets the Gaussians whose 3.33σ box
-        overlaps it (beyond that a Gaussian adds < o/255). Within a cell the Mahalanobis form is three matmuls in
-        float64 coordinates relative to the cell's centre (no cancellation for small splats):
-        (x−μ)ᵀP(x−μ) = [x², y², z², 2xy, 2xz, 2yz]·[P₀₀, P₁₁, P₂₂, P₀₁, P₀₂, P₁₂] − 2 xᵀ(Pμ) + μᵀPμ.
-        """
-        M, dev = x.shape[0], x.device
-        dens = torch.zeros(M, dtype=torch.float64, device=dev)
-        alb = torch.zeros(M, 3, dtype=torch.float64, device=dev) if with_albedo else None
-        if self.num_gaussians == 0 or M == 0:
-            return dens.to(x.dtype), (None if alb is None else alb.to(x.dtype))
+    def _local_cells(self, x: Tensor, margin: float, block: float):
+        """The block-local pairing of both queries below: points x [M,3] are binned into cubic cells of side
+        ``block``, and each cell meets only the Gaussians whose box μ ± (3.33σ + ``margin``) overlaps it (beyond 3.33σ
+        a Gaussian adds < o/255). Yields (point indices, Gaussian indices) per cell, with the Gaussians' float64
+        precision matrices P [N,3,3], means, opacities and DC colours as a tuple first."""
+        dev = x.device
         mu = self.means.double()
         P = torch.linalg.inv(covariance(self.quats, self.scales).double()
                              + 1e-12 * torch.eye(3, dtype=torch.float64, device=dev))
-        reach = 3.33 * self.scales.amax(-1).double()
-        o = self.opacities.double()
-        colour = (0.5 + SH_C0 * self.sh_dc).clamp(0, 1).double()
-        coef = torch.stack([P[:, 0, 0], P[:, 1, 1], P[:, 2, 2], P[:, 0, 1], P[:, 0, 2], P[:, 1, 2]], 0)  # [6,N]
+        reach = 3.33 * self.scales.amax(-1).double() + margin
+        yield P, mu, self.opacities.double(), (0.5 + SH_C0 * self.sh_dc).clamp(0, 1).double()
         xd = x.double()
         origin = xd.amin(0)
         dims = (torch.floor((xd.amax(0) - origin) / block).long() + 1).clamp_min(1)
@@ -629,9 +620,27 @@ class Gaussians(nn.Module, DensityField, GaussianSplats, OwnOptimizer):
         starts = torch.searchsorted(g_key, cells)
         ends = torch.searchsorted(g_key, cells, right=True)
         for idx, s0, s1 in zip(torch.split(order, counts.tolist()), starts.tolist(), ends.tolist()):
-            if s1 == s0:
-                continue
-            near = g_idx[s0:s1]
+            if s1 > s0:
+                yield idx, g_idx[s0:s1]
+
+    @torch.no_grad()
+    def _query(self, x: Tensor, with_albedo: bool, block: float = 0.15) -> tuple[Tensor, Tensor | None]:
+        """Density (and albedo) at points x [M,3], evaluated locally block by block (``_local_cells``).
+
+        Within a cell the Mahalanobis form is three matmuls in float64 coordinates relative to the cell's centre (no
+        cancellation for small splats):
+        (x−μ)ᵀP(x−μ) = [x², y², z², 2xy, 2xz, 2yz]·[P₀₀, P₁₁, P₂₂, P₀₁, P₀₂, P₁₂] − 2 xᵀ(Pμ) + μᵀPμ.
+        """
+        M, dev = x.shape[0], x.device
+        dens = torch.zeros(M, dtype=torch.float64, device=dev)
+        alb = torch.zeros(M, 3, dtype=torch.float64, device=dev) if with_albedo else None
+        if self.num_gaussians == 0 or M == 0:
+            return dens.to(x.dtype), (None if alb is None else alb.to(x.dtype))
+        cells = self._local_cells(x, 0.0, block)
+        P, mu, o, colour = next(cells)
+        coef = torch.stack([P[:, 0, 0], P[:, 1, 1], P[:, 2, 2], P[:, 0, 1], P[:, 0, 2], P[:, 1, 2]], 0)  # [6,N]
+        xd = x.double()
+        for idx, near in cells:
             xs = xd[idx]
             c = 0.5 * (xs.amin(0) + xs.amax(0))
             xl, ml = xs - c, mu[near] - c
@@ -644,6 +653,51 @@ class Gaussians(nn.Module, DensityField, GaussianSplats, OwnOptimizer):
             if alb is not None:
                 alb[idx] = (w @ colour[near]) / w.sum(-1, keepdim=True).clamp_min(1e-8)
         return dens.to(x.dtype), (None if alb is None else alb.to(x.dtype))
+
+    @torch.no_grad()
+    def surface_colour(self, x: Float[Tensor, "M 3"], n: Float[Tensor, "M 3"], outside: float = 0.05,
+                       inside: float = 0.3, block: float = 0.15, chunk: int = 2048) -> Float[Tensor, "M 3"]:
+        """The view-independent (DC) colour [M,3] a view along −n sees at surface points x [M,3] with outward
+        normals n [M,3]: the splats whose centres lie on the ray from x + ``outside``·n to x − ``inside``·n, in the
+        order of their centres' depth, composited front to back as the splatter does (3DGS, Kerbl et al. 2023,
+        Eq. 3), normalised by their total weight.
+
+        Each splat's α on the ray is o·exp(−½ q*), q* the smallest Mahalanobis distance along the ray,
+        q* = mᵀPm − (mᵀPd)² / dᵀPd (m from the ray's start to the centre, d the ray's direction): for a ray along
+        the view direction, the projected 2D Gaussian's value at the pixel (exact under an orthographic view, EWA's
+        affine approximation otherwise). It is what the export bakes
+        (engine/export/bake.py): ``query_albedo``'s density-weighted mean mixes in the faint splats around and
+        inside the surface that the renders see through or never reach (issue #17: the exported green cone and blue
+        torus were 31-35 % brighter than their renders). Rays that meet nothing keep ``query_albedo``."""
+        M = x.shape[0]
+        out = torch.zeros(M, 3, dtype=torch.float64, device=x.device)
+        acc = torch.zeros(M, dtype=torch.float64, device=x.device)
+        if self.num_gaussians == 0 or M == 0:
+            return self.query_albedo(x)
+        cells = self._local_cells(x, max(outside, inside), block)
+        P, mu, o, colour = next(cells)
+        nd = F.normalize(n.double(), dim=-1)
+        xd = x.double()
+        for idx_cell, near in cells:
+            Pn, mun, on, cn = P[near], mu[near], o[near], colour[near]
+            for idx in idx_cell.split(chunk):
+                d = -nd[idx]
+                m = mun[None] - (xd[idx] + outside * nd[idx])[:, None]  # [R,S,3] splat centres from the ray start
+                Pd = torch.einsum("sij,rj->rsi", Pn, d)
+                dPd = (d[:, None] * Pd).sum(-1).clamp_min(1e-12)
+                mPd = (m * Pd).sum(-1)
+                q = (torch.einsum("rsi,sij,rsj->rs", m, Pn, m) - mPd * mPd / dPd).clamp_min(0)
+                t = (m * d[:, None]).sum(-1)  # the centre's depth along the ray: the splatter's sort key
+                a = (on[None] * torch.exp(-0.5 * q)).clamp(max=0.99)
+                a = torch.where((t >= 0) & (t <= outside + inside) & (a >= 1 / 255), a, torch.zeros_like(a))
+                _, order = torch.sort(torch.where(a > 0, t, torch.full_like(t, math.inf)), dim=1)
+                a = torch.gather(a, 1, order)
+                w = torch.cumprod(F.pad(1 - a, (1, 0), value=1.0), 1)[:, :-1] * a
+                out[idx] = (w[..., None] * cn[order]).sum(1)
+                acc[idx] = w.sum(1)
+        seen = acc[:, None] > 1e-3
+        own = self.query_albedo(x).double()
+        return torch.where(seen, out / acc[:, None].clamp_min(1e-8), own).to(x.dtype)
 
     def query_density(self, x: Float[Tensor, "M 3"]) -> Float[Tensor, "M"]:
         """Σ_i o_i exp(−½ (x−μ_i)ᵀ Σ_i⁻¹ (x−μ_i)) at world points (the field DreamGaussian meshes at level 1)."""

@@ -553,3 +553,47 @@ def test_means_learning_rate_decays_exponentially_to_its_final_value():
     assert all(lr[s]["scales"] == 0.5 * cfg.lr_scales for s in lr)
     with pytest.raises(ValueError, match="lr_means_final"):
         GaussiansConfig(lr_means_final=-1.0)
+
+
+# -- the colour the export bakes: what the splats composite to -----------------------------------------------------
+def test_surface_colour_composites_like_the_splatter():
+    """Along the rays of a far, narrow (nearly orthographic) view, ``surface_colour`` at each pixel's depth point,
+    looking back along the ray, is the rendered DC colour (rgb / alpha on black), to the splatter's 0.3 px low-pass."""
+    scene = _randomise(_scene(3, num_points=96))
+    with torch.no_grad():
+        scene.sh_rest.zero_()
+        scene.log_scales.copy_(torch.log(0.08 + 0.08 * torch.rand(96, 3, generator=torch.Generator().manual_seed(4))))
+    cams = orbit_cameras(torch.tensor([30.0, 150.0]), 20.0, 30.0, 3.5, 96)
+    with torch.no_grad():
+        out = scene.render(cams, torch.zeros(3))
+    o, d = cams.rays()
+    hit = out.alpha[..., 0] > 0.5
+    x = (o + d * out.depth)[hit]
+    got = scene.surface_colour(x, -d.expand_as(o)[hit], outside=2.0, inside=2.0)
+    want = (out.rgb / out.alpha)[hit]
+    assert hit.sum() > 500
+    assert float((got - want).abs().mean()) < 0.004 and float((got - want).abs().max()) < 0.06  # 0.0009, 0.040
+    assert float((scene.query_albedo(x) - want).abs().mean()) > 0.03  # the point query there: 0.058
+
+
+def test_surface_colour_is_the_front_layer_not_the_mean_around_the_point():
+    """A red skin over a blue core, and a faint white haze outside: the export's colour is the skin's (front to
+    back: 0.9 red, then 0.09 of the blue), where the density-weighted point query mixes all three."""
+    scene = _scene(0, num_points=3)
+    means = torch.tensor([[0.0, 0.0, 0.1], [0.0, 0.0, -0.1], [0.0, 0.0, 0.25]])
+    with torch.no_grad():
+        scene.means.copy_(means)
+        scene.log_scales.copy_(torch.log(torch.tensor([[0.3, 0.3, 0.03], [0.3, 0.3, 0.03], [0.3, 0.3, 0.03]])))
+        scene.quats.copy_(torch.tensor([1.0, 0, 0, 0]).expand(3, 4))
+        scene.opacity_logits.copy_(torch.logit(torch.tensor([0.9, 0.9, 0.05])))
+        scene.sh_dc.copy_((torch.tensor([[1.0, 0, 0], [0, 0, 1.0], [1.0, 1.0, 1.0]]) - 0.5) / 0.28209479177387814)
+    x, n = torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([[0.0, 0.0, 1.0]])  # a surface between skin and core
+    got = scene.surface_colour(x, n, outside=0.4, inside=0.4)[0]
+    w = torch.tensor([0.05, 0.95 * 0.9, 0.95 * 0.1 * 0.9])  # haze, skin, core
+    want = (w[:, None] * torch.tensor([[1.0, 1, 1], [1, 0, 0], [0, 0, 1]])).sum(0) / w.sum()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    mixed = scene.query_albedo(x)[0]
+    assert float(mixed[0]) < 0.6 and float(mixed[2]) > 0.4  # the point query there is half core
+    # a ray that starts inside the haze only, or meets nothing, keeps the point query
+    far = torch.tensor([[0.9, 0.9, 0.9]])
+    torch.testing.assert_close(scene.surface_colour(far, n, outside=0.05, inside=0.05), scene.query_albedo(far))

@@ -16,8 +16,11 @@ Texture semantics (conventions.md §3.1):
   attribute: T = ∂P/∂u, B = w · (N × T) = ∂P/∂v_up. The DirectX option flips G.
 
 Scene hooks used (duck-typed): ``query_density(x [M,3]) -> [M]`` and ``query_albedo(x [M,3]) -> [M,3]`` (field
-scenes); or ``query_material(x [M,3]) -> {"albedo": [M,3] linear, "roughness": [M], "metallic": [M],
-optionally "occlusion": [M], "normal": [M,3] world-space shading normal}`` (PBR scenes).
+scenes), or ``surface_colour(x [M,3], n [M,3]) -> [M,3]`` where a scene declares ``SurfaceColour`` (3D Gaussians: the
+colour the splats composite to along the normal, evaluated at the mesh's vertices and interpolated over the texels,
+since a ray costs a few hundred splat tests where a point query costs a few); or ``query_material(x [M,3]) ->
+{"albedo": [M,3] linear, "roughness": [M], "metallic": [M], optionally "occlusion": [M], "normal": [M,3] world-space
+shading normal}`` (PBR scenes).
 """
 
 from dataclasses import dataclass
@@ -28,7 +31,7 @@ import torch
 from engine.export.errors import ExportError
 from engine.export.mesh import Mesh, vertex_normals
 from foundation.abilities import declares
-from renderers.base import AlbedoField, PBRMaterial
+from renderers.base import AlbedoField, PBRMaterial, SurfaceColour
 
 
 @dataclass
@@ -186,10 +189,12 @@ def srgb_to_linear(x: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def _query(fn, x: np.ndarray, device, chunk: int = 65536, uv: np.ndarray | None = None):
+def _query(fn, x: np.ndarray, device, chunk: int = 65536, extra: np.ndarray | None = None):
+    """``fn(x)`` (or ``fn(x, extra)``, row-aligned) in chunks, as numpy (a dict of arrays for dict results)."""
     outs = []
     for i in range(0, x.shape[0], chunk):
-        args = [torch.as_tensor(a[i:i + chunk], dtype=torch.float32, device=device) for a in (x, uv) if a is not None]
+        args = [torch.as_tensor(a[i:i + chunk], dtype=torch.float32, device=device)
+                for a in (x, extra) if a is not None]
         out = fn(*args)
         outs.append({k: v.float().cpu().numpy() for k, v in out.items()} if isinstance(out, dict)
                     else out.float().cpu().numpy())
@@ -199,20 +204,22 @@ def _query(fn, x: np.ndarray, device, chunk: int = 65536, uv: np.ndarray | None 
 
 
 def _surface_material(scene, p: np.ndarray, n: np.ndarray, opts: BakeOptions, device, field_normals=None,
-                      uv: np.ndarray | None = None) -> dict:
+                      uv: np.ndarray | None = None, base_color: np.ndarray | None = None) -> dict:
     """Per-point base colour (sRGB), occlusion, roughness, metallic and an optional world shading normal; ``uv``:
-    the points' texture coordinates in the scene's own UV space (BakeOptions.scene_uv)."""
+    the points' texture coordinates in the scene's own UV space (BakeOptions.scene_uv); ``base_color``: the points'
+    colour when the caller has it already (a ``SurfaceColour`` scene's), instead of ``query_albedo``."""
     inward = p - n * (0.5 * opts.normal_step)
     m = len(p)
     if declares(scene, PBRMaterial):
-        mat = _query(scene.query_material, inward, device, uv=uv)
+        mat = _query(scene.query_material, inward, device, extra=uv)
         out = {"base_color": linear_to_srgb(mat["albedo"]),
                "roughness": np.asarray(mat.get("roughness", np.full(m, opts.roughness))).reshape(m),
                "metallic": np.asarray(mat.get("metallic", np.full(m, opts.metallic))).reshape(m),
                "occlusion": np.asarray(mat.get("occlusion", np.ones(m))).reshape(m),
                "normal": mat.get("normal")}
     elif declares(scene, AlbedoField):
-        out = {"base_color": _query(scene.query_albedo, inward, device), "roughness": np.full(m, opts.roughness),
+        colour = _query(scene.query_albedo, inward, device) if base_color is None else base_color
+        out = {"base_color": colour, "roughness": np.full(m, opts.roughness),
                "metallic": np.full(m, opts.metallic), "occlusion": np.ones(m), "normal": None}
     else:
         raise ExportError(f"{type(scene).__name__} has no colour to bake: it declares neither PBRMaterial nor "
@@ -264,7 +271,11 @@ def bake(scene, mesh: Mesh, opts: BakeOptions, device=None, field_normals=None) 
     t -= n * (t * n).sum(-1, keepdims=True)
     t /= np.maximum(np.linalg.norm(t, axis=-1, keepdims=True), 1e-12)
     b = np.cross(n, t) * tan[tri[:, 0], 3:4]
-    mat = _surface_material(scene, p, n, opts, device, field_normals, interp(mesh.uv) if opts.scene_uv else None)
+    seen = None
+    if declares(scene, SurfaceColour) and not declares(scene, PBRMaterial):
+        seen = interp(np.clip(_query(scene.surface_colour, mesh.vertices, device, extra=mesh.normals), 0.0, 1.0))
+    mat = _surface_material(scene, p, n, opts, device, field_normals, interp(mesh.uv) if opts.scene_uv else None,
+                            base_color=seen)
 
     ts = np.tile([0.0, 0.0, 1.0], (len(p), 1))
     if mat["normal"] is not None:
