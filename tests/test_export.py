@@ -523,6 +523,41 @@ def test_gaussians_export_glb_and_ply(gaussian_cube, tmp_path):
     assert len([k for k in ply if k.startswith("f_rest_")]) == 45
 
 
+def test_gaussians_export_the_colour_their_renders_show(tmp_path):
+    """A red-skinned cube of splats with a blue core, in a faint white haze: the GLB's baseColor is the colour the
+    splatter shows from six sides (both as the mean of linear colour, in sRGB), within 8/255 per channel. The point
+    query the bake used before (the density-weighted mean around a point just inside the surface) gave (220, 99, 99)
+    against the renders' (206, 69, 77) (issue #17: exported Gaussians 30% brighter than their renders)."""
+    from engine.export.fidelity import linear_to_srgb255, score_glb, srgb_to_linear
+    from foundation.cameras import orbit_cameras
+    from renderers.gaussians import GaussiansConfig, rgb_to_sh0
+
+    scene = GaussiansConfig(num_points=8, init_scale=0.05).build(torch.Generator().manual_seed(0))
+    axis, outer = torch.linspace(-0.36, 0.36, 10), torch.linspace(-0.44, 0.44, 12)
+    body = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    haze = torch.stack(torch.meshgrid(outer, outer, outer, indexing="ij"), -1).reshape(-1, 3)
+    haze = haze[haze.abs().amax(-1) > 0.4]
+    core = body.abs().amax(-1) < 0.3
+    means, n = torch.cat([body, haze]), body.shape[0] + haze.shape[0]
+    colour = torch.cat([torch.where(core[:, None], torch.tensor([0.1, 0.2, 0.9]), torch.tensor([0.8, 0.1, 0.1])),
+                        torch.ones(haze.shape[0], 3)])
+    opacity = torch.cat([torch.full((body.shape[0],), 0.9), torch.full((haze.shape[0],), 0.1)])
+    state = scene.state_dict()
+    state.update({"means": means, "log_scales": torch.full((n, 3), math.log(0.04)),
+                  "quats": torch.tensor([1.0, 0, 0, 0]).expand(n, 4).clone(), "opacity_logits": torch.logit(opacity),
+                  "sh_dc": rgb_to_sh0(colour), "sh_rest": torch.zeros(n, state["sh_rest"].shape[1], 3),
+                  "grad2d_sum": torch.zeros(n), "grad2d_count": torch.zeros(n)})
+    scene.load_state_dict(state)
+    export_scene(scene, ["glb"], {"glb": str(tmp_path / "g.glb")}, ExportOptions(texture_size=128, resolution=48))
+    baked = np.asarray(score_glb(str(tmp_path / "g.glb"), "cube", "red").base_colour)
+    cams = orbit_cameras(torch.tensor([0.0, 90, 180, 270, 0, 0]), torch.tensor([0.0, 0, 0, 0, 89, -89]), 3.0, 40.0, 64)
+    with torch.no_grad():
+        out = scene.render(cams, torch.zeros(3))
+    seen = (out.rgb / out.alpha.clamp_min(1e-6))[out.alpha[..., 0] > 0.9].numpy()
+    shown = linear_to_srgb255(srgb_to_linear(seen).mean(0))
+    assert np.abs(baked - shown).max() < 8, (baked, shown)
+
+
 def test_ply_needs_a_gaussian_scene(tmp_path):
     from engine.export import ExportError
 
