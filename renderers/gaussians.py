@@ -657,7 +657,7 @@ class Gaussians(nn.Module, DensityField, GaussianSplats, OwnOptimizer, SurfaceCo
 
     @torch.no_grad()
     def surface_colour(self, x: Float[Tensor, "M 3"], n: Float[Tensor, "M 3"], outside: float = 0.05,
-                       inside: float = 0.3, block: float = 0.15, chunk: int = 2048) -> Float[Tensor, "M 3"]:
+                       inside: float = 0.3, block: float = 0.15, pairs: int = 1 << 22) -> Float[Tensor, "M 3"]:
         """The view-independent (DC) colour [M,3] a view along −n sees at surface points x [M,3] with outward
         normals n [M,3]: the splats whose centres lie on the ray from x + ``outside``·n to x − ``inside``·n, in the
         order of their centres' depth, composited front to back as the splatter does (3DGS, Kerbl et al. 2023,
@@ -669,7 +669,9 @@ class Gaussians(nn.Module, DensityField, GaussianSplats, OwnOptimizer, SurfaceCo
         affine approximation otherwise). It is what the export bakes
         (engine/export/bake.py): ``query_albedo``'s density-weighted mean mixes in the faint splats around and
         inside the surface that the renders see through or never reach (issue #17: the exported green cone and blue
-        torus were 31-35 % brighter than their renders). Rays that meet nothing keep ``query_albedo``."""
+        torus were 31-35 % brighter than their renders). Rays that meet nothing keep ``query_albedo``. Rays go in
+        batches of at most ``pairs`` (ray, splat) tests, so memory stays bounded (about 100 MB a [R,S,3] tensor)
+        however dense the scene."""
         M = x.shape[0]
         out = torch.zeros(M, 3, dtype=torch.float64, device=x.device)
         acc = torch.zeros(M, dtype=torch.float64, device=x.device)
@@ -681,7 +683,7 @@ class Gaussians(nn.Module, DensityField, GaussianSplats, OwnOptimizer, SurfaceCo
         xd = x.double()
         for idx_cell, near in cells:
             Pn, mun, on, cn = P[near], mu[near], o[near], colour[near]
-            for idx in idx_cell.split(chunk):
+            for idx in idx_cell.split(max(1, pairs // near.shape[0])):
                 d = -nd[idx]
                 m = mun[None] - (xd[idx] + outside * nd[idx])[:, None]  # [R,S,3] splat centres from the ray start
                 Pd = torch.einsum("sij,rj->rsi", Pn, d)
