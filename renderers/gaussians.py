@@ -599,17 +599,18 @@ class Gaussians(nn.Module, DensityField, GaussianSplats, OwnOptimizer, SurfaceCo
         return result
 
     # ---------------------------------------------------------------------------------------- field queries
+    def _splat_terms(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Float64 precision matrices P [N,3,3], means [N,3], opacities [N] and DC colours [N,3] of the splats."""
+        P = torch.linalg.inv(covariance(self.quats, self.scales).double()
+                             + 1e-12 * torch.eye(3, dtype=torch.float64, device=self.means.device))
+        return P, self.means.double(), self.opacities.double(), (0.5 + SH_C0 * self.sh_dc).clamp(0, 1).double()
+
     def _local_cells(self, x: Tensor, margin: float, block: float):
         """The block-local pairing of both queries below: points x [M,3] are binned into cubic cells of side
         ``block``, and each cell meets only the Gaussians whose box μ ± (3.33σ + ``margin``) overlaps it (beyond 3.33σ
-        a Gaussian adds < o/255). Yields (point indices, Gaussian indices) per cell, with the Gaussians' float64
-        precision matrices P [N,3,3], means, opacities and DC colours as a tuple first."""
-        dev = x.device
+        a Gaussian adds < o/255). Yields (point indices, Gaussian indices) per cell that meets any."""
         mu = self.means.double()
-        P = torch.linalg.inv(covariance(self.quats, self.scales).double()
-                             + 1e-12 * torch.eye(3, dtype=torch.float64, device=dev))
         reach = 3.33 * self.scales.amax(-1).double() + margin
-        yield P, mu, self.opacities.double(), (0.5 + SH_C0 * self.sh_dc).clamp(0, 1).double()
         xd = x.double()
         origin = xd.amin(0)
         dims = (torch.floor((xd.amax(0) - origin) / block).long() + 1).clamp_min(1)
@@ -637,11 +638,10 @@ class Gaussians(nn.Module, DensityField, GaussianSplats, OwnOptimizer, SurfaceCo
         alb = torch.zeros(M, 3, dtype=torch.float64, device=dev) if with_albedo else None
         if self.num_gaussians == 0 or M == 0:
             return dens.to(x.dtype), (None if alb is None else alb.to(x.dtype))
-        cells = self._local_cells(x, 0.0, block)
-        P, mu, o, colour = next(cells)
+        P, mu, o, colour = self._splat_terms()
         coef = torch.stack([P[:, 0, 0], P[:, 1, 1], P[:, 2, 2], P[:, 0, 1], P[:, 0, 2], P[:, 1, 2]], 0)  # [6,N]
         xd = x.double()
-        for idx, near in cells:
+        for idx, near in self._local_cells(x, 0.0, block):
             xs = xd[idx]
             c = 0.5 * (xs.amin(0) + xs.amax(0))
             xl, ml = xs - c, mu[near] - c
@@ -677,11 +677,10 @@ class Gaussians(nn.Module, DensityField, GaussianSplats, OwnOptimizer, SurfaceCo
         acc = torch.zeros(M, dtype=torch.float64, device=x.device)
         if self.num_gaussians == 0 or M == 0:
             return self.query_albedo(x)
-        cells = self._local_cells(x, max(outside, inside), block)
-        P, mu, o, colour = next(cells)
+        P, mu, o, colour = self._splat_terms()
         nd = F.normalize(n.double(), dim=-1)
         xd = x.double()
-        for idx_cell, near in cells:
+        for idx_cell, near in self._local_cells(x, max(outside, inside), block):
             Pn, mun, on, cn = P[near], mu[near], o[near], colour[near]
             for idx in idx_cell.split(max(1, pairs // near.shape[0])):
                 d = -nd[idx]
