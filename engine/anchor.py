@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from foundation.cameras import CameraConfig, Cameras, orbit_cameras
-from guidance.base import add_noise, classifier_free_guidance, ddim_move, x0_hat
+from guidance.base import add_noise, ddim_move, x0_hat
+from guidance.perp_neg import guided_eps
 
 
 @dataclass
@@ -124,11 +125,8 @@ class Anchors:
         ts = torch.linspace(t0, 0, self.cfg.ddim_steps + 1).round().long().tolist()
         noise = torch.randn(z0.shape, generator=self.gen).to(z0.device, z0.dtype)
         x = add_noise(z0, noise, torch.tensor([t0], device=z0.device), ac)
-        cond, uncond = prompts.cond(cams), prompts.uncond(1)
         for t, t_next in zip(ts[:-1], ts[1:], strict=True):
-            tt = torch.tensor([t], device=z0.device)
-            eps = classifier_free_guidance(prior.predict_eps(x, tt, uncond, cams),
-                                           prior.predict_eps(x, tt, cond, cams), self.cfg.guidance_scale)
+            eps = guided_eps(prior, x, torch.tensor([t], device=z0.device), prompts, cams, self.cfg.guidance_scale)
             x = ddim_move(x, eps, ac[t], ac[t_next]) if t_next > 0 else x0_hat(x, eps, ac[t])  # the last: to x0
         image = prior.decode(x).clamp(0, 1)
         if image.shape[1:3] != render.shape[1:3]:  # the prior's own size (the render is resized in encode)

@@ -697,9 +697,11 @@ class Gaussians(nn.Module, DensityField, GaussianSplats, OwnOptimizer, SurfaceCo
                 w = torch.cumprod(F.pad(1 - a, (1, 0), value=1.0), 1)[:, :-1] * a
                 out[idx] = (w[..., None] * cn[order]).sum(1)
                 acc[idx] = w.sum(1)
-        seen = acc[:, None] > 1e-3
-        own = self.query_albedo(x).double()
-        return torch.where(seen, out / acc[:, None].clamp_min(1e-8), own).to(x.dtype)
+        shown = out / acc[:, None].clamp_min(1e-8)
+        unseen = (acc <= 1e-3).nonzero()[:, 0]
+        if unseen.numel():
+            shown[unseen] = self.query_albedo(x[unseen]).double()
+        return shown.to(x.dtype)
 
     def query_density(self, x: Float[Tensor, "M 3"]) -> Float[Tensor, "M"]:
         """Σ_i o_i exp(−½ (x−μ_i)ᵀ Σ_i⁻¹ (x−μ_i)) at world points (the field DreamGaussian meshes at level 1)."""

@@ -8,7 +8,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from checkpoint_tools import flat_tensors  # noqa: E402
+from checkpoint_tools import flat_tensors, newest_state  # noqa: E402
 from tiny_models import tiny_sd_path  # noqa: E402
 
 from foundation.cameras import orbit_cameras  # noqa: E402
@@ -135,7 +135,6 @@ def test_brdf_lut_is_uploaded_once_per_device():
 
 # ---- item 13: the prior's generator is checkpointed, so resume == uninterrupted ------------------------------------
 def test_resume_with_a_diffusers_prior_reproduces_the_uninterrupted_run(tiny_sd, tmp_path):
-    from engine.checkpoint import latest_checkpoint, load_checkpoint
     from engine.cli import build_generate_config
     from engine.train import Hooks, generate
 
@@ -149,11 +148,10 @@ def test_resume_with_a_diffusers_prior_reproduces_the_uninterrupted_run(tiny_sd,
 
     straight = generate(cfg("straight"))
     stopped = generate(cfg("stopped"), hooks=Hooks(should_stop=lambda: True))
-    state = load_checkpoint(latest_checkpoint(os.path.join(stopped, "ckpts")))
+    state = newest_state(stopped)
     assert state["step"] == 1 and state["prior_rng"].dtype == torch.uint8
     generate(None, resume=stopped)
-    a = load_checkpoint(latest_checkpoint(os.path.join(straight, "ckpts")))
-    b = load_checkpoint(latest_checkpoint(os.path.join(stopped, "ckpts")))
+    a, b = newest_state(straight), newest_state(stopped)
     assert a["step"] == b["step"] == 3
     assert torch.equal(a["prior_rng"], b["prior_rng"])
     fa, fb = flat_tensors(a["scene"]), flat_tensors(b["scene"])
