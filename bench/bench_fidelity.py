@@ -24,7 +24,9 @@ as usual; its wall time includes the fit): whether a setting keeps the truth, i.
 Where a run's exported geometry is off, and whether the field or the extraction is to blame: the silhouette IoU of
 the scene's own renders against the true shape's and against the extracted mesh's (16 orbit views, 64² and 128²,
 alpha 0.5), the mean signed distance of the mesh by region (cube faces, or thirds of the height), the radius of
-three horizontal sections per azimuth sector (a cube's reaches from 0.40 to 0.566 m), and for each
+three horizontal sections per azimuth sector (a cube's reaches from 0.40 to 0.566 m), the albedo the renders show
+where opaque (the NeRF's albedo map, the Gaussians' colour with the key light off; alpha > 0.9) against the truth's
+and the exported GLB's luminance (what you download should be what you saw), and for each
 `--levels` value the accuracy / completeness of the mesh marching cubes gives at that level (a sweep against the
 ground truth: a diagnostic, never a way to pick the export's level).
 """
@@ -166,6 +168,31 @@ HEADER = ("| prompt | renderer | steps | accuracy m | completeness m | largest p
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
+@torch.no_grad()
+def _shown_albedo(scene, cams):
+    """Mean linear albedo [3] the scene's renders show where they are opaque (alpha > 0.9): the NeRF's albedo map,
+    or for scenes without one (Gaussians) their colour rendered with the key light off."""
+    import dataclasses
+
+    import numpy as np
+
+    from engine.export.fidelity import srgb_to_linear
+
+    scene.eval()
+    out = scene.render(cams, torch.zeros(3))
+    colour = out.albedo
+    if colour is None:
+        cfg = scene.cfg
+        scene.cfg = dataclasses.replace(cfg, light="none")
+        try:
+            colour = scene.render(cams, torch.zeros(3)).rgb
+        finally:
+            scene.cfg = cfg
+    opaque = out.alpha[..., 0] > 0.9
+    seen = (colour / out.alpha.clamp_min(1e-6))[opaque].clamp(0, 1).cpu().numpy().astype(np.float64)
+    return srgb_to_linear(seen).mean(0)
+
+
 def diagnose(run_dir: str, shape: str, levels: list[float]) -> None:
     """Print the field-vs-extraction diagnosis described in the module docstring."""
     import numpy as np
@@ -174,9 +201,13 @@ def diagnose(run_dir: str, shape: str, levels: list[float]) -> None:
     from engine.export.fidelity import (
         _nearest_distance,
         _sdf,
+        linear_to_srgb255,
+        luminance,
         sample_surface,
+        score_glb,
         section_radii,
         signed_error_by_region,
+        srgb_to_linear,
         true_surface_samples,
     )
     from engine.export.mesh import (
@@ -216,6 +247,13 @@ def diagnose(run_dir: str, shape: str, levels: list[float]) -> None:
         r = section_radii(mesh.vertices, mesh.faces, y)
         print(f"section y {y:+.1f}: radius {np.nanmin(r):.3f}-{np.nanmax(r):.3f} over {len(r)} azimuth sectors "
               f"(max/min {np.nanmax(r) / np.nanmin(r):.3f}; the true cube 0.400-0.566, 1.414)")
+    shown = _shown_albedo(scene, init_cameras(bound, 64))
+    true = srgb_to_linear(np.asarray(shapes.COLOURS[COLOUR_OF[shape]], dtype=np.float64) / 255.0)
+    glb = os.path.join(run_dir, "export", "model.glb")
+    exported = (f", its export {score_glb(glb, shape, COLOUR_OF[shape]).luminance_ratio:.2f}"
+                if os.path.isfile(glb) else "")
+    print(f"colour: the renders show albedo {tuple(int(round(c)) for c in linear_to_srgb255(shown))}, luminance "
+          f"{luminance(shown) / luminance(true):.2f} of the truth's{exported}")
     if levels:
         grid = sample_grid(scene, 128, bound)
         truth = true_surface_samples(shape, 5000)
