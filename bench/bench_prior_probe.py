@@ -4,6 +4,7 @@
     python bench/bench_prior_probe.py brightness  [--prior FOLDER] [--scales 0.7 0.85 1 1.15 1.3]
     python bench/bench_prior_probe.py encoder-fit [--prior FOLDER] [--colours green red blue yellow]
     python bench/bench_prior_probe.py run-likelihood --runs RUN [RUN ...] [--prior FOLDER]
+    python bench/bench_prior_probe.py run-colour  --runs RUN [RUN ...] [--prior FOLDER] [--scales 0.7 0.8 0.9 1 1.1]
     python bench/bench_prior_probe.py colour-sds  [--prior FOLDER] [--shape cube] [--colours green red]
                                                   [--start 0.5 0.5 0.5] [--cfg 7.5] [--steps 300]
                                                   [--t-range 20 980] [--objective sds|elbo]
@@ -24,6 +25,10 @@
   probe's 12 views (the engine's framing, elevation 20) against the true object's renders for the run's prompt, the
   truth with its albedo scaled by 0.9, and the background alone. A run whose renders score far above the truth did
   not reach the likelihood's optimum, whatever its objective's fixed point is.
+- ``run-colour``: the same likelihood proxy for each run's renders (12 views at elevation 20) with the foreground's
+  colour scaled by each of ``--scales`` (a gain on the albedo under the key light, over the same white): the gain
+  the prior finds likeliest for what the run made. Would a calibration of a finished run's colour by the prior's
+  likelihood bring it to the truth? (Session 37: no; it would darken the NeRF demo cube, already right.)
 - ``encoder-fit``: can gradients through the VAE encoder alone take a cube's albedo to a world colour? Minimise
   ||E(x(a)) - E(x_true)||^2 over the albedo a (3 numbers; 4 views, the key-light shading of the world) with Adam
   from grey starts. This is the path SDS's gradient takes from latent to pixels (J_E^T); an encoder trained only on
@@ -142,6 +147,27 @@ def run_likelihood(pipe, runs: list[str]) -> None:
         cells = [_denoising_error(pipe, _latent(pipe, x), emb)
                  for x in (rgb, _albedo_image(ref, true), _albedo_image(ref, true * 0.9), torch.ones_like(rgb))]
         print(f"| {run} | {cfg.prompt} | {' | '.join(f'{v:.4f}' for v in cells)} |", flush=True)
+
+
+def run_colour(pipe, runs: list[str], scales: list[float]) -> None:
+    """``run-colour`` (module docstring): one row per run, the denoising error at each foreground gain."""
+    from engine import runfolder
+    from renderers.base import scenes_of
+
+    cams = _views(12)
+    print(f"| run | prompt | {' | '.join(f'x{k:g}' for k in scales)} | likeliest |")
+    print(f"|---|---|{'---|' * len(scales)}---|")
+    for run in runs:
+        cfg = runfolder.read_config(run)
+        emb = _embed(pipe, [cfg.prompt] * 12)
+        scene = scenes_of(runfolder.load_run(run).scene)[0].eval()
+        with torch.no_grad():
+            out = scene.render(cams, torch.ones(3))
+        rgb, alpha = out.rgb.permute(0, 3, 1, 2).clamp(0, 1), out.alpha.permute(0, 3, 1, 2)
+        fg = rgb - (1 - alpha)  # the premultiplied foreground over the white background
+        row = [_denoising_error(pipe, _latent(pipe, (fg * k + (1 - alpha)).clamp(0, 1)), emb) for k in scales]
+        best = scales[min(range(len(row)), key=row.__getitem__)]
+        print(f"| {run} | {cfg.prompt} | {' | '.join(f'{v:.4f}' for v in row)} | x{best:g} |", flush=True)
 
 
 def encoder_fit(pipe, colours: list[str], starts: list[tuple[float, float, float]], steps: int = 300) -> None:
@@ -307,13 +333,14 @@ def size(pipe, shape: str, colour: str, mesh: str | None, scale: float, cfg: flo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("probe", choices=["framing", "brightness", "run-likelihood", "encoder-fit", "colour-sds", "size"])
-    ap.add_argument("--runs", nargs="+", default=[], help="run-likelihood: run folders of shapes-world prompts")
+    ap.add_argument("probe", choices=["framing", "brightness", "run-likelihood", "run-colour", "encoder-fit",
+                                      "colour-sds", "size"])
+    ap.add_argument("--runs", nargs="+", default=[], help="run-likelihood, run-colour: run folders")
     ap.add_argument("--prior", default=DEFAULT_PRIOR)
     ap.add_argument("--distances", type=float, nargs="+", default=[2.0, 2.2, 2.3, 2.4, 2.5, 2.6, 2.7, 2.8])
     ap.add_argument("--colours", nargs="+", default=None)
     ap.add_argument("--scales", type=float, nargs="+", default=[0.7, 0.85, 1.0, 1.15, 1.3],
-                    help="brightness: albedo scales")
+                    help="brightness: albedo scales; run-colour: foreground gains")
     ap.add_argument("--shape", default="cube", choices=list(shapes.SHAPES))
     ap.add_argument("--start", type=float, nargs=3, default=[0.5, 0.5, 0.5])
     ap.add_argument("--mesh", default=None, help="size: a mesh file to scale instead of the true primitive")
@@ -348,6 +375,10 @@ def main() -> None:
         if not args.runs:
             ap.error("run-likelihood needs --runs RUN [RUN ...]")
         run_likelihood(pipe, args.runs)
+    elif args.probe == "run-colour":
+        if not args.runs:
+            ap.error("run-colour needs --runs RUN [RUN ...]")
+        run_colour(pipe, args.runs, args.scales)
     elif args.probe == "encoder-fit":
         encoder_fit(pipe, args.colours or ["green", "red", "blue", "yellow"],
                     [(0.5, 0.5, 0.5), (0.8, 0.8, 0.8), (0.25, 0.25, 0.25)], args.steps)
