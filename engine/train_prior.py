@@ -160,6 +160,14 @@ class TrainPriorConfig:
     keeping its VAE scaling factor, which its UNet learned. The folder's own training.json is kept in this one's
     under ``"from"``, so the chain of commands (and its total time) stays on record."""
     empty_caption: float = 0.1
+    camera_code: bool = False
+    """Condition the UNet on the camera: each image's ``foundation.cameras.camera_code`` (azimuth harmonics,
+    elevation, distance, field of view) is added to every row of its caption's embedding, so the denoiser is told
+    from where it sees the object (an axis-aligned cube seen at azimuth 20 has its faces where they are at 20, not
+    at any yaw). The folder's distillery.json then sets ``prompts.camera_code`` for its runs. Images with an empty
+    caption get no code (the unconditional branch of CFG stays camera-free), and ``camera_dropout`` of the others
+    none either, so the prompt alone (``StableDiffusionPipeline``, the plain prompt) still samples the world."""
+    camera_dropout: float = 0.15
     ema: float = 0.995
     minutes: float = 0.0
     """Wall-clock cap for the whole run (0: none); the VAE phase gets at most ``vae_share`` of what is left after
@@ -196,8 +204,8 @@ class TrainPriorConfig:
             raise ValueError(f"unet_latents must be 'sample' or 'mean', got {self.unet_latents!r}")
         if not 1 <= self.low_t_max <= 1000:
             raise ValueError(f"low_t_max must be in [1, 1000], got {self.low_t_max}")
-        for name in ("empty_caption", "white_background", "overhead_fraction", "vae_share", "low_t_share",
-                     "vae_free_albedo"):
+        for name in ("empty_caption", "camera_dropout", "white_background", "overhead_fraction", "vae_share",
+                     "low_t_share", "vae_free_albedo"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.text_hidden % self.text_heads:
@@ -344,11 +352,14 @@ def sample_views(cfg: TrainPriorConfig, gen: torch.Generator) -> tuple[Tensor, T
 
 @dataclass
 class ShapesData:
-    """Colour-independent renders of every shape: coverage and shading [S,N,H,W], view label index [S,N]."""
+    """Colour-independent renders of every shape: coverage and shading [S,N,H,W], view label index [S,N], and the
+    cameras [N,4] (azimuth, elevation degrees, distance m, fovy degrees; None in renders cached before they were
+    kept)."""
 
     coverage: Tensor
     shaded: Tensor
     view: Tensor
+    cameras: Tensor | None = None
 
     def images(self, shape: Tensor, view: Tensor, colour: Tensor, background: Tensor,
                albedo: Tensor | None = None) -> Tensor:
@@ -372,7 +383,8 @@ def render_data(cfg: TrainPriorConfig, gen: torch.Generator, log=print) -> Shape
         covs.append(r.coverage)
         shades.append(r.shaded)
         log(f"rendered {len(az)} views of the {s} in {time.time() - t0:.1f} s")
-    return ShapesData(torch.stack(covs), torch.stack(shades), labels.expand(len(SHAPES), -1).clone())
+    return ShapesData(torch.stack(covs), torch.stack(shades), labels.expand(len(SHAPES), -1).clone(),
+                      torch.stack([az, el, dist, fov], 1))
 
 
 def _draw_images(data, B: int, white_background: float, gen: torch.Generator, free_albedo: float = 0.0) -> Tensor:
@@ -549,7 +561,7 @@ def finetune_decoder(cfg, vae, data: ShapesData, gen: torch.Generator, work: str
 
 def encode_latents(cfg, vae, data: ShapesData, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Posterior mean and std [S*N*6,4,h,w] of every (shape, view, colour) on a random background, plus its
-    (shape, colour, view label) indices."""
+    (shape, colour, view label, view) indices."""
     S, N = data.coverage.shape[:2]
     s, v, c = torch.meshgrid(torch.arange(S), torch.arange(N), torch.arange(len(COLOURS)), indexing="ij")
     s, v, c = s.reshape(-1), v.reshape(-1), c.reshape(-1)
@@ -560,7 +572,7 @@ def encode_latents(cfg, vae, data: ShapesData, gen: torch.Generator) -> tuple[Te
             post = vae.encode(data.images(s[i:i + 256], v[i:i + 256], c[i:i + 256], bg[i:i + 256])).latent_dist
             means.append(post.mean)
             stds.append(post.std)
-    return torch.cat(means), torch.cat(stds), torch.stack([s, c, data.view[s, v]], 1), bg
+    return torch.cat(means), torch.cat(stds), torch.stack([s, c, data.view[s, v], v], 1), bg
 
 
 def draw_unet_batch(cfg, mean: Tensor, std: Tensor, scaling: float, gen: torch.Generator
@@ -580,7 +592,8 @@ def draw_unet_batch(cfg, mean: Tensor, std: Tensor, scaling: float, gen: torch.G
 
 
 def train_unet(cfg, mean: Tensor, std: Tensor, labels: Tensor, embeds: Tensor, table: Tensor, scaling: float,
-               gen: torch.Generator, work: str, clock: _Clock, log):
+               gen: torch.Generator, work: str, clock: _Clock, log, codes: Tensor | None = None):
+    """The UNet phase; ``codes`` [N,D]: each view's camera code (``camera_code``), added to its images' captions."""
     unet = load_unet(cfg.unet_from) if cfg.unet_from else make_unet(cfg)
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.0)
@@ -616,7 +629,11 @@ def train_unet(cfg, mean: Tensor, std: Tensor, labels: Tensor, embeds: Tensor, t
         lab = labels[idx]
         cap = table[lab[:, 0], lab[:, 1], lab[:, 2], tpl]
         cap = torch.where(torch.rand(B, generator=gen) < cfg.empty_caption, torch.zeros_like(cap), cap)
-        pred = unet(x_t, t, embeds[cap]).sample
+        ehs = embeds[cap]
+        if codes is not None:  # the camera, on captioned images that keep it (drawn only then: older runs unchanged)
+            keep = (cap != 0) & (torch.rand(B, generator=gen) >= cfg.camera_dropout)
+            ehs = ehs + keep[:, None, None].to(ehs.dtype) * codes[lab[:, 3]][:, None, :]
+        pred = unet(x_t, t, ehs).sample
         per = (pred - noise).square().mean((1, 2, 3))
         w = (snr[t].clamp(max=cfg.min_snr_gamma) / snr[t]) if cfg.min_snr_gamma > 0 else torch.ones_like(per)
         loss = (w * per).mean()
@@ -731,11 +748,18 @@ def train_prior(cfg: TrainPriorConfig, log=None) -> dict:
     with torch.no_grad():
         ids, _ = clip_prompt_ids(tokenizer, captions, torch.device("cpu"))
         embeds = text_encoder(ids)[0]
+    codes = None
+    if cfg.camera_code:
+        if data.cameras is None:
+            raise ValueError(f"camera_code needs the renders' cameras, which {data_path} predates; remove it to "
+                             f"render again")
+        from foundation.cameras import camera_code
+        codes = camera_code(*data.cameras.unbind(1), embeds.shape[-1])
     torch.manual_seed(cfg.seed + 3)
     t_unet = time.time()
 
     unet, unet_steps, unet_losses = train_unet(cfg, mean, std, labels, embeds, table, scaling, gen_unet, work, clock,
-                                               log)
+                                               log, codes)
     dec_steps, dec_losses = (finetune_decoder(cfg, vae, data, gen_dec, work, clock.limit, clock, log)
                              if cfg.decoder_steps else (0, []))
     record = {"config": asdict(cfg), "vae_steps_run": vae_steps, "unet_steps_run": unet_steps,
@@ -764,7 +788,7 @@ def train_prior(cfg: TrainPriorConfig, log=None) -> dict:
     save_pipeline(pipe, cfg.out, cfg.fp16)
     with open(os.path.join(cfg.out, "training.json"), "w") as f:
         json.dump(record, f, indent=1)
-    write_defaults(cfg.out)
+    write_defaults(cfg.out, cfg.camera_code)
     log(f"saved {cfg.out} ({folder_megabytes(cfg.out):.2f} MB) in {clock.elapsed() / 60:.1f} min")
     return record
 
@@ -802,12 +826,14 @@ at one thread; two put the demo cube's face spread under 10/255) and which would
 (at four views; docs/benchmarks.md, sessions 31-32)."""
 
 
-def write_defaults(out: str) -> None:
+def write_defaults(out: str, camera_code: bool = False) -> None:
     """distillery.json: the world the folder models (its runs are evaluated against that world's ground truth),
-    RECOMMENDED_DEFAULTS, RECOMMENDED_OBJECTIVE and RECOMMENDED_BY_OBJECTIVE."""
+    RECOMMENDED_DEFAULTS (plus ``prompts.camera_code`` for a camera-conditioned UNet, which needs it),
+    RECOMMENDED_OBJECTIVE and RECOMMENDED_BY_OBJECTIVE."""
+    defaults = {**RECOMMENDED_DEFAULTS, **({"prompts.camera_code": True} if camera_code else {})}
     doc = {"about": "Written by `engine train-prior shapes` (engine/train_prior.py RECOMMENDED_DEFAULTS, "
                     "RECOMMENDED_OBJECTIVE, RECOMMENDED_BY_OBJECTIVE).",
-           "world": "shapes", "objective": RECOMMENDED_OBJECTIVE, "defaults": RECOMMENDED_DEFAULTS,
+           "world": "shapes", "objective": RECOMMENDED_OBJECTIVE, "defaults": defaults,
            "defaults_by_objective": RECOMMENDED_BY_OBJECTIVE}
     with open(os.path.join(out, "distillery.json"), "w") as f:
         json.dump(doc, f, indent=1)

@@ -318,3 +318,38 @@ def angular_distance_deg(a: Tensor, b: Tensor) -> Tensor:
 
 __all__ = ["Cameras", "CameraConfig", "ViewThresholds", "VIEW_LABELS", "look_at", "orbit_position", "orbit_cameras",
            "sample_cameras", "grid_angles", "turntable", "view_labels", "angular_distance_deg"]
+
+
+CAMERA_CODE_FEATURES = 14
+"""Entries of ``camera_code`` that carry the camera (the rest of its width is zero)."""
+
+
+def camera_code(azimuth_deg: Tensor, elevation_deg: Tensor, distance: Tensor, fovy_deg: Tensor, width: int) -> Tensor:
+    """A fixed (unlearned) code of orbit cameras [C, width] that a camera-conditioned prior adds to every row of its
+    text condition (``prompts.camera_code``; engine/train_prior.py ``camera_code`` trains a UNet to read it).
+
+    The first ``CAMERA_CODE_FEATURES`` entries: sin and cos of 1-4 times the azimuth (the fourth harmonic is what
+    tells a cube's faces from its corners), sin and cos of the elevation and the elevation over 45 degrees, the
+    distance and the field of view centred on the engine's presets ((d - 2.3) / 0.3, (fov - 50) / 15 degrees), and a
+    constant 1 that marks a code as present (zero code: no camera). Added to every token row, the code shifts all of
+    a cross-attention's values alike, so each attention layer gets a camera-dependent bias: MVDream (Shi et al.
+    2023) and Zero-1-to-3 (Liu et al. 2023) condition their UNets on the camera in the same spirit, through the time
+    embedding and the CLIP token respectively. Here no module is added, so the folder stays SD's own layout and
+    ``StableDiffusionPipeline`` samples it without a camera (trained with the code dropped)."""
+    if width < CAMERA_CODE_FEATURES:
+        raise ValueError(f"a camera code needs a text width of at least {CAMERA_CODE_FEATURES}, got {width}")
+    az = torch.deg2rad(torch.as_tensor(azimuth_deg, dtype=torch.float32).reshape(-1))
+    el = torch.deg2rad(torch.as_tensor(elevation_deg, dtype=torch.float32).reshape(-1))
+    n = az.shape[0]
+    dist = torch.as_tensor(distance, dtype=torch.float32, device=az.device).reshape(-1).expand(n)
+    fov = torch.as_tensor(fovy_deg, dtype=torch.float32, device=az.device).reshape(-1).expand(n)
+    feats = [f(k * az) for k in (1, 2, 3, 4) for f in (torch.sin, torch.cos)]
+    feats += [torch.sin(el), torch.cos(el), el / math.radians(45.0), (dist - 2.3) / 0.3, (fov - 50.0) / 15.0,
+              torch.ones_like(az)]
+    code = torch.stack(feats, 1)
+    return torch.cat([code, code.new_zeros(n, width - code.shape[1])], 1)
+
+
+def cameras_code(cams: "Cameras", width: int) -> Tensor:
+    """``camera_code`` of a Cameras batch (its fovy is in radians)."""
+    return camera_code(cams.azimuth, cams.elevation, cams.distance, torch.rad2deg(cams.fovy), width)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from foundation.cameras import Cameras, ViewThresholds
+from foundation.cameras import Cameras, ViewThresholds, cameras_code
 from guidance.priors.base import Cond, Prior
 
 
@@ -27,6 +27,11 @@ class PromptConfig:
     """|azimuth| above 180 minus this is the back view (degrees)."""
     overhead_threshold: float = 60.0
     """Elevation above this is the overhead view (degrees)."""
+    camera_code: bool = False
+    """Add each camera's ``foundation.cameras.camera_code`` to every row of its prompt condition (the conditional
+    branch only: the negative and null conditions stay camera-free, as the prior was trained). For priors trained
+    with it (`engine train-prior shapes --camera-code`), whose distillery.json sets it; a prior that was not
+    ignores the code as noise, so leave it off there."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("discrete", "interpolated"):
@@ -66,12 +71,23 @@ class PromptSet:
         """The prompt condition per camera [C rows]: view-dependent when enabled."""
         n = len(cams)
         if not self.cfg.view_dependent:
-            return self.plain.expand(n)
-        if self.cfg.mode == "discrete":
+            out = self.plain.expand(n)
+        elif self.cfg.mode == "discrete":
             idx = view_index(cams.azimuth, cams.elevation, self.thresholds)
             stacked = self._stacked()
-            return stacked[idx.to(next(iter(stacked.tensors.values())).device)]
-        return self._interpolated_batch(cams.azimuth)
+            out = stacked[idx.to(next(iter(stacked.tensors.values())).device)]
+        else:
+            out = self._interpolated_batch(cams.azimuth)
+        return self._with_camera(out, cams) if self.cfg.camera_code else out
+
+    def _with_camera(self, cond: Cond, cams: Cameras) -> Cond:
+        """``cond`` with each row's camera code added to its text embedding (``PromptConfig.camera_code``)."""
+        emb = cond.tensors.get("prompt_embeds")
+        if emb is None:
+            raise ValueError(f"prompts.camera_code needs a prior with a text embedding (prompt_embeds); the "
+                             f"{getattr(self.prior, 'name', type(self.prior).__name__)} prior has none")
+        code = cameras_code(cams, emb.shape[-1]).to(emb.device, emb.dtype)
+        return Cond({**cond.tensors, "prompt_embeds": emb + code[:, None, :]})
 
     def _stacked(self) -> Cond:
         """The four view conditions in VIEWS order, one row each (built once)."""

@@ -164,3 +164,23 @@ def test_azimuth_widen_opens_the_orbit_from_a_narrow_arc():
     assert late.azimuth.abs().max() > 170.0
     with pytest.raises(ValueError, match="azimuth_widen"):
         CameraConfig(azimuth_widen=-1)
+
+
+def test_camera_code_tells_a_cube_s_yaw_and_marks_presence():
+    """The code a camera-conditioned prior reads (engine/train_prior.py ``camera_code``): zero past its features, a
+    presence flag, a fourth azimuth harmonic that repeats with a cube's quarter turn, and every azimuth told apart."""
+    from foundation.cameras import CAMERA_CODE_FEATURES, camera_code, cameras_code
+    az = torch.tensor([0.0, 20.0, 90.0, 110.0, 45.0])
+    el = torch.tensor([10.0, 10.0, 10.0, 10.0, 30.0])
+    code = camera_code(az, el, 2.5, 40.0, 64)
+    assert code.shape == (5, 64) and torch.all(code[:, CAMERA_CODE_FEATURES:] == 0)
+    assert torch.all(code[:, CAMERA_CODE_FEATURES - 1] == 1)
+    fourth = code[:, 6:8]  # sin, cos of 4 x azimuth
+    assert torch.allclose(fourth[0], fourth[2], atol=1e-5) and torch.allclose(fourth[1], fourth[3], atol=1e-5)
+    assert (fourth[0] - fourth[1]).abs().max() > 0.5
+    assert fourth[4, 1].item() == pytest.approx(-1.0, abs=1e-5)  # a corner-on view
+    assert torch.cdist(code[:4], code[:4]).fill_diagonal_(1.0).min() > 0.3
+    assert code[4, 8].item() == pytest.approx(0.5, abs=1e-6)  # sin(30 degrees)
+    assert torch.allclose(cameras_code(orbit_cameras(az, el, 2.5, 40.0, 8), 64), code, atol=1e-5)
+    with pytest.raises(ValueError, match="width"):
+        camera_code(az, el, 2.5, 40.0, 8)

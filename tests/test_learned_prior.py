@@ -78,6 +78,35 @@ def test_train_prior_is_deterministic_and_loads_offline(tmp_path, monkeypatch):
     assert ev["shape"] == "cube" and ev["closest_shape"] in ("cube", "sphere", "cylinder", "cone", "torus")
 
 
+def test_train_prior_conditions_on_the_camera(tmp_path, monkeypatch):
+    """``--camera-code``: the UNet learns with each view's camera code on its caption (a different UNet from the same
+    seed without it), the folder tells its runs to send the code (distillery.json ``prompts.camera_code``, which a run
+    on it takes), and plain diffusers still samples it from the prompt alone."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert _run(["shapes", "--out", a, "--seed", "3", *TINY]) == 0
+    assert _run(["shapes", "--out", b, "--seed", "3", *TINY, "--camera-code"]) == 0
+    da, db = _digest(a), _digest(b)
+    assert da["vae/diffusion_pytorch_model.safetensors"] == db["vae/diffusion_pytorch_model.safetensors"]
+    assert da["unet/diffusion_pytorch_model.safetensors"] != db["unet/diffusion_pytorch_model.safetensors"]
+    assert json.load(open(os.path.join(b, "training.json")))["config"]["camera_code"] is True
+    assert json.load(open(os.path.join(b, "distillery.json")))["defaults"]["prompts.camera_code"] is True
+    assert "prompts.camera_code" not in json.load(open(os.path.join(a, "distillery.json")))["defaults"]
+    from diffusers import StableDiffusionPipeline
+    pipe = StableDiffusionPipeline.from_pretrained(b, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    img = pipe("a red cube", num_inference_steps=2, height=32, width=32, output_type="np",
+               generator=torch.Generator().manual_seed(0)).images
+    assert img.shape == (1, 32, 32, 3) and torch.isfinite(torch.from_numpy(img)).all()
+    import yaml
+
+    from engine.cli import main
+    run = str(tmp_path / "run")
+    assert main(["generate", "a red cube", "--prior", b, "--out", run, "--train.steps", "2", "--train.no-export",
+                 "--train.video-frames", "0", "--train.no-progress", "--resolution", "32"]) == 0
+    assert yaml.safe_load(open(os.path.join(run, "config.yaml")))["prompts"]["camera_code"] is True
+
+
 def test_train_prior_takes_its_vae_from_a_folder(tmp_path, monkeypatch):
     """``--vae-from FOLDER``: the VAE phase is the folder's VAE (byte for byte in the new folder), the background
     share shapes the UNet's data alone and the scaling factor is measured again; a folder without a vae/ is refused

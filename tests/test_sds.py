@@ -139,3 +139,29 @@ def test_paper_schedules_scale_to_the_run_length():
     assert own.steps_for(400) == (50, 400)
     with pytest.raises(ValueError, match="reference_steps must be >= 0"):
         TimestepConfig(reference_steps=-1)
+
+
+class _TextPrior:
+    """The condition layout of the diffusers priors ({"prompt_embeds": [N,L,D]}), one distinct row per prompt."""
+
+    name = "text"
+
+    def embed(self, prompts):
+        from guidance.priors.base import Cond
+        return Cond({"prompt_embeds": torch.stack([torch.full((3, 16), float(len(p))) for p in prompts])})
+
+
+def test_camera_code_joins_the_prompt_condition_only(toy_prior, cams4):
+    """``prompts.camera_code``: each camera's code is added to every token row of its prompt condition; the negative
+    and null conditions stay as they are (the prior was trained so); a prior without text embeddings is refused."""
+    from foundation.cameras import cameras_code
+    on = PromptSet(_TextPrior(), "a red cube", "ugly", PromptConfig(camera_code=True))
+    off = PromptSet(_TextPrior(), "a red cube", "ugly", PromptConfig(camera_code=False))
+    got, plain = on.cond(cams4).tensors["prompt_embeds"], off.cond(cams4).tensors["prompt_embeds"]
+    assert torch.allclose(got, plain + cameras_code(cams4, 16)[:, None, :])
+    assert not torch.allclose(got[0], got[1])
+    for branch in ("uncond", "null"):
+        assert torch.equal(getattr(on, branch)(4).tensors["prompt_embeds"],
+                           getattr(off, branch)(4).tensors["prompt_embeds"])
+    with pytest.raises(ValueError, match="camera_code"):
+        PromptSet(toy_prior, "a red cube", cfg=PromptConfig(camera_code=True)).cond(cams4)
