@@ -290,14 +290,16 @@ def size_profile(pipe, shape: str, colour: str, mesh: str | None, scales: list[f
     return row
 
 
-def yaw_profile(pipe, shape: str, colour: str, mesh: str | None, yaws: list[float]) -> None:
+def yaw_profile(pipe, shape: str, colour: str, mesh: str | None, yaws: list[float]) -> list[tuple[float, float]]:
     """Does the prior know which way the shape faces? The denoising error of the key-lit shape (or ``mesh``) turned
     about the vertical by each yaw (degrees), 12 views at elevation 20, with the plain prompt and with each view's
-    camera code added (meaningful for a prior trained with ``--camera-code``); one row per yaw, lower is likelier."""
+    camera code added (meaningful for a prior trained with ``--camera-code``); one row per yaw, lower is likelier.
+    Returns the (plain, coded) errors per yaw."""
     v, f = _probe_mesh(shape, mesh)
     scene, cams = _key_lit_scene(v, f, colour), _views(12)
     emb = _embed(pipe, [f"a {colour} {shape}"] * 12)
     print("| yaw | plain prompt | prompt + camera code |\n|---|---|---|")
+    rows = []
     with torch.no_grad():
         for yaw in yaws:
             c, s_ = math.cos(math.radians(yaw)), math.sin(math.radians(yaw))
@@ -306,6 +308,8 @@ def yaw_profile(pipe, shape: str, colour: str, mesh: str | None, yaws: list[floa
             z = _latent(pipe, _render(scene, cams))
             plain, coded = _denoising_error(pipe, z, emb), _denoising_error(pipe, z, _coded(emb, cams))
             print(f"| {yaw:g} | {plain:.4f} | {coded:.4f} |", flush=True)
+            rows.append((plain, coded))
+    return rows
 
 
 def _probe_mesh(shape: str, mesh: str | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -168,6 +168,10 @@ class TrainPriorConfig:
     caption get no code (the unconditional branch of CFG stays camera-free), and ``camera_dropout`` of the others
     none either, so the prompt alone (``StableDiffusionPipeline``, the plain prompt) still samples the world."""
     camera_dropout: float = 0.15
+    camera_uncond: bool = False
+    """With ``camera_code``: give the empty caption a camera code too (dropped with ``camera_dropout`` like any
+    other), so the unconditional model learns each camera's view of the world and a run can send the camera to
+    every branch of CFG (``prompts.camera_uncond``, MVDream's way: CFG then amplifies the text alone)."""
     ema: float = 0.995
     minutes: float = 0.0
     """Wall-clock cap for the whole run (0: none); the VAE phase gets at most ``vae_share`` of what is left after
@@ -631,7 +635,9 @@ def train_unet(cfg, mean: Tensor, std: Tensor, labels: Tensor, embeds: Tensor, t
         cap = torch.where(torch.rand(B, generator=gen) < cfg.empty_caption, torch.zeros_like(cap), cap)
         ehs = embeds[cap]
         if codes is not None:  # the camera, on captioned images that keep it (drawn only then: older runs unchanged)
-            keep = (cap != 0) & (torch.rand(B, generator=gen) >= cfg.camera_dropout)
+            keep = torch.rand(B, generator=gen) >= cfg.camera_dropout
+            if not cfg.camera_uncond:
+                keep &= cap != 0
             ehs = ehs + keep[:, None, None].to(ehs.dtype) * codes[lab[:, 3]][:, None, :]
         pred = unet(x_t, t, ehs).sample
         per = (pred - noise).square().mean((1, 2, 3))
@@ -788,7 +794,7 @@ def train_prior(cfg: TrainPriorConfig, log=None) -> dict:
     save_pipeline(pipe, cfg.out, cfg.fp16)
     with open(os.path.join(cfg.out, "training.json"), "w") as f:
         json.dump(record, f, indent=1)
-    write_defaults(cfg.out, cfg.camera_code)
+    write_defaults(cfg.out, cfg.camera_code, cfg.camera_code and cfg.camera_uncond)
     log(f"saved {cfg.out} ({folder_megabytes(cfg.out):.2f} MB) in {clock.elapsed() / 60:.1f} min")
     return record
 
@@ -826,15 +832,29 @@ at one thread; two put the demo cube's face spread under 10/255) and which would
 (at four views; docs/benchmarks.md, sessions 31-32)."""
 
 
-def write_defaults(out: str, camera_code: bool = False) -> None:
+CAMERA_FREE_OBJECTIVES = ("csd",)
+"""Objectives whose runs on a folder with the camera code in the conditional branch alone get no code
+(distillery.json "defaults_by_objective"): CSD's gradient is the classifier direction e(y) - e(null) by itself, with
+no generative term (Yu et al. 2023), and with the code in e(y) that classifier is partly the camera's: on the shipped
+folder (session 38) CSD's "a red cube" came out pink-orange (closest world colour orange, 18.09 dB), without the code
+red (16.92 dB)."""
+
+
+def write_defaults(out: str, camera_code: bool = False, camera_uncond: bool = False) -> None:
     """distillery.json: the world the folder models (its runs are evaluated against that world's ground truth),
-    RECOMMENDED_DEFAULTS (plus ``prompts.camera_code`` for a camera-conditioned UNet, which needs it),
+    RECOMMENDED_DEFAULTS (plus ``prompts.camera_code`` for a camera-conditioned UNet, which needs it, and
+    ``prompts.camera_uncond`` for one whose unconditional model also learned the camera),
     RECOMMENDED_OBJECTIVE and RECOMMENDED_BY_OBJECTIVE."""
-    defaults = {**RECOMMENDED_DEFAULTS, **({"prompts.camera_code": True} if camera_code else {})}
+    defaults = {**RECOMMENDED_DEFAULTS, **({"prompts.camera_code": True} if camera_code else {}),
+                **({"prompts.camera_uncond": True} if camera_uncond else {})}
+    by_objective = {k: dict(v) for k, v in RECOMMENDED_BY_OBJECTIVE.items()}
+    if camera_code and not camera_uncond:
+        for name in CAMERA_FREE_OBJECTIVES:
+            by_objective.setdefault(name, {})["prompts.camera_code"] = False
     doc = {"about": "Written by `engine train-prior shapes` (engine/train_prior.py RECOMMENDED_DEFAULTS, "
                     "RECOMMENDED_OBJECTIVE, RECOMMENDED_BY_OBJECTIVE).",
            "world": "shapes", "objective": RECOMMENDED_OBJECTIVE, "defaults": defaults,
-           "defaults_by_objective": RECOMMENDED_BY_OBJECTIVE}
+           "defaults_by_objective": by_objective}
     with open(os.path.join(out, "distillery.json"), "w") as f:
         json.dump(doc, f, indent=1)
 

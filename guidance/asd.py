@@ -112,7 +112,7 @@ class ASD(Objective):
             else:  # ScaleDreamer's single UNet call: the CFG pair at t and the conditional branch at t+
                 cond = prompts.cond(cams)
                 e_y, e_u, eps_plus = prior.predict_eps(torch.cat([x_t, x_t, x_tp]), torch.cat([t, t, t_plus]),
-                                                       Cond.cat([cond, prompts.uncond(B), cond]),
+                                                       Cond.cat([cond, prompts.uncond(B, cams), cond]),
                                                        Cameras.cat([cams] * 3)).chunk(3)
                 eps_hat = classifier_free_guidance(e_u, e_y, cfg.guidance_scale, "standard")
             w = weight(t, ac, cfg.weighting).view(-1, *([1] * (z.ndim - 1)))

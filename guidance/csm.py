@@ -103,7 +103,7 @@ class CSM(Objective):
         """(cond (y, I), reference (null or negative, no image), cond without image (y, 0) or None)."""
         B = len(cams)
         cond = prompts.cond(cams)
-        ref = prompts.null(B) if self.cfg.uncond == "null" else prompts.uncond(B)
+        ref = prompts.null(B, cams) if self.cfg.uncond == "null" else prompts.uncond(B, cams)
         if self.visual is None:
             return cond, ref, None
         return self.visual.with_image(cond), self.visual.without_image(ref), self.visual.without_image(cond)
@@ -127,8 +127,9 @@ class CSM(Objective):
         tau_t = torch.full((B,), ind_t + off, dtype=torch.int64, device=z.device)
         cond, ref, cond_noimg = self.conditions(prompts, cams)
         with torch.no_grad():
-            null = prompts.null(B) if self.visual is None else self.visual.without_image(prompts.null(B))
-            unc = prompts.uncond(B) if self.visual is None else self.visual.without_image(prompts.uncond(B))
+            null = prompts.null(B, cams) if self.visual is None else self.visual.without_image(prompts.null(B, cams))
+            unc = (prompts.uncond(B, cams) if self.visual is None
+                   else self.visual.without_image(prompts.uncond(B, cams)))
             eps_fn = inversion_eps(prior, prompts, B, cfg, cams, null=null, uncond=unc)
             _, _, x_t = invert_to_xs_xt(prior, z.detach(), noise, ind_s, ind_t, cfg, eps_fn)
             conds = [cond, ref] + ([cond_noimg] if cond_noimg is not None and cfg.image_guidance_scale else [])
@@ -205,9 +206,9 @@ class CSD(Objective):
             x_t = add_noise(z.detach(), noise, t, ac)
             if pn:
                 pos, negs, wk = perp_neg_conds(prompts, cams, cfg.perp_neg)
-                conds = [pos, prompts.uncond(B), prompts.null(B), *negs]
+                conds = [pos, prompts.uncond(B, cams), prompts.null(B, cams), *negs]
             else:
-                conds = [prompts.cond(cams), prompts.uncond(B), prompts.null(B)]
+                conds = [prompts.cond(cams), prompts.uncond(B, cams), prompts.null(B, cams)]
             k = len(conds)
             eps = prior.predict_eps(torch.cat([x_t] * k), torch.cat([t] * k), Cond.cat(conds),
                                     Cameras.cat([cams] * k)).chunk(k)

@@ -114,7 +114,7 @@ class ELBO(Objective):
             per_sample = err(prior.predict_eps_grad(x_t, t, cond, cams))
         else:
             e_y, e_u = prior.predict_eps_grad(torch.cat([x_t, x_t]), torch.cat([t, t]),
-                                              Cond.cat([cond, prompts.uncond(x_t.shape[0])]),
+                                              Cond.cat([cond, prompts.uncond(x_t.shape[0], cams)]),
                                               Cameras.cat([cams, cams])).chunk(2)
             per_sample = s * err(e_y) - (s - 1) * err(e_u)
         loss = per_sample.mean()

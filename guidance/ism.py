@@ -135,8 +135,8 @@ def lucid_noise(shape, gen: torch.Generator, offset: float) -> Tensor:
 def inversion_eps(prior: Prior, prompts, B: int, cfg: ISMConfig, cams: Cameras | None, null: Cond | None = None,
                   uncond: Cond | None = None):
     """eps(x, t) used for every inversion move: null prompt, or reverse CFG when denoise_guidance_scale > 1."""
-    null = prompts.null(B) if null is None else null
-    uncond = prompts.uncond(B) if uncond is None else uncond
+    null = prompts.null(B, cams) if null is None else null
+    uncond = prompts.uncond(B, cams) if uncond is None else uncond
     c = cfg.denoise_guidance_scale
     if c <= 1.0:
         return lambda x, t: prior.predict_eps(x, t, null, cams)

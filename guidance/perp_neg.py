@@ -118,7 +118,7 @@ def guided_eps(prior: Prior, x_t: Tensor, t: Tensor, prompts, cams: Cameras, sca
     prompt set's conditions (e.g. with image embeddings attached).
     """
     B = x_t.shape[0]
-    uncond = prompts.uncond(B) if uncond is None else uncond
+    uncond = prompts.uncond(B, cams) if uncond is None else uncond
     if perp_neg is not None and perp_neg.enabled:
         pos, negs, w = perp_neg_conds(prompts, cams, perp_neg)
         eps = prior.predict_eps(torch.cat([x_t] * 4), torch.cat([t] * 4), Cond.cat([uncond, pos, *negs]),

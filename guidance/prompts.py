@@ -32,6 +32,10 @@ class PromptConfig:
     branch only: the negative and null conditions stay camera-free, as the prior was trained). For priors trained
     with it (`engine train-prior shapes --camera-code`), whose distillery.json sets it; a prior that was not
     ignores the code as noise, so leave it off there."""
+    camera_uncond: bool = False
+    """With ``camera_code``: add the code to the negative and null conditions too, so classifier-free guidance
+    amplifies the text alone (MVDream's way). Only for a prior whose unconditional model learned the camera
+    (`engine train-prior shapes --camera-uncond`)."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("discrete", "interpolated"):
@@ -122,10 +126,19 @@ class PromptSet:
         r = 1.0 - (abs(az) - 90.0) / 90.0
         return self.views["back"].lerp(self.views["side"], torch.tensor([r]))
 
-    def uncond(self, n: int) -> Cond:
-        """The negative-prompt condition u (the CFG "uncond"), n rows."""
-        return self.uncond_one.expand(n)
+    def uncond(self, n: int, cams: Cameras | None = None) -> Cond:
+        """The negative-prompt condition u (the CFG "uncond"), n rows; with ``camera_uncond`` and the n cameras, each
+        row carries its camera's code."""
+        return self._unconditional(self.uncond_one, n, cams)
 
-    def null(self, n: int) -> Cond:
-        """The empty-prompt condition, n rows (DDIM inversion in ISM/TSM, CSD's null)."""
-        return self.null_one.expand(n)
+    def null(self, n: int, cams: Cameras | None = None) -> Cond:
+        """The empty-prompt condition, n rows (DDIM inversion in ISM/TSM, CSD's null); cameras as ``uncond``."""
+        return self._unconditional(self.null_one, n, cams)
+
+    def _unconditional(self, one: Cond, n: int, cams: Cameras | None) -> Cond:
+        out = one.expand(n)
+        if cams is None or not (self.cfg.camera_code and self.cfg.camera_uncond):
+            return out
+        if len(cams) != n:
+            raise ValueError(f"{len(cams)} cameras for {n} condition rows")
+        return self._with_camera(out, cams)

@@ -153,7 +153,8 @@ class _TextPrior:
 
 def test_camera_code_joins_the_prompt_condition_only(toy_prior, cams4):
     """``prompts.camera_code``: each camera's code is added to every token row of its prompt condition; the negative
-    and null conditions stay as they are (the prior was trained so); a prior without text embeddings is refused."""
+    and null conditions stay as they are (the prior was trained so) unless ``camera_uncond`` (a prior whose
+    unconditional model learned the camera); a prior without text embeddings is refused."""
     from foundation.cameras import cameras_code
     on = PromptSet(_TextPrior(), "a red cube", "ugly", PromptConfig(camera_code=True))
     off = PromptSet(_TextPrior(), "a red cube", "ugly", PromptConfig(camera_code=False))
@@ -163,5 +164,16 @@ def test_camera_code_joins_the_prompt_condition_only(toy_prior, cams4):
     for branch in ("uncond", "null"):
         assert torch.equal(getattr(on, branch)(4).tensors["prompt_embeds"],
                            getattr(off, branch)(4).tensors["prompt_embeds"])
+    for branch in ("uncond", "null"):  # camera-free unless the prior learned its unconditional model with cameras
+        assert torch.equal(getattr(on, branch)(4, cams4).tensors["prompt_embeds"],
+                           getattr(off, branch)(4).tensors["prompt_embeds"])
+    both = PromptSet(_TextPrior(), "a red cube", "ugly", PromptConfig(camera_code=True, camera_uncond=True))
+    code = cameras_code(cams4, 16)[:, None, :]
+    for branch in ("uncond", "null"):
+        plain_rows = getattr(off, branch)(4).tensors["prompt_embeds"]
+        assert torch.allclose(getattr(both, branch)(4, cams4).tensors["prompt_embeds"], plain_rows + code)
+        assert torch.equal(getattr(both, branch)(4).tensors["prompt_embeds"], plain_rows)  # no cameras given
+    with pytest.raises(ValueError, match="cameras"):
+        both.uncond(3, cams4)
     with pytest.raises(ValueError, match="camera_code"):
         PromptSet(toy_prior, "a red cube", cfg=PromptConfig(camera_code=True)).cond(cams4)
