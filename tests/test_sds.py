@@ -177,3 +177,50 @@ def test_camera_code_joins_the_prompt_condition_only(toy_prior, cams4):
         both.uncond(3, cams4)
     with pytest.raises(ValueError, match="camera_code"):
         PromptSet(toy_prior, "a red cube", cfg=PromptConfig(camera_code=True)).cond(cams4)
+
+
+@pytest.mark.parametrize("objective", ["sds", "vsd", "ism", "tsm", "asd", "csm", "csd", "elbo"])
+def test_every_objective_sends_each_view_its_camera_in_every_branch(objective, cams4):
+    """With ``camera_code`` and ``camera_uncond`` every prior call of every objective (the conditional, negative and
+    null branches, DDIM inversion, the warm-up and the likelihood stage) carries, in each row, the code of the camera
+    that row's sample was rendered from."""
+    from conftest import ToyPrior
+
+    from foundation.cameras import CAMERA_CODE_FEATURES, cameras_code
+    from guidance import GUIDANCES
+    from guidance.priors.base import Cond, InputGradient
+
+    class CodedToyPrior(ToyPrior, InputGradient):
+        """The ToyPrior with SD's condition layout ({"prompt_embeds": [N,1,20]}, its vector first) that records
+        every call's rows and cameras."""
+
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def embed(self, prompts):
+            rows = torch.zeros(len(prompts), 1, 20)
+            rows[:, 0, :4] = torch.stack([self.vector(p) for p in prompts])
+            return Cond({"prompt_embeds": rows})
+
+        def predict_eps(self, x_t, t, cond, cams=None):
+            emb = cond.tensors["prompt_embeds"][:, 0]
+            self.seen.append((emb.detach(), cams))
+            return super().predict_eps(x_t, t, Cond({"c": emb[:, :4]}), cams)
+
+        def predict_eps_grad(self, x_t, t, cond, cams=None):  # the ToyPrior's eps is differentiable in x_t
+            return self.predict_eps(x_t, t, cond, cams)
+
+    prior = CodedToyPrior()
+    prompts = PromptSet(prior, "a red cube", "ugly", PromptConfig(camera_code=True, camera_uncond=True))
+    cams = cams4[:2]
+    obj = GUIDANCES[objective]().build(prior, torch.Generator().manual_seed(0), 10)
+    for step in (0, 9):
+        rgb = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(step), requires_grad=True)
+        obj(rgb, prompts, cams, step).loss.backward()
+    assert prior.seen
+    for emb, seen_cams in prior.seen:
+        code = cameras_code(seen_cams, 20)
+        assert torch.all(emb[:, CAMERA_CODE_FEATURES - 1] == 1)  # every row has a code ...
+        assert torch.allclose(emb[:, 4:CAMERA_CODE_FEATURES], code[:, 4:CAMERA_CODE_FEATURES])  # ... its camera's
+        assert {round(float(a)) % 360 for a in seen_cams.azimuth} <= {0, 90}
