@@ -832,12 +832,14 @@ at one thread; two put the demo cube's face spread under 10/255) and which would
 (at four views; docs/benchmarks.md, sessions 31-32)."""
 
 
-CAMERA_FREE_OBJECTIVES = ("csd",)
-"""Objectives whose runs on a folder with the camera code in the conditional branch alone get no code
-(distillery.json "defaults_by_objective"): CSD's gradient is the classifier direction e(y) - e(null) by itself, with
-no generative term (Yu et al. 2023), and with the code in e(y) that classifier is partly the camera's: on the shipped
-folder (session 38) CSD's "a red cube" came out pink-orange (closest world colour orange, 18.09 dB), without the code
-red (16.92 dB)."""
+CAMERA_CODE_BY_OBJECTIVE: dict = {"elbo": {"guidance.guidance_scale": 5.0}, "csd": {"prompts.camera_code": False}}
+"""Settings for one objective's runs on a folder whose camera code goes to the conditional branch alone (added to
+distillery.json "defaults_by_objective"), measured on the shipped folder (docs/benchmarks.md, session 38). elbo: its
+SDS warm-up at CFG 5, not 7.5: CFG amplifies the camera with the text, and at 7.5 the demo cube came out 19% too
+bright (luminance 1.19) where at 5 it is 1.09, with the same geometry. csd: no code: CSD's gradient is the
+classifier direction e(y) - e(null) by itself, with no generative term (Yu et al. 2023), and with the code in e(y)
+that classifier is partly the camera's: its "a red cube" came out pink-orange (closest world colour orange, 18.09
+dB), without the code red (16.92 dB)."""
 
 
 def write_defaults(out: str, camera_code: bool = False, camera_uncond: bool = False) -> None:
@@ -849,8 +851,8 @@ def write_defaults(out: str, camera_code: bool = False, camera_uncond: bool = Fa
                 **({"prompts.camera_uncond": True} if camera_uncond else {})}
     by_objective = {k: dict(v) for k, v in RECOMMENDED_BY_OBJECTIVE.items()}
     if camera_code and not camera_uncond:
-        for name in CAMERA_FREE_OBJECTIVES:
-            by_objective.setdefault(name, {})["prompts.camera_code"] = False
+        for name, settings in CAMERA_CODE_BY_OBJECTIVE.items():
+            by_objective.setdefault(name, {}).update(settings)
     doc = {"about": "Written by `engine train-prior shapes` (engine/train_prior.py RECOMMENDED_DEFAULTS, "
                     "RECOMMENDED_OBJECTIVE, RECOMMENDED_BY_OBJECTIVE).",
            "world": "shapes", "objective": RECOMMENDED_OBJECTIVE, "defaults": defaults,

@@ -81,7 +81,10 @@ def test_train_prior_is_deterministic_and_loads_offline(tmp_path, monkeypatch):
 def test_train_prior_conditions_on_the_camera(tmp_path, monkeypatch):
     """``--camera-code``: the UNet learns with each view's camera code on its caption (a different UNet from the same
     seed without it), the folder tells its runs to send the code (distillery.json ``prompts.camera_code``, which a run
-    on it takes), and plain diffusers still samples it from the prompt alone."""
+    on it takes, with engine/train_prior.py ``CAMERA_CODE_BY_OBJECTIVE``), and plain diffusers still samples it from
+    the prompt alone."""
+    from engine.train_prior import RECOMMENDED_BY_OBJECTIVE
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     assert _run(["shapes", "--out", a, "--seed", "3", *TINY]) == 0
@@ -91,8 +94,9 @@ def test_train_prior_conditions_on_the_camera(tmp_path, monkeypatch):
     assert da["unet/diffusion_pytorch_model.safetensors"] != db["unet/diffusion_pytorch_model.safetensors"]
     assert json.load(open(os.path.join(b, "training.json")))["config"]["camera_code"] is True
     assert json.load(open(os.path.join(b, "distillery.json")))["defaults"]["prompts.camera_code"] is True
-    assert json.load(open(os.path.join(b, "distillery.json")))["defaults_by_objective"]["csd"] == {
-        "prompts.camera_code": False}  # CSD distills the text's classifier alone (CAMERA_FREE_OBJECTIVES)
+    by_objective = json.load(open(os.path.join(b, "distillery.json")))["defaults_by_objective"]
+    assert by_objective["csd"] == {"prompts.camera_code": False}  # CSD distills the text's classifier alone
+    assert by_objective["elbo"] == {**RECOMMENDED_BY_OBJECTIVE["elbo"], "guidance.guidance_scale": 5.0}
     assert "prompts.camera_code" not in json.load(open(os.path.join(a, "distillery.json")))["defaults"]
     from diffusers import StableDiffusionPipeline
     pipe = StableDiffusionPipeline.from_pretrained(b, dtype=torch.float32)
@@ -448,6 +452,7 @@ def test_shipped_prior_recommended_defaults_are_applied(capsys):
     assert cfg.cameras.batch_size == 1  # two views a step are elbo's setting only
     cfg, _ = build_generate_config(["a red cube", "--prior", "shapes"])  # its recommended objective, elbo
     assert type(cfg.guidance).__name__ == "ELBOConfig" and cfg.cameras.batch_size == 2
+    assert cfg.guidance.guidance_scale == 5.0  # its warm-up's CFG on the camera-coded folder
     assert cfg.renderer.density_activation == "exp"
     assert cfg.prompts.camera_code  # its UNet reads each view's camera (--camera-code)
     cfg, _ = build_generate_config(["a red cube", "--prior", "shapes", "--guidance", "csd"])
