@@ -212,6 +212,8 @@ class TrainPriorConfig:
                      "low_t_share", "vae_free_albedo"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.camera_uncond and not self.camera_code:
+            raise ValueError("camera_uncond gives the empty caption a camera code; it needs camera_code")
         if self.text_hidden % self.text_heads:
             raise ValueError("text_hidden must be a multiple of text_heads")
         if self.unet_from and self.vae_from:
@@ -794,7 +796,7 @@ def train_prior(cfg: TrainPriorConfig, log=None) -> dict:
     save_pipeline(pipe, cfg.out, cfg.fp16)
     with open(os.path.join(cfg.out, "training.json"), "w") as f:
         json.dump(record, f, indent=1)
-    write_defaults(cfg.out, cfg.camera_code, cfg.camera_code and cfg.camera_uncond)
+    write_defaults(cfg.out, cfg.camera_code, cfg.camera_uncond)
     log(f"saved {cfg.out} ({folder_megabytes(cfg.out):.2f} MB) in {clock.elapsed() / 60:.1f} min")
     return record
 

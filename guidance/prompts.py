@@ -40,6 +40,9 @@ class PromptConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("discrete", "interpolated"):
             raise ValueError(f"prompts.mode must be discrete or interpolated, got {self.mode!r}")
+        if self.camera_uncond and not self.camera_code:
+            raise ValueError("prompts.camera_uncond adds the camera code to the negative and null conditions; it "
+                             "needs prompts.camera_code")
 
 
 VIEWS = ("front", "side", "back", "overhead")
@@ -68,6 +71,9 @@ class PromptSet:
         embs = prior.embed(texts)
         self.plain, self.uncond_one, self.null_one = embs[0], embs[1], embs[2]
         self.views = {v: embs[3 + i] for i, v in enumerate(VIEWS)}
+        if self.cfg.camera_code and "prompt_embeds" not in self.plain.tensors:  # refused before any step runs
+            raise ValueError(f"prompts.camera_code needs a prior with a text embedding (prompt_embeds); the "
+                             f"{getattr(prior, 'name', type(prior).__name__)} prior has none")
         self.thresholds = ViewThresholds(self.cfg.front_threshold, self.cfg.back_threshold,
                                          self.cfg.overhead_threshold)
 
@@ -86,10 +92,7 @@ class PromptSet:
 
     def _with_camera(self, cond: Cond, cams: Cameras) -> Cond:
         """``cond`` with each row's camera code added to its text embedding (``PromptConfig.camera_code``)."""
-        emb = cond.tensors.get("prompt_embeds")
-        if emb is None:
-            raise ValueError(f"prompts.camera_code needs a prior with a text embedding (prompt_embeds); the "
-                             f"{getattr(self.prior, 'name', type(self.prior).__name__)} prior has none")
+        emb = cond.tensors["prompt_embeds"]
         code = cameras_code(cams, emb.shape[-1]).to(emb.device, emb.dtype)
         return Cond({**cond.tensors, "prompt_embeds": emb + code[:, None, :]})
 

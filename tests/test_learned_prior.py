@@ -557,6 +557,8 @@ def test_autoencoder_batches_can_show_every_colour():
     assert not is_world(free).any() and free.min() < 0.05 and free.max() > 0.95 and free.std(0).min() > 0.2
     with pytest.raises(ValueError):
         TrainPriorConfig(out="x", vae_free_albedo=1.5)
+    with pytest.raises(ValueError, match="needs camera_code"):
+        TrainPriorConfig(out="x", camera_uncond=True)
 
 
 def _probe():

@@ -175,8 +175,10 @@ def test_camera_code_joins_the_prompt_condition_only(toy_prior, cams4):
         assert torch.equal(getattr(both, branch)(4).tensors["prompt_embeds"], plain_rows)  # no cameras given
     with pytest.raises(ValueError, match="cameras"):
         both.uncond(3, cams4)
-    with pytest.raises(ValueError, match="camera_code"):
-        PromptSet(toy_prior, "a red cube", cfg=PromptConfig(camera_code=True)).cond(cams4)
+    with pytest.raises(ValueError, match="camera_code"):  # at construction, before a run's first step
+        PromptSet(toy_prior, "a red cube", cfg=PromptConfig(camera_code=True))
+    with pytest.raises(ValueError, match="needs prompts.camera_code"):
+        PromptConfig(camera_uncond=True)
 
 
 @pytest.mark.parametrize("objective", ["sds", "vsd", "ism", "tsm", "asd", "csm", "csd", "elbo"])
