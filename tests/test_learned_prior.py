@@ -96,7 +96,8 @@ def test_train_prior_conditions_on_the_camera(tmp_path, monkeypatch):
     assert json.load(open(os.path.join(b, "distillery.json")))["defaults"]["prompts.camera_code"] is True
     by_objective = json.load(open(os.path.join(b, "distillery.json")))["defaults_by_objective"]
     assert by_objective["csd"] == {"prompts.camera_code": False}  # CSD distills the text's classifier alone
-    assert by_objective["elbo"] == {**RECOMMENDED_BY_OBJECTIVE["elbo"], "guidance.guidance_scale": 5.0}
+    assert by_objective["elbo"] == {**RECOMMENDED_BY_OBJECTIVE["elbo"], "guidance.guidance_scale": 5.0,
+                                    "cameras.elevation": [-10.0, 45.0]}  # the views where the data has them
     assert "prompts.camera_code" not in json.load(open(os.path.join(a, "distillery.json")))["defaults"]
     from diffusers import StableDiffusionPipeline
     pipe = StableDiffusionPipeline.from_pretrained(b, dtype=torch.float32)
@@ -453,6 +454,7 @@ def test_shipped_prior_recommended_defaults_are_applied(capsys):
     cfg, _ = build_generate_config(["a red cube", "--prior", "shapes"])  # its recommended objective, elbo
     assert type(cfg.guidance).__name__ == "ELBOConfig" and cfg.cameras.batch_size == 2
     assert cfg.guidance.guidance_scale == 5.0  # its warm-up's CFG on the camera-coded folder
+    assert cfg.cameras.elevation == (-10.0, 45.0)  # and its views over the whole range of the prior's data
     assert cfg.renderer.density_activation == "exp"
     assert cfg.prompts.camera_code  # its UNet reads each view's camera (--camera-code)
     cfg, _ = build_generate_config(["a red cube", "--prior", "shapes", "--guidance", "csd"])
