@@ -76,6 +76,9 @@ class TrainPriorConfig:
     """Rendered cameras per shape (each is shown in all six colours)."""
     overhead_fraction: float = 0.1
     """Share of cameras above 60 degrees elevation (the "overhead view" captions)."""
+    lowest_elevation: float = -10.0
+    """Lowest elevation (degrees) of the half of the cameras that covers the ``diffusion`` preset (from here to 45):
+    below -10 the prior also learns views from under the object, so that runs can take them (a camera-coded prior)."""
     white_background: float = 0.5
     """Share of images composited on white (the shapes preset); the rest on a uniform random colour (diffusion). The
     shipped weights' samples are right 94% of the time on white and 68% on a colour (object and background hues
@@ -214,6 +217,8 @@ class TrainPriorConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.camera_uncond and not self.camera_code:
             raise ValueError("camera_uncond gives the empty caption a camera code; it needs camera_code")
+        if not -89.0 <= self.lowest_elevation <= 45.0:
+            raise ValueError(f"lowest_elevation must be in [-89, 45] degrees, got {self.lowest_elevation}")
         if self.text_hidden % self.text_heads:
             raise ValueError("text_hidden must be a multiple of text_heads")
         if self.unet_from and self.vae_from:
@@ -344,13 +349,16 @@ def make_scheduler():
 # -- the data -------------------------------------------------------------------------------------------------------
 def sample_views(cfg: TrainPriorConfig, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(azimuth, elevation, distance, fovy) [N] covering the engine's camera presets (engine/config.py):
-    ``shapes`` (elevation 0..40, distance 2.5, fov 40), ``diffusion`` (elevation -10..45, distance 2.0..2.6,
-    fov 40..70), plus ``overhead_fraction`` above 60 degrees so "overhead view" captions have images."""
+    ``shapes`` (elevation 0..40, distance 2.5, fov 40), ``diffusion`` (elevation ``lowest_elevation``..45, -10 by
+    default, distance 2.0..2.6, fov 40..70), plus ``overhead_fraction`` above 60 degrees so "overhead view" captions
+    have images."""
     n = cfg.views_per_shape
     u = torch.rand(n, 5, generator=gen)
     az = -180.0 + 360.0 * u[:, 0]
     kind = torch.where(u[:, 4] < cfg.overhead_fraction, 2, torch.where(u[:, 4] < 0.5 + cfg.overhead_fraction / 2, 0, 1))
-    el = torch.where(kind == 0, 40.0 * u[:, 1], torch.where(kind == 1, -10.0 + 55.0 * u[:, 1], 60.0 + 25.0 * u[:, 1]))
+    low = cfg.lowest_elevation
+    el = torch.where(kind == 0, 40.0 * u[:, 1],
+                     torch.where(kind == 1, low + (45.0 - low) * u[:, 1], 60.0 + 25.0 * u[:, 1]))
     dist = torch.where(kind == 0, torch.full_like(az, 2.5), 2.0 + 0.6 * u[:, 2])
     fov = torch.where(kind == 0, torch.full_like(az, 40.0), 40.0 + 30.0 * u[:, 3])
     return az, el, dist, fov
@@ -717,8 +725,9 @@ def train_prior(cfg: TrainPriorConfig, log=None) -> dict:
     os.makedirs(work, exist_ok=True)
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # module initialisation (text encoder, VAE, UNet) draws from the global generator
+    low = "" if cfg.lowest_elevation == -10.0 else f"_{cfg.lowest_elevation:g}"  # the old caches keep their names
     data_path = os.path.join(work, f"renders_{cfg.seed}_{cfg.resolution}_{cfg.views_per_shape}_"
-                                   f"{cfg.overhead_fraction}.pt")
+                                   f"{cfg.overhead_fraction}{low}.pt")
     if cfg.resume and os.path.isfile(data_path):
         data = ShapesData(**torch.load(data_path))
         log(f"renders: loaded {data_path}")

@@ -622,3 +622,22 @@ def test_train_prior_builds_a_factor_four_autoencoder_the_engine_loads(tmp_path,
     assert main(["generate", "a red cube", "--prior", out, "--out", run, "--train.steps", "2", "--train.no-export",
                  "--train.video-frames", "0", "--train.no-progress", "--resolution", "32"]) == 0
     assert os.path.exists(os.path.join(run, "eval.json"))
+
+
+def test_training_views_reach_below_the_object_on_request():
+    """``lowest_elevation``: the diffusion half of the training cameras starts there instead of -10 degrees (views
+    from under the object for a camera-coded prior); the default draws exactly the cameras it always drew, and a
+    range past 45 or below -89 is refused."""
+    from engine.train_prior import TrainPriorConfig, sample_views
+    base = sample_views(TrainPriorConfig(out="x", views_per_shape=2000), torch.Generator().manual_seed(0))
+    low = sample_views(TrainPriorConfig(out="x", views_per_shape=2000, lowest_elevation=-35.0),
+                       torch.Generator().manual_seed(0))
+    el, el_low = base[1], low[1]
+    assert float(el.min()) >= -10.0 and float(el.min()) < -9.0 and float(el_low.min()) < -34.0
+    diffusion = (base[2] != 2.5) & (el < 60.0)  # the diffusion half: distances in 2.0..2.6, not overhead
+    assert torch.equal(el[~diffusion], el_low[~diffusion])  # the shapes preset's and the overhead views unchanged
+    assert torch.allclose((el_low[diffusion] + 35.0) / 80.0, (el[diffusion] + 10.0) / 55.0, atol=1e-5)
+    assert ((el_low > -35.0) & (el_low < -10.0)).float().mean() > 0.1
+    for bad in (-90.0, 46.0):
+        with pytest.raises(ValueError, match="lowest_elevation"):
+            TrainPriorConfig(out="x", lowest_elevation=bad)
