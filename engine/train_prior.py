@@ -725,9 +725,8 @@ def train_prior(cfg: TrainPriorConfig, log=None) -> dict:
     os.makedirs(work, exist_ok=True)
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # module initialisation (text encoder, VAE, UNet) draws from the global generator
-    low = "" if cfg.lowest_elevation == -10.0 else f"_{cfg.lowest_elevation:g}"  # the old caches keep their names
     data_path = os.path.join(work, f"renders_{cfg.seed}_{cfg.resolution}_{cfg.views_per_shape}_"
-                                   f"{cfg.overhead_fraction}{low}.pt")
+                                   f"{cfg.overhead_fraction}_{cfg.lowest_elevation:g}.pt")
     if cfg.resume and os.path.isfile(data_path):
         data = ShapesData(**torch.load(data_path))
         log(f"renders: loaded {data_path}")

@@ -642,3 +642,17 @@ def test_training_views_reach_below_the_object_on_request():
     for bad in (-90.0, 46.0):
         with pytest.raises(ValueError, match="lowest_elevation"):
             TrainPriorConfig(out="x", lowest_elevation=bad)
+
+
+def test_resumed_training_reuses_only_the_renders_of_the_same_cameras(tmp_path, monkeypatch, capsys):
+    """``--resume`` loads the cached renders of the work folder only when they were drawn with the same cameras: a
+    different ``--lowest-elevation`` renders its own set (its cache file is keyed by it)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = str(tmp_path / "p")
+    assert _run(["shapes", "--out", out, "--seed", "3", *TINY, "--resume"]) == 0
+    capsys.readouterr()
+    assert _run(["shapes", "--out", out, "--seed", "3", *TINY, "--resume"]) == 0
+    assert "renders: loaded" in capsys.readouterr().err
+    assert _run(["shapes", "--out", out, "--seed", "3", *TINY, "--resume", "--lowest-elevation", "-30"]) == 0
+    assert "renders: loaded" not in capsys.readouterr().err
+    assert len([f for f in os.listdir(out + ".train") if f.startswith("renders_")]) == 2
