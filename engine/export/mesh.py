@@ -110,8 +110,11 @@ def render_matched_threshold(scene, grid: np.ndarray, bound: float, start: float
 
     The statistical level (``auto_threshold``) is only a starting bracket: on soft SDS fields its silhouettes are
     ~10 % too large (measured on a 200-step blue-torus NeRF, see engine/init_from.py ``sdf_from_density``, which
-    matches silhouettes the same way when a mesh is initialised from a run). Bisection runs on a half-resolution
-    grid (a few seconds on a CPU).
+    matches silhouettes the same way when a mesh is initialised from a run). Bisection runs on ``grid`` itself, the
+    grid the mesh is then extracted from (1-2 s at 128³ on a CPU): a half-resolution grid's surface at the same level
+    has larger silhouettes (its coarser cells round the rims outward), so its matched level came out too high and the
+    exported mesh 3-4 % smaller than the renders, with its faces' shallow dents cut in (docs/benchmarks.md, session
+    40: accuracy summed over 18 shapes-world exports 0.363 -> 0.340 m).
     """
     import torch
     import torch.nn.functional as F
@@ -125,14 +128,13 @@ def render_matched_threshold(scene, grid: np.ndarray, bound: float, start: float
     proj = projection(cams).float()
     _, alpha = render_views(scene, cams.to(_scene_device(scene)), torch.ones(3))
     target = float(alpha.sum())
-    coarse = grid[::2, ::2, ::2]
-    hi_val = float(coarse.max())
+    hi_val = float(grid.max())
     if not hi_val > 0 or target <= 0:
         return start
 
     def area(level: float) -> float:
         try:
-            m = marching_cubes(coarse, level, bound)
+            m = marching_cubes(grid, level, bound)
         except ExportError:
             return 0.0
         v = torch.from_numpy(m.vertices).float()
