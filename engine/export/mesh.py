@@ -114,7 +114,7 @@ def render_matched_threshold(scene, grid: np.ndarray, bound: float, start: float
     grid the mesh is then extracted from (1-2 s at 128³ on a CPU): a half-resolution grid's surface at the same level
     has larger silhouettes (its coarser cells round the rims outward), so its matched level came out too high and the
     exported mesh 3-4 % smaller than the renders, with its faces' shallow dents cut in (docs/benchmarks.md, session
-    40: accuracy summed over 18 shapes-world exports 0.363 -> 0.340 m).
+    40: accuracy summed over 18 shapes-world exports 0.353 -> 0.331 m).
     """
     import torch
     import torch.nn.functional as F
