@@ -228,9 +228,12 @@ def _tune(cfg: "GenerateConfig", choices: Choices, say: Callable[..., None]) -> 
         say("renderer.light shapes (renders lit by the shapes world's key light)", {"renderer.light": "shapes"})
     from guidance import GUIDANCES
     from guidance.priors import apply_prior_defaults
+    from renderers import RENDERERS
     objective = next((k for k, c in GUIDANCES.items() if type(cfg.guidance) is c), None)
-    try:  # a prior folder's recommended settings (those for the run's objective last); the user's overrides win
-        applied = apply_prior_defaults(cfg, objective=objective)
+    renderer = next((k for k, c in RENDERERS.items() if type(cfg.renderer) is c), None)
+    try:  # a prior folder's recommended settings (those for the run's objective, then its renderer, last); the
+        # user's overrides win
+        applied = apply_prior_defaults(cfg, objective=objective, renderer=renderer)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if applied:

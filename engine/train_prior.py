@@ -864,21 +864,38 @@ paper's settings turned the red cube orange-red with the wider range (tests/test
 test)."""
 
 
+CAMERA_CODE_BY_OBJECTIVE_AND_RENDERER: dict = {"elbo": {"nerf": {"guidance.guidance_scale": 3.0}}}
+"""Settings for one objective's runs with one renderer on a camera-coded folder (distillery.json
+"defaults_by_objective_and_renderer", applied after "defaults_by_objective"), measured on the shipped folder
+(docs/benchmarks.md, session 40). elbo with the NeRF: its SDS warm-up at CFG 3, not 5. The warm-up's colour is what
+the likelihood stage starts from, and the NeRF's (an MLP at learning rate 1e-3) moves little in it, where the
+Gaussians' per-splat colours (2e-2) do: at 5 the NeRF's green cone came out 34-46% too bright on three seeds
+(luminance 1.34 / 1.46 / 1.43; at 3: 1.11 / 1.13 / 1.01), its cube 1.04-1.13 (at 3: 0.87-0.92). The geometry is
+about the same (accuracy summed over the nine NeRF fidelity runs 0.179 -> 0.175 m, goal 1 on six of them either
+way) and the held-out PSNR 0.9-2.0 dB higher. The Gaussians keep 5: at 3.5 their torus's and cone's colour got
+worse (chromaticity 0.058 / 0.076 against 0.033 / 0.048 on seed 0)."""
+
+
 def write_defaults(out: str, camera_code: bool = False, camera_uncond: bool = False) -> None:
     """distillery.json: the world the folder models (its runs are evaluated against that world's ground truth),
     RECOMMENDED_DEFAULTS (plus ``prompts.camera_code`` for a camera-conditioned UNet, which needs it, and
     ``prompts.camera_uncond`` for one whose unconditional model also learned the camera),
-    RECOMMENDED_OBJECTIVE and RECOMMENDED_BY_OBJECTIVE."""
+    RECOMMENDED_OBJECTIVE and RECOMMENDED_BY_OBJECTIVE; for a camera-conditioned UNet, CAMERA_CODE_BY_OBJECTIVE and
+    CAMERA_CODE_BY_OBJECTIVE_AND_RENDERER too."""
     defaults = {**RECOMMENDED_DEFAULTS, **({"prompts.camera_code": True} if camera_code else {}),
                 **({"prompts.camera_uncond": True} if camera_uncond else {})}
     by_objective = {k: dict(v) for k, v in RECOMMENDED_BY_OBJECTIVE.items()}
+    by_pair: dict = {}
     if camera_code and not camera_uncond:
         for name, settings in CAMERA_CODE_BY_OBJECTIVE.items():
             by_objective.setdefault(name, {}).update(settings)
+        by_pair = {k: {r: dict(v) for r, v in by_r.items()} for k, by_r in CAMERA_CODE_BY_OBJECTIVE_AND_RENDERER.items()}
     doc = {"about": "Written by `engine train-prior shapes` (engine/train_prior.py RECOMMENDED_DEFAULTS, "
-                    "RECOMMENDED_OBJECTIVE, RECOMMENDED_BY_OBJECTIVE).",
+                    "RECOMMENDED_OBJECTIVE, RECOMMENDED_BY_OBJECTIVE, CAMERA_CODE_BY_OBJECTIVE, "
+                    "CAMERA_CODE_BY_OBJECTIVE_AND_RENDERER).",
            "world": "shapes", "objective": RECOMMENDED_OBJECTIVE, "defaults": defaults,
-           "defaults_by_objective": by_objective}
+           "defaults_by_objective": by_objective,
+           **({"defaults_by_objective_and_renderer": by_pair} if by_pair else {})}
     with open(os.path.join(out, "distillery.json"), "w") as f:
         json.dump(doc, f, indent=1)
 

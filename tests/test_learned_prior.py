@@ -98,7 +98,10 @@ def test_train_prior_conditions_on_the_camera(tmp_path, monkeypatch):
     assert by_objective["csd"] == {"prompts.camera_code": False}  # CSD distills the text's classifier alone
     assert by_objective["elbo"] == {**RECOMMENDED_BY_OBJECTIVE["elbo"], "guidance.guidance_scale": 5.0,
                                     "cameras.elevation": [-10.0, 45.0]}  # the views where the data has them
+    by_pair = json.load(open(os.path.join(b, "distillery.json")))["defaults_by_objective_and_renderer"]
+    assert by_pair == {"elbo": {"nerf": {"guidance.guidance_scale": 3.0}}}  # the NeRF's colour: a gentler warm-up
     assert "prompts.camera_code" not in json.load(open(os.path.join(a, "distillery.json")))["defaults"]
+    assert "defaults_by_objective_and_renderer" not in json.load(open(os.path.join(a, "distillery.json")))
     from diffusers import StableDiffusionPipeline
     pipe = StableDiffusionPipeline.from_pretrained(b, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
@@ -329,6 +332,33 @@ def test_prior_folder_defaults_by_objective_apply_to_that_objective_only(tmp_pat
     assert e.value.code == 2 and "cannot read the prior's defaults" in capsys.readouterr().err
 
 
+def test_prior_folder_defaults_by_objective_and_renderer_apply_to_that_pair_only(tmp_path, capsys):
+    """distillery.json "defaults_by_objective_and_renderer"[<objective>][<renderer>] applies after the objective's
+    settings, to runs of that objective with that renderer only, and yields to flags."""
+    from engine.cli import build_generate_config
+    folder = tmp_path / "prior"
+    folder.mkdir()
+    (folder / "distillery.json").write_text(json.dumps({
+        "objective": "elbo", "defaults": {"train.steps": 77},
+        "defaults_by_objective": {"elbo": {"guidance.guidance_scale": 5.0}},
+        "defaults_by_objective_and_renderer": {"elbo": {"nerf": {"guidance.guidance_scale": 3.0}},
+                                               "sds": {"gaussians": {"train.steps": 66}}}}))
+    cfg, _ = build_generate_config(["a red cube", "--prior", str(folder)])  # elbo with the NeRF (the defaults)
+    assert cfg.guidance.guidance_scale == 3.0 and cfg.train.steps == 77
+    assert "guidance.guidance_scale=3.0" in capsys.readouterr().err
+    cfg, _ = build_generate_config(["a red cube", "--prior", str(folder), "--renderer", "gaussians"])
+    assert cfg.guidance.guidance_scale == 5.0 and cfg.train.steps == 77
+    cfg, _ = build_generate_config(["a red cube", "--prior", str(folder), "--guidance", "sds", "--renderer",
+                                    "gaussians"])
+    assert cfg.train.steps == 66
+    cfg, _ = build_generate_config(["a red cube", "--prior", str(folder), "--guidance.guidance-scale", "9"])
+    assert cfg.guidance.guidance_scale == 9
+    (folder / "distillery.json").write_text(json.dumps({"defaults_by_objective_and_renderer": {"elbo": [1]}}))
+    with pytest.raises(SystemExit) as e:
+        build_generate_config(["a red cube", "--prior", str(folder), "--guidance", "elbo"])
+    assert e.value.code == 2 and "cannot read the prior's defaults" in capsys.readouterr().err
+
+
 def test_vsd_lora_learns_on_the_shipped_prior():
     """VSD's particle LoRA trains through the shipped prior: after a few steps every LoRA tensor has moved (B starts
     at 0), and the particle's epsilon for a fixed (x_t, t) has changed and differs from the frozen prior's
@@ -453,7 +483,9 @@ def test_shipped_prior_recommended_defaults_are_applied(capsys):
     assert cfg.cameras.batch_size == 1  # two views a step are elbo's setting only
     cfg, _ = build_generate_config(["a red cube", "--prior", "shapes"])  # its recommended objective, elbo
     assert type(cfg.guidance).__name__ == "ELBOConfig" and cfg.cameras.batch_size == 2
-    assert cfg.guidance.guidance_scale == 5.0  # its warm-up's CFG on the camera-coded folder
+    assert cfg.guidance.guidance_scale == 3.0  # its warm-up's CFG on the camera-coded folder, with the NeRF
+    gauss, _ = build_generate_config(["a red cube", "--prior", "shapes", "--renderer", "gaussians"])
+    assert gauss.guidance.guidance_scale == 5.0  # and with the Gaussians
     assert cfg.cameras.elevation == (-10.0, 45.0)  # and its views over the whole range of the prior's data
     assert cfg.renderer.density_activation == "exp"
     assert cfg.prompts.camera_code  # its UNet reads each view's camera (--camera-code)

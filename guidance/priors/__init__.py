@@ -30,14 +30,17 @@ from guidance.priors.config import (
 )
 
 
-def apply_prior_defaults(cfg, name: str | None = None, objective: str | None = None) -> dict:
+def apply_prior_defaults(cfg, name: str | None = None, objective: str | None = None,
+                         renderer: str | None = None) -> dict:
     """Apply the recommended defaults of the prior folder named by ``cfg.prior.name`` (its distillery.json) to the
     run config ``cfg``, in place; returns {dotted key: value as set} for each applied one (empty when the folder has
     none).
 
     "defaults" apply to every run; then "defaults_by_objective"[``objective``] (the run's, a key of guidance.GUIDANCES)
     (a setting one objective wants and another does not, e.g. four views a step for elbo, which draws VSD's particle
-    into a sphere). Keys are dotted field paths of the run config. A key whose last field the chosen component lacks
+    into a sphere); then "defaults_by_objective_and_renderer"[``objective``][``renderer``] (a key of
+    renderers.RENDERERS: a setting one renderer wants under that objective, e.g. a lower warm-up CFG for the NeRF
+    under elbo). Keys are dotted field paths of the run config. A key whose last field the chosen component lacks
     (e.g. a CFG scale for an objective without one) is skipped; an unknown path is the folder's error (ValueError).
     """
     import json
@@ -52,6 +55,8 @@ def apply_prior_defaults(cfg, name: str | None = None, objective: str | None = N
         defaults = dict(doc.get("defaults", {}))
         by_objective = doc.get("defaults_by_objective", {})
         defaults.update(by_objective.get(objective, {}) if objective else {})
+        by_pair = doc.get("defaults_by_objective_and_renderer", {})
+        defaults.update(by_pair.get(objective, {}).get(renderer, {}) if objective and renderer else {})
     except (OSError, ValueError, AttributeError, TypeError) as e:
         raise ValueError(f"cannot read the prior's defaults {path}: {e}") from None
     applied = {}
