@@ -889,7 +889,8 @@ def write_defaults(out: str, camera_code: bool = False, camera_uncond: bool = Fa
     if camera_code and not camera_uncond:
         for name, settings in CAMERA_CODE_BY_OBJECTIVE.items():
             by_objective.setdefault(name, {}).update(settings)
-        by_pair = {k: {r: dict(v) for r, v in by_r.items()} for k, by_r in CAMERA_CODE_BY_OBJECTIVE_AND_RENDERER.items()}
+        by_pair = {k: {r: dict(v) for r, v in by_renderer.items()}
+                   for k, by_renderer in CAMERA_CODE_BY_OBJECTIVE_AND_RENDERER.items()}
     doc = {"about": "Written by `engine train-prior shapes` (engine/train_prior.py RECOMMENDED_DEFAULTS, "
                     "RECOMMENDED_OBJECTIVE, RECOMMENDED_BY_OBJECTIVE, CAMERA_CODE_BY_OBJECTIVE, "
                     "CAMERA_CODE_BY_OBJECTIVE_AND_RENDERER).",
