@@ -220,12 +220,13 @@ def form_config(form: dict, allow_local_models: bool = False):
     return build_config(*form_request(form, allow_local_models))
 
 
-def component_defaults(guidance: str, prior_kind: str, model_id: str) -> dict:
-    """Steps and CFG scale the CLI would use for these choices (its presets), for the form's sliders."""
+def component_defaults(guidance: str, prior_kind: str, model_id: str, renderer: str | None = None) -> dict:
+    """Steps and CFG scale the CLI would use for these choices (its presets and the prior folder's settings, which
+    may depend on the renderer), for the form's sliders."""
     from engine.compose import Choices
 
     prior = "shapes" if prior_kind == PRIOR_SHAPES else (model_id or DEFAULT_MODEL)
-    cfg = build_config(Choices(prompt="a cube", guidance=guidance, prior=prior))
+    cfg = build_config(Choices(prompt="a cube", guidance=guidance, prior=prior, renderer=renderer))
     return {"steps": cfg.train.steps, "cfg_scale": getattr(cfg.guidance, "guidance_scale", None),
             "resolution": cfg.resolution}
 
@@ -448,10 +449,10 @@ class App:
             return f"✔ {summary}. Texturing your own mesh is not available in this version yet."
         return f"✔ {summary}. Press Texture mesh: the prompt, prior, guidance, steps and seed above are used."
 
-    def defaults(self, guidance, prior_kind, model_id):
+    def defaults(self, guidance, prior_kind, model_id, renderer=None):
         import gradio as gr
         try:
-            d = component_defaults(guidance, prior_kind, model_id)
+            d = component_defaults(guidance, prior_kind, model_id, renderer)
         except InputError:
             return gr.skip(), gr.skip()
         cfg = d["cfg_scale"]
@@ -575,8 +576,9 @@ class App:
             mesh.change(self.check_mesh_upload, mesh, mesh_msg, api_name="check_mesh", concurrency_limit=None)
             gr_inputs["image"].change(self.check_image_upload, gr_inputs["image"], image_msg, api_name="check_image",
                                       concurrency_limit=None)
-            for w in (gr_inputs["guidance"], gr_inputs["prior"]):
-                w.change(self.defaults, [gr_inputs["guidance"], gr_inputs["prior"], gr_inputs["model_id"]],
+            for w in (gr_inputs["guidance"], gr_inputs["prior"], gr_inputs["renderer"]):
+                w.change(self.defaults, [gr_inputs["guidance"], gr_inputs["prior"], gr_inputs["model_id"],
+                                         gr_inputs["renderer"]],
                          [gr_inputs["steps"], gr_inputs["cfg_scale"]], api_name=False)
 
             def unload(request: gr.Request):

@@ -61,6 +61,21 @@ def test_form_builds_the_same_config_as_the_cli():
     assert app == cli
 
 
+def test_form_sliders_start_where_the_cli_would_for_the_renderer():
+    """The CFG slider's default follows the objective, the prior and the renderer, as the CLI's settings do (the
+    learned prior's folder gives elbo's warm-up 3 with the NeRF, 5 with the Gaussians): the form sends the slider's
+    value as the run's, so a default that ignored the renderer would change the Gaussians' run."""
+    from apps.gradio_app import component_defaults
+    from engine.cli import build_generate_config
+
+    for renderer in ("nerf", "gaussians"):
+        cli, _ = build_generate_config(["a red cube", "--renderer", renderer])
+        slider = component_defaults("elbo", PRIOR_SHAPES, "", renderer)
+        assert slider["cfg_scale"] == cli.guidance.guidance_scale and slider["steps"] == cli.train.steps
+    assert component_defaults("elbo", PRIOR_SHAPES, "", "nerf")["cfg_scale"] == 3.0
+    assert component_defaults("elbo", PRIOR_SHAPES, "", "gaussians")["cfg_scale"] == 5.0
+
+
 def test_form_refuses_bad_input_with_a_message():
     with pytest.raises(InputError, match="prompt is empty"):
         form_request(form(prompt="  "))
