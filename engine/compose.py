@@ -12,7 +12,8 @@ config beyond the dataclass defaults all live here, applied in this order:
 3. the diffusion preset's values by prior family, objective and device (engine.config.tune_diffusion, issue 13);
 4. on a shapes-world prior, Gaussians (learned or exemplar prior) and the NeRF (learned prior) train under the
    world's key light (issue #17);
-5. the prior folder's recommended settings (distillery.json, guidance.priors.apply_prior_defaults);
+5. the prior folder's recommended settings (distillery.json: for every run, then by objective, then by objective
+   and renderer; guidance.priors.apply_prior_defaults);
 6. ``prompt`` and ``steps``;
 7. the command line's typed overrides (``parse``: tyro, in engine/cli.py), then the dotted ``overrides``;
 8. the checks that come before any run folder exists: every bound (engine.config.check_config, tightened by

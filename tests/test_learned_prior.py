@@ -332,6 +332,20 @@ def test_prior_folder_defaults_by_objective_apply_to_that_objective_only(tmp_pat
     assert e.value.code == 2 and "cannot read the prior's defaults" in capsys.readouterr().err
 
 
+def test_nerf_views_from_below_only_where_the_data_reaches(tmp_path):
+    """write_defaults gives elbo's NeRF views from below the objective's -10 only for data that reaches lower
+    (``lowest_elevation``), 5 degrees inside it and at most 30 below the horizon."""
+    from engine.train_prior import nerf_lowest_view, write_defaults
+
+    assert [nerf_lowest_view(e) for e in (-10.0, -20.0, -35.0, -60.0, 20.0)] == [-10.0, -15.0, -30.0, -30.0, -10.0]
+    for low, expect in ((-10.0, None), (-35.0, [-30.0, 45.0])):
+        write_defaults(str(tmp_path), camera_code=True, lowest_elevation=low)
+        nerf = json.load(open(tmp_path / "distillery.json"))["defaults_by_objective_and_renderer"]["elbo"]["nerf"]
+        assert nerf.get("cameras.elevation") == expect and nerf["guidance.guidance_scale"] == 3.0
+    write_defaults(str(tmp_path), camera_code=False, lowest_elevation=-35.0)
+    assert "defaults_by_objective_and_renderer" not in json.load(open(tmp_path / "distillery.json"))
+
+
 def test_prior_folder_defaults_by_objective_and_renderer_apply_to_that_pair_only(tmp_path, capsys):
     """distillery.json "defaults_by_objective_and_renderer"[<objective>][<renderer>] applies after the objective's
     settings, to runs of that objective with that renderer only, and yields to flags."""
@@ -486,7 +500,8 @@ def test_shipped_prior_recommended_defaults_are_applied(capsys):
     assert cfg.guidance.guidance_scale == 3.0  # its warm-up's CFG on the camera-coded folder, with the NeRF
     gauss, _ = build_generate_config(["a red cube", "--prior", "shapes", "--renderer", "gaussians"])
     assert gauss.guidance.guidance_scale == 5.0  # and with the Gaussians
-    assert cfg.cameras.elevation == (-10.0, 45.0)  # and its views over the whole range of the prior's data
+    assert gauss.cameras.elevation == (-10.0, 45.0)  # its views over the range of both halves of the prior's data
+    assert cfg.cameras.elevation == (-30.0, 45.0)  # the NeRF's also from below (E's data reaches -35)
     assert cfg.renderer.density_activation == "exp"
     assert cfg.prompts.camera_code  # its UNet reads each view's camera (--camera-code)
     cfg, _ = build_generate_config(["a red cube", "--prior", "shapes", "--guidance", "csd"])
