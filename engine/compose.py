@@ -227,11 +227,9 @@ def _tune(cfg: "GenerateConfig", choices: Choices, say: Callable[..., None]) -> 
             light == "none" or (light == "dreamfusion" and not is_exemplar(cfg.prior.name))):
         cfg.renderer.light = "shapes"
         say("renderer.light shapes (renders lit by the shapes world's key light)", {"renderer.light": "shapes"})
-    from guidance import GUIDANCES
+    from engine.config import component_names
     from guidance.priors import apply_prior_defaults
-    from renderers import RENDERERS
-    objective = next((k for k, c in GUIDANCES.items() if type(cfg.guidance) is c), None)
-    renderer = next((k for k, c in RENDERERS.items() if type(cfg.renderer) is c), None)
+    objective, renderer = component_names(cfg)
     try:  # a prior folder's recommended settings (those for the run's objective, then its renderer, last); the
         # user's overrides win
         applied = apply_prior_defaults(cfg, objective=objective, renderer=renderer)

@@ -884,8 +884,9 @@ over the nine 0.146 against 0.175 m, goal 1 on seven against six)."""
 
 def nerf_lowest_view(lowest_elevation: float) -> float:
     """The lowest elevation of elbo's NeRF views on a camera-coded folder whose data starts at ``lowest_elevation``:
-    5 degrees inside the data, at most 30 below the horizon and never above the objective's own -10."""
-    return max(-30.0, min(-10.0, lowest_elevation + 5.0))
+    5 degrees inside the data, at most 30 below the horizon and never above the objective's own lowest view (-10,
+    CAMERA_CODE_BY_OBJECTIVE)."""
+    return max(-30.0, min(CAMERA_CODE_BY_OBJECTIVE["elbo"]["cameras.elevation"][0], lowest_elevation + 5.0))
 
 
 def write_defaults(out: str, camera_code: bool = False, camera_uncond: bool = False,
@@ -905,9 +906,10 @@ def write_defaults(out: str, camera_code: bool = False, camera_uncond: bool = Fa
             by_objective.setdefault(name, {}).update(settings)
         by_pair = {k: {r: dict(v) for r, v in by_renderer.items()}
                    for k, by_renderer in CAMERA_CODE_BY_OBJECTIVE_AND_RENDERER.items()}
+        elbo_low, elbo_high = CAMERA_CODE_BY_OBJECTIVE["elbo"]["cameras.elevation"]
         low = nerf_lowest_view(lowest_elevation)
-        if low < CAMERA_CODE_BY_OBJECTIVE["elbo"]["cameras.elevation"][0]:  # data from below: the NeRF's views too
-            by_pair["elbo"]["nerf"]["cameras.elevation"] = [low, 45.0]
+        if low < elbo_low:  # data from below: the NeRF's views start there too
+            by_pair["elbo"]["nerf"]["cameras.elevation"] = [low, elbo_high]
     doc = {"about": "Written by `engine train-prior shapes` (engine/train_prior.py RECOMMENDED_DEFAULTS, "
                     "RECOMMENDED_OBJECTIVE, RECOMMENDED_BY_OBJECTIVE, CAMERA_CODE_BY_OBJECTIVE, "
                     "CAMERA_CODE_BY_OBJECTIVE_AND_RENDERER).",

@@ -532,21 +532,14 @@ def test_automatic_level_gives_the_exported_mesh_the_silhouettes_of_the_renders(
     """The automatic iso-level is bisected on the grid the mesh is extracted from, so the exported mesh covers what
     the scene's renders cover over the matching views (a half-resolution bisection grid left it 3-4 % smaller on
     the shapes world's runs, docs/benchmarks.md session 40)."""
-    import torch.nn.functional as F
-
-    from engine.export.mesh import extract_mesh
+    from engine.export.mesh import covered_pixels, extract_mesh
     from engine.init_from import init_cameras
     from engine.outputs import render_views
-    from renderers.kernels import raster
-    from renderers.mesh import projection
 
     mesh, info, _ = extract_mesh(gaussian_cube, resolution=resolution)
     cams = init_cameras(info["bound"], 64)
     _, alpha = render_views(gaussian_cube, cams, torch.ones(3))
-    v = torch.from_numpy(mesh.vertices).float()
-    pos = torch.einsum("cij,vj->cvi", projection(cams).float(), F.pad(v, (0, 1), value=1.0))
-    covered = float((raster.rasterize("torch", pos, torch.from_numpy(mesh.faces).long(), (64, 64))[..., 3] > 0).sum())
-    assert covered == pytest.approx(float(alpha.sum()), rel=0.01)
+    assert covered_pixels(mesh.vertices, mesh.faces, cams) == pytest.approx(float(alpha.sum()), rel=0.01)
 
 
 def test_gaussians_export_the_colour_their_renders_show(tmp_path):
