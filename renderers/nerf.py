@@ -61,7 +61,7 @@ AMBIENT, DIFFUSE = 0.1, 0.9
 class NeRFConfig:
     """A hash-grid NeRF. Defaults are tuned for a 2-core CPU at 64×64 (see bench/bench_nerf.py)."""
 
-    REGULARIZERS: ClassVar[tuple[str, ...]] = ("orient", "sparsity", "opaque", "distortion")
+    REGULARIZERS: ClassVar[tuple[str, ...]] = ("orient", "sparsity", "opaque", "distortion", "albedo_smooth")
     """The terms ``NeRF.regularizers`` returns: the keys a run's ``regularizers:`` may weight (engine/config.py)."""
 
     radius: float = 0.8
@@ -134,6 +134,15 @@ class NeRFConfig:
     lambda_distortion: float = 0.0
     """Default weight of the "distortion" regulariser (Mip-NeRF 360's, in metres, mean over the rendered rays): it
     gathers each ray's weight into one short interval, so the field becomes a surface rather than a soft cloud."""
+    lambda_albedo_smooth: float = 0.0
+    """Default weight of the "albedo_smooth" regulariser: E|a(x + δ) − a(x)|₁ over points x drawn by the rendering
+    weights (on the surface the renders show), δ ~ N(0, albedo_smooth_eps²) (Fantasia3D's k_d smoothness, Chen et al.
+    2023 §3.2, on a volume). It keeps the prior from painting what geometry should show (a lighter patch where a
+    hole should open) and speckles out of a uniform material."""
+    albedo_smooth_eps: float = 0.02
+    """Std of the position jitter of "albedo_smooth", in metres."""
+    albedo_smooth_samples: int = 4096
+    """Points drawn per training step for "albedo_smooth" (two field evaluations each)."""
     cuda_step_size: float = 5e-3
     """Marching step in metres for the cuda backend's occupancy-grid sampler."""
     backend: str = "auto"
@@ -158,11 +167,14 @@ class NeRFConfig:
             raise ValueError(f"nerf.light must be dreamfusion or shapes, got {self.light!r}")
         if self.occupancy_every < 1:
             raise ValueError(f"nerf.occupancy_every must be >= 1, got {self.occupancy_every}")
+        if self.albedo_smooth_eps <= 0 or self.albedo_smooth_samples < 1:
+            raise ValueError(f"nerf.albedo_smooth_eps must be > 0 and albedo_smooth_samples >= 1, got "
+                             f"{self.albedo_smooth_eps} and {self.albedo_smooth_samples}")
 
     def default_weights(self) -> dict[str, float]:
         """Regulariser weights by the names ``NeRF.regularizers`` returns (the loop may override them)."""
         return {"orient": self.lambda_orient, "sparsity": self.lambda_sparsity, "opaque": self.lambda_opaque,
-                "distortion": self.lambda_distortion}
+                "distortion": self.lambda_distortion, "albedo_smooth": self.lambda_albedo_smooth}
 
     def build(self, gen: torch.Generator, device: torch.device | str = "cpu") -> "NeRF":
         """A NeRF on ``device`` whose initialisation and training randomness come from ``gen`` (a CPU generator)."""
@@ -347,8 +359,9 @@ class NeRF(nn.Module, DensityField, OptionalNormals):
         maps = kernels.accumulate_along_rays(self.cfg.backend, samples, w, torch.cat(values, -1)).view(C, H, W, -1)
         alpha = kernels.accumulate_along_rays(self.cfg.backend, samples, w).view(C, H, W, 1)
         extras: dict = {"shading": mode, "n_samples": len(samples)}
-        if self.training:  # the distortion term's inputs; ``regularizers`` evaluates it only when it is weighted
+        if self.training:  # the distortion and albedo_smooth terms' inputs, evaluated only when weighted
             extras["ray_weights"] = (samples, w)
+            extras["sample_points"] = x.detach()
         normal_map = None
         if normals is not None:
             normal_map = F.normalize(maps[..., 7:10], dim=-1)
@@ -376,8 +389,9 @@ class NeRF(nn.Module, DensityField, OptionalNormals):
 
     def regularizers(self, out: RenderOutput, step: int, weights: Mapping[str, float] | None = None
                      ) -> dict[str, Tensor]:
-        """Unweighted "orient" (0 when no normals were rendered), "sparsity", "opaque" and "distortion" (0 outside
-        training) terms. "distortion" (O(samples)) is left out when ``weights`` gives it weight 0."""
+        """Unweighted "orient" (0 when no normals were rendered), "sparsity", "opaque", "distortion" and
+        "albedo_smooth" (both 0 outside training) terms. "distortion" (O(samples)) and "albedo_smooth" (two field
+        evaluations of ``albedo_smooth_samples`` points) are left out when ``weights`` gives them weight 0."""
         a = out.alpha
         orient = out.extras.get("orient", a.new_zeros(()))
         sparsity = torch.sqrt(a**2 + 0.01).mean()
@@ -388,7 +402,24 @@ class NeRF(nn.Module, DensityField, OptionalNormals):
             ray_weights = out.extras.get("ray_weights")
             regs["distortion"] = (a.new_zeros(()) if ray_weights is None
                                   else volume_torch.distortion(*ray_weights).mean())
+        if weights is None or weights.get("albedo_smooth", 1.0) != 0:
+            regs["albedo_smooth"] = self._albedo_smoothness(out)
         return regs
+
+    def _albedo_smoothness(self, out: RenderOutput) -> Tensor:
+        """E|a(x + δ) − a(x)|₁ over x drawn from the render's samples with probability ∝ their weight (an unbiased
+        estimate of Σ w |Δa| / Σ w), δ ~ N(0, eps²); both albedos carry gradients."""
+        ray_weights, x = out.extras.get("ray_weights"), out.extras.get("sample_points")
+        if ray_weights is None or x is None or len(x) == 0:
+            return out.alpha.new_zeros(())
+        w = ray_weights[1].detach().clamp_min(0)
+        if float(w.sum()) <= 0:
+            return out.alpha.new_zeros(())
+        pick = torch.multinomial(w.cpu(), self.cfg.albedo_smooth_samples, replacement=True, generator=self.gen)
+        p = x[pick.to(x.device)]
+        jitter = torch.randn(p.shape, generator=self.gen).to(p) * self.cfg.albedo_smooth_eps
+        a = torch.sigmoid(self._field(torch.cat([p, p + jitter]))[1])
+        return (a[: len(p)] - a[len(p):]).abs().sum(-1).mean()
 
     def after_step(self, step: int, out: RenderOutput) -> None:
         """Advance the step counter and refresh the occupancy grid every ``occupancy_every`` steps."""

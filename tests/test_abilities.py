@@ -290,7 +290,8 @@ def test_a_misspelt_regulariser_is_refused_on_the_command_line(tmp_path, capsys)
                                str(tmp_path / "run")]))
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1, err
-    assert "'sparsty' is not a term of the nerf renderer (its terms: orient, sparsity, opaque, distortion)" in err
+    assert ("'sparsty' is not a term of the nerf renderer (its terms: orient, sparsity, opaque, distortion, "
+            "albedo_smooth)") in err
     assert not (tmp_path / "run").exists()
 
 

@@ -114,7 +114,7 @@ def test_gradients_reach_every_parameter_group():
     out = nerf.render(c, white(c))
     assert out.extras["shading"] == "lambertian" and "orient" in out.extras
     regs = nerf.regularizers(out, 0)
-    assert set(regs) == {"orient", "sparsity", "opaque", "distortion"}
+    assert set(regs) == {"orient", "sparsity", "opaque", "distortion", "albedo_smooth"}
     (out.rgb.mean() + sum(regs.values())).backward()
     for name, group in nerf.param_groups().items():
         grads = [p.grad for p in group["params"]]
@@ -162,7 +162,8 @@ def test_hierarchical_render_step_state_and_weights():
     other = build(seed=1, importance_samples=8)
     other.load_state_dict(nerf.state_dict())
     assert nerf.step == other.step == 42  # a resumed run keeps its place in the shading schedule
-    assert nerf.regularizer_weights == {"orient": 10.0, "sparsity": 0.0, "opaque": 0.0, "distortion": 0.0}
+    assert nerf.regularizer_weights == {"orient": 10.0, "sparsity": 0.0, "opaque": 0.0, "distortion": 0.0,
+                                        "albedo_smooth": 0.0}
 
 
 def test_query_density_and_albedo():
@@ -419,6 +420,43 @@ def test_distortion_loss_matches_the_double_sum_and_prefers_a_surface():
     # a run that does not weight it does not pay for it (the training loop passes its weights)
     assert "distortion" not in nerf.regularizers(out, 0, {"distortion": 0.0})
     assert nerf.regularizers(out, 0, {"distortion": 1.0})["distortion"] == reg["distortion"]
+
+
+def test_albedo_smoothness_draws_surface_points_and_evens_the_colour():
+    """"albedo_smooth" is E|a(x + δ) − a(x)|₁ at points drawn by the render's weights: positive on the random start's
+    mottled colour, with gradients into the field, 0 outside training, left out (drawing nothing) when unweighted, and
+    descending it evens the albedo the renders show."""
+    nerf = build(seed=0).train()
+    c = cams(2, 16)
+    out = nerf.render(c, torch.ones(2, 16, 16, 3))
+    reg = nerf.regularizers(out, 0)
+    assert reg["albedo_smooth"] > 0 and "albedo_smooth" in nerf.regularizer_weights
+    reg["albedo_smooth"].backward()
+    assert nerf.grid.parameters().__next__().grad.abs().sum() > 0 and nerf.mlp[2].weight.grad.abs().sum() > 0
+    state = nerf.gen.get_state()
+    assert "albedo_smooth" not in nerf.regularizers(out, 0, {"albedo_smooth": 0.0})
+    assert torch.equal(nerf.gen.get_state(), state)  # an unweighted term does not move the run's random stream
+    assert nerf.eval().regularizers(nerf.render(c, torch.ones(2, 16, 16, 3)), 0)["albedo_smooth"] == 0
+
+    def spread(scene):  # std of the albedo the renders show where they are opaque
+        with torch.no_grad():
+            o = scene.eval().render(c, torch.ones(2, 16, 16, 3))
+        return float((o.albedo / o.alpha.clamp_min(1e-6))[o.alpha[..., 0] > 0.5].std(0).mean())
+
+    with torch.no_grad():  # a strongly mottled colour: large random albedo logits from the hash grid
+        for p in nerf.grid.parameters():
+            p.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(1))
+    before = spread(nerf)
+    opt = torch.optim.Adam(nerf.parameters(), lr=1e-2)
+    for step in range(40):
+        nerf.train()
+        term = nerf.regularizers(nerf.render(c, torch.ones(2, 16, 16, 3)), step, {"distortion": 0.0})["albedo_smooth"]
+        opt.zero_grad()
+        term.backward()
+        opt.step()
+    assert spread(nerf) < 0.5 * before, (before, spread(nerf))
+    with pytest.raises(ValueError, match="albedo_smooth_eps"):
+        NeRFConfig(albedo_smooth_eps=0.0)
 
 
 def test_exp_density_activation_is_exp_with_a_clamped_gradient():
