@@ -55,7 +55,7 @@ def _binary_entropy(p: Tensor) -> Tensor:
 class GaussiansConfig:
     """3D Gaussian splatting: initialisation, colour, learning rates, densification, regularisers and backend."""
 
-    REGULARIZERS: ClassVar[tuple[str, ...]] = ("scale", "anisotropy", "opacity", "opacity_entropy")
+    REGULARIZERS: ClassVar[tuple[str, ...]] = ("scale", "anisotropy", "opacity", "opacity_entropy", "albedo_smooth")
     """The terms ``Gaussians.regularizers`` returns: the keys a run's ``regularizers:`` may weight."""
 
     num_points: int = 2000
@@ -144,6 +144,14 @@ class GaussiansConfig:
     (the demo cube at 10: median opacity 0.13 -> 0.01, mean alpha in the silhouette 0.96 -> 0.89), which tightens the
     exported geometry (accuracy 0.066 -> 0.062, completeness 0.058 -> 0.048) and the renders (+0.5 dB) but darkens
     the albedo that shows through (luminance 0.93 -> 0.67; docs/benchmarks.md, session 34)."""
+    albedo_smooth_reg: float = 0.0
+    """Weight of "albedo_smooth": E|a(x) − a(x + δ)|₁, a the splats' density-weighted DC colour (``query_albedo``,
+    its weights held fixed so only colours move), x a jittered centre of a splat drawn by how much the render showed
+    it, δ ~ N(0, albedo_smooth_eps²): the NeRF's term (renderers/nerf.py) on splats."""
+    albedo_smooth_eps: float = 0.02
+    """Std of the jitter of "albedo_smooth", in metres."""
+    albedo_smooth_samples: int = 2048
+    """Point pairs drawn per training step for "albedo_smooth"."""
     light: str = "none"
     """"none" (the splats' colour is what renders) or "shapes" (every render lit per pixel, from depth normals, by
     the shapes world's fixed key light: the light of its exemplars, so the colour learns the true albedo)."""
@@ -412,20 +420,59 @@ class Gaussians(nn.Module, DensityField, GaussianSplats, OwnOptimizer, SurfaceCo
         """Default weights of the terms of :meth:`regularizers` (the loop overrides them by name)."""
         c = self.cfg
         return {"scale": c.scale_reg, "anisotropy": c.anisotropy_reg, "opacity": c.opacity_reg,
-                "opacity_entropy": c.opacity_entropy_reg}
+                "opacity_entropy": c.opacity_entropy_reg, "albedo_smooth": c.albedo_smooth_reg}
 
     def regularizers(self, out: RenderOutput, step: int, weights: Mapping[str, float] | None = None
                      ) -> dict[str, Tensor]:
-        """Unweighted terms: mean scale (metres), mean excess anisotropy, mean opacity, mean opacity entropy (weights:
-        above)."""
+        """Unweighted terms: mean scale (metres), mean excess anisotropy, mean opacity, mean opacity entropy and the
+        colour's smoothness (weights: above; "albedo_smooth" is left out when ``weights`` gives it weight 0)."""
         if self.num_gaussians == 0:
             zero = self.means.sum() * 0.0
-            return {"scale": zero, "anisotropy": zero, "opacity": zero, "opacity_entropy": zero}
+            return {"scale": zero, "anisotropy": zero, "opacity": zero, "opacity_entropy": zero, "albedo_smooth": zero}
         ratio = torch.exp(self.log_scales.amax(-1) - self.log_scales.amin(-1))
-        return {"scale": self.scales.mean(),
+        regs = {"scale": self.scales.mean(),
                 "anisotropy": F.relu(ratio - self.cfg.anisotropy_max).mean(),
                 "opacity": self.opacities.mean(),
                 "opacity_entropy": _binary_entropy(self.opacities)}
+        if weights is None or weights.get("albedo_smooth", 1.0) != 0:
+            regs["albedo_smooth"] = self._albedo_smoothness(out)
+        return regs
+
+    def _albedo_smoothness(self, out: RenderOutput) -> Tensor:
+        """E|a(x) − a(x + δ)|₁ at x = μ_i + δ₀, splats i drawn with probability ∝ their largest blending weight in
+        ``out`` (0 outside training renders, which carry no weights)."""
+        top = out.extras.get("max_weight")
+        zero = self.sh_dc.sum() * 0.0
+        if not self.training or top is None or top.shape[-1] != self.num_gaussians or self.num_gaussians == 0:
+            return zero
+        shown = top.detach().reshape(-1, self.num_gaussians).amax(0).float().clamp_min(0).cpu()
+        if float(shown.sum()) <= 0:
+            return zero
+        k, eps = self.cfg.albedo_smooth_samples, self.cfg.albedo_smooth_eps
+        pick = torch.multinomial(shown, k, replacement=True, generator=self._rng).to(self.means.device)
+        x = self.means.detach()[pick] + torch.randn(k, 3, generator=self._rng).to(self.means) * eps
+        x = torch.cat([x, x + torch.randn(k, 3, generator=self._rng).to(self.means) * eps])
+        colour, found = self._colour_at(x)
+        both = found[:k] & found[k:]
+        if not bool(both.any()):
+            return zero
+        return (colour[:k] - colour[k:]).abs().sum(-1)[both].mean()
+
+    def _colour_at(self, x: Tensor, block: float = 0.15) -> tuple[Tensor, Tensor]:
+        """``query_albedo`` at x [M,3] with its weights held fixed and the DC colours differentiable: (colour [M,3],
+        whether any splat reaches each point [M])."""
+        colour = (0.5 + SH_C0 * self.sh_dc).clamp(0, 1)
+        idx_all, val_all = [], []
+        found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        for idx, near, w in self._local_weights(x, block):
+            total = w.sum(-1, keepdim=True)
+            ok = total[:, 0] > 1e-8
+            found[idx] = ok
+            idx_all.append(idx)
+            val_all.append((w / total.clamp_min(1e-8)).to(colour.dtype) @ colour[near])
+        if not idx_all:
+            return x.new_zeros(x.shape[0], 3), found
+        return x.new_zeros(x.shape[0], 3).index_put((torch.cat(idx_all),), torch.cat(val_all)), found
 
     # ------------------------------------------------------------------------------------------- densification
     @torch.no_grad()
@@ -627,18 +674,29 @@ class Gaussians(nn.Module, DensityField, GaussianSplats, OwnOptimizer, SurfaceCo
 
     @torch.no_grad()
     def _query(self, x: Tensor, with_albedo: bool, block: float = 0.15) -> tuple[Tensor, Tensor | None]:
-        """Density (and albedo) at points x [M,3], evaluated locally block by block (``_local_cells``).
-
-        Within a cell the Mahalanobis form is three matmuls in float64 coordinates relative to the cell's centre (no
-        cancellation for small splats):
-        (x−μ)ᵀP(x−μ) = [x², y², z², 2xy, 2xz, 2yz]·[P₀₀, P₁₁, P₂₂, P₀₁, P₀₂, P₁₂] − 2 xᵀ(Pμ) + μᵀPμ.
-        """
+        """Density (and albedo) at points x [M,3], evaluated locally block by block (``_local_weights``)."""
         M, dev = x.shape[0], x.device
         dens = torch.zeros(M, dtype=torch.float64, device=dev)
         alb = torch.zeros(M, 3, dtype=torch.float64, device=dev) if with_albedo else None
         if self.num_gaussians == 0 or M == 0:
             return dens.to(x.dtype), (None if alb is None else alb.to(x.dtype))
-        P, mu, o, colour = self._splat_terms()
+        colour = self._splat_terms()[3]
+        for idx, near, w in self._local_weights(x, block):
+            dens[idx] = w.sum(-1)
+            if alb is not None:
+                alb[idx] = (w @ colour[near]) / w.sum(-1, keepdim=True).clamp_min(1e-8)
+        return dens.to(x.dtype), (None if alb is None else alb.to(x.dtype))
+
+    @torch.no_grad()
+    def _local_weights(self, x: Tensor, block: float):
+        """Per cell of ``_local_cells``: (point indices, Gaussian indices, float64 weights o·exp(−½ (x−μ)ᵀP(x−μ))
+        [points, Gaussians]).
+
+        Within a cell the Mahalanobis form is three matmuls in float64 coordinates relative to the cell's centre (no
+        cancellation for small splats):
+        (x−μ)ᵀP(x−μ) = [x², y², z², 2xy, 2xz, 2yz]·[P₀₀, P₁₁, P₂₂, P₀₁, P₀₂, P₁₂] − 2 xᵀ(Pμ) + μᵀPμ.
+        """
+        P, mu, o, _ = self._splat_terms()
         coef = torch.stack([P[:, 0, 0], P[:, 1, 1], P[:, 2, 2], P[:, 0, 1], P[:, 0, 2], P[:, 1, 2]], 0)  # [6,N]
         xd = x.double()
         for idx, near in self._local_cells(x, 0.0, block):
@@ -649,11 +707,7 @@ class Gaussians(nn.Module, DensityField, GaussianSplats, OwnOptimizer, SurfaceCo
             mono = torch.stack([xl[:, 0] ** 2, xl[:, 1] ** 2, xl[:, 2] ** 2, 2 * xl[:, 0] * xl[:, 1],
                                 2 * xl[:, 0] * xl[:, 2], 2 * xl[:, 1] * xl[:, 2]], -1)
             q = mono @ coef[:, near] - 2 * xl @ Pm.T + (ml * Pm).sum(-1)
-            w = o[near] * torch.exp(-0.5 * q.clamp_min(0))
-            dens[idx] = w.sum(-1)
-            if alb is not None:
-                alb[idx] = (w @ colour[near]) / w.sum(-1, keepdim=True).clamp_min(1e-8)
-        return dens.to(x.dtype), (None if alb is None else alb.to(x.dtype))
+            yield idx, near, o[near] * torch.exp(-0.5 * q.clamp_min(0))
 
     @torch.no_grad()
     def surface_colour(self, x: Float[Tensor, "M 3"], n: Float[Tensor, "M 3"], outside: float = 0.05,

@@ -535,6 +535,42 @@ def test_opacity_entropy_is_the_mean_binary_entropy_and_pushes_away_from_one_hal
     assert (g[p < 0.5] > 0).all() and (g[p > 0.5] < 0).all()  # descent lowers the faint ones, raises the solid ones
 
 
+def test_albedo_smoothness_moves_only_colours_and_evens_them():
+    """"albedo_smooth": E|a(x) − a(x + δ)|₁ of the density-weighted DC colour at jittered centres of shown splats.
+    Positive on random colours, its gradient reaches the colours alone, it is 0 outside training and for an unshown
+    scene, it is left out (drawing nothing from the scene's stream) when unweighted, and descending it evens the
+    colour the renders show."""
+    scene = _randomise(_scene(num_points=200, init_radius=0.4)).train()
+    with torch.no_grad():  # colours inside (0, 1): a clamped colour has no gradient
+        scene.sh_dc.mul_(0.5)
+    c = _cams(2, 24)
+    out = scene.render(c, torch.ones(2, 24, 24, 3))
+    term = scene.regularizers(out, 0)["albedo_smooth"]
+    assert term > 0 and scene.regularizer_weights["albedo_smooth"] == 0.0
+    term.backward()
+    assert scene.sh_dc.grad.abs().sum() > 0
+    assert all(p.grad is None for p in (scene.means, scene.log_scales, scene.quats, scene.opacity_logits))
+    state = scene._rng.get_state()
+    assert "albedo_smooth" not in scene.regularizers(out, 0, {"albedo_smooth": 0.0})
+    assert torch.equal(scene._rng.get_state(), state)
+    assert scene.eval().regularizers(scene.render(c, torch.ones(2, 24, 24, 3)), 0)["albedo_smooth"] == 0
+
+    def spread(s):  # std over opaque pixels of the colour rendered
+        with torch.no_grad():
+            o = s.eval().render(c, torch.ones(2, 24, 24, 3))
+        return float((o.rgb - (1 - o.alpha)).div(o.alpha.clamp_min(1e-6))[o.alpha[..., 0] > 0.8].std(0).mean())
+
+    before = spread(scene)
+    opt = torch.optim.Adam([scene.sh_dc], lr=2e-2)
+    for step in range(60):
+        scene.train()
+        term = scene.regularizers(scene.render(c, torch.ones(2, 24, 24, 3)), step)["albedo_smooth"]
+        opt.zero_grad()
+        term.backward()
+        opt.step()
+    assert spread(scene) < 0.2 * before, (before, spread(scene))
+
+
 def test_means_learning_rate_decays_exponentially_to_its_final_value():
     """lr_means_final: the means' rate goes from the optimiser's start rate (lr_scale included) to lr_scale times
     lr_means_final over lr_means_decay_steps, log-linearly, then stays; other groups keep theirs."""
