@@ -842,6 +842,18 @@ at one thread; two put the demo cube's face spread under 10/255) and which would
 (at four views; docs/benchmarks.md, sessions 31-32)."""
 
 
+RECOMMENDED_BY_OBJECTIVE_AND_RENDERER: dict = {"elbo": {"nerf": {"renderer.lambda_albedo_smooth": 10.0},
+                                                        "gaussians": {"renderer.albedo_smooth_reg": 10.0}}}
+"""Settings for one objective's runs with one renderer (distillery.json "defaults_by_objective_and_renderer"; a
+camera-coded folder's CAMERA_CODE_BY_OBJECTIVE_AND_RENDERER go on top): elbo's NeRF and Gaussians with the albedo
+smoothness term at 10 (renderers/nerf.py "albedo_smooth", renderers/gaussians.py). Without it both renderers paint
+what the prior's 64-pixel samples show, mottled pink flecks on the red cube and a lighter patch where a torus's hole
+should be, and the faces the views see least keep a mix of their own (the cubes' bottoms: face spread 15-32/255).
+Measured on the shipped folder (docs/benchmarks.md, session 41; seeds 0-2, cube / torus / cone): the cubes' face
+spread NeRF 5.0 / 6.9 / 7.8 (from 8.0 / 16.4 / 15.2), Gaussians 13.1 / 6.4 / 7.3 (from 22.7-31.9); goal 2 of issue
+#17 on 15 of the 18 fidelity runs (from 9)."""
+
+
 CAMERA_CODE_BY_OBJECTIVE: dict = {"elbo": {"guidance.guidance_scale": 5.0, "cameras.elevation": [-10.0, 45.0]},
                                   "csd": {"prompts.camera_code": False}}
 """Settings for one objective's runs on a folder whose camera code goes to the conditional branch alone (added to
@@ -894,25 +906,27 @@ def write_defaults(out: str, camera_code: bool = False, camera_uncond: bool = Fa
     """distillery.json: the world the folder models (its runs are evaluated against that world's ground truth),
     RECOMMENDED_DEFAULTS (plus ``prompts.camera_code`` for a camera-conditioned UNet, which needs it, and
     ``prompts.camera_uncond`` for one whose unconditional model also learned the camera),
-    RECOMMENDED_OBJECTIVE and RECOMMENDED_BY_OBJECTIVE; for a camera-conditioned UNet, CAMERA_CODE_BY_OBJECTIVE and
-    CAMERA_CODE_BY_OBJECTIVE_AND_RENDERER too, with elbo's NeRF views from ``nerf_lowest_view(lowest_elevation)``
-    when the data reaches below -15 degrees."""
+    RECOMMENDED_OBJECTIVE, RECOMMENDED_BY_OBJECTIVE and RECOMMENDED_BY_OBJECTIVE_AND_RENDERER; for a
+    camera-conditioned UNet, CAMERA_CODE_BY_OBJECTIVE and CAMERA_CODE_BY_OBJECTIVE_AND_RENDERER too (on top), with
+    elbo's NeRF views from ``nerf_lowest_view(lowest_elevation)`` when the data reaches below -15 degrees."""
     defaults = {**RECOMMENDED_DEFAULTS, **({"prompts.camera_code": True} if camera_code else {}),
                 **({"prompts.camera_uncond": True} if camera_uncond else {})}
     by_objective = {k: dict(v) for k, v in RECOMMENDED_BY_OBJECTIVE.items()}
-    by_pair: dict = {}
+    by_pair = {k: {r: dict(v) for r, v in by_renderer.items()}
+               for k, by_renderer in RECOMMENDED_BY_OBJECTIVE_AND_RENDERER.items()}
     if camera_code and not camera_uncond:
         for name, settings in CAMERA_CODE_BY_OBJECTIVE.items():
             by_objective.setdefault(name, {}).update(settings)
-        by_pair = {k: {r: dict(v) for r, v in by_renderer.items()}
-                   for k, by_renderer in CAMERA_CODE_BY_OBJECTIVE_AND_RENDERER.items()}
+        for name, by_renderer in CAMERA_CODE_BY_OBJECTIVE_AND_RENDERER.items():
+            for renderer, settings in by_renderer.items():
+                by_pair.setdefault(name, {}).setdefault(renderer, {}).update(settings)
         elbo_low, elbo_high = CAMERA_CODE_BY_OBJECTIVE["elbo"]["cameras.elevation"]
         low = nerf_lowest_view(lowest_elevation)
         if low < elbo_low:  # data from below: the NeRF's views start there too
             by_pair["elbo"]["nerf"]["cameras.elevation"] = [low, elbo_high]
     doc = {"about": "Written by `engine train-prior shapes` (engine/train_prior.py RECOMMENDED_DEFAULTS, "
-                    "RECOMMENDED_OBJECTIVE, RECOMMENDED_BY_OBJECTIVE, CAMERA_CODE_BY_OBJECTIVE, "
-                    "CAMERA_CODE_BY_OBJECTIVE_AND_RENDERER).",
+                    "RECOMMENDED_OBJECTIVE, RECOMMENDED_BY_OBJECTIVE, RECOMMENDED_BY_OBJECTIVE_AND_RENDERER, "
+                    "CAMERA_CODE_BY_OBJECTIVE, CAMERA_CODE_BY_OBJECTIVE_AND_RENDERER).",
            "world": "shapes", "objective": RECOMMENDED_OBJECTIVE, "defaults": defaults,
            "defaults_by_objective": by_objective,
            **({"defaults_by_objective_and_renderer": by_pair} if by_pair else {})}

@@ -83,7 +83,7 @@ def test_train_prior_conditions_on_the_camera(tmp_path, monkeypatch):
     seed without it), the folder tells its runs to send the code (distillery.json ``prompts.camera_code``, which a run
     on it takes, with engine/train_prior.py ``CAMERA_CODE_BY_OBJECTIVE``), and plain diffusers still samples it from
     the prompt alone."""
-    from engine.train_prior import RECOMMENDED_BY_OBJECTIVE
+    from engine.train_prior import RECOMMENDED_BY_OBJECTIVE, RECOMMENDED_BY_OBJECTIVE_AND_RENDERER
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
@@ -99,9 +99,12 @@ def test_train_prior_conditions_on_the_camera(tmp_path, monkeypatch):
     assert by_objective["elbo"] == {**RECOMMENDED_BY_OBJECTIVE["elbo"], "guidance.guidance_scale": 5.0,
                                     "cameras.elevation": [-10.0, 45.0]}  # the views where the data has them
     by_pair = json.load(open(os.path.join(b, "distillery.json")))["defaults_by_objective_and_renderer"]
-    assert by_pair == {"elbo": {"nerf": {"guidance.guidance_scale": 3.0}}}  # the NeRF's colour: a gentler warm-up
+    smooth = RECOMMENDED_BY_OBJECTIVE_AND_RENDERER["elbo"]  # the albedo smoothness, for every folder
+    assert by_pair == {"elbo": {"nerf": {**smooth["nerf"], "guidance.guidance_scale": 3.0},  # a gentler warm-up
+                                "gaussians": smooth["gaussians"]}}
     assert "prompts.camera_code" not in json.load(open(os.path.join(a, "distillery.json")))["defaults"]
-    assert "defaults_by_objective_and_renderer" not in json.load(open(os.path.join(a, "distillery.json")))
+    assert json.load(open(os.path.join(a, "distillery.json")))["defaults_by_objective_and_renderer"] == {
+        "elbo": smooth}
     from diffusers import StableDiffusionPipeline
     pipe = StableDiffusionPipeline.from_pretrained(b, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
@@ -343,7 +346,8 @@ def test_nerf_views_from_below_only_where_the_data_reaches(tmp_path):
         nerf = json.load(open(tmp_path / "distillery.json"))["defaults_by_objective_and_renderer"]["elbo"]["nerf"]
         assert nerf.get("cameras.elevation") == expect and nerf["guidance.guidance_scale"] == 3.0
     write_defaults(str(tmp_path), camera_code=False, lowest_elevation=-35.0)
-    assert "defaults_by_objective_and_renderer" not in json.load(open(tmp_path / "distillery.json"))
+    nerf = json.load(open(tmp_path / "distillery.json"))["defaults_by_objective_and_renderer"]["elbo"]["nerf"]
+    assert "cameras.elevation" not in nerf and "guidance.guidance_scale" not in nerf
 
 
 def test_prior_folder_defaults_by_objective_and_renderer_apply_to_that_pair_only(tmp_path, capsys):
@@ -503,6 +507,9 @@ def test_shipped_prior_recommended_defaults_are_applied(capsys):
     assert gauss.cameras.elevation == (-10.0, 45.0)  # its views over the range of both halves of the prior's data
     assert cfg.cameras.elevation == (-30.0, 45.0)  # the NeRF's also from below (E's data reaches -35)
     assert cfg.renderer.density_activation == "exp"
+    assert cfg.renderer.lambda_albedo_smooth == 10.0 and gauss.renderer.albedo_smooth_reg == 10.0  # even colour
+    sds, _ = build_generate_config(["a red cube", "--prior", "shapes", "--guidance", "sds"])
+    assert sds.renderer.lambda_albedo_smooth == 0.0  # measured under elbo only
     assert cfg.prompts.camera_code  # its UNet reads each view's camera (--camera-code)
     cfg, _ = build_generate_config(["a red cube", "--prior", "shapes", "--guidance", "csd"])
     assert not cfg.prompts.camera_code  # but CSD's classifier direction is the text's alone
