@@ -148,8 +148,10 @@ class GaussiansConfig:
     """Weight of "albedo_smooth": E|a(x) − a(x + δ)|₁, a the splats' density-weighted DC colour (``query_albedo``,
     its weights held fixed so only colours move), x a jittered centre of a splat drawn by how much the render showed
     it, δ ~ N(0, albedo_smooth_eps²): the NeRF's term (renderers/nerf.py) on splats."""
-    albedo_smooth_eps: float = 0.02
-    """Std of the jitter of "albedo_smooth", in metres."""
+    albedo_smooth_eps: float = 0.01
+    """Std of the jitter of "albedo_smooth", in metres: about half a splat's size on the shapes world. At 0.02 the
+    cubes' faces came out more even (spread 9-12.5/255 against 15-21) but the cones 14-16% bright and the tori's holes
+    narrower (0.020-0.023 m against 0.015-0.021; docs/benchmarks.md, session 41)."""
     albedo_smooth_samples: int = 1024
     """Point pairs drawn per training step for "albedo_smooth" (1024 add about 15% to a 64-pixel, two-view step on
     a CPU)."""
