@@ -849,11 +849,11 @@ camera-coded folder's CAMERA_CODE_BY_OBJECTIVE_AND_RENDERER go on top): elbo's N
 smoothness term at 10 (renderers/nerf.py and renderers/gaussians.py "albedo_smooth"). Without it both renderers
 paint what the prior's 64-pixel samples show, mottled pink flecks on the red cube and a lighter patch where a torus's
 hole should be, and the faces the views see least keep a mix of their own (the cubes' bottoms). Measured on the
-shipped folder (docs/benchmarks.md, session 41; seeds 0-2): the cubes' face spread NeRF 5.0 / 6.9 / 7.8 (from 8.0 /
-16.4 / 15.2), Gaussians 12.5 / 9.8 / 9.0 (from 22.7-31.9); the NeRF tori without a hole no longer painted cyan
-(luminance 1.05 / 1.11, from 1.57 / 1.18); the Gaussians' held-out PSNR 0.9-2.7 dB higher. Goal 2 of issue #17 on 13
-of the 18 fidelity runs (from 9), goal 1 on 13 (from 15: the NeRF cube's seed 1 dents, 0.034 m; the Gaussians torus
-narrows, 0.020-0.023 m). 3 and 30 for the NeRF and 3 and 5 for the Gaussians measured too."""
+shipped folder (docs/benchmarks.md, session 41; seeds 0-2): the NeRF cube's face spread 5.0 / 6.9 / 7.8 (from 8.0 /
+16.4 / 15.2) and the NeRF tori without a hole no longer painted cyan (luminance 1.05 / 1.11, from 1.57 / 1.18); the
+Gaussians cones' chromaticity 0.003-0.008 (was up to 0.069), their cube's spread 15.2-20.7 (from 22.7-31.9), their
+held-out PSNR 0.7-2.2 dB higher. Goal 2 of issue #17 on 13 of the 18 fidelity runs (from 9), goal 1 on 14 (from 15:
+the NeRF cube's seed 1 dents, 0.034 m). 3 and 30 for the NeRF and 3 and 5 for the Gaussians measured too."""
 
 
 CAMERA_CODE_BY_OBJECTIVE: dict = {"elbo": {"guidance.guidance_scale": 5.0, "cameras.elevation": [-10.0, 45.0]},
