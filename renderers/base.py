@@ -241,3 +241,19 @@ def composite(rgb: Tensor, alpha: Tensor, background: Tensor) -> Tensor:
     """Premultiplied ``rgb`` [...,3] plus (1 - alpha) times ``background``."""
     return rgb + (1.0 - alpha) * background
 
+
+MULTINOMIAL_MAX = 1 << 24
+"""torch.multinomial's largest number of categories."""
+
+
+def draw_by_weight(weights: Tensor, k: int, gen: torch.Generator) -> Tensor:
+    """``k`` indices drawn with replacement with probability ∝ ``weights`` [N] (non-negative, positive sum), from the
+    CPU generator ``gen``, as a CPU tensor: torch.multinomial up to its MULTINOMIAL_MAX categories, beyond it (a large
+    GPU render's samples) the inverse of the weights' cumulative sum at k uniform draws."""
+    w = weights.detach().float().clamp_min(0).cpu()
+    if w.shape[0] <= MULTINOMIAL_MAX:
+        return torch.multinomial(w, k, replacement=True, generator=gen)
+    cdf = torch.cumsum(w.double(), 0)
+    u = torch.rand(k, generator=gen, dtype=torch.float64) * cdf[-1]
+    return torch.searchsorted(cdf, u, right=True).clamp_max(w.shape[0] - 1)
+

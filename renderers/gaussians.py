@@ -33,7 +33,15 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from foundation.cameras import Cameras
-from renderers.base import DensityField, GaussianSplats, OwnOptimizer, RenderOutput, SurfaceColour, composite
+from renderers.base import (
+    DensityField,
+    GaussianSplats,
+    OwnOptimizer,
+    RenderOutput,
+    SurfaceColour,
+    composite,
+    draw_by_weight,
+)
 from renderers.kernels import resolve_backend, splat
 from renderers.kernels.splat_torch import SH_C0, covariance, eval_sh, quat_to_rotmat
 from renderers.keylight import LIGHTS, shade_under_key_light
@@ -443,16 +451,17 @@ class Gaussians(nn.Module, DensityField, GaussianSplats, OwnOptimizer, SurfaceCo
 
     def _albedo_smoothness(self, out: RenderOutput) -> Tensor:
         """E|a(x) − a(x + δ)|₁ at x = μ_i + δ₀, splats i drawn with probability ∝ their largest blending weight in
-        ``out`` (0 outside training renders, which carry no weights)."""
-        top = out.extras.get("max_weight")
+        ``out`` (by their opacity where the backend reports no weights: gsplat's); 0 outside training."""
         zero = self.sh_dc.sum() * 0.0
-        if not self.training or top is None or top.shape[-1] != self.num_gaussians or self.num_gaussians == 0:
+        if not self.training or self.num_gaussians == 0:
             return zero
-        shown = top.detach().reshape(-1, self.num_gaussians).amax(0).float().clamp_min(0).cpu()
-        if float(shown.sum()) <= 0:
+        top = out.extras.get("max_weight")
+        shown = (top.detach().reshape(-1, self.num_gaussians).amax(0)
+                 if top is not None and top.shape[-1] == self.num_gaussians else self.opacities.detach())
+        if float(shown.clamp_min(0).sum()) <= 0:
             return zero
         k, eps = self.cfg.albedo_smooth_samples, self.cfg.albedo_smooth_eps
-        pick = torch.multinomial(shown, k, replacement=True, generator=self._rng).to(self.means.device)
+        pick = draw_by_weight(shown, k, self._rng).to(self.means.device)
         x = self.means.detach()[pick] + torch.randn(k, 3, generator=self._rng).to(self.means) * eps
         x = torch.cat([x, x + torch.randn(k, 3, generator=self._rng).to(self.means) * eps])
         colour, found = self._colour_at(x, block=0.3)  # larger cells than the export's: fewer, faster here

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from foundation.cameras import Cameras
 from renderers import kernels
-from renderers.base import DensityField, OptionalNormals, RenderOutput, composite
+from renderers.base import DensityField, OptionalNormals, RenderOutput, composite, draw_by_weight
 from renderers.kernels import volume_torch
 from renderers.kernels.hashgrid_torch import HashGrid
 from renderers.kernels.volume_torch import OccupancyGrid
@@ -415,8 +415,7 @@ class NeRF(nn.Module, DensityField, OptionalNormals):
         w = ray_weights[1].detach().clamp_min(0)
         if float(w.sum()) <= 0:
             return out.alpha.new_zeros(())
-        pick = torch.multinomial(w.cpu(), self.cfg.albedo_smooth_samples, replacement=True, generator=self.gen)
-        p = x[pick.to(x.device)]
+        p = x[draw_by_weight(w, self.cfg.albedo_smooth_samples, self.gen).to(x.device)]
         jitter = torch.randn(p.shape, generator=self.gen).to(p) * self.cfg.albedo_smooth_eps
         a = torch.sigmoid(self._field(torch.cat([p, p + jitter]))[1])
         return (a[: len(p)] - a[len(p):]).abs().sum(-1).mean()

@@ -1,6 +1,7 @@
 """3D Gaussian splatting: parity with gsplat's torch reference, a brute-force compositor, scene invariants,
 densification bookkeeping, checkpoints and the INRIA PLY layout. All CPU and small, except the CUDA parity test."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -554,6 +555,9 @@ def test_albedo_smoothness_moves_only_colours_and_evens_them():
     assert "albedo_smooth" not in scene.regularizers(out, 0, {"albedo_smooth": 0.0})
     assert torch.equal(scene._rng.get_state(), state)
     assert scene.eval().regularizers(scene.render(c, torch.ones(2, 24, 24, 3)), 0)["albedo_smooth"] == 0
+    scene.train()  # a backend that reports no blending weights (gsplat's): splats drawn by opacity instead
+    without = dataclasses.replace(out, extras={k: v for k, v in out.extras.items() if k != "max_weight"})
+    assert scene.regularizers(without, 0)["albedo_smooth"] > 0
 
     def spread(s):  # std over opaque pixels of the colour rendered
         with torch.no_grad():

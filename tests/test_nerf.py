@@ -459,6 +459,20 @@ def test_albedo_smoothness_draws_surface_points_and_evens_the_colour():
         NeRFConfig(albedo_smooth_eps=0.0)
 
 
+def test_draw_by_weight_follows_the_weights_past_multinomials_limit(monkeypatch):
+    """renderers.base.draw_by_weight: indices in proportion to the weights, never a zero-weight one, by
+    torch.multinomial and, past its category limit (a large GPU render's samples), by inverting the cumulative sum."""
+    import renderers.base as base
+
+    w = torch.tensor([0.0, 1.0, 3.0, 0.0, 4.0])
+    for limit in (base.MULTINOMIAL_MAX, 3):  # the second forces the cumulative-sum path on 5 categories
+        monkeypatch.setattr(base, "MULTINOMIAL_MAX", limit)
+        idx = base.draw_by_weight(w, 40000, torch.Generator().manual_seed(0))
+        freq = torch.bincount(idx, minlength=5).double() / len(idx)
+        assert idx.dtype == torch.long and freq[0] == 0 and freq[3] == 0, freq
+        torch.testing.assert_close(freq, w.double() / w.sum(), atol=0.01, rtol=0)
+
+
 def test_exp_density_activation_is_exp_with_a_clamped_gradient():
     """``density_activation="exp"`` (Instant-NGP's trunc_exp): σ = exp(pre-activation), whose backward uses
     exp(min(x, 15)) so that a dense start cannot overflow the gradient; an unknown name is refused."""
