@@ -930,8 +930,7 @@ def write_defaults(out: str, camera_code: bool = False, camera_uncond: bool = Fa
                     "RECOMMENDED_OBJECTIVE, RECOMMENDED_BY_OBJECTIVE, RECOMMENDED_BY_OBJECTIVE_AND_RENDERER, "
                     "CAMERA_CODE_BY_OBJECTIVE, CAMERA_CODE_BY_OBJECTIVE_AND_RENDERER).",
            "world": "shapes", "objective": RECOMMENDED_OBJECTIVE, "defaults": defaults,
-           "defaults_by_objective": by_objective,
-           **({"defaults_by_objective_and_renderer": by_pair} if by_pair else {})}
+           "defaults_by_objective": by_objective, "defaults_by_objective_and_renderer": by_pair}
     with open(os.path.join(out, "distillery.json"), "w") as f:
         json.dump(doc, f, indent=1)
 

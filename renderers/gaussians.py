@@ -196,6 +196,9 @@ class GaussiansConfig:
         if self.init != "file" and not 1 <= self.num_points <= self.max_gaussians:
             raise ValueError(f"gaussians.num_points must be in [1, max_gaussians={self.max_gaussians}], "
                              f"got {self.num_points}")
+        if self.albedo_smooth_eps <= 0 or self.albedo_smooth_samples < 1:
+            raise ValueError(f"gaussians.albedo_smooth_eps must be > 0 and albedo_smooth_samples >= 1, got "
+                             f"{self.albedo_smooth_eps} and {self.albedo_smooth_samples}")
 
     def build(self, gen: torch.Generator, device: torch.device | str = "cpu") -> "Gaussians":
         """Initialise a scene on ``device``; ``gen`` (CPU generator) is the run's single source of randomness."""
@@ -473,7 +476,7 @@ class Gaussians(nn.Module, DensityField, GaussianSplats, OwnOptimizer, SurfaceCo
     def _colour_at(self, x: Tensor, block: float = 0.15) -> tuple[Tensor, Tensor]:
         """``query_albedo`` at x [M,3] with its weights held fixed and the DC colours differentiable: (colour [M,3],
         whether any splat reaches each point [M])."""
-        colour = (0.5 + SH_C0 * self.sh_dc).clamp(0, 1)
+        colour = self._dc_colour()
         idx_all, val_all = [], []
         found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for idx, near, w in self._local_weights(x, block):
@@ -662,7 +665,11 @@ class Gaussians(nn.Module, DensityField, GaussianSplats, OwnOptimizer, SurfaceCo
         """Float64 precision matrices P [N,3,3], means [N,3], opacities [N] and DC colours [N,3] of the splats."""
         P = torch.linalg.inv(covariance(self.quats, self.scales).double()
                              + 1e-12 * torch.eye(3, dtype=torch.float64, device=self.means.device))
-        return P, self.means.double(), self.opacities.double(), (0.5 + SH_C0 * self.sh_dc).clamp(0, 1).double()
+        return P, self.means.double(), self.opacities.double(), self._dc_colour().double()
+
+    def _dc_colour(self) -> Tensor:
+        """The splats' view-independent colour [N,3] in [0,1]: the SH DC term (INRIA: SH_C0·dc + 0.5), clamped."""
+        return (0.5 + SH_C0 * self.sh_dc).clamp(0, 1)
 
     def _local_cells(self, x: Tensor, margin: float, block: float):
         """The block-local pairing of both queries below: points x [M,3] are binned into cubic cells of side

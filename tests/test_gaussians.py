@@ -573,6 +573,10 @@ def test_albedo_smoothness_moves_only_colours_and_evens_them():
         term.backward()
         opt.step()
     assert spread(scene) < 0.2 * before, (before, spread(scene))
+    with pytest.raises(ValueError, match="albedo_smooth_eps"):
+        GaussiansConfig(albedo_smooth_eps=0.0)
+    with pytest.raises(ValueError, match="albedo_smooth_samples"):
+        GaussiansConfig(albedo_smooth_samples=0)
 
 
 def test_means_learning_rate_decays_exponentially_to_its_final_value():
