@@ -28,6 +28,10 @@ References and notation:
   sparsity mean √(A² + 0.01), opacity entropy −mean[A log A + (1 − A) log(1 − A)] ("opaque"), and Mip-NeRF 360's
   distortion loss (arXiv 2111.12077, eq. 15; renderers/kernels/volume_torch.py ``distortion``), which turns a
   soft cloud into a surface.
+- A gradient that sees through (``see_through``, off by default): inside an opaque, uniformly coloured solid the
+  exact gradient of a pixel on the density is ∝ T·(c − C_behind) ≈ 0, so a hole the initial blob fills (a torus's)
+  cannot open, whatever the prior asks. For the first ``see_through_steps`` the backward pass gives each ray's optical
+  depth the gradient it would have at transmittance f (``NeRF._see_through``); the forward render is exact.
 
 All randomness (stratified jitter, light placement, shading choice, occupancy refresh) comes from the generator
 passed to ``NeRFConfig.build``, so one seed gives one run.
@@ -55,6 +59,26 @@ from renderers.keylight import shade_under_key_light
 SHADINGS = ("albedo", "textureless", "lambertian")
 AMBIENT, DIFFUSE = 0.1, 0.9
 """k_a and k_d of DreamFusion's diffuse shading."""
+
+
+class _SeeThrough(torch.autograd.Function):
+    """Zeros [R,3] in the forward pass; in the backward pass the optical depth τ [R,1] receives
+    g = Σ_c ∂L/∂out_c·coef_c, both ways while τ ≤ ``depth``, only where it thins the ray (g > 0) beyond. The
+    floor's gradient never vanishes, so without that bound its "more opaque" half would push opaque rays' density up
+    without end; and thinning alone everywhere would let the prior's noise, rectified, eat cavities into every
+    solid."""
+
+    @staticmethod
+    def forward(ctx, tau: Tensor, coef: Tensor, depth: float) -> Tensor:
+        ctx.save_for_backward(tau.detach(), coef)
+        ctx.depth = depth
+        return coef.new_zeros(coef.shape)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        tau, coef = ctx.saved_tensors
+        g = (grad_out * coef).sum(-1, keepdim=True)
+        return torch.where(tau > ctx.depth, g.clamp_min(0), g), None, None
 
 
 @dataclass
@@ -143,6 +167,20 @@ class NeRFConfig:
     """Std of the position jitter of "albedo_smooth", in metres."""
     albedo_smooth_samples: int = 4096
     """Points drawn per training step for "albedo_smooth" (two field evaluations each)."""
+    see_through: float = 0.0
+    """Transmittance floor f of the renders' gradient (0: off, the exact gradient). A ray through an opaque, uniformly
+    coloured solid has ∂rgb/∂σ_i = δ_i·T_i·(c_i − C_behind,i) ≈ 0 everywhere inside it (its colour behind every layer is
+    its own), so a region the prior wants empty but that starts filled (the hole of a torus inside the initial density
+    blob) can only be eaten away from its last layer. With f > 0 the backward pass treats each ray's optical depth
+    τ = Σ σ_i δ_i as if its transmittance were max(e^(−τ), f): ∂rgb/∂τ = −max(e^(−τ), f)·(bg − c_fg), spread over the
+    ray's samples as ∂τ/∂σ_i = δ_i, so a pixel that should show the background thins its whole column (by the same
+    factor everywhere under exp density). The forward render is unchanged."""
+    see_through_depth: float = 7.0
+    """Optical depth beyond which ``see_through``'s gradient only thins (T = e^−7 ≈ 0.001): below it the floor acts both
+    ways, so the prior's noise averages out and only a consistent "show the background here" opens a ray."""
+    see_through_steps: int = 150
+    """The training steps, from the first, on which ``see_through`` applies (the start decides the topology; later the
+    exact gradient shapes the surface)."""
     cuda_step_size: float = 5e-3
     """Marching step in metres for the cuda backend's occupancy-grid sampler."""
     backend: str = "auto"
@@ -157,6 +195,8 @@ class NeRFConfig:
         probs = self.shading_probs
         if len(probs) != 3 or min(probs) < 0 or abs(sum(probs) - 1) > 1e-6:
             raise ValueError(f"nerf.shading_probs must be 3 non-negative numbers summing to 1, got {probs}")
+        if not 0.0 <= self.see_through < 1.0:
+            raise ValueError(f"nerf.see_through must be in [0, 1), got {self.see_through}")
         if self.density_activation not in ("softplus", "exp"):
             raise ValueError(f"nerf.density_activation must be softplus or exp, got {self.density_activation!r}")
         if self.init_albedo not in ("grey", "random"):
@@ -340,7 +380,8 @@ class NeRF(nn.Module, DensityField, OptionalNormals):
             gen=self.gen if self.training else None, cuda_step_size=self.cfg.cuda_step_size)
         x = samples.positions(o, d)
         raw, albedo_logits = self._field(x)
-        w = kernels.render_weights(self.cfg.backend, samples, self._sigma(raw))
+        sigma = self._sigma(raw)
+        w = kernels.render_weights(self.cfg.backend, samples, sigma)
         albedo = torch.sigmoid(albedo_logits)
 
         normals = None
@@ -372,8 +413,24 @@ class NeRF(nn.Module, DensityField, OptionalNormals):
         if self.cfg.light == "shapes":
             colour_map, depth_normal = shade_under_key_light(cams, maps[..., 3:6], alpha, depth)
             normal_map = depth_normal if normal_map is None else normal_map
-        return RenderOutput(rgb=composite(colour_map, alpha, background), alpha=alpha, depth=depth,
+        rgb = composite(colour_map, alpha, background)
+        if self.training and self.cfg.see_through > 0 and self.step < self.cfg.see_through_steps:
+            rgb = rgb + self._see_through(samples, sigma, colour_map, alpha, background).view(C, H, W, 3)
+        return RenderOutput(rgb=rgb, alpha=alpha, depth=depth,
                             normal=normal_map, albedo=maps[..., 3:6], extras=extras)
+
+    def _see_through(self, samples, sigma: Tensor, colour_map: Tensor, alpha: Tensor, background: Tensor) -> Tensor:
+        """A term [R,3] that is 0 in the forward pass and, added to the composite, gives each ray's optical depth the
+        gradient (f − T)₊·(c_fg − bg)·∂L/∂rgb (``see_through``; only where it thins the ray beyond
+        ``see_through_depth``)."""
+        # σ clamped: exp density can overflow to inf, and inf − inf would put NaN into the forward pass
+        tau = kernels.accumulate_along_rays(self.cfg.backend, samples,
+                                            sigma.clamp(max=1e6) * (samples.t_ends - samples.t_starts))
+        a = alpha.detach().reshape(-1, 1)
+        fg = colour_map.detach().reshape(-1, 3) / a.clamp_min(1e-6)
+        bg = background.detach().expand_as(colour_map).reshape(-1, 3)
+        coef = (self.cfg.see_through - (1.0 - a)).clamp_min(0) * (fg - bg)
+        return _SeeThrough.apply(tau, coef, self.cfg.see_through_depth)
 
     # ---- Scene protocol hooks -----------------------------------------------------------------------------------
 

@@ -558,3 +558,46 @@ def test_random_initial_albedo_is_a_saturated_colour_per_seed():
     assert min(float((a - b).abs().max()) for i, a in enumerate(cols) for b in cols[i + 1:]) > 0.05
     with pytest.raises(ValueError, match="init_albedo"):
         NeRFConfig(init_albedo="pink")
+
+
+def test_see_through_lets_a_pixel_that_should_be_empty_thin_an_opaque_column():
+    """``see_through``: the forward render is unchanged; beyond ``see_through_depth`` a loss asking for more opacity
+    gets the exact gradient (one-sided there; at depth 0 everywhere); a loss asking an opaque solid's middle to show
+    the background thins its column, which the exact gradient (∝ T ≈ 0 inside a uniformly coloured solid) cannot
+    do: a torus's hole opening in a filled blob."""
+    c = cams(1, 16)
+    target = torch.zeros(1, 16, 16, 3)
+    target[..., 2] = 1.0
+    target[:, 5:11, 5:11] = 1.0  # a blue object with a white (background) hole in the middle
+
+    def grads(f: float, sign: float, depth: float = 7.0):
+        nerf = build(seed=0, see_through=f, see_through_depth=depth, density_activation="exp",
+                     blob_strength=8.0).train()
+        nerf.gen.manual_seed(3)
+        out = nerf.render(c, torch.ones(1, 16, 16, 3))
+        (sign * out.rgb.sum()).backward()
+        return out.rgb.detach(), nerf.mlp[2].weight.grad[0]  # the density output's row
+
+    rgb0, g_dark0 = grads(0.0, 1.0)  # descending Σrgb darkens: more opaque
+    rgb1, g_dark1 = grads(0.1, 1.0, depth=0.0)
+    assert torch.equal(rgb0, rgb1)
+    assert torch.allclose(g_dark0, g_dark1)
+    assert grads(0.1, 1.0)[1].abs().sum() > g_dark0.abs().sum()  # both ways below the depth (the edges' rays)
+    _, g_light0 = grads(0.0, -1.0)
+    _, g_light1 = grads(0.1, -1.0)
+    assert g_light1.abs().sum() > 5 * g_light0.abs().sum()  # 8x here: the exact one comes from the edges
+
+    def hole_alpha(f: float) -> float:
+        nerf = build(seed=0, see_through=f, density_activation="exp", blob_strength=8.0).train()
+        opt = torch.optim.Adam(nerf.parameters(), lr=1e-2)
+        for _ in range(30):
+            loss = ((nerf.render(c, torch.ones(1, 16, 16, 3)).rgb - target) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            return float(nerf.eval().render(c, torch.ones(1, 16, 16, 3)).alpha[0, 6:10, 6:10].mean())
+
+    assert hole_alpha(0.0) > 0.99 and hole_alpha(0.1) < 0.9
+    with pytest.raises(ValueError, match="see_through"):
+        NeRFConfig(see_through=1.0)
