@@ -510,6 +510,7 @@ def test_shipped_prior_recommended_defaults_are_applied(capsys):
     assert cfg.renderer.lambda_albedo_smooth == 10.0 and gauss.renderer.albedo_smooth_reg == 10.0  # even colour
     sds, _ = build_generate_config(["a red cube", "--prior", "shapes", "--guidance", "sds"])
     assert sds.renderer.lambda_albedo_smooth == 0.0  # measured under elbo only
+    assert cfg.renderer.see_through == 0.15 and sds.renderer.see_through == 0.0  # the NeRF torus's hole opens
     assert cfg.prompts.camera_code  # its UNet reads each view's camera (--camera-code)
     cfg, _ = build_generate_config(["a red cube", "--prior", "shapes", "--guidance", "csd"])
     assert not cfg.prompts.camera_code  # but CSD's classifier direction is the text's alone
