@@ -844,7 +844,8 @@ at one thread; two put the demo cube's face spread under 10/255) and which would
 
 RECOMMENDED_BY_OBJECTIVE_AND_RENDERER: dict = {"elbo": {"nerf": {"renderer.lambda_albedo_smooth": 10.0,
                                                                  "renderer.see_through": 0.15},
-                                                        "gaussians": {"renderer.albedo_smooth_reg": 10.0}}}
+                                                        "gaussians": {"renderer.albedo_smooth_reg": 10.0,
+                                                                      "renderer.prune_opacity": 0.05}}}
 """Settings for one objective's runs with one renderer (distillery.json "defaults_by_objective_and_renderer"; a
 camera-coded folder's CAMERA_CODE_BY_OBJECTIVE_AND_RENDERER go on top): elbo's NeRF and Gaussians with the albedo
 smoothness term at 10 (renderers/nerf.py and renderers/gaussians.py "albedo_smooth"). Without it both renderers
@@ -860,7 +861,11 @@ The NeRF's backward pass also sees through opaque rays for its first 150 steps, 
 density blob's, opaque and of the torus's own colour, so that no pixel's exact gradient reached it. With it, seeds
 0-2 (session 42): the tori 0.014 / 0.013 / 0.015 m (from 0.017 / 0.027 / 0.030), the cubes 0.018 / 0.015 / 0.014
 (from 0.013 / 0.034 / 0.013; seed 0 rounder, corner ratio 1.31), the cones 0.008-0.010; goal 1 on all nine NeRF
-runs (from six). 0.1, 0.2, 100 steps and an optical-depth bound of 12 measured too."""
+runs (from six). 0.1, 0.2, 100 steps and an optical-depth bound of 12 measured too. The Gaussians prune splats
+fainter than opacity 0.05 (from 0.01) at each densification: the faint pink skirt under their cubes, which the
+export's bake mixed into the bottom face, and the faint splats in their tori's holes. Seeds 0-2: the tori 0.0197 /
+0.016 / 0.019 m (from 0.015 / 0.0206 / 0.019), the cubes' face spread 14.4 / 12.8 / 15.1 (from 20.7 / 16.1 /
+15.2), the cones 0.013-0.015 m with luminance 1.03-1.04: goal 1 on all nine Gaussians runs (from eight)."""
 
 
 CAMERA_CODE_BY_OBJECTIVE: dict = {"elbo": {"guidance.guidance_scale": 5.0, "cameras.elevation": [-10.0, 45.0]},
