@@ -511,7 +511,7 @@ def test_shipped_prior_recommended_defaults_are_applied(capsys):
     sds, _ = build_generate_config(["a red cube", "--prior", "shapes", "--guidance", "sds"])
     assert sds.renderer.lambda_albedo_smooth == 0.0  # measured under elbo only
     assert cfg.renderer.see_through == 0.15 and sds.renderer.see_through == 0.0  # the NeRF torus's hole opens
-    assert gauss.renderer.prune_opacity == 0.05  # no faint skirt under the Gaussians' cubes
+    assert gauss.renderer.prune_opacity == 0.05 and gauss.renderer.albedo_smooth_eps == 0.02  # even cube faces
     assert cfg.prompts.camera_code  # its UNet reads each view's camera (--camera-code)
     cfg, _ = build_generate_config(["a red cube", "--prior", "shapes", "--guidance", "csd"])
     assert not cfg.prompts.camera_code  # but CSD's classifier direction is the text's alone
