@@ -197,6 +197,9 @@ class NeRFConfig:
             raise ValueError(f"nerf.shading_probs must be 3 non-negative numbers summing to 1, got {probs}")
         if not 0.0 <= self.see_through < 1.0:
             raise ValueError(f"nerf.see_through must be in [0, 1), got {self.see_through}")
+        if self.see_through_depth < 0 or self.see_through_steps < 0:
+            raise ValueError(f"nerf.see_through_depth and see_through_steps must be >= 0, got "
+                             f"{self.see_through_depth} and {self.see_through_steps}")
         if self.density_activation not in ("softplus", "exp"):
             raise ValueError(f"nerf.density_activation must be softplus or exp, got {self.density_activation!r}")
         if self.init_albedo not in ("grey", "random"):
@@ -423,7 +426,7 @@ class NeRF(nn.Module, DensityField, OptionalNormals):
         """A term [R,3] that is 0 in the forward pass and, added to the composite, gives each ray's optical depth the
         gradient (f − T)₊·(c_fg − bg)·∂L/∂rgb (``see_through``; only where it thins the ray beyond
         ``see_through_depth``)."""
-        # σ clamped: exp density can overflow to inf, and inf − inf would put NaN into the forward pass
+        # σ clamped at 1e6 /m (far past opaque): an overflowing exp density keeps a finite τ
         tau = kernels.accumulate_along_rays(self.cfg.backend, samples,
                                             sigma.clamp(max=1e6) * (samples.t_ends - samples.t_starts))
         a = alpha.detach().reshape(-1, 1)

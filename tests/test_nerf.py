@@ -570,9 +570,10 @@ def test_see_through_lets_a_pixel_that_should_be_empty_thin_an_opaque_column():
     target[..., 2] = 1.0
     target[:, 5:11, 5:11] = 1.0  # a blue object with a white (background) hole in the middle
 
-    def grads(f: float, sign: float, depth: float = 7.0):
+    def grads(f: float, sign: float, depth: float = 7.0, step: int = 0):
         nerf = build(seed=0, see_through=f, see_through_depth=depth, density_activation="exp",
                      blob_strength=8.0).train()
+        nerf.set_step(step)
         nerf.gen.manual_seed(3)
         out = nerf.render(c, torch.ones(1, 16, 16, 3))
         (sign * out.rgb.sum()).backward()
@@ -586,6 +587,7 @@ def test_see_through_lets_a_pixel_that_should_be_empty_thin_an_opaque_column():
     _, g_light0 = grads(0.0, -1.0)
     _, g_light1 = grads(0.1, -1.0)
     assert g_light1.abs().sum() > 5 * g_light0.abs().sum()  # 8x here: the exact one comes from the edges
+    assert torch.allclose(grads(0.1, -1.0, step=150)[1], g_light0)  # past see_through_steps: the exact gradient
 
     def hole_alpha(f: float) -> float:
         nerf = build(seed=0, see_through=f, density_activation="exp", blob_strength=8.0).train()
@@ -601,3 +603,5 @@ def test_see_through_lets_a_pixel_that_should_be_empty_thin_an_opaque_column():
     assert hole_alpha(0.0) > 0.99 and hole_alpha(0.1) < 0.9
     with pytest.raises(ValueError, match="see_through"):
         NeRFConfig(see_through=1.0)
+    with pytest.raises(ValueError, match="see_through_steps"):
+        NeRFConfig(see_through_steps=-1)
