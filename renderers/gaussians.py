@@ -118,7 +118,9 @@ class GaussiansConfig:
     split_factor: float = 1.6
     """Scale divisor of the two children of a split."""
     prune_opacity: float = 0.01
-    """Prune Gaussians whose opacity falls below this."""
+    """Prune Gaussians whose opacity falls below this. The shipped shapes prior sets 0.05 for elbo: fainter splats
+    formed a skirt under the cubes that the export's bake mixed into the bottom face, and sat in the tori's holes
+    (docs/benchmarks.md, session 42)."""
     prune_scale: float = 0.5
     """Prune Gaussians whose largest scale exceeds this many metres."""
     opacity_reset_every: int = 0
@@ -159,7 +161,8 @@ class GaussiansConfig:
     albedo_smooth_eps: float = 0.01
     """Std of the jitter of "albedo_smooth", in metres: about half a splat's size on the shapes world. At 0.02 the
     cubes' faces came out more even (spread 9-12.5/255 against 15-21) but the cones 14-16% bright and the tori's holes
-    narrower (0.020-0.023 m against 0.015-0.021; docs/benchmarks.md, session 41)."""
+    narrower (0.020-0.023 m against 0.015-0.021; docs/benchmarks.md, session 41); with ``prune_opacity`` 0.05 the
+    tori keep their holes at 0.02 (0.019-0.021 m), which the shipped shapes prior sets for elbo (session 42)."""
     albedo_smooth_samples: int = 1024
     """Point pairs drawn per training step for "albedo_smooth" (1024 add about 15% to a 64-pixel, two-view step on
     a CPU)."""
