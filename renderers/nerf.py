@@ -53,7 +53,7 @@ from renderers import kernels
 from renderers.base import DensityField, OptionalNormals, RenderOutput, composite, draw_by_weight
 from renderers.kernels import volume_torch
 from renderers.kernels.hashgrid_torch import HashGrid
-from renderers.kernels.volume_torch import OccupancyGrid
+from renderers.kernels.volume_torch import OccupancyGrid, RaySamples
 from renderers.keylight import shade_under_key_light
 
 SHADINGS = ("albedo", "textureless", "lambertian")
@@ -70,7 +70,7 @@ class _SeeThrough(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, tau: Tensor, coef: Tensor, depth: float) -> Tensor:
-        ctx.save_for_backward(tau.detach(), coef)
+        ctx.save_for_backward(tau, coef)
         ctx.depth = depth
         return coef.new_zeros(coef.shape)
 
@@ -422,7 +422,8 @@ class NeRF(nn.Module, DensityField, OptionalNormals):
         return RenderOutput(rgb=rgb, alpha=alpha, depth=depth,
                             normal=normal_map, albedo=maps[..., 3:6], extras=extras)
 
-    def _see_through(self, samples, sigma: Tensor, colour_map: Tensor, alpha: Tensor, background: Tensor) -> Tensor:
+    def _see_through(self, samples: RaySamples, sigma: Tensor, colour_map: Tensor, alpha: Tensor,
+                     background: Tensor) -> Tensor:
         """A term [R,3] that is 0 in the forward pass and, added to the composite, gives each ray's optical depth the
         gradient (f − T)₊·(c_fg − bg)·∂L/∂rgb (``see_through``; only where it thins the ray beyond
         ``see_through_depth``)."""
