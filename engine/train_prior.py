@@ -848,28 +848,16 @@ RECOMMENDED_BY_OBJECTIVE_AND_RENDERER: dict = {"elbo": {"nerf": {"renderer.lambd
                                                                       "renderer.albedo_smooth_eps": 0.02,
                                                                       "renderer.prune_opacity": 0.05}}}
 """Settings for one objective's runs with one renderer (distillery.json "defaults_by_objective_and_renderer"; a
-camera-coded folder's CAMERA_CODE_BY_OBJECTIVE_AND_RENDERER go on top): elbo's NeRF and Gaussians with the albedo
-smoothness term at 10 (renderers/nerf.py and renderers/gaussians.py "albedo_smooth"). Without it both renderers
-paint what the prior's 64-pixel samples show, mottled pink flecks on the red cube and a lighter patch where a torus's
-hole should be, and the faces the views see least keep a mix of their own (the cubes' bottoms). Measured on the
-shipped folder (docs/benchmarks.md, session 41; seeds 0-2): the NeRF cube's face spread 5.0 / 6.9 / 7.8 (from 8.0 /
-16.4 / 15.2) and the NeRF tori without a hole no longer painted cyan (luminance 1.05 / 1.11, from 1.57 / 1.18); the
-Gaussians cones' chromaticity 0.003-0.008 (was up to 0.069), their cube's spread 15.2-20.7 (from 22.7-31.9), their
-held-out PSNR 0.7-2.2 dB higher. Goal 2 of issue #17 on 13 of the 18 fidelity runs (from 9), goal 1 on 14 (from 15:
-the NeRF cube's seed 1 dents, 0.034 m). 3 and 30 for the NeRF and 3 and 5 for the Gaussians measured too.
-The NeRF's backward pass also sees through opaque rays for its first 150 steps, at transmittance 0.15
-(renderers/nerf.py ``see_through``): its tori on seeds 1 and 2 kept no hole, the hole's filling being the initial
-density blob's, opaque and of the torus's own colour, so that no pixel's exact gradient reached it. With it, seeds
-0-2 (session 42): the tori 0.014 / 0.013 / 0.015 m (from 0.017 / 0.027 / 0.030), the cubes 0.018 / 0.015 / 0.014
-(from 0.013 / 0.034 / 0.013; seed 0 rounder, corner ratio 1.31), the cones 0.008-0.010; goal 1 on all nine NeRF
-runs (from six). 0.1, 0.2, 100 steps and an optical-depth bound of 12 measured too. The Gaussians prune splats
-fainter than opacity 0.05 (from 0.01) at each densification: the faint pink skirt under their cubes, which the
-export's bake mixed into the bottom face, and the faint splats in their tori's holes. Seeds 0-2: the tori 0.0197 /
-0.016 / 0.019 m (from 0.015 / 0.0206 / 0.019), the cubes' face spread 14.4 / 12.8 / 15.1 (from 20.7 / 16.1 /
-15.2), the cones 0.013-0.015 m with luminance 1.03-1.04: goal 1 on all nine Gaussians runs (from eight). With the
-pruning, the Gaussians' smoothness jitter at 0.02 m (from 0.01; it had narrowed the tori's holes through their faint
-splats): the cubes' spread 9.5 / 8.3 / 8.9, the cones' luminance 1.12-1.13, the tori 0.019 / 0.021 / 0.019 m:
-goal 2 on all nine Gaussians runs (from six), goal 1 on eight."""
+camera-coded folder's CAMERA_CODE_BY_OBJECTIVE_AND_RENDERER go on top). Under elbo, measured on the shipped folder over
+seeds 0-2 with bench/bench_fidelity.py (docs/benchmarks.md, sessions 41-42, where the values not chosen are too):
+- both renderers' albedo smoothness at 10 (renderers/nerf.py and renderers/gaussians.py "albedo_smooth"): without it
+  they paint what the prior's 64-pixel samples show (pink flecks on the red cube, a light patch where a torus's hole
+  should be, bottoms of their own colour);
+- the NeRF's see-through start, f = 0.15 (renderers/nerf.py ``see_through``): the hole of a torus inside the initial
+  density blob gets no exact gradient; with it every NeRF torus opens (0.013-0.015 m, from 0.017-0.030), goal 1 of
+  issue #17 on all nine NeRF runs;
+- the Gaussians' pruning at opacity 0.05 and smoothness jitter 0.02 m: no faint skirt under the cubes, no faint
+  splats in the tori's holes; every cube's faces within 10/255 (8.3-9.5), goal 2 on all nine Gaussians runs."""
 
 
 CAMERA_CODE_BY_OBJECTIVE: dict = {"elbo": {"guidance.guidance_scale": 5.0, "cameras.elevation": [-10.0, 45.0]},
