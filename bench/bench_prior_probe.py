@@ -12,6 +12,7 @@
                                                   [--cfg 7.5] [--steps 300] [--t-range 20 980] [--objective sds|elbo]
                                                   [--weighting sds|uniform] [--profile 0.9 0.95 1 1.05 1.1 1.2]
                                                   [--camera-code]
+    python bench/bench_prior_probe.py vae-colour  [--prior FOLDER]
     python bench/bench_prior_probe.py yaw         [--prior FOLDER] [--shape cube] [--mesh GLB] [--yaws 0 10 20 30 45]
 
 - ``framing``: which camera distance the prior finds most likely for the true red cube, blue torus and green cone
@@ -38,7 +39,17 @@
 - ``colour-sds``: SDS (DreamFusion Eq. 3, w(t) = 1 - abar_t, CFG) on the albedo alone, with the true shape, views
   and shading: the colour a 3D run would reach if its geometry were exact. Starts from ``--start``. With
   ``--objective elbo`` it descends the conditional denoising error itself, through the UNet (guidance/elbo.py): where
-  the likelihood, rather than SDS's fixed point, puts the colour.
+  the likelihood, rather than SDS's fixed point, puts the colour. The last columns are the final colour's luminance
+  ratio and chromaticity distance against the truth (the fidelity bench's goal-2 measures). On the shipped prior,
+  elbo, 900 steps from grey: the red cube 0.905, the green cube 0.91 (600 steps), the green cone 0.81, the same with
+  t in [20, 500] or [20, 250] (docs/benchmarks.md, session 43): the likelihood puts the albedo 9-19% darker than the
+  truth, the cone's most.
+- ``vae-colour``: how the autoencoder carries each object's colour. The relative latent change of the true object's
+  12 views when its albedo is scaled by 0.85 or 1.15 (how far, in the latent space the UNet models, a 15% brightness
+  error lies), and the mean foreground of a round trip D(E(x)) against x's. On the shipped VAE (session 43) a 15%
+  change moves the red cube's latent 7.4% and the green cube's 4.5%, the red cone's 6.0% and the green cone's 3.8%
+  (the blue torus's 3.6%): a latent-space error of the UNet costs green about 1.6 times the brightness it costs
+  red. The decoder brightens green (the cone's foreground (22, 153, 52) against (22, 120, 45)).
 - ``size``: the same descent on one number, the scale of a shape with its true albedo under the world's key light
   (the engine's mesh scene as it trains with ``light="shapes"``: antialiased, so the silhouette carries the
   gradient): the true primitive by default, or ``--mesh`` (e.g. a run's exported model.glb) scaled about the
@@ -199,15 +210,60 @@ def encoder_fit(pipe, colours: list[str], starts: list[tuple[float, float, float
         print(f"| {colour} {tuple(shapes.COLOURS[colour])} | {' | '.join(cells)} |", flush=True)
 
 
+def colour_error(srgb01, colour: str) -> tuple[float, float]:
+    """(luminance ratio, chromaticity distance) of an sRGB colour in [0,1] against a world colour, in linear RGB:
+    the fidelity bench's goal-2 measures (engine/export/fidelity.py)."""
+    import numpy as np
+
+    from engine.export.fidelity import chromaticity, luminance, srgb_to_linear
+    got = srgb_to_linear(np.asarray(srgb01, dtype=np.float64))
+    true = srgb_to_linear(np.asarray(shapes.COLOURS[colour], dtype=np.float64) / 255.0)
+    return float(luminance(got) / luminance(true)), float(np.linalg.norm(chromaticity(got) - chromaticity(true)))
+
+
+VAE_PAIRS = (("cube", "red"), ("torus", "blue"), ("cone", "green"), ("cube", "green"), ("cone", "red"))
+
+
+@torch.no_grad()
+def vae_colour(pipe, pairs=VAE_PAIRS, gain: float = 0.15) -> list[dict]:
+    """``vae-colour`` (module docstring): per (shape, colour), the relative latent change |E(x') - E(x)| / |E(x)|
+    of the true object's 12 views when its albedo is scaled by 1 -/+ ``gain``, and the mean of the fully covered
+    foreground pixels after a round trip D(E(x)) against x's (sRGB 0-255). Prints and returns the rows."""
+    cams = _views(12)
+    print(f"| object | latent change x{1 - gain:g} | x{1 + gain:g} | round trip foreground | input foreground |")
+    print("|---|---|---|---|---|")
+    rows = []
+    for shape, colour in pairs:
+        render = shapes.render_shape(shape, cams)
+        albedo = torch.tensor(shapes.COLOURS[colour], dtype=torch.float32) / 255.0
+        x = _albedo_image(render, albedo)
+        z = _latent(pipe, x)
+        change = [float((_latent(pipe, _albedo_image(render, (albedo * k).clamp(0, 1))) - z).norm() / z.norm())
+                  for k in (1 - gain, 1 + gain)]
+        back = ((pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample + 1) / 2).clamp(0, 1)
+        full = (render.coverage[:, None] > 0.99).float()
+        mean = [tuple(float(v) for v in (img * full).sum((0, 2, 3)) / full.sum() * 255) for img in (back, x)]
+        rows.append({"shape": shape, "colour": colour, "latent_change": change, "round_trip": mean[0],
+                     "input": mean[1]})
+        print(f"| a {colour} {shape} | {change[0]:.4f} | {change[1]:.4f} | {tuple(round(v) for v in mean[0])} | "
+              f"{tuple(round(v) for v in mean[1])} |", flush=True)
+    return rows
+
+
 def colour_sds(pipe, shape: str, colours: list[str], start: tuple[float, float, float], cfg: float, steps: int,
-               batch: int = 4, t_range: tuple[int, int] = (20, 980), objective: str = "sds") -> None:
+               batch: int = 4, t_range: tuple[int, int] = (20, 980), objective: str = "sds"
+               ) -> dict[str, tuple[float, float, float]]:
+    """``colour-sds`` (module docstring): prints one row per colour and returns each colour's final albedo (sRGB in
+    [0,1])."""
     for p in [*pipe.unet.parameters(), *pipe.vae.parameters(), *pipe.text_encoder.parameters()]:
         p.requires_grad_(False)
     abar = pipe.scheduler.alphas_cumprod
     render = shapes.render_shape(shape, _views(12))
     emb_u = _embed(pipe, [""])
-    print(f"| prompt | from | {' | '.join(f'step {s}' for s in range(0, steps + 1, 100))} | true |")
-    print(f"|---|---|{'---|' * (steps // 100 + 1)}---|")
+    print(f"| prompt | from | {' | '.join(f'step {s}' for s in range(0, steps + 1, 100))} | true | luminance | "
+          "chromaticity |")
+    print(f"|---|---|{'---|' * (steps // 100 + 1)}---|---|---|")
+    final = {}
     for colour in colours:
         emb_y = _embed(pipe, [f"a {colour} {shape}"])
         g = torch.Generator().manual_seed(0)
@@ -238,8 +294,11 @@ def colour_sds(pipe, shape: str, colours: list[str], start: tuple[float, float, 
             opt.zero_grad()
             loss.backward()
             opt.step()
+        final[colour] = tuple(float(v) for v in torch.sigmoid(logit.detach()))
+        lum, chroma = colour_error(final[colour], colour)
         print(f"| a {colour} {shape} | {tuple(round(v * 255) for v in start)} | {' | '.join(seen)} | "
-              f"{tuple(shapes.COLOURS[colour])} |", flush=True)
+              f"{tuple(shapes.COLOURS[colour])} | {lum:.3f} | {chroma:.3f} |", flush=True)
+    return final
 
 
 def _key_lit_scene(v: torch.Tensor, f: torch.Tensor, colour: str):
@@ -373,7 +432,7 @@ def size(pipe, shape: str, colour: str, mesh: str | None, scale: float, cfg: flo
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("probe", choices=["framing", "brightness", "run-likelihood", "run-colour", "encoder-fit", "yaw",
-                                      "colour-sds", "size"])
+                                      "colour-sds", "size", "vae-colour"])
     ap.add_argument("--runs", nargs="+", default=[], help="run-likelihood, run-colour: run folders")
     ap.add_argument("--prior", default=DEFAULT_PRIOR)
     ap.add_argument("--distances", type=float, nargs="+", default=[2.0, 2.2, 2.3, 2.4, 2.5, 2.6, 2.7, 2.8])
@@ -432,6 +491,8 @@ def main() -> None:
         else:
             size(pipe, args.shape, colour, args.mesh, args.scale, args.cfg, args.steps, t_range=tuple(args.t_range),
                  objective=args.objective, weighting=args.weighting)
+    elif args.probe == "vae-colour":
+        vae_colour(pipe)
     elif args.probe == "yaw":
         yaw_profile(pipe, args.shape, (args.colours or [COLOUR_OF[args.shape]])[0], args.mesh, args.yaws)
     else:
