@@ -100,7 +100,7 @@ def test_train_prior_conditions_on_the_camera(tmp_path, monkeypatch):
                                     "cameras.elevation": [-10.0, 45.0]}  # the views where the data has them
     by_pair = json.load(open(os.path.join(b, "distillery.json")))["defaults_by_objective_and_renderer"]
     smooth = RECOMMENDED_BY_OBJECTIVE_AND_RENDERER["elbo"]  # the albedo smoothness, for every folder
-    assert by_pair == {"elbo": {"nerf": {**smooth["nerf"], "guidance.guidance_scale": 3.0},  # a gentler warm-up
+    assert by_pair == {"elbo": {"nerf": {**smooth["nerf"], "guidance.guidance_scale": 2.5},  # a gentler warm-up
                                 "gaussians": smooth["gaussians"]}}
     assert "prompts.camera_code" not in json.load(open(os.path.join(a, "distillery.json")))["defaults"]
     assert json.load(open(os.path.join(a, "distillery.json")))["defaults_by_objective_and_renderer"] == {
@@ -344,7 +344,7 @@ def test_nerf_views_from_below_only_where_the_data_reaches(tmp_path):
     for low, expect in ((-10.0, None), (-35.0, [-30.0, 45.0])):
         write_defaults(str(tmp_path), camera_code=True, lowest_elevation=low)
         nerf = json.load(open(tmp_path / "distillery.json"))["defaults_by_objective_and_renderer"]["elbo"]["nerf"]
-        assert nerf.get("cameras.elevation") == expect and nerf["guidance.guidance_scale"] == 3.0
+        assert nerf.get("cameras.elevation") == expect and nerf["guidance.guidance_scale"] == 2.5
     write_defaults(str(tmp_path), camera_code=False, lowest_elevation=-35.0)
     nerf = json.load(open(tmp_path / "distillery.json"))["defaults_by_objective_and_renderer"]["elbo"]["nerf"]
     assert "cameras.elevation" not in nerf and "guidance.guidance_scale" not in nerf
@@ -501,7 +501,7 @@ def test_shipped_prior_recommended_defaults_are_applied(capsys):
     assert cfg.cameras.batch_size == 1  # two views a step are elbo's setting only
     cfg, _ = build_generate_config(["a red cube", "--prior", "shapes"])  # its recommended objective, elbo
     assert type(cfg.guidance).__name__ == "ELBOConfig" and cfg.cameras.batch_size == 2
-    assert cfg.guidance.guidance_scale == 3.0  # its warm-up's CFG on the camera-coded folder, with the NeRF
+    assert cfg.guidance.guidance_scale == 2.5  # its warm-up's CFG on the camera-coded folder, with the NeRF
     gauss, _ = build_generate_config(["a red cube", "--prior", "shapes", "--renderer", "gaussians"])
     assert gauss.guidance.guidance_scale == 5.0  # and with the Gaussians
     assert gauss.cameras.elevation == (-10.0, 45.0)  # its views over the range of both halves of the prior's data
