@@ -72,7 +72,7 @@ def test_form_sliders_start_where_the_cli_would_for_the_renderer():
         cli, _ = build_generate_config(["a red cube", "--renderer", renderer])
         slider = component_defaults("elbo", PRIOR_SHAPES, "", renderer)
         assert slider["cfg_scale"] == cli.guidance.guidance_scale and slider["steps"] == cli.train.steps
-    assert component_defaults("elbo", PRIOR_SHAPES, "", "nerf")["cfg_scale"] == 3.0
+    assert component_defaults("elbo", PRIOR_SHAPES, "", "nerf")["cfg_scale"] == 2.5
     assert component_defaults("elbo", PRIOR_SHAPES, "", "gaussians")["cfg_scale"] == 5.0
 
 

@@ -14,9 +14,9 @@ def test_defaults_are_the_cpu_demo():
     cfg, resume = build_generate_config(["a red cube"])
     assert resume is None
     assert cfg.prompt == "a red cube" and cfg.prior.name == "shapes"
-    # its folder recommends the likelihood objective, two views a step and a CFG of 3 for its warm-up with the NeRF
+    # its folder recommends the likelihood objective, two views a step and a CFG of 2.5 for its warm-up with the NeRF
     # (5 with the Gaussians), and the NeRF's exp density
-    assert type(cfg.guidance) is GUIDANCES["elbo"] and cfg.guidance.guidance_scale == 3.0
+    assert type(cfg.guidance) is GUIDANCES["elbo"] and cfg.guidance.guidance_scale == 2.5
     assert cfg.cameras.batch_size == 2 and cfg.renderer.density_activation == "exp"
     assert (cfg.train.steps, cfg.resolution, cfg.background.kind) == (400, 64, "solid")
 

@@ -32,7 +32,7 @@ def test_the_rules_are_applied_in_one_place(capsys, monkeypatch):
     demo = compose(Choices(prompt="a red cube"))
     assert demo.prior.name == "shapes" and type(demo.guidance).__name__ == "ELBOConfig"
     assert (demo.guidance.guidance_scale, demo.guidance.cfg_convention, demo.train.steps, demo.resolution) == \
-        (3.0, "standard", 400, 64)
+        (2.5, "standard", 400, 64)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "diffusion preset" in err and "then the settings of the prior shapes" in err
     # the closed-form exemplar keeps its calibrated preset (GenerateConfig's defaults: CFG 1)
@@ -51,7 +51,7 @@ def test_the_rules_are_applied_in_one_place(capsys, monkeypatch):
     capsys.readouterr()
     compose(Choices(prompt="a red cube", steps=10), {"renderer.light": "dreamfusion", "guidance.guidance_scale": 20})
     err = capsys.readouterr().err
-    assert "renderer.light shapes" not in err and "train.steps=400" not in err and "guidance_scale=3.0" not in err
+    assert "renderer.light shapes" not in err and "train.steps=400" not in err and "guidance_scale=2.5" not in err
     assert "cameras.distance=[2.5, 2.5]" in err  # the prior's settings nobody replaced are still listed
     assert "yours instead: " in err and "renderer.light=dreamfusion" in err and "train.steps=10" in err \
         and "guidance.guidance_scale=20.0" in err

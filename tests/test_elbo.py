@@ -136,13 +136,13 @@ def test_a_prior_without_input_gradients_is_refused_in_one_line(shapes_prior):
 
 def test_the_presets_size_the_warm_up_like_sds():
     """The diffusion preset gives elbo's SDS warm-up SDS's CFG for the prior family (DreamFusion-SD's 100,
-    threestudio convention); the learned shapes prior's folder then sets its own: 3 for elbo's warm-up with the NeRF,
+    threestudio convention); the learned shapes prior's folder then sets its own: 2.5 for elbo's warm-up with the NeRF,
     5 with the Gaussians (7.5 for the other objectives), standard convention."""
     from engine.compose import Choices, compose
 
     real = compose(Choices(prompt="a red cube", prior="some/model", guidance="elbo"), say=None).guidance
     assert isinstance(real, ELBOConfig) and (real.guidance_scale, real.cfg_convention) == (100.0, "threestudio")
     shapes = compose(Choices(prompt="a red cube", guidance="elbo"), say=None).guidance
-    assert (shapes.guidance_scale, shapes.cfg_convention, shapes.likelihood_scale) == (3.0, "standard", 1.0)
+    assert (shapes.guidance_scale, shapes.cfg_convention, shapes.likelihood_scale) == (2.5, "standard", 1.0)
     splats = compose(Choices(prompt="a red cube", guidance="elbo", renderer="gaussians"), say=None).guidance
     assert splats.guidance_scale == 5.0
