@@ -885,20 +885,15 @@ other objectives keep 0 to 40: ASD at its paper's settings turned the red cube o
 CAMERA_CODE_BY_OBJECTIVE_AND_RENDERER: dict = {"elbo": {"nerf": {"guidance.guidance_scale": 2.5}}}
 """Settings for one objective's runs with one renderer on a camera-coded folder (distillery.json
 "defaults_by_objective_and_renderer", applied after "defaults_by_objective"), measured on the shipped folder
-(docs/benchmarks.md, session 40). elbo with the NeRF: its SDS warm-up at CFG 3, not 5. The warm-up's colour is what
-the likelihood stage starts from, and the NeRF's (an MLP at learning rate 1e-3) moves little in it, where the
-Gaussians' per-splat colours (2e-2) do: at 5 the NeRF's green cone came out 34-46% too bright on three seeds
-(luminance 1.34 / 1.46 / 1.43; at 3: 1.11 / 1.13 / 1.01), its cube 1.04-1.13 (at 3: 0.87-0.92). The geometry is
-about the same (accuracy summed over the nine NeRF fidelity runs 0.179 -> 0.175 m, goal 1 on six of them either
-way) and the held-out PSNR 0.9-2.0 dB higher. The Gaussians keep 5: at 3.5 their torus's and cone's colour got
-worse (chromaticity 0.058 / 0.076 against 0.033 / 0.048 on seed 0).
-
-Since session 43 the NeRF's warm-up runs at 2.5: the colour the run exports is where the likelihood stage's descent
-from the warm-up's brightness stands at the last step (the likelihood itself puts the albedo 9-19% dark, so a faster
-colour does not help), and after the see-through start (renderers/nerf.py ``see_through``) the cone stood too high at
-3 (luminance 1.21 / 1.17 / 1.06 / 1.31 / 1.28 on seeds 0-4; at 2.5: 1.09 / 1.08 / 0.98 / 1.11 / 1.06). Over the 15
-NeRF fidelity runs of seeds 0-4, 12 meet goals 1 and 2 of issue #17 at 2.5 against 10 at 3; the cost is two cubes
-whose face dents in the likelihood stage (seeds 1 and 4: 0.029 and 0.024 m, against 0.015 and 0.013 at 3).
+(docs/benchmarks.md, sessions 40 and 43). elbo with the NeRF: its SDS warm-up at CFG 2.5, not 5. The warm-up
+leaves the colour about twice as bright as the truth, and the likelihood stage brings it down: the Gaussians'
+per-splat colours (Adam 2e-2) quickly, the NeRF's (an MLP at 1e-3) slowly, so a NeRF exports the colour where that
+descent stands at the last step (a faster colour does not help: the likelihood itself puts the albedo 9-19% dark).
+At 5 the NeRF's green cone came out 34-46% too bright (session 40); at 3, with the see-through start, 1.06-1.31 on
+seeds 0-4; at 2.5, 0.98-1.11. Over the 15 NeRF fidelity runs of seeds 0-4, 12 meet goals 1 and 2 of issue #17 at 2.5
+against 10 at 3; the cost is two cubes whose face dents in the likelihood stage (seeds 1 and 4: 0.029 and 0.024 m,
+against 0.015 and 0.013 at 3). The Gaussians keep 5: at 3.5 their torus's and cone's colour got worse
+(chromaticity 0.058 / 0.076 against 0.033 / 0.048 on seed 0).
 
 On a folder whose data reaches below -15 degrees (E's: -35), ``write_defaults`` also starts elbo's NeRF views at
 ``nerf_lowest_view`` (E: -30) instead of -10: seen from below, the bottoms sit where they should (at CFG 3, seeds
