@@ -201,13 +201,12 @@ def diagnose(run_dir: str, shape: str, levels: list[float]) -> None:
     from engine.export.fidelity import (
         _nearest_distance,
         _sdf,
+        albedo_error,
         linear_to_srgb255,
-        luminance,
         sample_surface,
         score_glb,
         section_radii,
         signed_error_by_region,
-        srgb_to_linear,
         true_surface_samples,
     )
     from engine.export.mesh import (
@@ -248,12 +247,11 @@ def diagnose(run_dir: str, shape: str, levels: list[float]) -> None:
         print(f"section y {y:+.1f}: radius {np.nanmin(r):.3f}-{np.nanmax(r):.3f} over {len(r)} azimuth sectors "
               f"(max/min {np.nanmax(r) / np.nanmin(r):.3f}; the true cube 0.400-0.566, 1.414)")
     shown = _shown_albedo(scene, init_cameras(bound, 64))
-    true = srgb_to_linear(np.asarray(shapes.COLOURS[COLOUR_OF[shape]], dtype=np.float64) / 255.0)
     glb = os.path.join(run_dir, "export", "model.glb")
     exported = (f", its export {score_glb(glb, shape, COLOUR_OF[shape]).luminance_ratio:.2f}"
                 if os.path.isfile(glb) else "")
     print(f"colour: the renders show albedo {tuple(int(round(c)) for c in linear_to_srgb255(shown))}, luminance "
-          f"{luminance(shown) / luminance(true):.2f} of the truth's{exported}")
+          f"{albedo_error(shown, COLOUR_OF[shape])[0]:.2f} of the truth's{exported}")
     if levels:
         grid = sample_grid(scene, 128, bound)
         truth = true_surface_samples(shape, 5000)

@@ -211,14 +211,12 @@ def encoder_fit(pipe, colours: list[str], starts: list[tuple[float, float, float
 
 
 def colour_error(srgb01, colour: str) -> tuple[float, float]:
-    """(luminance ratio, chromaticity distance) of an sRGB colour in [0,1] against a world colour, in linear RGB:
-    the fidelity bench's goal-2 measures (engine/export/fidelity.py)."""
+    """(luminance ratio, chromaticity distance) of an sRGB colour in [0,1] against a world colour: the fidelity
+    bench's goal-2 measures (engine/export/fidelity.py ``albedo_error``)."""
     import numpy as np
 
-    from engine.export.fidelity import chromaticity, luminance, srgb_to_linear
-    got = srgb_to_linear(np.asarray(srgb01, dtype=np.float64))
-    true = srgb_to_linear(np.asarray(shapes.COLOURS[colour], dtype=np.float64) / 255.0)
-    return float(luminance(got) / luminance(true)), float(np.linalg.norm(chromaticity(got) - chromaticity(true)))
+    from engine.export.fidelity import albedo_error, srgb_to_linear
+    return albedo_error(srgb_to_linear(np.asarray(srgb01, dtype=np.float64)), colour)
 
 
 VAE_PAIRS = (("cube", "red"), ("torus", "blue"), ("cone", "green"), ("cube", "green"), ("cone", "red"))

@@ -47,6 +47,14 @@ def chromaticity(linear_rgb: np.ndarray) -> np.ndarray:
     return c / np.maximum(c.sum(-1, keepdims=True), 1e-12)
 
 
+def albedo_error(linear_rgb: np.ndarray, colour: str) -> tuple[float, float]:
+    """(luminance ratio, chromaticity distance) of a linear RGB colour [3] against a world colour (shapes.COLOURS,
+    sRGB): goal 2's two measures."""
+    true_lin = srgb_to_linear(np.asarray(shapes.COLOURS[colour], dtype=np.float64) / 255.0)
+    return (float(luminance(linear_rgb) / luminance(true_lin)),
+            float(np.linalg.norm(chromaticity(linear_rgb) - chromaticity(true_lin))))
+
+
 @dataclass
 class SurfaceSamples:
     """Points sampled uniformly by area on a triangle mesh: position [n,3], face index [n], barycentrics [n,3]."""
@@ -235,9 +243,7 @@ def score_asset(asset: LoadedAsset, shape: str, colour: str, n: int = DEFAULT_SA
     share, pieces = largest_piece_share(asset.vertices, asset.faces)
     col = base_colour_at(asset, s)
     mean_lin = col.mean(0)
-    true_lin = srgb_to_linear(np.asarray(shapes.COLOURS[colour], dtype=np.float64) / 255.0)
-    chroma = float(np.linalg.norm(chromaticity(mean_lin) - chromaticity(true_lin)))
-    lum = float(luminance(mean_lin) / luminance(true_lin))
+    lum, chroma = albedo_error(mean_lin, colour)
     spread = cube_face_spread(s.points, col) if shape == "cube" else None
     corners = corner_ratio(asset.vertices, asset.faces) if shape == "cube" else None
     yaw = best_yaw(s.points, shape, truth) if shape == "cube" else (None, None, None)
