@@ -229,7 +229,7 @@ def diagnose(run_dir: str, shape: str, levels: list[float]) -> None:
     bound = scene_bound(scene)
     t0 = time.perf_counter()
     mesh, info, _ = extract_mesh(scene, 128, "auto", 30000)
-    print(f"extraction: level {info['threshold']:.4g} ({info['field']}), {info['faces']} faces, "
+    print(f"extraction: level {info['threshold']:.4g} ({info.get('surface', info['field'])}), {info['faces']} faces, "
           f"{time.perf_counter() - t0:.1f} s")
     v, f = torch.from_numpy(mesh.vertices).float(), torch.from_numpy(mesh.faces).long()
     for res in (64, 128):
