@@ -99,14 +99,27 @@ def compose(choices: Choices, overrides: Mapping[str, Any] | None = None, *,
         cfg.prompt = choices.prompt
     if choices.steps is not None:
         set_field(cfg, "train.steps", choices.steps)
+    warm_up = getattr(cfg.guidance, "sds_until", None)
     if parse is not None:
         cfg = parse(cfg)
     for key, value in (overrides or {}).items():
         set_field(cfg, key, value)
+    if choices.load_config is None and warm_up and _refines_a_run(cfg) and cfg.guidance.sds_until == warm_up:
+        # A mesh initialised from a run refines a shape already formed: elbo's SDS warm-up, there to form one, only
+        # brightens its colour (the NeRF torus's mesh: luminance 1.15 after 50 warm-up steps at CFG 2.5, 0.96 with
+        # the likelihood from the first step; session 44). A typed --guidance.sds-until keeps its value.
+        cfg.guidance.sds_until = 0.0
+        notes.append(("guidance.sds_until 0 (the mesh refines the run it starts from: no SDS warm-up)",
+                      {"guidance.sds_until": 0.0}, False))
     check_generate_config(cfg, bounds)
     if say is not None and notes:
         say(_announcement(cfg, notes))
     return cfg
+
+
+def _refines_a_run(cfg: "GenerateConfig") -> bool:
+    """A mesh run initialised from another run's scene (``--renderer.init-from``)."""
+    return bool(getattr(cfg.renderer, "init_from", "")) and hasattr(cfg.guidance, "sds_until")
 
 
 def _get(cfg: Any, path: str) -> Any:
@@ -221,10 +234,12 @@ def _tune(cfg: "GenerateConfig", choices: Choices, say: Callable[..., None]) -> 
     # light its exemplars and the learned prior's training renders are lit by), so the colour field learns the albedo
     # instead of shaded colour; renderer.light overrides it. Gaussians always; the NeRF on the learned prior (its
     # exported cube's luminance 0.61 -> 0.97 of the truth, face spread 20 -> 6), not on the exemplar prior, where its
-    # depth-normal shading lost 6.7 dB on the torus (docs/benchmarks.md, "Fidelity").
+    # depth-normal shading lost 6.7 dB on the torus (docs/benchmarks.md, "Fidelity"); the mesh on the learned prior
+    # (its environments are what the exemplar and light-aware priors show: a mesh refining a NeRF cone under them
+    # exported luminance 2.09, under the key light 1.04; session 44).
     light = getattr(cfg.renderer, "light", None)
     if prior_world(cfg.prior.name) == "shapes" and (
-            light == "none" or (light == "dreamfusion" and not is_exemplar(cfg.prior.name))):
+            light == "none" or (light in ("dreamfusion", "env") and not is_exemplar(cfg.prior.name))):
         cfg.renderer.light = "shapes"
         say("renderer.light shapes (renders lit by the shapes world's key light)", {"renderer.light": "shapes"})
     from engine.config import component_names

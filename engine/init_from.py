@@ -11,11 +11,13 @@ the mesh's material field, a short Adam loop of its own.
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from engine import runfolder
+from engine.export.mesh import HAZE_FRACTION, auto_threshold, field_kind, fill_cavities, optical_depth_from_outside
 from foundation.abilities import declares
 from foundation.cameras import Cameras, orbit_cameras
 from renderers import dmtet, pbr
@@ -83,13 +85,19 @@ def silhouette(v: Tensor, f: Tensor, cams: Cameras, backend: str = "torch") -> T
 
 
 @torch.no_grad()
-def sdf_from_density(density_fn, res: int, radius: float, cams: Cameras, target_alpha: Tensor) -> Tensor:
+def sdf_from_density(density_fn, res: int, radius: float, cams: Cameras, target_alpha: Tensor,
+                     kind: str = "density") -> Tensor:
     """Signed distance [(res+1)³] (metres, negative inside) on the DMTet grid for a density field.
 
     Args:
         density_fn: world points [N,3] -> density (or opacity) [N], larger inside.
         res, radius: the tet grid (``dmtet.tet_grid(res, radius)``).
         cams, target_alpha: views of the source and its rendered alpha [C,H,W,1] there.
+        kind: the field's kind (``field_kind``): a "density" field is cut, as the exporter cuts it, at a level of
+            its optical depth seen from outside (engine/export/mesh.py ``optical_depth_from_outside``), not of σ;
+            an "opacity" field at a level of itself. Either way enclosed pockets are filled first (the exporter's
+            ``fill_cavities``), so a hollow NeRF shell gives one solid, not an outer and an inner surface (the NeRF
+            cube of session 44 started its mesh in two pieces, the inner one 17% of the area).
 
     The iso-level is chosen so that the DMTet surface *renders* like the source: bisection on log σ until the
     mesh's silhouette area over ``cams`` equals the source's alpha area, whatever σ's units and sharpness. (The
@@ -106,9 +114,13 @@ def sdf_from_density(density_fn, res: int, radius: float, cams: Cameras, target_
     spacing_f = 2 * radius / (nf - 1)
     grid, tets = dmtet.tet_grid(res, radius)
     target = float(target_alpha.sum())
+    if kind == "density" and float(sigma.max()) > 0:
+        field = sigma.numpy().astype(np.float64)
+        haze = HAZE_FRACTION * auto_threshold(field, spacing_f)
+        sigma = torch.from_numpy(optical_depth_from_outside(field, spacing_f, haze))
 
     def sdf_at(level: float) -> Tensor:
-        inside = sigma > level
+        inside = torch.from_numpy(fill_cavities(sigma.numpy(), level)[0]) > level
         if not inside.any():
             return torch.full((n ** 3,), spacing_f)
         sd = dmtet.signed_distance_from_occupancy(inside, spacing_f)[::s, ::s, ::s]
@@ -160,12 +172,35 @@ def surface_colour(scene, x: Tensor, n: Tensor, spacing: float, kind: str = "den
     return torch.where(acc > 1e-3, out, own)
 
 
+@torch.no_grad()
+def unlit_render(scene, cams: Cameras, background: Tensor) -> tuple[Tensor, Tensor]:
+    """(colour [C,H,W,3] over ``background``, alpha [C,H,W,1]) of the scene's albedo, without its light model: its
+    albedo map where its renderer has one (the NeRF), else its colour rendered with ``light`` "none" (the Gaussians).
+    What a scene trained under the shapes world's key light learned as albedo, not the shaded colour its renders
+    show (the light darkens every face by up to 40%)."""
+    import dataclasses
+
+    out = scene.render(cams, background)
+    alpha = out.alpha
+    if out.albedo is not None:
+        return out.albedo + (1 - alpha) * background.to(alpha), alpha
+    cfg = getattr(scene, "cfg", None)
+    if cfg is None or getattr(cfg, "light", "none") == "none":
+        return out.rgb, alpha
+    scene.cfg = dataclasses.replace(cfg, light="none")
+    try:
+        return scene.render(cams, background).rgb, alpha
+    finally:
+        scene.cfg = cfg
+
+
 def init_from_scene(mesh: Mesh, scene, what: str = "the source scene", albedo_steps: int = 300) -> None:
     """Initialise a deformable ``mesh``'s SDF and material field from a density scene (a NeRF or Gaussians run's
     scene: a declared ``DensityField``), so that the mesh renders like it.
 
     Geometry: ``sdf_from_density`` against the scene's alpha on ``init_cameras``. Colour: ``distill_albedo``
-    against the scene's rendered colour on the same views.
+    against the scene's rendered albedo on the same views (``unlit_render``: a scene trained under a light model
+    hands over its albedo, not its shading).
     """
     if mesh.cfg.mode != "deformable":
         raise ValueError("init_from_scene needs mesh.mode deformable")
@@ -173,12 +208,12 @@ def init_from_scene(mesh: Mesh, scene, what: str = "the source scene", albedo_st
         raise ValueError(f"mesh.init_from: {what} ({type(scene).__name__}) is not a density field (a NeRF or "
                          f"Gaussians scene)")
     cams = init_cameras(mesh.cfg.radius)
-    with torch.no_grad():
-        out = scene.render(cams, torch.ones(len(cams), cams.height, cams.width, 3))
-    rgb, alpha = out.rgb.detach().float().cpu(), out.alpha.detach().float().cpu()
+    rgb, alpha = unlit_render(scene, cams, torch.ones(len(cams), cams.height, cams.width, 3))
+    rgb, alpha = rgb.detach().float().cpu(), alpha.detach().float().cpu()
     if float(alpha.sum()) < 1.0:
         raise ValueError(f"mesh.init_from: {what} renders nothing from the orbit (empty density)")
-    sdf = sdf_from_density(scene.query_density, mesh.cfg.tet_resolution, mesh.cfg.radius, cams, alpha)
+    sdf = sdf_from_density(scene.query_density, mesh.cfg.tet_resolution, mesh.cfg.radius, cams, alpha,
+                           field_kind(scene))
     with torch.no_grad():
         mesh.sdf.copy_(sdf.to(mesh.sdf))
         mesh.deform.zero_()

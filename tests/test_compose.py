@@ -145,3 +145,19 @@ def test_a_saved_config_is_a_base_without_the_preset_rules(tmp_path):
     assert back.renderer.light == "none" and back.seed == 6  # the key-light rule is not re-applied
     with pytest.raises(ConfigError, match="cannot read config"):
         compose(Choices(load_config=str(tmp_path / "missing.yaml")))
+
+
+def test_a_mesh_on_the_learned_prior_is_key_lit_and_a_refinement_skips_the_warm_up(tmp_path, capsys):
+    """The mesh trains under the shapes world's key light on the learned prior (its exemplars' light; the exemplar
+    and light-aware priors keep its environments), and a mesh initialised from a run starts the likelihood at once
+    (no SDS warm-up to form a shape it already has), unless --guidance.sds-until is typed."""
+    scratch = compose(Choices(prompt="a red cube", prior="shapes", renderer="mesh"), say=None)
+    assert scratch.renderer.light == "shapes" and scratch.guidance.sds_until == 0.5
+    assert compose(Choices(prompt="a red cube", prior="shapes-exemplar", renderer="mesh"),
+                   say=None).renderer.light == "env"
+    chain = compose(Choices(prompt="a red cube", renderer="mesh"), {"renderer.init_from": str(tmp_path)})
+    assert chain.guidance.sds_until == 0.0 and chain.renderer.light == "shapes"
+    assert "guidance.sds_until 0 (the mesh refines the run it starts from" in capsys.readouterr().err
+    typed = compose(Choices(prompt="a red cube", renderer="mesh"),
+                    {"renderer.init_from": str(tmp_path), "guidance.sds_until": 0.3}, say=None)
+    assert typed.guidance.sds_until == 0.3

@@ -1,8 +1,10 @@
 """Mesh scene: DMTet extraction, rendering invariants, gradients to every parameter group, regularisers, the
 registry/CLI entry and the light-aware shapes prior."""
 
+import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -322,3 +324,56 @@ def test_training_under_the_key_light_renders_the_worlds_shading_and_moves_the_g
     scene.vertices = verts
     scene.render(cams, torch.ones(2, 48, 48, 3)).rgb.mean().backward()
     assert verts.grad is not None and verts.grad.abs().sum() > 0
+
+
+class _HollowCube(_AnalyticDensity):
+    """A NeRF-like hollow cube: σ 40 /m in an 8 cm shell under the faces, ~0 inside (SDS fields are often hollow)."""
+
+    def query_density(self, x):
+        from foundation import shapes
+
+        d = shapes.sdf("cube", x).float()
+        return 40.0 * torch.sigmoid(-d / 0.01) * torch.sigmoid((d + 0.08) / 0.01)
+
+
+def test_init_from_a_hollow_shell_gives_one_solid():
+    """The transfer cuts the field as the exporter does (pockets filled, the optical depth seen from outside): a
+    hollow shell's mesh is one closed surface, not an outer and an inner one."""
+    from engine.export.fidelity import largest_piece_share
+    from engine.init_from import init_from_scene
+
+    scene = MeshConfig(tet_resolution=24, envs=("white",), eval_env="white", eval_shading="albedo").build(
+        torch.Generator().manual_seed(0))
+    init_from_scene(scene, _HollowCube("cube"), albedo_steps=5)
+    with torch.no_grad():
+        v, f = (t.detach().cpu().numpy() for t in scene.geometry())
+    share, pieces = largest_piece_share(v.astype(np.float64), f)
+    assert pieces == 1 and share == 1.0
+    assert np.abs(v).max() < 0.48 and np.abs(v).max(0).min() > 0.34  # the outer faces (0.4), no inner ones
+
+
+def test_unlit_render_hands_over_the_albedo_not_the_key_light():
+    """A scene trained under the shapes world's key light gives the mesh transfer its albedo: the NeRF's albedo map,
+    the Gaussians' colour with the light off; without a light model its render as it is."""
+    from engine.init_from import unlit_render
+    from foundation.cameras import orbit_cameras
+    from renderers.gaussians import GaussiansConfig
+    from renderers.nerf import NeRFConfig
+
+    cams = orbit_cameras([30.0], [20.0], 2.5, 40.0, 24)
+    bg = torch.ones(1, 24, 24, 3)
+    gen = torch.Generator().manual_seed(0)
+    nerf = NeRFConfig(light="shapes", density_activation="exp", init_albedo="random").build(gen).eval()
+    rgb, alpha = unlit_render(nerf, cams, bg)
+    out = nerf.render(cams, bg)
+    torch.testing.assert_close(rgb, out.albedo + (1 - out.alpha) * bg)
+    opaque = alpha[..., 0] > 0.9
+    assert opaque.any() and (rgb - out.rgb)[opaque].abs().max() > 0.05  # the shading is not in it
+    splats = GaussiansConfig(light="shapes").build(torch.Generator().manual_seed(0)).eval()
+    own = splats.cfg
+    rgb, _ = unlit_render(splats, cams, bg)
+    assert splats.cfg is own  # the scene's own config is back
+    lit = splats.render(cams, bg).rgb
+    splats.cfg = dataclasses.replace(own, light="none")
+    torch.testing.assert_close(rgb, splats.render(cams, bg).rgb)
+    assert (rgb - lit).abs().max() > 0.05
