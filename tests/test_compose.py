@@ -147,17 +147,25 @@ def test_a_saved_config_is_a_base_without_the_preset_rules(tmp_path):
         compose(Choices(load_config=str(tmp_path / "missing.yaml")))
 
 
-def test_a_mesh_on_the_learned_prior_is_key_lit_and_a_refinement_skips_the_warm_up(tmp_path, capsys):
+def test_a_mesh_on_the_learned_prior_is_key_lit_and_a_refinement_has_its_own_defaults(tmp_path, capsys):
     """The mesh trains under the shapes world's key light on the learned prior (its exemplars' light; the exemplar
-    and light-aware priors keep its environments), and a mesh initialised from a run starts the likelihood at once
-    (no SDS warm-up to form a shape it already has), unless --guidance.sds-until is typed."""
+    and light-aware priors keep its environments), and a mesh initialised from a run takes engine.compose.REFINEMENT
+    (the likelihood at once, a finer tet grid, a slower material) where the user typed none of them."""
     scratch = compose(Choices(prompt="a red cube", prior="shapes", renderer="mesh"), say=None)
     assert scratch.renderer.light == "shapes" and scratch.guidance.sds_until == 0.5
+    assert (scratch.renderer.tet_resolution, scratch.renderer.lr_material) == (32, 1e-2)
     assert compose(Choices(prompt="a red cube", prior="shapes-exemplar", renderer="mesh"),
                    say=None).renderer.light == "env"
     chain = compose(Choices(prompt="a red cube", renderer="mesh"), {"renderer.init_from": str(tmp_path)})
-    assert chain.guidance.sds_until == 0.0 and chain.renderer.light == "shapes"
-    assert "guidance.sds_until 0 (the mesh refines the run it starts from" in capsys.readouterr().err
+    assert chain.renderer.light == "shapes"
+    assert (chain.guidance.sds_until, chain.renderer.tet_resolution, chain.renderer.lr_material) == (0.0, 48, 1e-3)
+    err = capsys.readouterr().err
+    assert "a mesh refining the run it starts from: guidance.sds_until=0.0, renderer.tet_resolution=48, " \
+           "renderer.lr_material=0.001" in err
     typed = compose(Choices(prompt="a red cube", renderer="mesh"),
-                    {"renderer.init_from": str(tmp_path), "guidance.sds_until": 0.3}, say=None)
-    assert typed.guidance.sds_until == 0.3
+                    {"renderer.init_from": str(tmp_path), "guidance.sds_until": 0.3, "renderer.tet_resolution": 40},
+                    say=None)
+    assert (typed.guidance.sds_until, typed.renderer.tet_resolution, typed.renderer.lr_material) == (0.3, 40, 1e-3)
+    sds = compose(Choices(prompt="a red cube", renderer="mesh", guidance="sds"), {"renderer.init_from": str(tmp_path)},
+                  say=None)  # an objective without a warm-up: the renderer's defaults only
+    assert not hasattr(sds.guidance, "sds_until") and sds.renderer.tet_resolution == 48
