@@ -171,25 +171,17 @@ HEADER = ("| prompt | renderer | steps | accuracy m | completeness m | largest p
 @torch.no_grad()
 def _shown_albedo(scene, cams):
     """Mean linear albedo [3] the scene's renders show where they are opaque (alpha > 0.9): the NeRF's albedo map,
-    or for scenes without one (Gaussians) their colour rendered with the key light off."""
-    import dataclasses
-
+    or for scenes without one (Gaussians) their colour rendered with the key light off
+    (engine.init_from.unlit_render)."""
     import numpy as np
 
     from engine.export.fidelity import srgb_to_linear
+    from engine.init_from import unlit_render
 
     scene.eval()
-    out = scene.render(cams, torch.zeros(3))
-    colour = out.albedo
-    if colour is None:
-        cfg = scene.cfg
-        scene.cfg = dataclasses.replace(cfg, light="none")
-        try:
-            colour = scene.render(cams, torch.zeros(3)).rgb
-        finally:
-            scene.cfg = cfg
-    opaque = out.alpha[..., 0] > 0.9
-    seen = (colour / out.alpha.clamp_min(1e-6))[opaque].clamp(0, 1).cpu().numpy().astype(np.float64)
+    colour, alpha = unlit_render(scene, cams, torch.zeros(3))
+    opaque = alpha[..., 0] > 0.9
+    seen = (colour / alpha.clamp_min(1e-6))[opaque].clamp(0, 1).cpu().numpy().astype(np.float64)
     return srgb_to_linear(seen).mean(0)
 
 
