@@ -80,3 +80,19 @@ def test_a_thinner_face_is_exported_where_the_renders_show_it():
     plain = marching_cubes(grid, level, scene.bound)
     dent = signed_error_by_region(plain.vertices, plain.faces, "cube", n=20000)["+x"][0]
     assert dent < -0.025 and dent < err["+x"] - 0.01, (dent, err)
+
+
+def test_faint_membranes_are_dropped_and_dense_thin_parts_kept():
+    """``drop_faint_membranes``: a thin sheet of a faint field (a lid of faint splats) leaves the solid; a sheet as
+    thin but dense (a blade the renders show opaque) and the thick body stay whole."""
+    from engine.export.mesh import drop_faint_membranes
+
+    grid = np.zeros((48, 48, 48))
+    grid[8:28, 8:28, 8:28] = 2.0  # the body
+    grid[28:44, 12:24, 17:19] = 0.3  # a faint sheet two voxels thick, standing out of it
+    grid[12:24, 28:44, 17:19] = 2.0  # a dense one
+    level, faint = 0.2, grid < 0.5
+    out, n = drop_faint_membranes(grid, level, faint)
+    assert n == 15 * 12 * 2 and not (out[29:44, 12:24, 17:19] > level).any()  # all but the layer on the body
+    assert (out[8:28, 8:28, 8:28] > level).all() and (out[12:24, 28:44, 17:19] > level).all()
+    assert drop_faint_membranes(grid, level, np.zeros_like(faint))[1] == 0  # nothing faint: nothing dropped

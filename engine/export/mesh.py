@@ -23,7 +23,8 @@ Automatic iso-level (``threshold="auto"``):
   NeRF cube's side faces peak at σ ≈ 5 where its top reaches 20: one face came out 3 cm inside, docs/benchmarks.md
   session 44); the level of the optical depth is matched to the renders' silhouettes as above.
 Enclosed empty pockets, and empty voxels no straight line of sight from outside reaches, are filled before marching
-cubes (the asset is solid, with no hidden inner surface).
+cubes (the asset is solid, with no hidden inner surface); with the automatic level, thin parts of the solid where the
+field is faint are cleared (``drop_faint_membranes``: a lid of faint splats across a torus's hole).
 The level is clamped strictly inside the sampled range; an empty field raises ``ExportError``.
 """
 
@@ -255,6 +256,39 @@ def fill_cavities(grid: np.ndarray, level: float, close: int = 2) -> tuple[np.nd
     return grid, n
 
 
+MEMBRANE_FAINT = 0.5
+"""The field is faint, for ``drop_faint_membranes``, below this fraction of its statistical level (``auto_threshold``:
+Otsu's σ level, or a summed splat opacity of 0.5)."""
+MEMBRANE_WIDTH = 2
+"""Voxels of opening (erosion then dilation, 6-connected) in ``drop_faint_membranes``: parts of the solid thinner than
+about 2·width + 1 voxels (6 cm at 128³ over the 1.6 m box) are membranes, cleared where the field is also faint."""
+
+
+def drop_faint_membranes(grid: np.ndarray, level: float, faint: np.ndarray,
+                         width: int = MEMBRANE_WIDTH) -> tuple[np.ndarray, int]:
+    """Clear the solid's thin *and* faint parts: voxels above ``level`` that a morphological opening of ``width``
+    voxels removes and where ``faint`` holds (the field below its statistical level: a Gaussians' summed opacity
+    under one half). Returns the grid (those voxels set below the level) and their count.
+
+    A lid of faint splats (opacity 0.05-0.3, about 100 of them) across the top of a torus's hole, seen in training
+    only against the tube behind it, is solid to one iso-level and filled the hole (the seed-1 Gaussians torus:
+    accuracy 0.0212 m, 0.0146 without it; docs/benchmarks.md, session 44). A thin part that is dense (a blade, a
+    thin wall the renders show opaque) is kept."""
+    from scipy.ndimage import binary_opening, generate_binary_structure
+
+    occ = grid > level
+    if width < 1 or not occ.any():
+        return grid, 0
+    pad = width + 1
+    kept = binary_opening(np.pad(occ, pad), structure=generate_binary_structure(3, 1), iterations=width)
+    drop = occ & ~kept[pad:-pad, pad:-pad, pad:-pad] & faint
+    n = int(drop.sum())
+    if n:
+        grid = grid.copy()
+        grid[drop] = 0.5 * level
+    return grid, n
+
+
 def seen_from_outside(occ: np.ndarray) -> np.ndarray:
     """[X,Y,Z] bool: empty voxels with a clear straight line of sight to outside the grid along at least one of the
     26 lattice directions (axes, face and body diagonals), i.e. what a viewer outside the object could see.
@@ -412,7 +446,7 @@ def extract_mesh(scene, resolution: int = 128, threshold: float | str = "auto", 
     kind = field_kind(scene)
     surface, info = grid, {}
     if threshold == "auto":
-        level = auto_threshold(grid, spacing, kind)
+        level = statistical = auto_threshold(grid, spacing, kind)
         if isinstance(scene, Scene):  # a whole scene, not a bare field: match its own renders
             if kind == "density":  # cut the optical depth seen from outside, not σ (module docstring)
                 haze = HAZE_FRACTION * level
@@ -423,6 +457,8 @@ def extract_mesh(scene, resolution: int = 128, threshold: float | str = "auto", 
     else:
         level = float(threshold)
     surface, cavity = fill_cavities(surface, level)
+    if threshold == "auto":
+        surface, info["membrane_voxels"] = drop_faint_membranes(surface, level, grid < MEMBRANE_FAINT * statistical)
     mesh = marching_cubes(surface, level, bound)
     raw_faces = mesh.num_faces
     mesh = clean(remove_floaters(clean(mesh), min_component))
