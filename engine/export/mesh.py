@@ -272,7 +272,7 @@ def drop_faint_membranes(grid: np.ndarray, level: float, faint: np.ndarray,
 
     A lid of faint splats (opacity 0.05-0.3, about 100 of them) across the top of a torus's hole, seen in training
     only against the tube behind it, is solid to one iso-level and filled the hole (the seed-1 Gaussians torus:
-    accuracy 0.0212 m, 0.0146 without it; docs/benchmarks.md, session 44). A thin part that is dense (a blade, a
+    accuracy 0.0203 m with it, 0.0193 without; docs/benchmarks.md, session 44). A thin part that is dense (a blade, a
     thin wall the renders show opaque) is kept."""
     from scipy.ndimage import binary_opening, generate_binary_structure
 
