@@ -9,7 +9,6 @@ signed distance by distance transforms. Colour (``distill_albedo``): the colour 
 the mesh's material field, a short Adam loop of its own.
 """
 
-import math
 
 import numpy as np
 import torch
@@ -17,9 +16,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine import runfolder
-from engine.export.mesh import HAZE_FRACTION, auto_threshold, field_kind, fill_cavities, optical_depth_from_outside
+from engine.export.mesh import (
+    HAZE_FRACTION,
+    auto_threshold,
+    field_kind,
+    fill_cavities,
+    init_cameras,
+    level_for_area,
+    optical_depth_from_outside,
+)
 from foundation.abilities import declares
-from foundation.cameras import Cameras, orbit_cameras
+from foundation.cameras import Cameras
 from renderers import dmtet, pbr
 from renderers.base import DensityField, scenes_of
 from renderers.kernels import raster as K
@@ -62,14 +69,6 @@ PIXEL_MIN_ALPHA = 0.9
 0.5 and 0.9, mostly background) would lighten the surface the rim lies over."""
 RAY_TARGET_WEIGHT = 0.05
 """Weight of the per-vertex normal-ray colour targets relative to the per-pixel ones in ``distill_albedo``."""
-
-
-def init_cameras(radius: float, resolution: int = 64) -> Cameras:
-    """16 orbit views (azimuth every 45°, elevation 0° and 30°, fovy 40°, distance 3.2·radius: the engine's 2.5 m
-    orbit for the default 0.8 m box) on which a mesh's silhouette is matched to its source scene's."""
-    az = torch.arange(-180.0, 180.0, 45.0).repeat(2)
-    el = torch.tensor([0.0, 30.0]).repeat_interleave(8)
-    return orbit_cameras(az, el, 3.2 * radius, 40.0, resolution)
 
 
 @torch.no_grad()
@@ -135,19 +134,6 @@ def sdf_from_density(density_fn, res: int, radius: float, cams: Cameras, target_
         raise ValueError("the density is empty (max <= 0): nothing to initialise the mesh from")
     # area(top 1e-4) >= target >= area(top) for any sensible field
     return sdf_at(level_for_area(area, target, top * 1e-4, top, INIT_LEVEL_ITERS))
-
-
-def level_for_area(area, target: float, lo: float, hi: float, iters: int) -> float:
-    """The iso-level in [lo, hi] whose silhouette ``area(level)`` (decreasing in the level) matches ``target``:
-    bisection on log(level), ``iters`` halvings; returns the last bracket's geometric middle."""
-    a, b = math.log(lo), math.log(hi)
-    for _ in range(iters):
-        mid = 0.5 * (a + b)
-        if area(math.exp(mid)) > target:
-            a = mid
-        else:
-            b = mid
-    return float(math.exp(0.5 * (a + b)))
 
 
 @torch.no_grad()

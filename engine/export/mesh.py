@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from engine.export.errors import ExportError
+from foundation.cameras import Cameras, orbit_cameras
 from renderers.base import DensityField, Scene
 
 
@@ -160,6 +161,27 @@ def covered_pixels(vertices: np.ndarray, faces: np.ndarray, cams) -> float:
     return float((rast[..., 3] > 0).sum())
 
 
+def init_cameras(radius: float, resolution: int = 64) -> Cameras:
+    """16 orbit views (azimuth every 45°, elevation 0° and 30°, fovy 40°, distance 3.2·radius: the engine's 2.5 m
+    orbit for the default 0.8 m box) on which a mesh's silhouette is matched to its source scene's."""
+    az = torch.arange(-180.0, 180.0, 45.0).repeat(2)
+    el = torch.tensor([0.0, 30.0]).repeat_interleave(8)
+    return orbit_cameras(az, el, 3.2 * radius, 40.0, resolution)
+
+
+def level_for_area(area, target: float, lo: float, hi: float, iters: int) -> float:
+    """The iso-level in [lo, hi] whose silhouette ``area(level)`` (decreasing in the level) matches ``target``:
+    bisection on log(level), ``iters`` halvings; returns the last bracket's geometric middle."""
+    a, b = math.log(lo), math.log(hi)
+    for _ in range(iters):
+        mid = 0.5 * (a + b)
+        if area(math.exp(mid)) > target:
+            a = mid
+        else:
+            b = mid
+    return float(math.exp(0.5 * (a + b)))
+
+
 def render_matched_threshold(scene, grid: np.ndarray, bound: float, start: float, iters: int = 12,
                              resolution: int = 64) -> float:
     """The iso-level whose mesh *renders* like the scene: bisection (in log level) until the marching-cubes mesh's
@@ -175,7 +197,6 @@ def render_matched_threshold(scene, grid: np.ndarray, bound: float, start: float
     """
     import torch
 
-    from engine.init_from import init_cameras, level_for_area
     from engine.outputs import render_views
 
     cams = init_cameras(bound, resolution)
