@@ -9,7 +9,6 @@ signed distance by distance transforms. Colour (``distill_albedo``): the colour 
 the mesh's material field, a short Adam loop of its own.
 """
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F

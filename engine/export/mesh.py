@@ -288,8 +288,9 @@ about 2·width + 1 voxels (6 cm at 128³ over the 1.6 m box) are membranes, clea
 def drop_faint_membranes(grid: np.ndarray, level: float, faint: np.ndarray,
                          width: int = MEMBRANE_WIDTH) -> tuple[np.ndarray, int]:
     """Clear the solid's thin *and* faint parts: voxels above ``level`` that a morphological opening of ``width``
-    voxels removes and where ``faint`` holds (the field below its statistical level: a Gaussians' summed opacity
-    under one half). Returns the grid (those voxels set below the level) and their count.
+    voxels removes and where ``faint`` holds (``extract_mesh`` passes the field below ``MEMBRANE_FAINT`` of its
+    statistical level: a Gaussians' summed opacity under 0.25). Returns the grid (those voxels set below the level)
+    and their count.
 
     A lid of faint splats (opacity 0.05-0.3, about 100 of them) across the top of a torus's hole, seen in training
     only against the tube behind it, is solid to one iso-level and filled the hole (the seed-1 Gaussians torus:
